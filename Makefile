@@ -1,0 +1,33 @@
+# kubectl-gitops: developer entry points. `make help` lists them.
+SHELL := /usr/bin/env bash
+CARGO ?= cargo
+
+.PHONY: help build test unit e2e up down lint
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+build: ## Build the three plugins (release) into target/release
+	$(CARGO) build --release --workspace --bins
+
+test: ## Everything: harness up, unit and end-to-end tests, harness down
+	tests/cluster/up
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --all-targets; rc=$$?; tests/cluster/down; exit $$rc
+
+unit: ## Unit tests only (no cluster needed)
+	$(CARGO) test --workspace --lib --bins
+
+e2e: ## End-to-end tests against an already running harness (tests/cluster/up)
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p gitops-e2e
+
+up: ## Start the local control plane (builds the peers the first time)
+	tests/cluster/up
+
+down: ## Stop the local control plane and remove its state
+	tests/cluster/down
+
+lint: ## rustfmt and clippy, as CI runs them
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,377 @@
+use super::*;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+    dir
+}
+
+fn digest(dir: &Path) -> String {
+    digest_with(dir, &WalkOptions::default())
+}
+
+fn digest_with(dir: &Path, options: &WalkOptions) -> String {
+    let entries = walk(dir, options).unwrap();
+    write_layer(&entries, io::sink()).unwrap().1.digest
+}
+
+fn paths(dir: &Path, options: &WalkOptions) -> Vec<String> {
+    walk(dir, options)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect()
+}
+
+fn layer_headers(dir: &Path) -> Vec<(String, u32, u64, u64, tar::EntryType)> {
+    let entries = walk(dir, &WalkOptions::default()).unwrap();
+    let (bytes, _) = write_layer(&entries, Vec::new()).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.mtime().unwrap(),
+                h.entry_type(),
+            )
+        })
+        .collect()
+}
+
+const APP: &[(&str, &str)] = &[
+    ("deploy/app.yaml", "kind: Deployment\n"),
+    ("deploy/svc.yaml", "kind: Service\n"),
+    ("kustomization.yaml", "resources: [deploy/app.yaml]\n"),
+    ("a.txt", "a\n"),
+];
+
+#[test]
+fn same_content_gives_the_same_digest_whatever_the_metadata() {
+    let one = tree(APP);
+    // Same files, created in reverse order, with other modes and times.
+    let two = tempfile::tempdir().unwrap();
+    for (path, content) in APP.iter().rev() {
+        let p = two.path().join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        let f = fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(12345))
+            .unwrap();
+    }
+    fs::set_permissions(two.path().join("deploy"), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(digest(one.path()), digest(two.path()));
+
+    // Content, names and the executable bit are what count.
+    fs::write(two.path().join("a.txt"), "b\n").unwrap();
+    assert_ne!(digest(one.path()), digest(two.path()));
+    fs::write(two.path().join("a.txt"), "a\n").unwrap();
+    fs::set_permissions(two.path().join("a.txt"), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_ne!(digest(one.path()), digest(two.path()));
+}
+
+#[test]
+fn layout_follows_flux_with_normalised_headers() {
+    let dir = tree(APP);
+    fs::set_permissions(dir.path().join("a.txt"), fs::Permissions::from_mode(0o750)).unwrap();
+    let headers = layer_headers(dir.path());
+    let names: Vec<_> = headers.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            ".",
+            "a.txt",
+            "deploy",
+            "deploy/app.yaml",
+            "deploy/svc.yaml",
+            "kustomization.yaml"
+        ]
+    );
+    for (name, mode, uid, mtime, kind) in &headers {
+        assert_eq!((*uid, *mtime), (0, 0), "{name}");
+        let expected = match (name.as_str(), kind.is_dir()) {
+            (_, true) | ("a.txt", _) => 0o755,
+            _ => 0o644,
+        };
+        assert_eq!(*mode, expected, "{name}");
+    }
+}
+
+#[test]
+fn default_excludes_apply_and_ignore_flags_add_to_them() {
+    let dir = tree(&[
+        ("app.yaml", "x"),
+        ("logo.png", "png"),
+        (".git/config", "git"),
+        (".gitignore", "*"),
+        ("notes.md", "notes"),
+        ("charts/c.tar.gz", "gz"),
+    ]);
+    assert_eq!(
+        paths(dir.path(), &WalkOptions::default()),
+        [".", "app.yaml", "charts", "notes.md"]
+    );
+    let options = WalkOptions {
+        ignore: vec!["*.md".into(), "charts/".into()],
+        ..Default::default()
+    };
+    // The defaults still hold when patterns are added.
+    assert_eq!(paths(dir.path(), &options), [".", "app.yaml"]);
+}
+
+#[test]
+fn sourceignore_files_apply_at_every_level_with_negation() {
+    let dir = tree(&[
+        (".sourceignore", "*.secret\n/tmp/\n"),
+        ("app.yaml", "x"),
+        ("db.secret", "s"),
+        ("tmp/scratch.yaml", "t"),
+        ("sub/.sourceignore", "!keep.secret\nlocal.yaml\n"),
+        ("sub/keep.secret", "k"),
+        ("sub/other.secret", "o"),
+        ("sub/local.yaml", "l"),
+        ("sub/tmp/in-sub.yaml", "kept: /tmp/ is anchored at the root"),
+    ]);
+    assert_eq!(
+        paths(dir.path(), &WalkOptions::default()),
+        [
+            ".",
+            ".sourceignore",
+            "app.yaml",
+            "sub",
+            "sub/.sourceignore",
+            "sub/keep.secret",
+            "sub/tmp",
+            "sub/tmp/in-sub.yaml"
+        ]
+    );
+    let rules = IgnoreRules::new(&canonical_root(dir.path()).unwrap(), &[]).unwrap();
+    assert!(rules.ignores(Path::new("sub/other.secret"), false));
+    assert!(!rules.ignores(Path::new("sub/keep.secret"), false));
+    assert!(rules.ignores(Path::new("tmp/new.yaml"), false));
+    assert!(rules.ignores(Path::new(".git/index"), false));
+    assert!(!rules.ignores(Path::new("app.yaml"), false));
+}
+
+#[test]
+fn symlinks_inside_are_packaged_as_their_targets() {
+    let dir = tree(&[("base/app.yaml", "kind: A\n")]);
+    symlink("base/app.yaml", dir.path().join("link.yaml")).unwrap();
+    symlink("base", dir.path().join("linked-dir")).unwrap();
+    let copy = tree(&[
+        ("base/app.yaml", "kind: A\n"),
+        ("link.yaml", "kind: A\n"),
+        ("linked-dir/app.yaml", "kind: A\n"),
+    ]);
+    assert_eq!(digest(dir.path()), digest(copy.path()));
+}
+
+#[test]
+fn symlinks_that_escape_dangle_or_loop_are_errors_naming_the_path() {
+    let outside = tree(&[("secret.yaml", "s")]);
+    let dir = tree(&[("app.yaml", "x")]);
+    symlink(
+        outside.path().join("secret.yaml"),
+        dir.path().join("escape.yaml"),
+    )
+    .unwrap();
+    let err = walk(dir.path(), &WalkOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("escape.yaml") && err.contains("outside the directory"),
+        "{err}"
+    );
+
+    let dir = tree(&[("app.yaml", "x")]);
+    symlink("nowhere.yaml", dir.path().join("dangling.yaml")).unwrap();
+    let err = walk(dir.path(), &WalkOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dangling.yaml") && err.contains("dangling"),
+        "{err}"
+    );
+
+    let dir = tree(&[("app.yaml", "x")]);
+    symlink("b", dir.path().join("a")).unwrap();
+    symlink("a", dir.path().join("b")).unwrap();
+    let err = walk(dir.path(), &WalkOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loop"), "{err}");
+
+    let dir = tree(&[("sub/app.yaml", "x")]);
+    symlink("..", dir.path().join("sub/up")).unwrap();
+    let err = walk(dir.path(), &WalkOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sub/up") && err.contains("loop"), "{err}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let err = walk(Path::new("/no/such/dir"), &WalkOptions::default()).unwrap_err();
+    assert_eq!(err.to_string(), "/no/such/dir: no such directory");
+
+    let dir = tree(&[("file.yaml", "x")]);
+    let err = walk(&dir.path().join("file.yaml"), &WalkOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().ends_with("file.yaml: not a directory"),
+        "{err}"
+    );
+
+    let dir = tree(&[("logo.png", "x"), ("docs/readme.md", "y")]);
+    let options = WalkOptions {
+        ignore: vec!["docs/".into()],
+        ..Default::default()
+    };
+    let err = walk(dir.path(), &options).unwrap_err().to_string();
+    assert!(err.contains("nothing to package"), "{err}");
+
+    let dir = tree(&[("big.yaml", &"x".repeat(2048))]);
+    let options = WalkOptions {
+        max_file_size: 1024,
+        ..Default::default()
+    };
+    let err = walk(dir.path(), &options).unwrap_err().to_string();
+    assert!(
+        err.contains("big.yaml") && err.contains("2048 bytes") && err.contains("--max-file-size"),
+        "{err}"
+    );
+
+    let dir = tree(&[("ok.yaml", "x")]);
+    let bad = std::ffi::OsStr::from_bytes(b"bad-\xff.yaml");
+    fs::write(dir.path().join(bad), "x").unwrap();
+    let err = walk(dir.path(), &WalkOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not valid UTF-8") && err.contains("bad-"),
+        "{err}"
+    );
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+#[test]
+fn an_unreadable_file_fails_the_build_and_leaves_no_output() {
+    let dir = tree(&[("app.yaml", "x")]);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("artifact.tgz");
+    // A file that vanishes between the walk and the read behaves like an unreadable one.
+    let mut entries = walk(dir.path(), &WalkOptions::default()).unwrap();
+    fs::remove_file(dir.path().join("app.yaml")).unwrap();
+    let err = write_layer(&entries, io::sink()).unwrap_err().to_string();
+    assert!(err.starts_with("app.yaml: "), "{err}");
+
+    // And through build_to_file: nothing is left in the output directory.
+    fs::write(dir.path().join("app.yaml"), "x").unwrap();
+    fs::write(dir.path().join("gone.yaml"), "x").unwrap();
+    entries = walk(dir.path(), &WalkOptions::default()).unwrap();
+    assert_eq!(entries.len(), 3);
+    let err = build_to_file(
+        &dir.path().join("missing"),
+        &WalkOptions::default(),
+        &target,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no such directory"));
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn build_to_file_writes_what_it_reports() {
+    let dir = tree(APP);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("artifact.tgz");
+    let built = build_to_file(dir.path(), &WalkOptions::default(), &target).unwrap();
+    let bytes = fs::read(&target).unwrap();
+    assert_eq!(built.layer.digest, sha256_digest(&bytes));
+    assert_eq!(built.layer.size, bytes.len() as u64);
+    assert_eq!(built.layer.digest, digest(dir.path()));
+    assert_eq!(
+        fs::read_dir(out.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+}
+
+#[test]
+fn a_file_that_changes_while_packaged_is_an_error() {
+    let dir = tree(&[("app.yaml", "short")]);
+    let entries = walk(dir.path(), &WalkOptions::default()).unwrap();
+    fs::write(dir.path().join("app.yaml"), "much longer than before").unwrap();
+    let err = write_layer(&entries, io::sink()).unwrap_err().to_string();
+    assert!(err.contains("app.yaml") && err.contains("changed"), "{err}");
+    let entries = walk(dir.path(), &WalkOptions::default()).unwrap();
+    fs::write(dir.path().join("app.yaml"), "x").unwrap();
+    let err = write_layer(&entries, io::sink()).unwrap_err().to_string();
+    assert!(err.contains("changed"), "{err}");
+}
+
+#[test]
+fn diff_compares_content_not_gzip_bytes() {
+    let dir = tree(APP);
+    let entries = walk(dir.path(), &WalkOptions::default()).unwrap();
+    let (layer, _) = write_layer(&entries, Vec::new()).unwrap();
+    let local = content_of_dir(dir.path(), &WalkOptions::default()).unwrap();
+    let remote = content_of_layer(&layer[..]).unwrap();
+    assert_eq!(local, remote);
+    assert!(TreeDiff::between(&local, &remote).is_empty());
+
+    // A tarball from another encoder (single-stream gzip, "./" names, other modes).
+    let mut other = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::best(),
+    ));
+    for (path, content) in APP {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(99);
+        other
+            .append_data(&mut h, format!("./{path}"), content.as_bytes())
+            .unwrap();
+    }
+    let other = other.into_inner().unwrap().finish().unwrap();
+    assert_ne!(sha256_digest(&other), sha256_digest(&layer));
+    assert_eq!(content_of_layer(&other[..]).unwrap(), local);
+
+    fs::write(dir.path().join("a.txt"), "changed\n").unwrap();
+    fs::write(dir.path().join("new.yaml"), "n\n").unwrap();
+    fs::remove_file(dir.path().join("deploy/svc.yaml")).unwrap();
+    let local = content_of_dir(dir.path(), &WalkOptions::default()).unwrap();
+    let diff = TreeDiff::between(&local, &remote);
+    assert_eq!(diff.added, ["new.yaml"]);
+    assert_eq!(diff.removed, ["deploy/svc.yaml"]);
+    assert_eq!(diff.changed, ["a.txt"]);
+}
+
+#[test]
+fn sizes_parse_with_units() {
+    assert_eq!(parse_size("1024").unwrap(), 1024);
+    assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
+    assert_eq!(parse_size("20MiB").unwrap(), 20 << 20);
+    assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+    assert_eq!(parse_size("5MB").unwrap(), 5_000_000);
+    assert!(
+        parse_size("lots")
+            .unwrap_err()
+            .to_string()
+            .contains("invalid size")
+    );
+    assert!(parse_size("5XB").is_err());
+}

@@ -1,0 +1,337 @@
+//! Walking a directory the way an artifact sees it: lexical order, ignore
+//! rules applied, symlinks resolved inside the root and refused outside it.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ignore::Match;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use super::{ArtifactError, io_at};
+
+/// What `flux build|push artifact` excludes by default. Our `--ignore`
+/// patterns are added to these, never a replacement for them.
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    ".git/",
+    ".gitignore",
+    ".gitmodules",
+    ".gitattributes",
+    "*.jpg",
+    "*.jpeg",
+    "*.gif",
+    "*.png",
+    "*.wmv",
+    "*.flv",
+    "*.tar.gz",
+    "*.zip",
+];
+
+/// The per-directory ignore file, in gitignore syntax (as source-controller reads it).
+pub const SOURCEIGNORE: &str = ".sourceignore";
+
+/// Default limit on the size of one file in an artifact.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 50 * 1024 * 1024;
+
+/// How to select the files of an artifact.
+#[derive(Debug, Clone)]
+pub struct WalkOptions {
+    /// Extra gitignore patterns, added to [`DEFAULT_EXCLUDES`].
+    pub ignore: Vec<String>,
+    /// Largest accepted file, in bytes.
+    pub max_file_size: u64,
+}
+
+impl Default for WalkOptions {
+    fn default() -> Self {
+        WalkOptions {
+            ignore: Vec::new(),
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+        }
+    }
+}
+
+/// One entry of an artifact, in archive order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path inside the artifact, `/`-separated, relative; `.` for the root.
+    pub path: String,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File {
+        /// The file to read: the entry itself, or what its symlink resolves to.
+        source: PathBuf,
+        size: u64,
+        executable: bool,
+    },
+}
+
+/// The ignore rules of a tree: the root's (defaults and `--ignore`) plus one
+/// matcher per `.sourceignore` found, innermost deciding first, as in Git.
+#[derive(Clone)]
+pub struct IgnoreRules {
+    root: PathBuf,
+    base: Gitignore,
+}
+
+impl IgnoreRules {
+    /// Rules for a tree rooted at `root` (an absolute, canonical path).
+    pub fn new(root: &Path, extra: &[String]) -> Result<IgnoreRules, ArtifactError> {
+        let mut builder = GitignoreBuilder::new(root);
+        for pattern in DEFAULT_EXCLUDES {
+            builder
+                .add_line(None, pattern)
+                .map_err(|e| ArtifactError::IgnorePattern(pattern.to_string(), e.to_string()))?;
+        }
+        for pattern in extra {
+            builder
+                .add_line(None, pattern)
+                .map_err(|e| ArtifactError::IgnorePattern(pattern.clone(), e.to_string()))?;
+        }
+        let base = builder
+            .build()
+            .map_err(|e| ArtifactError::IgnorePattern(extra.join(" "), e.to_string()))?;
+        Ok(IgnoreRules {
+            root: root.to_path_buf(),
+            base,
+        })
+    }
+
+    /// The matcher of a directory's `.sourceignore`, if it has one.
+    /// `real` is where the file is read from, `logical` where the directory
+    /// appears in the tree (they differ under a symlinked directory).
+    fn dir_rules(real: &Path, logical: &Path) -> Result<Option<Gitignore>, ArtifactError> {
+        let file = real.join(SOURCEIGNORE);
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let mut builder = GitignoreBuilder::new(logical);
+        if let Some(e) = builder.add(&file) {
+            return Err(ArtifactError::IgnoreFile {
+                path: file,
+                reason: e.to_string(),
+            });
+        }
+        builder
+            .build()
+            .map(Some)
+            .map_err(|e| ArtifactError::IgnoreFile {
+                path: file,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Whether `path` (logical, under the root) is ignored, given the
+    /// `.sourceignore` matchers of its ancestors, outermost first.
+    fn is_ignored(&self, stack: &[Gitignore], path: &Path, is_dir: bool) -> bool {
+        for rules in stack.iter().rev() {
+            match rules.matched(path, is_dir) {
+                Match::Ignore(_) => return true,
+                Match::Whitelist(_) => return false,
+                Match::None => {}
+            }
+        }
+        matches!(self.base.matched(path, is_dir), Match::Ignore(_))
+    }
+
+    /// Whether a path relative to the root is ignored, taking every
+    /// `.sourceignore` between the root and it into account. Used by the
+    /// file watcher, which sees single paths rather than a walk.
+    pub fn ignores(&self, relative: &Path, is_dir: bool) -> bool {
+        let mut stack = Vec::new();
+        let mut dir = self.root.clone();
+        let parts: Vec<_> = relative.components().collect();
+        if let Ok(Some(rules)) = Self::dir_rules(&dir, &dir) {
+            stack.push(rules);
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let logical = self.root.join(parts[..=i].iter().collect::<PathBuf>());
+            let last = i + 1 == parts.len();
+            if self.is_ignored(&stack, &logical, if last { is_dir } else { true }) {
+                return true;
+            }
+            dir.push(part);
+            if !last && let Ok(Some(rules)) = Self::dir_rules(&dir, &dir) {
+                stack.push(rules);
+            }
+        }
+        false
+    }
+}
+
+/// Lists the entries of the artifact for `root`, in archive order.
+pub fn walk(root: &Path, options: &WalkOptions) -> Result<Vec<Entry>, ArtifactError> {
+    let root = canonical_root(root)?;
+    let rules = IgnoreRules::new(&root, &options.ignore)?;
+    let mut walker = Walker {
+        root: &root,
+        rules: &rules,
+        options,
+        entries: vec![Entry {
+            path: ".".into(),
+            kind: EntryKind::Dir,
+        }],
+        stack: Vec::new(),
+        active: HashSet::new(),
+    };
+    walker.dir(&root, &root, "")?;
+    let entries = walker.entries;
+    if !entries
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::File { .. }))
+    {
+        return Err(ArtifactError::Empty(root));
+    }
+    Ok(entries)
+}
+
+/// Checks that `root` exists and is a directory, and returns it canonical.
+pub fn canonical_root(root: &Path) -> Result<PathBuf, ArtifactError> {
+    let meta = fs::metadata(root).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ArtifactError::NoSuchDir(root.to_path_buf()),
+        _ => io_at(root)(e),
+    })?;
+    if !meta.is_dir() {
+        return Err(ArtifactError::NotADir(root.to_path_buf()));
+    }
+    fs::canonicalize(root).map_err(io_at(root))
+}
+
+struct Walker<'a> {
+    root: &'a Path,
+    rules: &'a IgnoreRules,
+    options: &'a WalkOptions,
+    entries: Vec<Entry>,
+    /// `.sourceignore` matchers of the directories being walked.
+    stack: Vec<Gitignore>,
+    /// Canonical directories being walked, to catch symlink loops.
+    active: HashSet<PathBuf>,
+}
+
+impl Walker<'_> {
+    /// Walks `real` (a canonical directory) that appears at `logical` (a path
+    /// under the root) with archive prefix `prefix`.
+    fn dir(&mut self, real: &Path, logical: &Path, prefix: &str) -> Result<(), ArtifactError> {
+        self.active.insert(real.to_path_buf());
+        let pushed = match IgnoreRules::dir_rules(real, logical)? {
+            Some(rules) => {
+                self.stack.push(rules);
+                true
+            }
+            None => false,
+        };
+        let mut names = Vec::new();
+        let read = fs::read_dir(real).map_err(io_at(logical))?;
+        for item in read {
+            let item = item.map_err(io_at(logical))?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(ArtifactError::NonUtf8Name(logical.join(&name)));
+            };
+            names.push(name.to_string());
+        }
+        // Byte-wise lexical order, the order Go's filepath.Walk uses.
+        names.sort_unstable();
+        for name in names {
+            self.entry(real, logical, prefix, &name)?;
+        }
+        if pushed {
+            self.stack.pop();
+        }
+        self.active.remove(real);
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        real_dir: &Path,
+        logical_dir: &Path,
+        prefix: &str,
+        name: &str,
+    ) -> Result<(), ArtifactError> {
+        let real = real_dir.join(name);
+        let logical = logical_dir.join(name);
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = fs::symlink_metadata(&real).map_err(io_at(&logical))?;
+        let (target, meta) = if meta.file_type().is_symlink() {
+            let target = self.resolve_link(&real, &logical)?;
+            let meta = fs::metadata(&target).map_err(io_at(&logical))?;
+            (target, meta)
+        } else {
+            (real, meta)
+        };
+        if self.rules.is_ignored(&self.stack, &logical, meta.is_dir()) {
+            return Ok(());
+        }
+        if meta.is_dir() {
+            if self.active.contains(&target) {
+                return Err(ArtifactError::SymlinkLoop(logical));
+            }
+            self.entries.push(Entry {
+                path: path.clone(),
+                kind: EntryKind::Dir,
+            });
+            return self.dir(&target, &logical, &path);
+        }
+        if !meta.is_file() {
+            // Sockets, FIFOs and devices have no place in an artifact (Flux skips them too).
+            tracing::debug!(path = %logical.display(), "skipping special file");
+            return Ok(());
+        }
+        if meta.len() > self.options.max_file_size {
+            return Err(ArtifactError::TooLarge {
+                path: logical,
+                size: meta.len(),
+                limit: self.options.max_file_size,
+            });
+        }
+        self.entries.push(Entry {
+            path,
+            kind: EntryKind::File {
+                source: target,
+                size: meta.len(),
+                executable: is_executable(&meta),
+            },
+        });
+        Ok(())
+    }
+
+    /// Resolves a symlink; it must lead to an existing path inside the root.
+    fn resolve_link(&self, real: &Path, logical: &Path) -> Result<PathBuf, ArtifactError> {
+        match fs::canonicalize(real) {
+            Ok(target) if target.starts_with(self.root) => Ok(target),
+            Ok(target) => Err(ArtifactError::SymlinkEscapes {
+                path: logical.to_path_buf(),
+                target,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ArtifactError::DanglingSymlink(logical.to_path_buf()))
+            }
+            // ELOOP: the link resolves to itself through other links.
+            Err(e) if e.raw_os_error() == Some(40) => {
+                Err(ArtifactError::SymlinkLoop(logical.to_path_buf()))
+            }
+            Err(e) => Err(io_at(logical)(e)),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn is_executable(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable(_: &fs::Metadata) -> bool {
+    false
+}

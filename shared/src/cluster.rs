@@ -1,0 +1,274 @@
+//! Kubernetes connection, resolved the kubectl way.
+//!
+//! [`KubeFlags`] carries the standard kubectl flags (`--kubeconfig`,
+//! `--context`, `--cluster`, `--user`, `-n`, `--as`, `--as-group`,
+//! `--request-timeout`). Without `--kubeconfig`, `KUBECONFIG` (a path list,
+//! merged) or `~/.kube/config` is read, then the in-cluster config.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::duration;
+
+/// Errors resolving or reaching the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    ReadKubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no kubeconfig found and not running inside a cluster ({0}); set KUBECONFIG or pass --kubeconfig"
+    )]
+    NoKubeconfig(#[source] kube::config::InClusterError),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
+    #[error("context {0:?} is not in the kubeconfig (see `kubectl config get-contexts`)")]
+    UnknownContext(String),
+    #[error("--request-timeout: {0}")]
+    Timeout(#[from] duration::DurationError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// The kubectl connection flags, shared by every plugin.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KubeFlags {
+    /// Path to the kubeconfig file to use (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The name of the kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The name of the kubeconfig cluster to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The name of the kubeconfig user to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub user: Option<String>,
+    /// The namespace scope for this request (default: the context's namespace).
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Username to impersonate for the operation.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub impersonate: Option<String>,
+    /// Group to impersonate for the operation (repeatable).
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub impersonate_groups: Vec<String>,
+    /// How long to wait for a single API request (e.g. 30s, 1m; 0 means no limit).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "0")]
+    pub request_timeout: String,
+}
+
+/// A connected cluster: the client plus what was resolved to build it.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    /// The namespace from `-n`, else the context's, else `default`.
+    pub namespace: String,
+    /// The kubeconfig context in use (`None` for in-cluster config).
+    pub context: Option<String>,
+    /// The API server URL.
+    pub server: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("context", &self.context)
+            .field("server", &self.server)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl KubeFlags {
+    fn options(&self) -> KubeConfigOptions {
+        KubeConfigOptions {
+            context: self.context.clone(),
+            cluster: self.cluster.clone(),
+            user: self.user.clone(),
+        }
+    }
+
+    fn load_kubeconfig(&self) -> Result<Option<Kubeconfig>, ClusterError> {
+        if let Some(path) = &self.kubeconfig {
+            return Kubeconfig::read_from(path).map(Some).map_err(|source| {
+                ClusterError::ReadKubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
+            });
+        }
+        match Kubeconfig::read() {
+            Ok(k) => Ok(Some(k)),
+            // KUBECONFIG set but unreadable is a user error, not a fallback.
+            Err(source) if std::env::var_os("KUBECONFIG").is_some() => {
+                Err(ClusterError::ReadKubeconfig {
+                    path: std::env::var("KUBECONFIG").unwrap_or_default(),
+                    source,
+                })
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Resolves the configuration without connecting.
+    pub async fn config(&self) -> Result<(Config, Option<String>), ClusterError> {
+        let (mut config, context) = match self.load_kubeconfig()? {
+            Some(kubeconfig) => {
+                let context = self
+                    .context
+                    .clone()
+                    .or_else(|| kubeconfig.current_context.clone());
+                if let Some(name) = &context
+                    && !kubeconfig.contexts.iter().any(|c| &c.name == name)
+                {
+                    return Err(ClusterError::UnknownContext(name.clone()));
+                }
+                let config = Config::from_custom_kubeconfig(kubeconfig, &self.options())
+                    .await
+                    .map_err(ClusterError::Kubeconfig)?;
+                (config, context)
+            }
+            None => {
+                let config = Config::incluster().map_err(ClusterError::NoKubeconfig)?;
+                (config, None)
+            }
+        };
+        if let Some(user) = &self.impersonate {
+            config.auth_info.impersonate = Some(user.clone());
+        }
+        if !self.impersonate_groups.is_empty() {
+            config.auth_info.impersonate_groups = Some(self.impersonate_groups.clone());
+        }
+        let timeout = duration::parse(&self.request_timeout)?;
+        if timeout > Duration::ZERO {
+            config.read_timeout = Some(timeout);
+            config.write_timeout = Some(timeout);
+            config.connect_timeout = Some(timeout);
+        }
+        if let Some(ns) = &self.namespace {
+            config.default_namespace = ns.clone();
+        }
+        Ok((config, context))
+    }
+
+    /// Resolves the configuration and builds a client (no request is made).
+    pub async fn connect(&self) -> Result<Cluster, ClusterError> {
+        let (config, context) = self.config().await?;
+        let namespace = config.default_namespace.clone();
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let client = Client::try_from(config).map_err(ClusterError::Client)?;
+        Ok(Cluster {
+            client,
+            namespace,
+            context,
+            server,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kube: KubeFlags,
+    }
+
+    const KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+current-context: one
+clusters:
+- name: c1
+  cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}
+- name: c2
+  cluster: {server: "https://10.0.0.2:6443", insecure-skip-tls-verify: true}
+users:
+- name: u
+  user: {token: secret-token}
+contexts:
+- name: one
+  context: {cluster: c1, user: u, namespace: team-a}
+- name: two
+  context: {cluster: c2, user: u}
+"#;
+
+    fn write_kubeconfig() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, KUBECONFIG.as_bytes()).unwrap();
+        f
+    }
+
+    #[tokio::test]
+    async fn honours_kubeconfig_context_and_namespace_flags() {
+        let file = write_kubeconfig();
+        let path = file.path().to_str().unwrap();
+
+        let cli = Cli::parse_from(["x", "--kubeconfig", path]);
+        let (config, context) = cli.kube.config().await.unwrap();
+        assert_eq!(context.as_deref(), Some("one"));
+        assert_eq!(config.default_namespace, "team-a");
+        assert_eq!(config.cluster_url.host(), Some("127.0.0.1"));
+
+        let cli = Cli::parse_from(["x", "--kubeconfig", path, "--context", "two", "-n", "b"]);
+        let (config, context) = cli.kube.config().await.unwrap();
+        assert_eq!(context.as_deref(), Some("two"));
+        assert_eq!(config.default_namespace, "b");
+        assert_eq!(config.cluster_url.host(), Some("10.0.0.2"));
+    }
+
+    #[tokio::test]
+    async fn impersonation_and_timeout_flags_reach_the_config() {
+        let file = write_kubeconfig();
+        let path = file.path().to_str().unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--kubeconfig",
+            path,
+            "--as",
+            "jane",
+            "--as-group",
+            "devs",
+            "--request-timeout",
+            "5s",
+        ]);
+        let (config, _) = cli.kube.config().await.unwrap();
+        assert_eq!(config.auth_info.impersonate.as_deref(), Some("jane"));
+        assert_eq!(
+            config.auth_info.impersonate_groups,
+            Some(vec!["devs".to_string()])
+        );
+        assert_eq!(config.read_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[tokio::test]
+    async fn unknown_context_and_missing_file_are_clear_errors() {
+        let file = write_kubeconfig();
+        let path = file.path().to_str().unwrap();
+        let cli = Cli::parse_from(["x", "--kubeconfig", path, "--context", "nope"]);
+        let err = cli.kube.config().await.unwrap_err().to_string();
+        assert!(err.contains("\"nope\" is not in the kubeconfig"), "{err}");
+
+        let cli = Cli::parse_from(["x", "--kubeconfig", "/does/not/exist"]);
+        let err = cli.kube.config().await.unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read kubeconfig /does/not/exist"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Durations as users type them: Go/kubectl style (`90s`, `1m30s`, `1h`,
+//! `500ms`), plus `d` for days, and a bare number meaning seconds.
+
+use std::time::Duration;
+
+/// A duration that could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid duration {input:?}: {reason} (examples: 30s, 5m, 1h30m, 2d)")]
+pub struct DurationError {
+    input: String,
+    reason: &'static str,
+}
+
+/// Parses `30s`, `5m`, `1h30m`, `2d`, `250ms` or a bare number of seconds.
+pub fn parse(input: &str) -> Result<Duration, DurationError> {
+    let err = |reason| DurationError {
+        input: input.to_string(),
+        reason,
+    };
+    let s = input.trim();
+    if s.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(err("expected a number before each unit"));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let millis_per = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(err("a unit (ms, s, m, h, d) is missing")),
+            _ => return Err(err("unknown unit; use ms, s, m, h or d")),
+        };
+        let millis = value
+            .checked_mul(millis_per)
+            .ok_or_else(|| err("duration too large"))?;
+        total = total
+            .checked_add(Duration::from_millis(millis))
+            .ok_or_else(|| err("duration too large"))?;
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way kubectl prints ages: `45s`, `12m`, `3h20m`, `5d`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => {
+            let (h, m) = (s / 3600, (s % 3600) / 60);
+            if m == 0 || h >= 8 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{m}m")
+            }
+        }
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_style_durations() {
+        assert_eq!(parse("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn rejects_bad_durations_with_a_reason() {
+        for bad in ["", "m", "5x", "1.5h", "s5", "99999999999999999999d"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid duration"), "{bad}: {e}");
+        }
+        assert!(parse("5").is_ok());
+        assert!(parse("5 m").unwrap_err().to_string().contains("unit"));
+    }
+
+    #[test]
+    fn formats_like_kubectl() {
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(3600 + 1200)), "1h20m");
+        assert_eq!(human(Duration::from_secs(86_400 * 3)), "3d");
+    }
+}

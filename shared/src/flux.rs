@@ -1,0 +1,376 @@
+//! The Flux objects the suite drives: `OCIRepository`
+//! (`source.toolkit.fluxcd.io/v1`) and `Kustomization`
+//! (`kustomize.toolkit.fluxcd.io/v1`), typed with only the fields we use, and
+//! the checks that Flux is installed.
+
+use std::collections::BTreeMap;
+
+use kube::{Client, CustomResource};
+use serde::{Deserialize, Serialize};
+
+/// The annotation that asks a Flux controller to reconcile now.
+pub const RECONCILE_REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+/// The API group of Flux sources.
+pub const SOURCE_GROUP: &str = "source.toolkit.fluxcd.io";
+/// The API group of Flux Kustomizations.
+pub const KUSTOMIZE_GROUP: &str = "kustomize.toolkit.fluxcd.io";
+
+/// A Flux condition (`metav1.Condition`, with the fields we read).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// Finds a condition by type.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalObjectReference {
+    pub name: String,
+}
+
+/// A reference to a key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretKeyReference {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// `OCIRepository.spec`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "source.toolkit.fluxcd.io",
+    version = "v1",
+    kind = "OCIRepository",
+    plural = "ocirepositories",
+    namespaced,
+    status = "OCIRepositoryStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OCIRepositorySpec {
+    /// `oci://host/repository`, without a tag.
+    pub url: String,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<OCIRepositoryRef>,
+    pub interval: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_selector: Option<LayerSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// `OCIRepository.spec.ref`: digest wins over semver over tag.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OCIRepositoryRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// `OCIRepository.spec.layerSelector`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerSelector {
+    pub media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// `OCIRepository.status`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OCIRepositoryStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub artifact: Option<Artifact>,
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// The artifact a source produced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub revision: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `Kustomization.spec`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kustomize.toolkit.fluxcd.io",
+    version = "v1",
+    kind = "Kustomization",
+    plural = "kustomizations",
+    namespaced,
+    status = "KustomizationStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizationSpec {
+    pub source_ref: SourceReference,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub prune: bool,
+    pub interval: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_config: Option<KubeConfigReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<Decryption>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// `Kustomization.spec.sourceRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceReference {
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `Kustomization.spec.kubeConfig`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeConfigReference {
+    pub secret_ref: SecretKeyReference,
+}
+
+/// `Kustomization.spec.decryption`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Decryption {
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+}
+
+/// `Kustomization.status`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizationStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub last_applied_revision: Option<String>,
+    #[serde(default)]
+    pub last_attempted_revision: Option<String>,
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub last_handled_reconcile_at: Option<String>,
+    #[serde(default)]
+    pub inventory: Option<Inventory>,
+}
+
+/// What a Kustomization applied.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    #[serde(default)]
+    pub entries: Vec<InventoryEntry>,
+}
+
+/// One applied object: `id` is `<namespace>_<name>_<group>_<kind>`, `v` its version.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InventoryEntry {
+    pub id: String,
+    #[serde(default)]
+    pub v: String,
+}
+
+/// Asks the controller to reconcile `name` now, the way `flux reconcile`
+/// does: a new value of [`RECONCILE_REQUESTED_AT`]. Returns the value, which
+/// the controller echoes in `status.lastHandledReconcileAt` once handled.
+pub async fn request_reconcile<K>(api: &kube::Api<K>, name: &str) -> Result<String, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let patch = serde_json::json!({"metadata": {"annotations": {RECONCILE_REQUESTED_AT: &now}}});
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(now)
+}
+
+/// Flux is missing or incomplete.
+#[derive(Debug, thiserror::Error)]
+pub enum FluxError {
+    #[error(
+        "the cluster does not serve {kind} ({group}/v1): Flux's {controller} is not installed. \
+         Install it with `flux install --components=source-controller,kustomize-controller` \
+         (Flux 2.7 or newer) and try again"
+    )]
+    NotInstalled {
+        kind: &'static str,
+        group: &'static str,
+        controller: &'static str,
+    },
+    #[error("cannot reach the Kubernetes API server at {server}: {source}")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Checks that the `OCIRepository` and `Kustomization` v1 APIs are served.
+pub async fn check_installed(client: &Client, server: &str) -> Result<(), FluxError> {
+    let wanted = [
+        (SOURCE_GROUP, "OCIRepository", "source-controller"),
+        (KUSTOMIZE_GROUP, "Kustomization", "kustomize-controller"),
+    ];
+    for (group, kind, controller) in wanted {
+        let missing = FluxError::NotInstalled {
+            kind,
+            group,
+            controller,
+        };
+        match client
+            .list_api_group_resources(&format!("{group}/v1"))
+            .await
+        {
+            Ok(list) if list.resources.iter().any(|r| r.kind == kind) => {}
+            Ok(_) => return Err(missing),
+            Err(kube::Error::Api(status)) if status.code == 404 => return Err(missing),
+            Err(source) => {
+                return Err(FluxError::Unreachable {
+                    server: server.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::Resource;
+
+    #[test]
+    fn resources_have_flux_api_coordinates() {
+        assert_eq!(
+            OCIRepository::api_version(&()),
+            "source.toolkit.fluxcd.io/v1"
+        );
+        assert_eq!(OCIRepository::plural(&()), "ocirepositories");
+        assert_eq!(
+            Kustomization::api_version(&()),
+            "kustomize.toolkit.fluxcd.io/v1"
+        );
+    }
+
+    #[test]
+    fn specs_serialise_to_flux_field_names_without_nulls() {
+        let spec = OCIRepositorySpec {
+            url: "oci://127.0.0.1:5000/app".into(),
+            reference: Some(OCIRepositoryRef {
+                tag: Some("latest".into()),
+                ..Default::default()
+            }),
+            interval: "10m".into(),
+            layer_selector: Some(LayerSelector {
+                media_type: "application/vnd.cncf.flux.content.v1.tar+gzip".into(),
+                operation: Some("extract".into()),
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "url": "oci://127.0.0.1:5000/app",
+                "ref": {"tag": "latest"},
+                "interval": "10m",
+                "layerSelector": {
+                    "mediaType": "application/vnd.cncf.flux.content.v1.tar+gzip",
+                    "operation": "extract"
+                }
+            })
+        );
+        let ks = KustomizationSpec {
+            source_ref: SourceReference {
+                kind: "OCIRepository".into(),
+                name: "app".into(),
+                namespace: None,
+            },
+            prune: true,
+            interval: "10m".into(),
+            target_namespace: Some("sbx".into()),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&ks).unwrap();
+        assert_eq!(json["sourceRef"]["kind"], "OCIRepository");
+        assert_eq!(json["targetNamespace"], "sbx");
+        assert!(json.get("wait").is_none());
+    }
+
+    #[test]
+    fn status_reads_conditions_and_inventory() {
+        let status: KustomizationStatus = serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed",
+                            "message": "kustomize build failed", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "lastAttemptedRevision": "latest@sha256:abc",
+            "inventory": {"entries": [{"id": "ns_cm_ _ConfigMap", "v": "v1"}]}
+        }))
+        .unwrap();
+        let ready = condition(&status.conditions, "Ready").unwrap();
+        assert_eq!(ready.reason, "BuildFailed");
+        assert_eq!(status.inventory.unwrap().entries.len(), 1);
+    }
+}

@@ -1,0 +1,66 @@
+//! The suite's labels and annotations, defined once.
+//!
+//! Only objects carrying [`MANAGED_BY`] = [`MANAGER`] are ever modified or
+//! deleted by the suite.
+
+use std::collections::BTreeMap;
+
+/// The prefix of every label and annotation key the suite owns.
+pub const PREFIX: &str = "gitops.kubectl.dev";
+
+/// The standard Kubernetes label naming the tool that manages an object.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Our value for [`MANAGED_BY`].
+pub const MANAGER: &str = "kubectl-gitops";
+
+/// Label: the session that created an object.
+pub const SESSION: &str = "gitops.kubectl.dev/session";
+/// Label: the sandbox an object belongs to.
+pub const SANDBOX: &str = "gitops.kubectl.dev/sandbox";
+/// Label: what part of the suite an object is (`session`, `sandbox`, ...).
+pub const COMPONENT: &str = "gitops.kubectl.dev/component";
+
+/// The label selector matching everything the suite created.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY}={MANAGER}")
+}
+
+/// The labels every object created by the suite carries.
+pub fn managed(component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_string(), MANAGER.to_string()),
+        (COMPONENT.to_string(), component.to_string()),
+    ])
+}
+
+/// Whether an object's labels say the suite created it.
+pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(MANAGED_BY))
+        .is_some_and(|v| v == MANAGER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_prefix() {
+        for key in [SESSION, SANDBOX, COMPONENT] {
+            assert!(key.starts_with(PREFIX), "{key}");
+        }
+    }
+
+    #[test]
+    fn managed_labels_are_recognised() {
+        let labels = managed("session");
+        assert!(is_managed(Some(&labels)));
+        assert!(!is_managed(None));
+        let foreign = BTreeMap::from([(MANAGED_BY.to_string(), "helm".to_string())]);
+        assert!(!is_managed(Some(&foreign)));
+        assert_eq!(
+            managed_selector(),
+            "app.kubernetes.io/managed-by=kubectl-gitops"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The library behind the kubectl-gitops plugins.
+//!
+//! Every behaviour lives here, organised by concern; the plugin binaries only
+//! parse arguments and print. Errors are [`thiserror`] types per module, so
+//! the binaries can turn them into messages a user can act on.
+
+pub mod artifact;
+pub mod cluster;
+pub mod duration;
+pub mod flux;
+pub mod labels;
+pub mod output;
+
+/// The suite's version, shared by the three plugins.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Installs the process-wide TLS crypto provider (ring) used by both the
+/// Kubernetes client and the registry client. Call once, first thing in `main`.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,113 @@
+# Shared definitions of the local control plane harness. Sourced, not run.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+HARNESS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PEERS="$HARNESS_ROOT/tests/peers"
+# Built peer binaries, keyed by version, shared by every clone on this machine.
+CACHE="${GITOPS_HARNESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-gitops/peers}"
+# Everything a running harness owns: pids, logs, certificates, data.
+STATE="${GITOPS_HARNESS_DIR:-$HARNESS_ROOT/target/harness}"
+PORT_BASE="${GITOPS_HARNESS_PORT_BASE:-36000}"
+
+ETCD_PORT=$((PORT_BASE + 1))
+ETCD_PEER_PORT=$((PORT_BASE + 2))
+API_PORT=$((PORT_BASE + 3))
+KCM_PORT=$((PORT_BASE + 4))
+SC_STORAGE_PORT=$((PORT_BASE + 5))
+SC_METRICS_PORT=$((PORT_BASE + 6))
+SC_HEALTH_PORT=$((PORT_BASE + 7))
+KC_METRICS_PORT=$((PORT_BASE + 8))
+KC_HEALTH_PORT=$((PORT_BASE + 9))
+REGISTRY_PORT=$((PORT_BASE + 10))
+
+CONTEXT=local-gitops-harness
+FLUX_NAMESPACE=flux-system
+
+# name | peer module directory | package to build | binary
+PEER_TABLE="
+etcd|etcd|go.etcd.io/etcd/server/v3|etcd
+kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver
+kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|kube-controller-manager
+source-controller|source-controller|github.com/fluxcd/source-controller|source-controller
+kustomize-controller|kustomize-controller|github.com/fluxcd/kustomize-controller|kustomize-controller
+flux|flux|github.com/fluxcd/flux2/v2/cmd/flux|flux
+"
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+info() { printf '    %s\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# The version a peer module pins for a module, read from its go.mod.
+pinned_version() { # <peer dir> <module>
+    awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$PEERS/$1/go.mod"
+}
+
+# The main module a peer package belongs to.
+peer_module() { # <package>
+    case "$1" in
+        k8s.io/kubernetes/*) echo k8s.io/kubernetes ;;
+        github.com/fluxcd/flux2/v2/*) echo github.com/fluxcd/flux2/v2 ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# Where a peer's binary is cached: keyed by the pinned version and by the
+# go.mod/go.sum it was built from, so any change of pins builds afresh.
+peer_dir() { # <name>
+    local line dir pkg module version key
+    line=$(grep "^$1|" <<<"$PEER_TABLE")
+    IFS='|' read -r _ dir pkg _ <<<"$line"
+    module=$(peer_module "$pkg")
+    version=$(pinned_version "$dir" "$module")
+    key=$(cat "$PEERS/$dir/go.mod" "$PEERS/$dir/go.sum" | sha256sum | cut -c1-12)
+    echo "$CACHE/$1-$version-$key"
+}
+
+peer_bin() { # <name>
+    local line bin
+    line=$(grep "^$1|" <<<"$PEER_TABLE")
+    IFS='|' read -r _ _ _ bin <<<"$line"
+    echo "$(peer_dir "$1")/$bin"
+}
+
+pidfile() { echo "$STATE/pids/$1.pid"; }
+logfile() { echo "$STATE/logs/$1.log"; }
+
+# True when the process recorded for a component is alive and still ours.
+running() { # <name>
+    local pf pid
+    pf=$(pidfile "$1")
+    [[ -f $pf ]] || return 1
+    pid=$(<"$pf")
+    [[ -d /proc/$pid ]] || return 1
+    grep -qF -- "$STATE" "/proc/$pid/cmdline" 2>/dev/null || grep -qF -- "$STATE" "/proc/$pid/environ" 2>/dev/null
+}
+
+# Starts a component in its own session, with its pid and log recorded.
+start() { # <name> <command...>
+    local name=$1
+    shift
+    mkdir -p "$STATE/pids" "$STATE/logs"
+    GITOPS_HARNESS_DIR="$STATE" setsid "$@" >>"$(logfile "$name")" 2>&1 </dev/null &
+    echo $! >"$(pidfile "$name")"
+}
+
+# Waits until a command succeeds; on timeout, names the component and its log.
+wait_for() { # <name> <seconds> <command...>
+    local name=$1 deadline=$((SECONDS + $2))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        if ! running "$name"; then
+            die "$name exited while starting; see its log: $(logfile "$name")
+$(tail -n 15 "$(logfile "$name")" 2>/dev/null | sed 's/^/    | /')"
+        fi
+        if ((SECONDS >= deadline)); then
+            die "$name did not become ready within $2s; see its log: $(logfile "$name")"
+        fi
+        sleep 0.2
+    done
+}
+
+kubectl_h() { kubectl --kubeconfig "$STATE/kubeconfig" "$@"; }
