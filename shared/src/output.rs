@@ -18,3 +18,49 @@ pub fn init_logging(verbosity: u8) {
         .with_target(false)
         .try_init();
 }
+
+/// One line for an error and its causes, skipping causes whose text the
+/// line already holds (many libraries repeat their source in their message).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// Prints `error: …` to stderr and gives the exit code for a failed command.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> std::process::ExitCode {
+    eprintln!("error: {}", error_chain(err));
+    std::process::ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read kubeconfig /x: failed to read: no such file")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("push failed")]
+    struct Push(#[source] std::io::Error);
+
+    #[test]
+    fn chains_skip_repeated_causes() {
+        let e = Outer(std::io::Error::other("no such file"));
+        assert_eq!(
+            error_chain(&e),
+            "cannot read kubeconfig /x: failed to read: no such file"
+        );
+        let e = Push(std::io::Error::other("connection refused"));
+        assert_eq!(error_chain(&e), "push failed: connection refused");
+    }
+}

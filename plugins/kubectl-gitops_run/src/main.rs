@@ -1,5 +1,7 @@
 //! `kubectl gitops-run`: GitOps Run for any cluster with Flux.
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use gitops::cluster::KubeFlags;
@@ -24,12 +26,16 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     gitops::install_crypto_provider();
     let cli = Cli::parse();
     gitops::output::init_logging(cli.verbose);
-    match cli.command {
+    let result = match cli.command {
         Command::Check => check(&cli.kube).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => gitops::output::report(e.as_ref()),
     }
 }
 
