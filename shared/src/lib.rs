@@ -8,8 +8,10 @@ pub mod artifact;
 pub mod cluster;
 pub mod duration;
 pub mod flux;
+pub mod git;
 pub mod labels;
 pub mod output;
+pub mod registry;
 
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -26,6 +26,10 @@ pub struct Harness {
     pub context: String,
     /// `host:port` of the OCI registry.
     pub registry: String,
+    /// `host:port` of the registry that demands credentials.
+    pub auth_registry: String,
+    /// `USER:PASSWORD` for [`Harness::auth_registry`].
+    pub auth_creds: String,
     /// The `flux` CLI of the pinned release.
     pub flux: PathBuf,
 }
@@ -59,6 +63,8 @@ impl Harness {
             kubeconfig: PathBuf::from(var("KUBECONFIG")),
             context: var("GITOPS_HARNESS_CONTEXT"),
             registry: var("GITOPS_HARNESS_REGISTRY"),
+            auth_registry: var("GITOPS_HARNESS_AUTH_REGISTRY"),
+            auth_creds: var("GITOPS_HARNESS_AUTH_CREDS"),
             flux: PathBuf::from(var("GITOPS_HARNESS_FLUX")),
             dir,
         }
@@ -96,6 +102,55 @@ impl Harness {
         let mut cmd = Command::new(&self.flux);
         cmd.env("KUBECONFIG", &self.kubeconfig);
         cmd
+    }
+}
+
+/// A plugin binary built by `cargo build --workspace --bins`, beside the
+/// test executable's target directory.
+pub fn plugin(name: &str) -> Command {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target directory");
+    assert!(
+        bin.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` first (`make test` and `make e2e` do)",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("RUST_BACKTRACE").env("NO_COLOR", "1");
+    cmd
+}
+
+/// What a finished command printed, and how it exited.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command and returns its output, whatever its exit status.
+pub fn output(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes files (path, content) under `dir`, creating directories.
+pub fn write_tree(dir: &Path, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("create dir");
+        std::fs::write(p, content).expect("write file");
     }
 }
 

@@ -1,5 +1,7 @@
 //! `kubectl gitops-run`: GitOps Run for any cluster with Flux.
 
+mod artifact_cmd;
+
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -23,6 +25,12 @@ struct Cli {
 enum Command {
     /// Check that the current context can run sessions: reachable, Flux installed.
     Check,
+    /// Package DIR as a Flux artifact layer (gzip'd tarball); print its digest.
+    Build(artifact_cmd::BuildArgs),
+    /// Package DIR and push it as a Flux OCI artifact.
+    Push(artifact_cmd::PushArgs),
+    /// Compare DIR with an artifact by file content (exit 0 equal, 1 different, 2 error).
+    Diff(artifact_cmd::DiffArgs),
 }
 
 #[tokio::main]
@@ -31,10 +39,22 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     gitops::output::init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Check => check(&cli.kube).await,
+        Command::Check => check(&cli.kube).await.map(|()| ExitCode::SUCCESS),
+        Command::Build(args) => artifact_cmd::build(args).await,
+        Command::Push(args) => artifact_cmd::push(args).await,
+        Command::Diff(args) => {
+            // diff(1)'s convention: 1 means "different", so trouble is 2.
+            return match artifact_cmd::diff(args).await {
+                Ok(code) => code,
+                Err(e) => {
+                    gitops::output::report(e.as_ref());
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => gitops::output::report(e.as_ref()),
     }
 }

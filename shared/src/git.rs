@@ -1,0 +1,158 @@
+//! What Git says about a directory: its work tree, remote, branch, commit
+//! and whether it is dirty. Read with the `git` command; a directory outside
+//! any work tree (or a machine without Git) simply has no Git information.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Git facts about a directory inside a work tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitInfo {
+    /// The work tree's top level.
+    pub toplevel: PathBuf,
+    /// The directory's path relative to the top level (`""` at the top).
+    pub prefix: String,
+    /// `origin`'s URL (or the first remote's), credentials removed.
+    pub remote: Option<String>,
+    /// The checked-out branch; `None` on a detached HEAD.
+    pub branch: Option<String>,
+    /// The HEAD commit; `None` before the first commit.
+    pub commit: Option<String>,
+    /// Uncommitted changes (or untracked files) under the directory.
+    pub dirty: bool,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl GitInfo {
+    /// Git facts for `dir`, or `None` if it is not in a work tree.
+    pub fn for_dir(dir: &Path) -> Option<GitInfo> {
+        let toplevel = PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"])?);
+        let prefix = git(dir, &["rev-parse", "--show-prefix"])
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string();
+        let remote = git(dir, &["remote", "get-url", "origin"])
+            .or_else(|| {
+                let first = git(dir, &["remote"])?.lines().next()?.to_string();
+                git(dir, &["remote", "get-url", &first])
+            })
+            .filter(|r| !r.is_empty())
+            .map(|r| strip_credentials(&r));
+        let branch = git(dir, &["symbolic-ref", "--quiet", "--short", "HEAD"]);
+        let commit = git(dir, &["rev-parse", "--verify", "--quiet", "HEAD"]);
+        let dirty = git(dir, &["status", "--porcelain", "--", "."]).is_none_or(|s| !s.is_empty());
+        Some(GitInfo {
+            toplevel,
+            prefix,
+            remote,
+            branch,
+            commit,
+            dirty,
+        })
+    }
+}
+
+/// Removes `user:password@` from a URL so it never reaches annotations or logs.
+pub fn strip_credentials(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            let user_only = !authority[..authority.len() - host.len() - 1].contains(':');
+            // ssh://git@host is a user name, not a secret; keep it.
+            if scheme.starts_with("ssh") && user_only {
+                return url.to_string();
+            }
+            return if path.is_empty() {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            };
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_stripped_from_remote_urls() {
+        assert_eq!(
+            strip_credentials("https://bob:ghp_secret@github.com/org/repo.git"),
+            "https://github.com/org/repo.git"
+        );
+        assert_eq!(
+            strip_credentials("https://token@example.com/repo"),
+            "https://example.com/repo"
+        );
+        assert_eq!(
+            strip_credentials("ssh://git@github.com/org/repo"),
+            "ssh://git@github.com/org/repo"
+        );
+        assert_eq!(
+            strip_credentials("git@github.com:org/repo.git"),
+            "git@github.com:org/repo.git"
+        );
+        assert_eq!(
+            strip_credentials("https://github.com/o/r"),
+            "https://github.com/o/r"
+        );
+    }
+
+    fn run(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn reads_branch_commit_remote_and_dirtiness() {
+        let repo = tempfile::tempdir().unwrap();
+        let root = repo.path();
+        run(root, &["init", "-q", "-b", "main"]);
+        run(
+            root,
+            &[
+                "remote",
+                "add",
+                "origin",
+                "https://user:pw@example.com/app.git",
+            ],
+        );
+        std::fs::create_dir(root.join("deploy")).unwrap();
+        std::fs::write(root.join("deploy/app.yaml"), "a").unwrap();
+        run(root, &["add", "."]);
+        run(root, &["commit", "-q", "-m", "one"]);
+        let info = GitInfo::for_dir(&root.join("deploy")).unwrap();
+        assert_eq!(info.prefix, "deploy");
+        assert_eq!(info.branch.as_deref(), Some("main"));
+        assert_eq!(info.remote.as_deref(), Some("https://example.com/app.git"));
+        assert_eq!(info.commit.as_ref().map(|c| c.len()), Some(40));
+        assert!(!info.dirty);
+        std::fs::write(root.join("deploy/app.yaml"), "b").unwrap();
+        assert!(GitInfo::for_dir(&root.join("deploy")).unwrap().dirty);
+        assert!(GitInfo::for_dir(Path::new("/")).is_none());
+    }
+}

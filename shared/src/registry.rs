@@ -1,0 +1,896 @@
+//! OCI registries: artifact references, credentials, and the push, pull and
+//! diff of Flux artifacts.
+//!
+//! A push uploads only the blobs the registry lacks, and writes the tag last
+//! (the manifest PUT), so a failed push never leaves a tag pointing at a
+//! partial artifact. Transient failures are retried with backoff; the rest
+//! are reported in words a user can act on. Credentials are never printed.
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use serde::Serialize;
+
+use crate::artifact::{
+    self, ArtifactError, Blob, CONFIG_MEDIA_TYPE, CONTENT_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
+    TreeDiff, WalkOptions,
+};
+use crate::git::GitInfo;
+
+/// Manifest annotation: where the content came from.
+pub const ANNOTATION_SOURCE: &str = "org.opencontainers.image.source";
+/// Manifest annotation: which revision of it.
+pub const ANNOTATION_REVISION: &str = "org.opencontainers.image.revision";
+/// Manifest annotation: when the artifact was made.
+pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+/// `created` with `--reproducible`: the epoch, as Flux pins it.
+pub const REPRODUCIBLE_CREATED: &str = "1970-01-01T00:00:00Z";
+
+/// What went wrong talking to a registry, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "invalid artifact reference {input:?}: {reason} (expected oci://HOST/REPOSITORY[:TAG])"
+    )]
+    BadReference { input: String, reason: &'static str },
+    #[error("--creds must be USER:PASSWORD (or log in with `docker login HOST`)")]
+    BadCreds,
+    #[error("cannot reach the registry {registry}: {detail}; is it running at that address?{hint}")]
+    Unreachable {
+        registry: String,
+        detail: String,
+        hint: &'static str,
+    },
+    #[error(
+        "the registry {registry} requires credentials (401 Unauthorized); log in with \
+         `docker login {registry}` or pass --creds USER:PASSWORD"
+    )]
+    CredentialsRequired { registry: String },
+    #[error(
+        "the registry {registry} refused the credentials given (401 Unauthorized); check them, \
+         or log in again with `docker login {registry}`"
+    )]
+    Unauthorized { registry: String },
+    #[error(
+        "the registry {registry} denied access to {repository} (403 Forbidden); the account \
+         may lack push rights to that repository"
+    )]
+    Forbidden {
+        registry: String,
+        repository: String,
+    },
+    #[error("the registry {registry} is out of storage space; free space on it and push again")]
+    StorageFull { registry: String },
+    #[error(
+        "the registry {registry} failed ({code}): {message}; it may be overloaded or misconfigured, try again later"
+    )]
+    Server {
+        registry: String,
+        code: u16,
+        message: String,
+    },
+    #[error("{reference} was not found in the registry")]
+    NotFound { reference: String },
+    #[error("{reference} is not a Flux artifact: {reason}")]
+    NotFlux { reference: String, reason: String },
+    #[error("registry {registry}: {message}")]
+    Other { registry: String, message: String },
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error("temporary file: {0}")]
+    Temp(#[source] std::io::Error),
+}
+
+/// `oci://HOST/REPOSITORY[:TAG][@DIGEST]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl FromStr for ArtifactRef {
+    type Err = RegistryError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let bad = |reason| RegistryError::BadReference {
+            input: input.to_string(),
+            reason,
+        };
+        let rest = input
+            .strip_prefix("oci://")
+            .ok_or_else(|| bad("it must start with oci://"))?;
+        let (rest, digest) = match rest.split_once('@') {
+            Some((r, d)) => {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| bad("the digest must be sha256:<64 hex digits>"))?;
+                if hex.len() != 64
+                    || !hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
+                    return Err(bad("the digest must be sha256:<64 hex digits>"));
+                }
+                (r, Some(d.to_string()))
+            }
+            None => (rest, None),
+        };
+        let (registry, path) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("a repository path is missing after the host"))?;
+        if registry.is_empty() {
+            return Err(bad("the registry host is empty"));
+        }
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
+            _ => (path, None),
+        };
+        let repo_ok = !repository.is_empty()
+            && repository.split('/').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+                    && part.as_bytes()[0].is_ascii_alphanumeric()
+            });
+        if !repo_ok {
+            return Err(bad(
+                "the repository must be lowercase letters, digits, '.', '_', '-' and '/'",
+            ));
+        }
+        if let Some(tag) = &tag {
+            let tag_ok = !tag.is_empty()
+                && tag.len() <= 128
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && tag.as_bytes()[0] != b'.'
+                && tag.as_bytes()[0] != b'-';
+            if !tag_ok {
+                return Err(bad(
+                    "the tag must be letters, digits, '.', '_' or '-' (at most 128)",
+                ));
+            }
+        }
+        Ok(ArtifactRef {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            tag,
+            digest,
+        })
+    }
+}
+
+impl fmt::Display for ArtifactRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "oci://{}/{}", self.registry, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ArtifactRef {
+    /// `oci://HOST/REPOSITORY`, as `OCIRepository.spec.url` wants it.
+    pub fn repository_url(&self) -> String {
+        format!("oci://{}/{}", self.registry, self.repository)
+    }
+
+    /// The tag, `latest` when none was given.
+    pub fn tag_or_latest(&self) -> &str {
+        self.tag.as_deref().unwrap_or("latest")
+    }
+
+    fn oci(&self) -> Reference {
+        match &self.digest {
+            Some(d) => {
+                Reference::with_digest(self.registry.clone(), self.repository.clone(), d.clone())
+            }
+            None => Reference::with_tag(
+                self.registry.clone(),
+                self.repository.clone(),
+                self.tag_or_latest().to_string(),
+            ),
+        }
+    }
+}
+
+/// The host part of `host[:port]` (brackets removed from IPv6 literals).
+fn host_of(registry: &str) -> &str {
+    if let Some(rest) = registry.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    registry.rsplit_once(':').map_or(registry, |(h, _)| h)
+}
+
+/// Whether a registry address is on this machine, where plain HTTP is safe.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = host_of(registry);
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Registry credentials. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({}:<redacted>)", self.username)
+    }
+}
+
+impl FromStr for Credentials {
+    type Err = RegistryError;
+
+    /// `USER:PASSWORD`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(Credentials {
+                username: u.to_string(),
+                password: p.to_string(),
+            }),
+            _ => Err(RegistryError::BadCreds),
+        }
+    }
+}
+
+/// How to talk to a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// `--creds`; otherwise the Docker config and its credential helpers.
+    pub creds: Option<Credentials>,
+    /// `--insecure-registry`: plain HTTP to a registry that is not on loopback.
+    pub insecure: bool,
+}
+
+/// A client bound to one registry, authenticated for the operations done.
+pub struct Registry {
+    client: Client,
+    auth: RegistryAuth,
+    reference: ArtifactRef,
+}
+
+/// Retry delays for transient failures (connection refused, 5xx, 429).
+const RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(750),
+    Duration::from_millis(2000),
+];
+
+fn docker_config_auth(registry: &str) -> RegistryAuth {
+    // Docker Hub's credentials are stored under its index URL.
+    let key = match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
+        other => other,
+    };
+    match docker_credential::get_credential(key) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
+            RegistryAuth::Basic(u, p)
+        }
+        Ok(docker_credential::DockerCredential::IdentityToken(_)) => {
+            tracing::debug!(
+                registry,
+                "identity tokens are not supported; pulling anonymously"
+            );
+            RegistryAuth::Anonymous
+        }
+        Err(_) => RegistryAuth::Anonymous,
+    }
+}
+
+impl Registry {
+    /// A client for the registry of `reference`.
+    pub fn new(reference: &ArtifactRef, options: &RegistryOptions) -> Registry {
+        let plain_http = options.insecure || is_loopback(&reference.registry);
+        let config = ClientConfig {
+            protocol: if plain_http {
+                ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            // One streamed PUT per blob: no buffering, no chunk round-trips.
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let auth = match &options.creds {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => docker_config_auth(&reference.registry),
+        };
+        Registry {
+            client: Client::new(config),
+            auth,
+            reference: reference.clone(),
+        }
+    }
+
+    fn classify(&self, err: OciDistributionError) -> RegistryError {
+        match classify(&self.reference, err) {
+            RegistryError::Unauthorized { registry } if self.auth == RegistryAuth::Anonymous => {
+                RegistryError::CredentialsRequired { registry }
+            }
+            other => other,
+        }
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) && attempt < RETRY_DELAYS.len() => {
+                    tracing::info!(what, attempt, "transient registry error, retrying: {e}");
+                    tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.classify(e)),
+            }
+        }
+    }
+
+    /// Authenticates for `op` (fetches a token where the registry uses them).
+    pub async fn login(&self, op: RegistryOperation) -> Result<(), RegistryError> {
+        let r = self.reference.oci();
+        self.retry("authenticate", || self.client.auth(&r, &self.auth, op))
+            .await
+            .map(|_| ())
+    }
+
+    async fn blob_exists(&self, digest: &str) -> Result<bool, RegistryError> {
+        let r = self.reference.oci();
+        self.retry("check blob", || self.client.blob_exists(&r, digest))
+            .await
+    }
+
+    async fn push_file(&self, file: &std::fs::File, blob: &Blob) -> Result<(), RegistryError> {
+        let r = self.reference.oci();
+        self.retry("upload layer", || async {
+            let mut f = file.try_clone().map_err(OciDistributionError::IoError)?;
+            std::io::Seek::rewind(&mut f).map_err(OciDistributionError::IoError)?;
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 1 << 20);
+            let stream = futures::TryStreamExt::map_err(stream, OciDistributionError::IoError);
+            self.client
+                .push_blob_stream(&r, stream, &blob.digest, Some(blob.size))
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn push_bytes(&self, data: &[u8], digest: &str) -> Result<(), RegistryError> {
+        let r = self.reference.oci();
+        let data = data.to_vec();
+        self.retry("upload blob", || {
+            self.client.push_blob(&r, data.clone(), digest)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn push_manifest(&self, manifest: &[u8]) -> Result<(), RegistryError> {
+        let r = self.reference.oci();
+        let body = manifest.to_vec();
+        let content_type = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
+        self.retry("write manifest", || {
+            self.client
+                .push_manifest_raw(&r, body.clone(), content_type.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The raw manifest and its digest.
+    pub async fn pull_manifest(&self) -> Result<(Vec<u8>, String), RegistryError> {
+        let r = self.reference.oci();
+        let (bytes, digest) = self
+            .retry("read manifest", || {
+                self.client
+                    .pull_manifest_raw(&r, &self.auth, &[MANIFEST_MEDIA_TYPE])
+            })
+            .await?;
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// Downloads a blob into an anonymous temporary file (verified against its digest).
+    async fn pull_blob(&self, digest: &str) -> Result<std::fs::File, RegistryError> {
+        let r = self.reference.oci();
+        let file = tempfile::tempfile().map_err(RegistryError::Temp)?;
+        self.retry("download layer", || async {
+            let f = file.try_clone().map_err(OciDistributionError::IoError)?;
+            f.set_len(0).map_err(OciDistributionError::IoError)?;
+            let mut out = tokio::fs::File::from_std(f);
+            tokio::io::AsyncSeekExt::rewind(&mut out)
+                .await
+                .map_err(OciDistributionError::IoError)?;
+            self.client.pull_blob(&r, digest, &mut out).await?;
+            tokio::io::AsyncWriteExt::flush(&mut out)
+                .await
+                .map_err(OciDistributionError::IoError)
+        })
+        .await?;
+        let mut file = file;
+        std::io::Seek::rewind(&mut file).map_err(RegistryError::Temp)?;
+        Ok(file)
+    }
+}
+
+fn is_transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(r) => {
+            r.is_connect()
+                || r.is_timeout()
+                || r.status()
+                    .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+        }
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn classify(reference: &ArtifactRef, err: OciDistributionError) -> RegistryError {
+    let registry = reference.registry.clone();
+    let hint = if is_loopback(&registry) {
+        ""
+    } else {
+        " (if it serves plain HTTP, pass --insecure-registry)"
+    };
+    match err {
+        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
+            RegistryError::Unreachable {
+                registry,
+                detail: root_cause(&r),
+                hint,
+            }
+        }
+        OciDistributionError::RequestError(r) => match r.status().map(|s| s.as_u16()) {
+            Some(401) => RegistryError::Unauthorized { registry },
+            Some(403) => RegistryError::Forbidden {
+                registry,
+                repository: reference.repository.clone(),
+            },
+            Some(404) => RegistryError::NotFound {
+                reference: reference.to_string(),
+            },
+            Some(code) if code >= 500 => RegistryError::Server {
+                registry,
+                code,
+                message: root_cause(&r),
+            },
+            _ => RegistryError::Unreachable {
+                registry,
+                detail: root_cause(&r),
+                hint,
+            },
+        },
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => {
+            RegistryError::Unauthorized { registry }
+        }
+        OciDistributionError::ImageManifestNotFoundError(_) => RegistryError::NotFound {
+            reference: reference.to_string(),
+        },
+        OciDistributionError::ServerError { code, message, .. } => {
+            server_error(registry, code, message)
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            let message = envelope
+                .errors
+                .iter()
+                .map(|e| e.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized))
+            {
+                RegistryError::Unauthorized { registry }
+            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
+                RegistryError::Forbidden {
+                    registry,
+                    repository: reference.repository.clone(),
+                }
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                RegistryError::NotFound {
+                    reference: reference.to_string(),
+                }
+            } else {
+                server_error(registry, 0, message)
+            }
+        }
+        other => RegistryError::Other {
+            registry,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn server_error(registry: String, code: u16, message: String) -> RegistryError {
+    let lower = message.to_lowercase();
+    if lower.contains("no space left") || lower.contains("disk full") || lower.contains("quota") {
+        return RegistryError::StorageFull { registry };
+    }
+    if code >= 500 {
+        RegistryError::Server {
+            registry,
+            code,
+            message,
+        }
+    } else {
+        RegistryError::Other { registry, message }
+    }
+}
+
+/// The innermost cause of an error, which is where the useful words are.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Options of a push.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    pub walk: WalkOptions,
+    pub registry: RegistryOptions,
+    /// Pin `created` to the epoch so the manifest digest depends only on content.
+    pub reproducible: bool,
+    /// Override the `source` annotation.
+    pub source: Option<String>,
+    /// Override the `revision` annotation.
+    pub revision: Option<String>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pushed {
+    /// `oci://HOST/REPOSITORY:TAG`.
+    pub reference: String,
+    pub tag: String,
+    /// The manifest digest, `sha256:…`.
+    pub digest: String,
+    /// `oci://HOST/REPOSITORY@sha256:…`.
+    pub digest_url: String,
+    /// The revision Flux reports for it: `<tag>@sha256:<manifest digest>`.
+    pub flux_revision: String,
+    pub layer: BlobInfo,
+    pub source: String,
+    pub revision: String,
+    pub created: String,
+    /// Blobs uploaded by this push (the others were already there).
+    pub uploaded: Vec<String>,
+    pub entries: usize,
+}
+
+/// A blob's digest and size, for output.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobInfo {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The `source` and `revision` annotations for `dir`.
+pub fn provenance(dir: &Path, layer_digest: &str) -> (String, String) {
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let short = layer_digest
+        .trim_start_matches("sha256:")
+        .get(..12)
+        .unwrap_or("");
+    match GitInfo::for_dir(&abs) {
+        Some(git) => {
+            let source = git
+                .remote
+                .clone()
+                .unwrap_or_else(|| format!("file://{}", git.toplevel.display()));
+            let name = git.branch.clone().unwrap_or_else(|| "HEAD".into());
+            let revision = match (&git.commit, git.dirty) {
+                (Some(commit), false) => format!("{name}@sha1:{commit}"),
+                // Never looks clean: the content digest says what it really is.
+                (Some(commit), true) => format!("{name}@sha1:{commit}-dirty.{short}"),
+                (None, _) => format!(
+                    "{name}@sha256:{}",
+                    layer_digest.trim_start_matches("sha256:")
+                ),
+            };
+            (source, revision)
+        }
+        None => (
+            format!("file://{}", abs.display()),
+            format!(
+                "local@sha256:{}",
+                layer_digest.trim_start_matches("sha256:")
+            ),
+        ),
+    }
+}
+
+/// The manifest of a Flux artifact, serialised deterministically.
+pub fn manifest_json(config: &Blob, layer: &Blob, annotations: &[(&str, &str)]) -> Vec<u8> {
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": CONTENT_MEDIA_TYPE, "digest": layer.digest, "size": layer.size}],
+        "annotations": annotations,
+    });
+    serde_json::to_vec(&manifest).unwrap_or_default()
+}
+
+/// The config blob: source-controller does not read it; an empty JSON object.
+pub const CONFIG_BLOB: &[u8] = b"{}";
+
+/// Builds `dir` and pushes it to `reference`.
+pub async fn push(
+    dir: &Path,
+    reference: &ArtifactRef,
+    options: &PushOptions,
+) -> Result<Pushed, RegistryError> {
+    if reference.digest.is_some() {
+        return Err(RegistryError::BadReference {
+            input: reference.to_string(),
+            reason: "push to a tag, not a digest",
+        });
+    }
+    let (file, built) = {
+        let dir = dir.to_path_buf();
+        let walk = options.walk.clone();
+        tokio::task::spawn_blocking(move || artifact::build_to_temp(&dir, &walk))
+            .await
+            .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??
+    };
+    let (source, revision) = match (&options.source, &options.revision) {
+        (Some(s), Some(r)) => (s.clone(), r.clone()),
+        (s, r) => {
+            let (ds, dr) = provenance(dir, &built.layer.digest);
+            (s.clone().unwrap_or(ds), r.clone().unwrap_or(dr))
+        }
+    };
+    let created = if options.reproducible {
+        REPRODUCIBLE_CREATED.to_string()
+    } else {
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let config = Blob {
+        digest: artifact::sha256_digest(CONFIG_BLOB),
+        size: CONFIG_BLOB.len() as u64,
+    };
+    let manifest = manifest_json(
+        &config,
+        &built.layer,
+        &[
+            (ANNOTATION_CREATED, &created),
+            (ANNOTATION_REVISION, &revision),
+            (ANNOTATION_SOURCE, &source),
+        ],
+    );
+    let digest = artifact::sha256_digest(&manifest);
+
+    let registry = Registry::new(reference, &options.registry);
+    registry.login(RegistryOperation::Push).await?;
+    let mut uploaded = Vec::new();
+    if !registry.blob_exists(&built.layer.digest).await? {
+        registry.push_file(&file, &built.layer).await?;
+        uploaded.push(built.layer.digest.clone());
+    }
+    if !registry.blob_exists(&config.digest).await? {
+        registry.push_bytes(CONFIG_BLOB, &config.digest).await?;
+        uploaded.push(config.digest.clone());
+    }
+    // The tag moves only now, when every blob it needs is in place.
+    registry.push_manifest(&manifest).await?;
+
+    let tag = reference.tag_or_latest().to_string();
+    Ok(Pushed {
+        reference: format!("{}:{tag}", reference.repository_url()),
+        digest_url: format!("{}@{digest}", reference.repository_url()),
+        flux_revision: format!("{tag}@{digest}"),
+        tag,
+        digest,
+        layer: BlobInfo {
+            digest: built.layer.digest,
+            size: built.layer.size,
+        },
+        source,
+        revision,
+        created,
+        uploaded,
+        entries: built.entries,
+    })
+}
+
+/// The layer descriptor of a Flux artifact's manifest.
+fn flux_layer(reference: &ArtifactRef, manifest: &[u8]) -> Result<String, RegistryError> {
+    let not_flux = |reason: &str| RegistryError::NotFlux {
+        reference: reference.to_string(),
+        reason: reason.to_string(),
+    };
+    let value: serde_json::Value = serde_json::from_slice(manifest)
+        .map_err(|e| not_flux(&format!("its manifest is not JSON ({e})")))?;
+    let layers = value["layers"]
+        .as_array()
+        .ok_or_else(|| not_flux("its manifest has no layers"))?;
+    let digest_of = |l: &serde_json::Value| l["digest"].as_str().map(str::to_string);
+    layers
+        .iter()
+        .find(|l| l["mediaType"] == CONTENT_MEDIA_TYPE)
+        .and_then(digest_of)
+        .or_else(|| (layers.len() == 1).then(|| digest_of(&layers[0])).flatten())
+        .ok_or_else(|| not_flux(&format!("no layer of type {CONTENT_MEDIA_TYPE}")))
+}
+
+/// Compares `dir` with the artifact at `reference`, by file content.
+pub async fn diff(
+    dir: &Path,
+    reference: &ArtifactRef,
+    walk: &WalkOptions,
+    options: &RegistryOptions,
+) -> Result<TreeDiff, RegistryError> {
+    let local = {
+        let dir = dir.to_path_buf();
+        let walk = walk.clone();
+        tokio::task::spawn_blocking(move || artifact::content_of_dir(&dir, &walk))
+    };
+    let registry = Registry::new(reference, options);
+    registry.login(RegistryOperation::Pull).await?;
+    let (manifest, _) = registry.pull_manifest().await?;
+    let layer = flux_layer(reference, &manifest)?;
+    let file = registry.pull_blob(&layer).await?;
+    let remote = tokio::task::spawn_blocking(move || {
+        artifact::content_of_layer(std::io::BufReader::new(file))
+    })
+    .await
+    .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??;
+    let local = local
+        .await
+        .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??;
+    Ok(TreeDiff::between(&local, &remote))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_references() {
+        let r: ArtifactRef = "oci://127.0.0.1:5000/team/app:v1".parse().unwrap();
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "team/app");
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.repository_url(), "oci://127.0.0.1:5000/team/app");
+        assert_eq!(r.to_string(), "oci://127.0.0.1:5000/team/app:v1");
+
+        let r: ArtifactRef = "oci://localhost:5000/app".parse().unwrap();
+        assert_eq!(r.tag_or_latest(), "latest");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r: ArtifactRef = format!("oci://ghcr.io/o/app@{d}").parse().unwrap();
+        assert_eq!(r.digest.as_deref(), Some(d.as_str()));
+    }
+
+    #[test]
+    fn rejects_bad_references_with_the_reason() {
+        for (input, reason) in [
+            ("127.0.0.1:5000/app", "oci://"),
+            ("oci://127.0.0.1:5000", "repository path is missing"),
+            ("oci://host/App", "lowercase"),
+            ("oci://host/app:", "tag"),
+            ("oci://host/app:-x", "tag"),
+            ("oci://host/app@sha256:abc", "64 hex"),
+            ("oci:///app", "host is empty"),
+        ] {
+            let e = input.parse::<ArtifactRef>().unwrap_err().to_string();
+            assert!(
+                e.contains(reason) && e.contains("expected oci://HOST/REPOSITORY[:TAG]"),
+                "{input}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_detection() {
+        for r in [
+            "localhost:5000",
+            "127.0.0.1:36010",
+            "[::1]:5000",
+            "kind-registry.localhost",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in ["ghcr.io", "10.0.0.5:5000", "registry.example.com:443"] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn credentials_parse_and_never_print_the_secret() {
+        let c: Credentials = "bob:s3cr3t".parse().unwrap();
+        assert_eq!(c.username, "bob");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert!("bob".parse::<Credentials>().is_err());
+        assert!(":x".parse::<Credentials>().is_err());
+        let e = "bob".parse::<Credentials>().unwrap_err().to_string();
+        assert!(!e.contains("bob"));
+    }
+
+    #[test]
+    fn manifest_is_flux_shaped_and_deterministic() {
+        let config = Blob {
+            digest: artifact::sha256_digest(CONFIG_BLOB),
+            size: 2,
+        };
+        let layer = Blob {
+            digest: format!("sha256:{}", "b".repeat(64)),
+            size: 10,
+        };
+        let ann = [
+            (ANNOTATION_CREATED, REPRODUCIBLE_CREATED),
+            (ANNOTATION_SOURCE, "file:///x"),
+        ];
+        let one = manifest_json(&config, &layer, &ann);
+        assert_eq!(one, manifest_json(&config, &layer, &ann));
+        let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
+        assert_eq!(v["mediaType"], MANIFEST_MEDIA_TYPE);
+        assert_eq!(v["config"]["mediaType"], CONFIG_MEDIA_TYPE);
+        assert_eq!(v["layers"][0]["mediaType"], CONTENT_MEDIA_TYPE);
+        assert_eq!(v["annotations"][ANNOTATION_SOURCE], "file:///x");
+        let r: ArtifactRef = "oci://h/x".parse().unwrap();
+        assert_eq!(flux_layer(&r, &one).unwrap(), layer.digest);
+        assert!(
+            flux_layer(&r, b"{\"layers\": []}")
+                .unwrap_err()
+                .to_string()
+                .contains("not a Flux artifact")
+        );
+    }
+
+    #[test]
+    fn provenance_outside_git_is_a_file_url_and_content_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, revision) = provenance(dir.path(), &format!("sha256:{}", "c".repeat(64)));
+        assert!(source.starts_with("file:///"), "{source}");
+        assert_eq!(revision, format!("local@sha256:{}", "c".repeat(64)));
+    }
+}
