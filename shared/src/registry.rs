@@ -301,6 +301,8 @@ fn docker_config_auth(registry: &str) -> RegistryAuth {
 impl Registry {
     /// A client for the registry of `reference`.
     pub fn new(reference: &ArtifactRef, options: &RegistryOptions) -> Registry {
+        // reqwest is built without a default provider; make sure ours is in.
+        crate::install_crypto_provider();
         let plain_http = options.insecure || is_loopback(&reference.registry);
         let config = ClientConfig {
             protocol: if plain_http {
@@ -500,9 +502,17 @@ fn classify(reference: &ArtifactRef, err: OciDistributionError) -> RegistryError
         OciDistributionError::ImageManifestNotFoundError(_) => RegistryError::NotFound {
             reference: reference.to_string(),
         },
-        OciDistributionError::ServerError { code, message, .. } => {
-            server_error(registry, code, message)
-        }
+        OciDistributionError::ServerError { code, message, .. } => match code {
+            401 => RegistryError::Unauthorized { registry },
+            403 => RegistryError::Forbidden {
+                registry,
+                repository: reference.repository.clone(),
+            },
+            404 => RegistryError::NotFound {
+                reference: reference.to_string(),
+            },
+            _ => server_error(registry, code, message),
+        },
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
             let message = envelope
@@ -892,5 +902,172 @@ mod tests {
         let (source, revision) = provenance(dir.path(), &format!("sha256:{}", "c".repeat(64)));
         assert!(source.starts_with("file:///"), "{source}");
         assert_eq!(revision, format!("local@sha256:{}", "c".repeat(64)));
+    }
+}
+
+/// A scripted registry (a small fake, for unit tests only): answers each
+/// request from a rule and records what it was asked.
+#[cfg(test)]
+mod fake {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub type Rule = Box<dyn Fn(&str, &str, usize) -> (u16, String) + Send + Sync>;
+
+    pub struct FakeRegistry {
+        pub addr: String,
+        pub log: Arc<Mutex<Vec<String>>>,
+    }
+
+    pub async fn start(rule: Rule) -> FakeRegistry {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let rule = Arc::new(rule);
+        let (log2, addr2) = (log.clone(), addr.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let (log, rule, addr) = (log2.clone(), rule.clone(), addr2.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match sock.read(&mut byte).await {
+                                Ok(1) => head.push(byte[0]),
+                                _ => return,
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&head).to_string();
+                        let mut lines = head.lines();
+                        let first = lines.next().unwrap_or_default().to_string();
+                        let mut parts = first.split(' ');
+                        let method = parts.next().unwrap_or_default().to_string();
+                        let path = parts.next().unwrap_or_default().to_string();
+                        let len: usize = lines
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0u8; len];
+                        if sock.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let n = {
+                            let mut log = log.lock().unwrap();
+                            log.push(format!("{method} {path}"));
+                            log.iter().filter(|l| **l == format!("{method} {path}")).count()
+                        };
+                        let (status, body) = rule(&method, &path, n);
+                        let mut extra = String::new();
+                        if method == "POST" && status == 202 {
+                            extra = format!("Location: http://{addr}/v2/upload/1\r\n");
+                        }
+                        if method == "PUT" && status == 201 {
+                            extra = format!("Location: http://{addr}{path}\r\n");
+                        }
+                        let resp = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n{extra}\r\n{body}",
+                            body.len()
+                        );
+                        if sock.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeRegistry { addr, log }
+    }
+}
+
+#[cfg(test)]
+mod push_tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.yaml"), "kind: ConfigMap\n").unwrap();
+        dir
+    }
+
+    fn options() -> PushOptions {
+        PushOptions {
+            source: Some("file:///x".into()),
+            revision: Some("r".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Answers the registry protocol, with `fail` deciding the blob upload PUT.
+    fn registry(fail_upload: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static) -> fake::Rule {
+        Box::new(move |method, path, n| match (method, path) {
+            ("GET", "/v2/") => (200, "{}".into()),
+            ("HEAD", _) => (404, String::new()),
+            ("POST", _) => (202, String::new()),
+            ("PUT", p) if p.starts_with("/v2/upload") => fail_upload(n).unwrap_or((201, String::new())),
+            ("PUT", _) => (201, String::new()),
+            _ => (404, String::new()),
+        })
+    }
+
+    fn manifest_puts(log: &[String]) -> usize {
+        log.iter().filter(|l| l.contains("/manifests/")).count()
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_never_moves_the_tag() {
+        let reg = fake::start(registry(|_| {
+            Some((500, r#"{"errors":[{"code":"UNKNOWN","message":"write /var/lib/registry: no space left on device"}]}"#.into()))
+        }))
+        .await;
+        let r: ArtifactRef = format!("oci://{}/app:v1", reg.addr).parse().unwrap();
+        let err = push(tree().path(), &r, &options()).await.unwrap_err();
+        assert!(matches!(err, RegistryError::StorageFull { .. }), "{err}");
+        assert!(err.to_string().contains("out of storage space"), "{err}");
+        let log = reg.log.lock().unwrap().clone();
+        assert_eq!(manifest_puts(&log), 0, "{log:?}");
+        // It was retried as a server error before giving up.
+        assert!(log.iter().filter(|l| l.starts_with("PUT /v2/upload")).count() > 1, "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried() {
+        let reg = fake::start(registry(|n| (n == 1).then(|| (503, String::new())))).await;
+        let r: ArtifactRef = format!("oci://{}/app:v1", reg.addr).parse().unwrap();
+        let pushed = push(tree().path(), &r, &options()).await.unwrap();
+        assert_eq!(pushed.uploaded.len(), 2);
+        assert_eq!(manifest_puts(&reg.log.lock().unwrap()), 1);
+    }
+
+    #[tokio::test]
+    async fn forbidden_names_the_repository() {
+        let reg = fake::start(Box::new(|method, _, _| match method {
+            "GET" => (200, "{}".into()),
+            "HEAD" => (404, String::new()),
+            _ => (403, r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#.into()),
+        }))
+        .await;
+        let r: ArtifactRef = format!("oci://{}/team/app:v1", reg.addr).parse().unwrap();
+        let err = push(tree().path(), &r, &options()).await.unwrap_err().to_string();
+        assert!(err.contains("denied access to team/app") && err.contains("403"), "{err}");
+        assert_eq!(manifest_puts(&reg.log.lock().unwrap()), 0);
+    }
+
+    #[tokio::test]
+    async fn blobs_already_present_are_not_uploaded() {
+        let reg = fake::start(Box::new(|method, path, _| match (method, path) {
+            ("GET", _) => (200, "{}".into()),
+            ("HEAD", _) => (200, String::new()),
+            ("PUT", p) if p.contains("/manifests/") => (201, String::new()),
+            _ => (500, String::new()),
+        }))
+        .await;
+        let r: ArtifactRef = format!("oci://{}/app:v1", reg.addr).parse().unwrap();
+        let pushed = push(tree().path(), &r, &options()).await.unwrap();
+        assert!(pushed.uploaded.is_empty());
+        let log = reg.log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.starts_with("POST")), "{log:?}");
     }
 }
