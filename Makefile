@@ -2,13 +2,18 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help build test unit e2e up down lint
+.PHONY: help build demo test unit e2e up down lint bench
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 build: ## Build the three plugins (release) into target/release
 	$(CARGO) build --release --workspace --bins
+
+demo: ## Bring the local control plane up and run the demo on examples/hello
+	tests/cluster/up
+	$(CARGO) build --workspace --bins
+	examples/demo
 
 test: ## Everything: harness up, unit and end-to-end tests, harness down
 	tests/cluster/up
@@ -31,3 +36,6 @@ down: ## Stop the local control plane and remove its state
 lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
+	tests/bench/artifact-build
