@@ -927,7 +927,9 @@ mod fake {
         let (log2, addr2) = (log.clone(), addr.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let (log, rule, addr) = (log2.clone(), rule.clone(), addr2.clone());
                 tokio::spawn(async move {
                     loop {
@@ -957,7 +959,9 @@ mod fake {
                         let n = {
                             let mut log = log.lock().unwrap();
                             log.push(format!("{method} {path}"));
-                            log.iter().filter(|l| **l == format!("{method} {path}")).count()
+                            log.iter()
+                                .filter(|l| **l == format!("{method} {path}"))
+                                .count()
                         };
                         let (status, body) = rule(&method, &path, n);
                         let mut extra = String::new();
@@ -1001,12 +1005,16 @@ mod push_tests {
     }
 
     /// Answers the registry protocol, with `fail` deciding the blob upload PUT.
-    fn registry(fail_upload: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static) -> fake::Rule {
+    fn registry(
+        fail_upload: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static,
+    ) -> fake::Rule {
         Box::new(move |method, path, n| match (method, path) {
             ("GET", "/v2/") => (200, "{}".into()),
             ("HEAD", _) => (404, String::new()),
             ("POST", _) => (202, String::new()),
-            ("PUT", p) if p.starts_with("/v2/upload") => fail_upload(n).unwrap_or((201, String::new())),
+            ("PUT", p) if p.starts_with("/v2/upload") => {
+                fail_upload(n).unwrap_or((201, String::new()))
+            }
             ("PUT", _) => (201, String::new()),
             _ => (404, String::new()),
         })
@@ -1029,7 +1037,13 @@ mod push_tests {
         let log = reg.log.lock().unwrap().clone();
         assert_eq!(manifest_puts(&log), 0, "{log:?}");
         // It was retried as a server error before giving up.
-        assert!(log.iter().filter(|l| l.starts_with("PUT /v2/upload")).count() > 1, "{log:?}");
+        assert!(
+            log.iter()
+                .filter(|l| l.starts_with("PUT /v2/upload"))
+                .count()
+                > 1,
+            "{log:?}"
+        );
     }
 
     #[tokio::test]
@@ -1050,8 +1064,14 @@ mod push_tests {
         }))
         .await;
         let r: ArtifactRef = format!("oci://{}/team/app:v1", reg.addr).parse().unwrap();
-        let err = push(tree().path(), &r, &options()).await.unwrap_err().to_string();
-        assert!(err.contains("denied access to team/app") && err.contains("403"), "{err}");
+        let err = push(tree().path(), &r, &options())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("denied access to team/app") && err.contains("403"),
+            "{err}"
+        );
         assert_eq!(manifest_puts(&reg.log.lock().unwrap()), 0);
     }
 
