@@ -11,12 +11,12 @@ build: ## Build the three plugins (release) into target/release
 	$(CARGO) build --release --workspace --bins
 
 demo: ## Bring the local control plane up and run the demo on examples/hello
-	tests/cluster/up
+	tests/cluster/up --second-cluster
 	$(CARGO) build --workspace --bins
 	examples/demo
 
 test: ## Everything: harness up, unit and end-to-end tests, harness down
-	tests/cluster/up
+	tests/cluster/up --second-cluster
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets; rc=$$?; tests/cluster/down; exit $$rc
 
@@ -28,7 +28,7 @@ e2e: ## End-to-end tests against an already running harness (tests/cluster/up)
 	$(CARGO) test -p gitops-e2e
 
 up: ## Start the local control plane (builds the peers the first time)
-	tests/cluster/up
+	tests/cluster/up --second-cluster
 
 down: ## Stop the local control plane and remove its state
 	tests/cluster/down

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub const RECONCILE_REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
 /// The API group of Flux sources.
 pub const SOURCE_GROUP: &str = "source.toolkit.fluxcd.io";
+/// The API group of Flux HelmReleases.
+pub const HELM_GROUP: &str = "helm.toolkit.fluxcd.io";
 /// The API group of Flux Kustomizations.
 pub const KUSTOMIZE_GROUP: &str = "kustomize.toolkit.fluxcd.io";
 
@@ -246,6 +248,80 @@ where
     Ok(now)
 }
 
+/// `HelmRelease` (`helm.toolkit.fluxcd.io/v2`), used untyped.
+pub fn helm_release_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(HELM_GROUP, "v2", "HelmRelease"),
+        "helmreleases",
+    )
+}
+
+/// `HelmRepository` (`source.toolkit.fluxcd.io/v1`), used untyped.
+pub fn helm_repository_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(SOURCE_GROUP, "v1", "HelmRepository"),
+        "helmrepositories",
+    )
+}
+
+/// Whether the cluster serves `kind` in `group_version`.
+pub async fn serves(client: &Client, group_version: &str, kind: &str) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.kind == kind)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why a Kustomization is not Ready, in plain words, or `None` if it is
+/// Ready (or has not reported yet). The controller's message is kept; known
+/// causes get an explanation first.
+pub fn failure(status: &KustomizationStatus) -> Option<String> {
+    let ready = condition(&status.conditions, "Ready")?;
+    if ready.status != "False" {
+        return None;
+    }
+    let message = ready.message.trim();
+    let explanation = if message.contains("forbidden") && message.contains("cannot") {
+        Some(forbidden_explanation(message))
+    } else {
+        match ready.reason.as_str() {
+            "BuildFailed" => {
+                Some("the manifests could not be built (kustomize build failed)".to_string())
+            }
+            "HealthCheckFailed" => {
+                Some("applied, but the workloads did not become healthy in time".to_string())
+            }
+            "ArtifactFailed" => Some("Flux could not fetch the artifact".to_string()),
+            "ReconciliationFailed" if message.contains("dry-run failed") => {
+                Some("the API server rejected an object (validation failed)".to_string())
+            }
+            _ => None,
+        }
+    };
+    Some(match explanation {
+        Some(e) => format!("{e}: {message}"),
+        None => format!("{}: {message}", ready.reason),
+    })
+}
+
+fn forbidden_explanation(message: &str) -> String {
+    // e.g. `clusterroles.rbac.authorization.k8s.io "x" is forbidden: User
+    // "system:serviceaccount:sbx:gitops-sandbox" cannot ... at the cluster scope`
+    let object = message
+        .split(" is forbidden")
+        .next()
+        .and_then(|head| head.rsplit(['\n', ',', ';']).next())
+        .map(|s| s.trim().trim_start_matches("ClusterRole/").to_string())
+        .unwrap_or_default();
+    let scope = if message.contains("at the cluster scope") {
+        "cluster-scoped objects are not allowed in a sandbox"
+    } else {
+        "the sandbox may only change objects in its own namespace"
+    };
+    format!("not allowed: {object} ({scope})")
+}
+
 /// Flux is missing or incomplete.
 #[derive(Debug, thiserror::Error)]
 pub enum FluxError {
@@ -279,13 +355,9 @@ pub async fn check_installed(client: &Client, server: &str) -> Result<(), FluxEr
             group,
             controller,
         };
-        match client
-            .list_api_group_resources(&format!("{group}/v1"))
-            .await
-        {
-            Ok(list) if list.resources.iter().any(|r| r.kind == kind) => {}
-            Ok(_) => return Err(missing),
-            Err(kube::Error::Api(status)) if status.code == 404 => return Err(missing),
+        match serves(client, &format!("{group}/v1"), kind).await {
+            Ok(true) => {}
+            Ok(false) => return Err(missing),
             Err(source) => {
                 return Err(FluxError::Unreachable {
                     server: server.to_string(),
@@ -301,6 +373,46 @@ pub async fn check_installed(client: &Client, server: &str) -> Result<(), FluxEr
 mod tests {
     use super::*;
     use kube::Resource;
+
+    fn status(reason: &str, message: &str) -> KustomizationStatus {
+        KustomizationStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: reason.into(),
+                message: message.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failures_are_explained_in_plain_words() {
+        let forbidden = status(
+            "ReconciliationFailed",
+            "ClusterRole/sneaky dry-run failed: clusterroles.rbac.authorization.k8s.io \"sneaky\" is forbidden: User \"system:serviceaccount:dev:gitops-sandbox\" cannot patch resource \"clusterroles\" in API group \"rbac.authorization.k8s.io\" at the cluster scope",
+        );
+        let text = failure(&forbidden).unwrap();
+        assert!(text.starts_with("not allowed:"), "{text}");
+        assert!(
+            text.contains("cluster-scoped objects are not allowed in a sandbox"),
+            "{text}"
+        );
+        assert!(text.contains("sneaky"), "{text}");
+
+        let build = status("BuildFailed", "kustomization.yaml: accumulating resources");
+        assert!(
+            failure(&build)
+                .unwrap()
+                .starts_with("the manifests could not be built")
+        );
+        let other = status("Progressing", "waiting");
+        assert_eq!(failure(&other).unwrap(), "Progressing: waiting");
+        let mut ok = status("ReconciliationSucceeded", "Applied");
+        ok.conditions[0].status = "True".into();
+        assert_eq!(failure(&ok), None);
+    }
 
     #[test]
     fn resources_have_flux_api_coordinates() {

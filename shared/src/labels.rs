@@ -20,9 +20,58 @@ pub const SANDBOX: &str = "gitops.kubectl.dev/sandbox";
 /// Label: what part of the suite an object is (`session`, `sandbox`, ...).
 pub const COMPONENT: &str = "gitops.kubectl.dev/component";
 
+/// Label: a sandbox's isolation (`namespace`, `vcluster`, `kubeconfig`).
+pub const ISOLATION: &str = "gitops.kubectl.dev/isolation";
+
+/// Annotation: who created an object (`user@host`).
+pub const OWNER: &str = "gitops.kubectl.dev/owner";
+/// Annotation: when an object may be garbage-collected (RFC 3339).
+pub const EXPIRES_AT: &str = "gitops.kubectl.dev/expires-at";
+/// Annotation: the suite version that created an object.
+pub const CREATED_BY: &str = "gitops.kubectl.dev/created-by";
+
+/// Who is running this command: `user@host`.
+pub fn owner() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(user_from_passwd)
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
+}
+
+/// The name of this process's user, from its uid and /etc/passwd.
+fn user_from_passwd() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
+}
+
 /// The label selector matching everything the suite created.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGER}")
+}
+
+/// The label selector matching the suite's objects of one component.
+pub fn component_selector(component: &str) -> String {
+    format!("{MANAGED_BY}={MANAGER},{COMPONENT}={component}")
 }
 
 /// The labels every object created by the suite carries.
@@ -46,7 +95,9 @@ mod tests {
 
     #[test]
     fn keys_share_the_prefix() {
-        for key in [SESSION, SANDBOX, COMPONENT] {
+        for key in [
+            SESSION, SANDBOX, COMPONENT, ISOLATION, OWNER, EXPIRES_AT, CREATED_BY,
+        ] {
             assert!(key.starts_with(PREFIX), "{key}");
         }
     }

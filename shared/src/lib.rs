@@ -12,6 +12,7 @@ pub mod git;
 pub mod labels;
 pub mod output;
 pub mod registry;
+pub mod sandbox;
 
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -64,3 +64,66 @@ mod tests {
         assert_eq!(error_chain(&e), "push failed: connection refused");
     }
 }
+
+/// Output formats of list commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// Serialises `value` as pretty JSON or YAML.
+pub fn serialize<T: serde::Serialize>(value: &T, format: ListFormat) -> String {
+    match format {
+        ListFormat::Yaml => serde_saphyr::to_string(value).unwrap_or_default(),
+        _ => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
+    }
+}
+
+/// Left-aligned columns separated by three spaces, as kubectl prints them.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count() + 3;
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_aligned() {
+        let t = table(
+            &["NAME", "AGE"],
+            &[
+                vec!["a-long-name".into(), "5m".into()],
+                vec!["b".into(), "1h".into()],
+            ],
+        );
+        assert_eq!(t, "NAME          AGE\na-long-name   5m\nb             1h\n");
+    }
+}

@@ -21,6 +21,9 @@ SC_HEALTH_PORT=$((PORT_BASE + 7))
 KC_METRICS_PORT=$((PORT_BASE + 8))
 KC_HEALTH_PORT=$((PORT_BASE + 9))
 REGISTRY_PORT=$((PORT_BASE + 10))
+ETCD2_PORT=$((PORT_BASE + 21))
+ETCD2_PEER_PORT=$((PORT_BASE + 22))
+API2_PORT=$((PORT_BASE + 23))
 AUTH_REGISTRY_PORT=$((PORT_BASE + 11))
 # A second registry that demands credentials: a fixed test account, nothing
 # secret (bcrypt of "harness-secret").
@@ -29,6 +32,7 @@ AUTH_REGISTRY_PASSWORD=harness-secret
 AUTH_REGISTRY_HTPASSWD='gitops:$2b$06$rFKg3d/yfD/kO7FvsMxCSexbFYu/3zNx2h6j/ROlrv2/uhSida.ta'
 
 CONTEXT=local-gitops-harness
+SECOND_CONTEXT=local-gitops-harness-second
 FLUX_NAMESPACE=flux-system
 
 # name | peer module directory | package to build | binary

@@ -32,6 +32,8 @@ pub struct Harness {
     pub auth_creds: String,
     /// The `flux` CLI of the pinned release.
     pub flux: PathBuf,
+    /// Admin kubeconfig of the second API server (`up --second-cluster`).
+    pub second_kubeconfig: Option<PathBuf>,
 }
 
 fn workspace_root() -> PathBuf {
@@ -66,6 +68,9 @@ impl Harness {
             auth_registry: var("GITOPS_HARNESS_AUTH_REGISTRY"),
             auth_creds: var("GITOPS_HARNESS_AUTH_CREDS"),
             flux: PathBuf::from(var("GITOPS_HARNESS_FLUX")),
+            second_kubeconfig: vars
+                .get("GITOPS_HARNESS_SECOND_KUBECONFIG")
+                .map(PathBuf::from),
             dir,
         }
     }
@@ -95,6 +100,38 @@ impl Harness {
             );
         }
         cluster
+    }
+
+    /// A client for the second API server; panics if it was not started.
+    pub async fn second_cluster(&self) -> Cluster {
+        let kubeconfig = self.second_kubeconfig.clone().unwrap_or_else(|| {
+            panic!("the second API server is not running: start the harness with `tests/cluster/up --second-cluster` (make test does)")
+        });
+        let cluster = KubeFlags {
+            kubeconfig: Some(kubeconfig),
+            request_timeout: "30s".into(),
+            ..Default::default()
+        }
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("second API server: {e}"));
+        if let Err(e) = cluster.client.apiserver_version().await {
+            panic!(
+                "the second API server at {} does not answer: {e}",
+                cluster.server
+            );
+        }
+        cluster
+    }
+
+    /// The kubectl flags selecting the harness, as command-line arguments.
+    pub fn kube_args(&self) -> Vec<String> {
+        vec![
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--context".into(),
+            self.context.clone(),
+        ]
     }
 
     /// The `flux` CLI, pointed at the harness.

@@ -1,16 +1,23 @@
 //! `kubectl gitops-sandbox`: isolated environments for GitOps Run sessions.
 
-use anyhow::Result;
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use clap::{Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
+use gitops::duration;
+use gitops::output::{ListFormat, serialize, table};
+use gitops::sandbox::{self, CreateOptions, DeleteOptions, Deleted, Isolation, Quota, Sandbox};
 
 /// Create, list and delete isolated environments for GitOps Run sessions.
 #[derive(Parser)]
 #[command(
     name = "kubectl gitops-sandbox",
     version = gitops::VERSION,
-    bin_name = "kubectl gitops-sandbox",
-    arg_required_else_help = true
+    bin_name = "kubectl gitops-sandbox"
 )]
 struct Cli {
     #[command(flatten)]
@@ -18,12 +25,249 @@ struct Cli {
     /// More diagnostics on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn main() -> Result<()> {
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum IsolationArg {
+    /// A confined namespace (default).
+    Namespace,
+    /// A virtual cluster installed with Flux's helm-controller.
+    Vcluster,
+    /// Another cluster, reached with --target-kubeconfig.
+    Kubeconfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a sandbox.
+    Create {
+        /// Sandbox name (also its namespace's name).
+        name: String,
+        #[arg(long, value_enum, default_value = "namespace")]
+        isolation: IsolationArg,
+        /// Expire after this long (e.g. 8h, 2d); `gc` deletes expired sandboxes.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Resource limits for a namespace sandbox, e.g. cpu=2,memory=4Gi,pods=20.
+        #[arg(long, value_name = "cpu=…,memory=…,pods=…")]
+        quota: Option<String>,
+        /// The kubeconfig of the cluster sessions apply into (--isolation kubeconfig).
+        #[arg(long, value_name = "FILE")]
+        target_kubeconfig: Option<PathBuf>,
+        /// Wait until the sandbox is ready (vcluster: installed).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Delete a sandbox and everything in it (Flux's garbage collection first).
+    Delete {
+        name: String,
+        /// Wait until the namespace is gone.
+        #[arg(long)]
+        wait: bool,
+        /// How long each step may take.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// List sandboxes (yours; -A for everyone's).
+    List {
+        /// Everyone's sandboxes, not only yours.
+        #[arg(short = 'A', long)]
+        all: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: ListFormat,
+    },
+    /// Delete the sandboxes whose TTL has passed.
+    Gc {
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     gitops::install_crypto_provider();
     let cli = Cli::parse();
     gitops::output::init_logging(cli.verbose);
-    let _ = cli.kube;
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => gitops::output::report(e.as_ref()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cluster = cli.kube.connect().await?;
+    let client = cluster.client;
+    match cli.command {
+        Command::Create {
+            name,
+            isolation,
+            ttl,
+            quota,
+            target_kubeconfig,
+            wait,
+            timeout,
+        } => {
+            let isolation = match isolation {
+                IsolationArg::Namespace => Isolation::Namespace,
+                IsolationArg::Vcluster => Isolation::Vcluster,
+                IsolationArg::Kubeconfig => Isolation::Kubeconfig,
+            };
+            let target_kubeconfig = match target_kubeconfig {
+                Some(path) => {
+                    let content = std::fs::read(&path)
+                        .with_context(|| format!("--target-kubeconfig {}", path.display()))?;
+                    Some((path.display().to_string(), content))
+                }
+                None => None,
+            };
+            let options = CreateOptions {
+                isolation,
+                ttl,
+                quota: quota.as_deref().map(str::parse::<Quota>).transpose()?,
+                target_kubeconfig,
+                wait,
+                timeout,
+                ..Default::default()
+            };
+            let sandbox = sandbox::create(&client, &name, &options).await?;
+            let expires = sandbox
+                .expires
+                .map(|e| {
+                    format!(
+                        ", expires in {}",
+                        duration::human((e - Utc::now()).to_std().unwrap_or_default())
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "sandbox {} created (isolation {}, namespace {}{expires})",
+                sandbox.name,
+                sandbox.isolation.as_str(),
+                sandbox.namespace
+            );
+        }
+        Command::Delete {
+            name,
+            wait,
+            timeout,
+        } => match sandbox::delete(&client, &name, &DeleteOptions { wait, timeout }).await? {
+            Deleted::NotFound => eprintln!("sandbox {name} not found; nothing to delete"),
+            Deleted::Removed(objects) => {
+                for o in &objects {
+                    println!("deleted {o}");
+                }
+                println!("sandbox {name} deleted");
+            }
+        },
+        Command::List { all, output } => {
+            let owner = gitops::labels::owner();
+            let sandboxes = sandbox::list(&client, (!all).then_some(owner.as_str())).await?;
+            match output {
+                ListFormat::Json | ListFormat::Yaml => print!("{}", serialize(&sandboxes, output)),
+                ListFormat::Table | ListFormat::Wide => {
+                    if sandboxes.is_empty() {
+                        eprintln!(
+                            "No sandboxes found{}.",
+                            if all {
+                                ""
+                            } else {
+                                " of yours (-A lists everyone's)"
+                            }
+                        );
+                    } else {
+                        print!("{}", render(&sandboxes, output == ListFormat::Wide));
+                    }
+                }
+            }
+        }
+        Command::Gc { timeout } => {
+            let deleted = sandbox::gc(
+                &client,
+                &DeleteOptions {
+                    wait: false,
+                    timeout,
+                },
+            )
+            .await?;
+            if deleted.is_empty() {
+                println!("no expired sandboxes");
+            }
+            for name in deleted {
+                println!("sandbox {name} expired and was deleted");
+            }
+        }
+    }
     Ok(())
+}
+
+fn render(sandboxes: &[Sandbox], wide: bool) -> String {
+    let now = Utc::now();
+    let mut headers = vec![
+        "NAME",
+        "ISOLATION",
+        "NAMESPACE",
+        "AGE",
+        "EXPIRES",
+        "READY",
+        "SESSIONS",
+    ];
+    if wide {
+        headers.extend(["OWNER", "QUOTA", "TARGET"]);
+    }
+    let rows: Vec<Vec<String>> = sandboxes
+        .iter()
+        .map(|s| {
+            let age = s
+                .created
+                .map(|c| duration::human((now - c).to_std().unwrap_or_default()))
+                .unwrap_or_else(|| "<unknown>".into());
+            let expires = match s.expires {
+                None => "never".to_string(),
+                Some(e) if e <= now => "expired".to_string(),
+                Some(e) => format!(
+                    "in {}",
+                    duration::human((e - now).to_std().unwrap_or_default())
+                ),
+            };
+            let ready = if s.terminating {
+                "Terminating"
+            } else if s.ready {
+                "True"
+            } else {
+                "False"
+            };
+            let mut row = vec![
+                s.name.clone(),
+                s.isolation.as_str().into(),
+                s.namespace.clone(),
+                age,
+                expires,
+                ready.into(),
+                s.sessions.to_string(),
+            ];
+            if wide {
+                let target = match (&s.target.service_account, &s.target.kubeconfig_secret) {
+                    (Some(sa), _) => format!("serviceaccount/{sa}"),
+                    (None, Some((secret, key))) => format!("secret/{secret}[{key}]"),
+                    _ => "-".into(),
+                };
+                row.extend([
+                    s.owner.clone().unwrap_or_else(|| "-".into()),
+                    s.quota.clone().unwrap_or_else(|| "-".into()),
+                    target,
+                ]);
+            }
+            row
+        })
+        .collect();
+    table(&headers, &rows)
 }
