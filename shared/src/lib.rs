@@ -13,6 +13,7 @@ pub mod labels;
 pub mod output;
 pub mod registry;
 pub mod sandbox;
+pub mod session;
 
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

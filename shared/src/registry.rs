@@ -674,8 +674,25 @@ pub fn manifest_json(config: &Blob, layer: &Blob, annotations: &[(&str, &str)]) 
 pub const CONFIG_BLOB: &[u8] = b"{}";
 
 /// Builds `dir` and pushes it to `reference`.
-pub async fn push(
+pub async fn push(dir: &Path, reference: &ArtifactRef, options: &PushOptions) -> Result<Pushed, RegistryError> {
+    let (file, built) = build(dir, &options.walk).await?;
+    push_built(dir, &file, &built, reference, options).await
+}
+
+/// Packages `dir` into a temporary file, off the async runtime's threads.
+pub async fn build(dir: &Path, walk: &WalkOptions) -> Result<(std::fs::File, artifact::Built), RegistryError> {
+    let dir = dir.to_path_buf();
+    let walk = walk.clone();
+    Ok(tokio::task::spawn_blocking(move || artifact::build_to_temp(&dir, &walk))
+        .await
+        .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??)
+}
+
+/// Pushes a layer [`build`] made from `dir` (which provides the provenance).
+pub async fn push_built(
     dir: &Path,
+    file: &std::fs::File,
+    built: &artifact::Built,
     reference: &ArtifactRef,
     options: &PushOptions,
 ) -> Result<Pushed, RegistryError> {
@@ -685,13 +702,6 @@ pub async fn push(
             reason: "push to a tag, not a digest",
         });
     }
-    let (file, built) = {
-        let dir = dir.to_path_buf();
-        let walk = options.walk.clone();
-        tokio::task::spawn_blocking(move || artifact::build_to_temp(&dir, &walk))
-            .await
-            .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??
-    };
     let (source, revision) = match (&options.source, &options.revision) {
         (Some(s), Some(r)) => (s.clone(), r.clone()),
         (s, r) => {
@@ -702,7 +712,7 @@ pub async fn push(
     let created = if options.reproducible {
         REPRODUCIBLE_CREATED.to_string()
     } else {
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
     };
     let config = Blob {
         digest: artifact::sha256_digest(CONFIG_BLOB),
@@ -723,7 +733,7 @@ pub async fn push(
     registry.login(RegistryOperation::Push).await?;
     let mut uploaded = Vec::new();
     if !registry.blob_exists(&built.layer.digest).await? {
-        registry.push_file(&file, &built.layer).await?;
+        registry.push_file(file, &built.layer).await?;
         uploaded.push(built.layer.digest.clone());
     }
     if !registry.blob_exists(&config.digest).await? {
@@ -741,7 +751,7 @@ pub async fn push(
         tag,
         digest,
         layer: BlobInfo {
-            digest: built.layer.digest,
+            digest: built.layer.digest.clone(),
             size: built.layer.size,
         },
         source,

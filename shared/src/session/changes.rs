@@ -1,0 +1,174 @@
+//! What a sync changed, per object: created and deleted from the
+//! Kustomization's inventory before and after, configured from the
+//! controller's change-set event for the revision, the rest unchanged.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Event as KubeEvent;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+
+use crate::flux::InventoryEntry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Deleted => "deleted",
+        }
+    }
+}
+
+/// One object's fate in a sync.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Change {
+    /// `Kind/namespace/name` (or `Kind/name` when cluster-scoped).
+    pub object: String,
+    pub action: Action,
+}
+
+/// `<namespace>_<name>_<group>_<kind>` → `Kind/namespace/name`.
+pub fn display_id(id: &str) -> String {
+    let parts: Vec<&str> = id.split('_').collect();
+    if parts.len() < 4 {
+        return id.to_string();
+    }
+    let kind = parts[parts.len() - 1];
+    let ns = parts[0];
+    let name = parts[1..parts.len() - 2].join("_");
+    if ns.is_empty() {
+        format!("{kind}/{name}")
+    } else {
+        format!("{kind}/{ns}/{name}")
+    }
+}
+
+/// Objects the controller reported as `configured`/`created` for this sync,
+/// from its `Progressing` events (`Kind/ns/name configured`, one per line).
+pub fn parse_change_set(messages: &[String]) -> BTreeSet<(String, Action)> {
+    let mut set = BTreeSet::new();
+    for message in messages {
+        for line in message.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(object), Some(verb)) = (words.next(), words.next()) else { continue };
+            let action = match verb {
+                "configured" => Action::Configured,
+                "created" => Action::Created,
+                "deleted" => Action::Deleted,
+                _ => continue,
+            };
+            set.insert((object.to_string(), action));
+        }
+    }
+    set
+}
+
+/// Per-object changes between two inventories.
+pub fn changes(before: &[InventoryEntry], after: &[InventoryEntry], events: &[String]) -> Vec<Change> {
+    let before: BTreeSet<String> = before.iter().map(|e| display_id(&e.id)).collect();
+    let after: BTreeSet<String> = after.iter().map(|e| display_id(&e.id)).collect();
+    let reported = parse_change_set(events);
+    let configured = |o: &String| reported.contains(&(o.clone(), Action::Configured));
+    let mut out: Vec<Change> = after
+        .iter()
+        .map(|o| Change {
+            object: o.clone(),
+            action: if !before.contains(o) {
+                Action::Created
+            } else if configured(o) {
+                Action::Configured
+            } else {
+                Action::Unchanged
+            },
+        })
+        .chain(before.difference(&after).map(|o| Change {
+            object: o.clone(),
+            action: Action::Deleted,
+        }))
+        .collect();
+    out.sort_by(|a, b| a.action.cmp(&b.action).then_with(|| a.object.cmp(&b.object)));
+    out
+}
+
+/// The change-set messages kustomize-controller recorded for `revision`.
+pub async fn applied_events(
+    client: &Client,
+    namespace: &str,
+    kustomization: &str,
+    revision: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields(&format!(
+        "involvedObject.kind=Kustomization,involvedObject.name={kustomization}"
+    ));
+    let Ok(list) = events.list(&params).await else {
+        return Vec::new();
+    };
+    let since_ms = since.timestamp_millis() - 1000;
+    list.items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Progressing"))
+        .filter(|e| {
+            let tagged = e
+                .annotations()
+                .iter()
+                .find(|(k, _)| k.ends_with("/revision"))
+                .map(|(_, v)| v == revision);
+            let recent = e
+                .last_timestamp
+                .as_ref()
+                .map(|t| t.0.as_millisecond())
+                .or_else(|| e.event_time.as_ref().map(|t| t.0.as_millisecond()))
+                .is_some_and(|t| t >= since_ms);
+            tagged.unwrap_or(recent)
+        })
+        .filter_map(|e| e.message)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(ids: &[&str]) -> Vec<InventoryEntry> {
+        ids.iter().map(|id| InventoryEntry { id: id.to_string(), v: "v1".into() }).collect()
+    }
+
+    #[test]
+    fn ids_display_as_kind_namespace_name() {
+        assert_eq!(display_id("dev_app__ConfigMap"), "ConfigMap/dev/app");
+        assert_eq!(display_id("_admin_rbac.authorization.k8s.io_ClusterRole"), "ClusterRole/admin");
+        assert_eq!(display_id("dev_web_apps_Deployment"), "Deployment/dev/web");
+    }
+
+    #[test]
+    fn changes_combine_inventories_and_the_change_set() {
+        let before = inv(&["dev_a__ConfigMap", "dev_b__ConfigMap", "dev_gone__ConfigMap"]);
+        let after = inv(&["dev_a__ConfigMap", "dev_b__ConfigMap", "dev_new__ConfigMap"]);
+        let events = vec!["ConfigMap/dev/a configured\nConfigMap/dev/new created".to_string()];
+        let got = changes(&before, &after, &events);
+        let show: Vec<String> = got.iter().map(|c| format!("{} {}", c.object, c.action.as_str())).collect();
+        assert_eq!(
+            show,
+            [
+                "ConfigMap/dev/new created",
+                "ConfigMap/dev/a configured",
+                "ConfigMap/dev/b unchanged",
+                "ConfigMap/dev/gone deleted"
+            ]
+        );
+    }
+}
