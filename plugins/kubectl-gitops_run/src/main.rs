@@ -1,6 +1,7 @@
 //! `kubectl gitops-run`: GitOps Run for any cluster with Flux.
 
 mod artifact_cmd;
+mod run_cmd;
 
 use std::process::ExitCode;
 
@@ -9,16 +10,28 @@ use clap::{Parser, Subcommand};
 use gitops::cluster::KubeFlags;
 
 /// Sync a directory of manifests to the cluster through Flux on every save.
+///
+/// `kubectl gitops-run [DIR]` starts a session: DIR is packaged as a Flux OCI
+/// artifact, pushed, and applied by Flux into a sandbox (or straight into the
+/// cluster with --no-session); every save syncs again. Ctrl+C removes what the
+/// session created.
 #[derive(Parser)]
-#[command(name = "kubectl gitops-run", version = gitops::VERSION, bin_name = "kubectl gitops-run")]
+#[command(
+    name = "kubectl gitops-run",
+    version = gitops::VERSION,
+    bin_name = "kubectl gitops-run",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(flatten)]
     kube: KubeFlags,
     /// More diagnostics on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    run: run_cmd::RunArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -39,10 +52,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     gitops::output::init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Check => check(&cli.kube).await.map(|()| ExitCode::SUCCESS),
-        Command::Build(args) => artifact_cmd::build(args).await,
-        Command::Push(args) => artifact_cmd::push(args).await,
-        Command::Diff(args) => {
+        None => run_cmd::run(&cli.kube, cli.run).await,
+        Some(Command::Check) => check(&cli.kube).await.map(|()| ExitCode::SUCCESS),
+        Some(Command::Build(args)) => artifact_cmd::build(args).await,
+        Some(Command::Push(args)) => artifact_cmd::push(args).await,
+        Some(Command::Diff(args)) => {
             // diff(1)'s convention: 1 means "different", so trouble is 2.
             return match artifact_cmd::diff(args).await {
                 Ok(code) => code,

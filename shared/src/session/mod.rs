@@ -278,9 +278,12 @@ where
         .await
 }
 
-/// Whether a Lease was renewed within its duration.
+/// Whether a Lease is held and was renewed within its duration.
 pub fn lease_is_live(lease: &Lease, now: chrono::DateTime<chrono::Utc>) -> bool {
     let Some(spec) = &lease.spec else { return false };
+    if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
+        return false;
+    }
     let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
         return false;
     };
@@ -331,6 +334,7 @@ impl Session {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
         if let Some(existing) = leases.get_opt(&cfg.name).await?
             && lease_is_live(&existing, chrono::Utc::now())
+            && !holder_process_gone(&existing, &cfg.owner)
         {
             let a = existing.annotations();
             return Err(SessionError::AlreadyRunning {
@@ -550,7 +554,11 @@ impl Session {
     }
 
     fn fail(&mut self, phase: Phase, message: String, file: Option<String>) -> SyncOutcome {
-        self.last_ok = false;
+        // Before the push, nothing changed in the cluster: the last good
+        // revision is still what is applied.
+        if !matches!(phase, Phase::Validate | Phase::Build) {
+            self.last_ok = false;
+        }
         (self.report)(&Event::Failed {
             phase,
             message: message.clone(),
@@ -714,10 +722,16 @@ impl Session {
         Ok(removed)
     }
 
-    /// Stops the heartbeat and leaves everything in place (`--keep`).
-    pub fn detach(mut self) {
+    /// Stops the heartbeat and leaves everything in place (`--keep`). The
+    /// Lease is released (no holder), so the session shows as not running.
+    pub async fn detach(mut self) {
         if let Some(r) = self.renewer.take() {
             r.abort();
+        }
+        let patch = serde_json::json!({"spec": {"holderIdentity": null}});
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        if let Err(e) = leases.patch(&self.cfg.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::debug!("cannot release the lease: {e}");
         }
     }
 
@@ -742,6 +756,14 @@ impl Drop for Session {
             r.abort();
         }
     }
+}
+
+/// A Lease held by this user on this machine whose process has exited is
+/// not running, whatever its renew time says (a crash, a `kill -9`).
+fn holder_process_gone(lease: &Lease, owner: &str) -> bool {
+    let same_holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(owner);
+    let pid = lease.annotations().get(keys::PID).and_then(|p| p.parse::<u32>().ok());
+    same_holder && pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 fn owned_by(meta: &ObjectMeta, session: &str) -> bool {
@@ -854,6 +876,7 @@ mod tests {
             let ts = k8s_openapi::jiff::Timestamp::from_millisecond(now.timestamp_millis() - secs_ago * 1000).unwrap();
             Lease {
                 spec: Some(LeaseSpec {
+                    holder_identity: Some("u@h".into()),
                     lease_duration_seconds: Some(30),
                     renew_time: Some(MicroTime(ts)),
                     ..Default::default()

@@ -59,7 +59,14 @@ pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<Y
             Err(e) => {
                 let (line, column) = e.location().map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
                 let message = e.to_string();
-                let message = message.lines().next().unwrap_or_default().to_string();
+                let first = message.lines().next().unwrap_or_default();
+                // The location is ours to print; drop the parser's own prefix.
+                let message = first
+                    .trim_start_matches("error: ")
+                    .split_once(": ")
+                    .filter(|(head, _)| head.starts_with("line "))
+                    .map_or(first, |(_, rest)| rest)
+                    .to_string();
                 errors.push(YamlError {
                     file: entry.path.clone(),
                     line,

@@ -1,0 +1,401 @@
+//! `kubectl gitops-run [DIR]`: the live session.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use gitops::artifact::{self, IgnoreRules, WalkOptions};
+use gitops::cluster::KubeFlags;
+use gitops::git::GitInfo;
+use gitops::registry::{Credentials, RegistryOptions};
+use gitops::session::{
+    self, Event, Mode, Phase, Reporter, Session, SessionConfig, SyncOutcome, export, preflight,
+    watch::DirWatcher,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::artifact_cmd::Format;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The directory of manifests to sync (default: the current directory).
+    #[arg(value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Same as DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+    path: Option<PathBuf>,
+    /// What is packaged, so overlays can reach `../base` (default: the Git
+    /// top level of DIR, else DIR).
+    #[arg(long, value_name = "DIR")]
+    root_dir: Option<PathBuf>,
+    /// Session name (default: derived from DIR, unique per user).
+    #[arg(long)]
+    name: Option<String>,
+    /// Apply into this existing sandbox instead of an ephemeral one.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_session")]
+    sandbox: Option<String>,
+    /// Apply straight into the cluster ("cluster mode"), no sandbox.
+    #[arg(long)]
+    no_session: bool,
+    /// Cluster mode: the namespace objects without one go to.
+    #[arg(long, value_name = "NAMESPACE", requires = "no_session")]
+    target_namespace: Option<String>,
+    /// Registry to push to: oci://HOST[:PORT][/PREFIX] (default: $GITOPS_RUN_REGISTRY,
+    /// then the cluster's kube-public/local-registry-hosting ConfigMap).
+    #[arg(long, value_name = "oci://HOST")]
+    registry: Option<String>,
+    /// Plain HTTP to a registry that is not on this machine.
+    #[arg(long)]
+    insecure_registry: bool,
+    /// Registry credentials (default: ~/.docker/config.json). Never printed.
+    #[arg(long, value_name = "USER:PASSWORD", env = "GITOPS_REGISTRY_CREDS", hide_env_values = true)]
+    creds: Option<String>,
+    /// Run on this context even though it does not look local (repeatable).
+    #[arg(long = "allow-k8s-context", value_name = "NAME")]
+    allow_context: Vec<String>,
+    /// Also exclude files matching this gitignore pattern (repeatable).
+    #[arg(long = "ignore", value_name = "PATTERN")]
+    ignore: Vec<String>,
+    /// Largest file accepted in the artifact.
+    #[arg(long, value_name = "SIZE", default_value = "50MiB")]
+    max_file_size: String,
+    /// Sync once, print the result and exit: 0 if Ready, 1 otherwise.
+    #[arg(long)]
+    once: bool,
+    /// Leave the session's objects in the cluster on exit.
+    #[arg(long)]
+    keep: bool,
+    /// How long Flux may take to apply and health-check a sync.
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    timeout: String,
+    /// An age key file: stored as a Secret so SOPS-encrypted manifests are decrypted.
+    #[arg(long, value_name = "FILE")]
+    decryption_key_file: Option<PathBuf>,
+    /// Write GitRepository + Kustomization manifests that sync DIR from its Git remote.
+    #[arg(long, value_name = "FILE")]
+    export_gitops: Option<PathBuf>,
+    /// Output: text (spinners on a terminal) or json (one event per line).
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: Format,
+    /// How long the session's heartbeat (Lease) stays valid without renewal.
+    #[arg(long, value_name = "DURATION", default_value = "30s", hide = true)]
+    lease_duration: String,
+}
+
+fn duration(flag: &str, s: &str) -> Result<Duration> {
+    gitops::duration::parse(s).with_context(|| format!("--{flag}"))
+}
+
+pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
+    let dir = args.dir.clone().or(args.path.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let dir = artifact::canonical_root(&dir)?;
+    let root = match &args.root_dir {
+        Some(r) => artifact::canonical_root(r)?,
+        None => GitInfo::for_dir(&dir)
+            .map(|g| g.toplevel)
+            .and_then(|t| std::fs::canonicalize(t).ok())
+            .unwrap_or_else(|| dir.clone()),
+    };
+    let Ok(rel) = dir.strip_prefix(&root) else {
+        bail!("{} is not inside --root-dir {}", dir.display(), root.display());
+    };
+    let path = format!("./{}", rel.display()).trim_end_matches('/').to_string();
+    let path = if path == "." { "./".to_string() } else { path };
+    let walk = WalkOptions {
+        ignore: args.ignore.clone(),
+        max_file_size: artifact::parse_size(&args.max_file_size)?,
+    };
+    let timeout = duration("timeout", &args.timeout)?;
+    let lease_duration = duration("lease-duration", &args.lease_duration)?;
+    let decryption_key = match &args.decryption_key_file {
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("--decryption-key-file {}", f.display()))?),
+        None => None,
+    };
+    let creds = args.creds.as_deref().map(str::parse::<Credentials>).transpose()?;
+
+    let cluster = kube.connect().await?;
+    preflight::check_local_context(cluster.context.as_deref(), &cluster.server, &args.allow_context)?;
+    gitops::flux::check_installed(&cluster.client, &cluster.server).await?;
+    let env_registry = std::env::var("GITOPS_RUN_REGISTRY").ok();
+    let registry = preflight::choose_registry(
+        &cluster.client,
+        args.registry.as_deref(),
+        env_registry.as_deref(),
+        args.insecure_registry,
+    )
+    .await?;
+    let owner = gitops::labels::owner();
+    let name = args.name.clone().unwrap_or_else(|| session::derive_name(&dir, &owner));
+    let mode = if args.no_session { Mode::Cluster } else { Mode::Sandboxed };
+    if let Some(file) = &args.export_gitops {
+        let text = export::gitops_manifests(&dir, &name, "flux-system")?;
+        std::fs::write(file, text).with_context(|| format!("--export-gitops {}", file.display()))?;
+    }
+    let cfg = SessionConfig {
+        name,
+        root: root.clone(),
+        path,
+        mode,
+        sandbox: args.sandbox.clone(),
+        namespace: cluster.namespace.clone(),
+        target_namespace: args.target_namespace.clone(),
+        registry_options: RegistryOptions {
+            creds,
+            insecure: args.insecure_registry,
+        },
+        registry,
+        walk: walk.clone(),
+        decryption_key,
+        timeout,
+        lease_duration,
+        owner,
+    };
+    let printer = Printer::new(args.output);
+    let reporter: Reporter = {
+        let printer = printer.clone();
+        Arc::new(move |e: &Event| printer.print(e))
+    };
+    let mut shutdown = Box::pin(shutdown_signal());
+    let mut session = tokio::select! {
+        s = Session::start(cluster.client.clone(), cfg, reporter) => s?,
+        _ = &mut shutdown => bail!("interrupted before the session started"),
+    };
+    // Watch before the first sync so saves made during it are not missed.
+    let rules = IgnoreRules::new(&root, &walk.ignore)?;
+    let mut watcher = DirWatcher::new(&root, rules, Duration::from_millis(100))
+        .with_context(|| format!("cannot watch {}", root.display()))?;
+
+    let mut outcome = tokio::select! {
+        o = session.sync() => o,
+        _ = &mut shutdown => return stop(session, &args, &printer).await,
+    };
+    if args.once {
+        let code = match outcome {
+            SyncOutcome::Ready { .. } | SyncOutcome::Unchanged => ExitCode::SUCCESS,
+            SyncOutcome::Failed { .. } => ExitCode::FAILURE,
+        };
+        stop(session, &args, &printer).await?;
+        return Ok(code);
+    }
+    printer.line(&format!(
+        "watching {} for changes (Ctrl+C to stop{})",
+        dir.display(),
+        if args.keep { ", the session is kept" } else { " and clean up" }
+    ));
+    let mut backoff = Duration::from_secs(2);
+    loop {
+        // A failed push (registry down) is retried with backoff even without changes.
+        let retry = matches!(&outcome, SyncOutcome::Failed { phase: Phase::Push, .. });
+        let changed = tokio::select! {
+            change = watcher.changed() => match change {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => { printer.line(&format!("warning: file watcher: {e}")); false }
+                None => break,
+            },
+            _ = tokio::time::sleep(backoff), if retry => {
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                true
+            }
+            _ = &mut shutdown => break,
+        };
+        if !changed {
+            continue;
+        }
+        loop {
+            watcher.drain();
+            outcome = tokio::select! {
+                o = session.sync() => o,
+                _ = &mut shutdown => return stop(session, &args, &printer).await,
+            };
+            if !matches!(outcome, SyncOutcome::Failed { phase: Phase::Push, .. }) {
+                backoff = Duration::from_secs(2);
+            }
+            // Changes made during the sync queue exactly one more.
+            if !watcher.drain() {
+                break;
+            }
+        }
+    }
+    stop(session, &args, &printer).await
+}
+
+async fn stop(session: Session, args: &RunArgs, printer: &Printer) -> Result<ExitCode> {
+    if args.keep {
+        printer.line(&format!(
+            "session {} kept: its objects stay in namespace {} (remove them with `kubectl gitops-sessions delete {}`)",
+            session.name(),
+            session.namespace(),
+            session.name()
+        ));
+        session.detach().await;
+        handover(args, printer);
+        return Ok(ExitCode::SUCCESS);
+    }
+    printer.line("stopping: removing what the session created (Ctrl+C again to leave it)");
+    let leftovers = session.leftovers();
+    tokio::select! {
+        r = session.cleanup(Duration::from_secs(120)) => { r?; }
+        _ = shutdown_signal() => {
+            printer.line(&format!(
+                "interrupted; left in the cluster: {}. The session's heartbeat stops now, so \
+                 `kubectl gitops-sessions prune` removes it once it is stale.",
+                leftovers.join(", ")
+            ));
+            return Ok(ExitCode::from(130));
+        }
+    }
+    handover(args, printer);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn handover(args: &RunArgs, printer: &Printer) {
+    let hint = match &args.export_gitops {
+        Some(f) => format!(
+            "back in GitOps mode. To hand this directory over to Flux, commit and push it, then apply {}",
+            f.display()
+        ),
+        None => "back in GitOps mode. To hand this directory over to Flux, commit and push it and \
+                 create its GitRepository + Kustomization (`--export-gitops FILE` writes them)"
+            .to_string(),
+    };
+    printer.line(&hint);
+}
+
+/// Resolves on Ctrl+C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Prints session events: spinners on a terminal, plain lines otherwise, or JSON.
+#[derive(Clone)]
+struct Printer {
+    format: Format,
+    tty: bool,
+    spinner: Arc<Mutex<Option<ProgressBar>>>,
+}
+
+impl Printer {
+    fn new(format: Format) -> Printer {
+        Printer {
+            format,
+            tty: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            spinner: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match self.format {
+            Format::Json => println!("{}", serde_json::json!({"event": "message", "message": text})),
+            Format::Text => self.out(text),
+        }
+    }
+
+    fn out(&self, text: &str) {
+        match self.spinner.lock().ok().and_then(|s| s.clone()) {
+            Some(pb) => pb.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish_spinner(&self, text: &str) {
+        let pb = self.spinner.lock().ok().and_then(|mut s| s.take());
+        match pb {
+            Some(pb) => pb.finish_with_message(text.to_string()),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn print(&self, event: &Event) {
+        if self.format == Format::Json {
+            println!("{}", serde_json::to_string(event).unwrap_or_default());
+            return;
+        }
+        match event {
+            Event::Started {
+                session,
+                namespace,
+                mode,
+                sandbox,
+                registry,
+                root,
+                path,
+            } => {
+                let place = match (mode, sandbox) {
+                    (Mode::Sandboxed, Some(s)) => format!("sandbox {s}"),
+                    _ => format!("namespace {namespace} (cluster mode)"),
+                };
+                self.out(&format!(
+                    "session {session}: syncing {path} of {root} into {place}, through registry {registry}"
+                ));
+            }
+            Event::PhaseStarted { phase } => {
+                if self.tty {
+                    let pb = ProgressBar::new_spinner();
+                    pb.set_style(
+                        ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    pb.set_message(phase.label());
+                    pb.enable_steady_tick(Duration::from_millis(80));
+                    if let Ok(mut s) = self.spinner.lock() {
+                        *s = Some(pb);
+                    }
+                }
+            }
+            Event::PhaseDone {
+                phase,
+                elapsed_ms,
+                detail,
+            } => {
+                let detail = detail.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+                self.finish_spinner(&format!("  ✓ {} ({elapsed_ms} ms){detail}", phase.label()));
+            }
+            Event::Unchanged { .. } => {
+                self.finish_spinner("  = no change since the last sync; nothing pushed");
+            }
+            Event::Synced {
+                revision,
+                changes,
+                elapsed_ms,
+            } => {
+                for c in changes {
+                    self.out(&format!("    {} {}", c.object, c.action.as_str()));
+                }
+                self.out(&format!("  synced {revision} in {elapsed_ms} ms"));
+            }
+            Event::Failed { phase, message, file } => {
+                let file = file.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+                let text = format!("  ✗ {} failed{file}: {message}", phase.label());
+                self.finish_spinner(&text.replace('\n', "\n      "));
+                self.out("    the last good revision stays applied; fix it and save again");
+            }
+            Event::Warning { message } => self.out(&format!("  warning: {message}")),
+            Event::Cleaned { removed } => {
+                for r in removed {
+                    self.out(&format!("  removed {r}"));
+                }
+            }
+        }
+    }
+}
