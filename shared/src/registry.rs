@@ -674,18 +674,27 @@ pub fn manifest_json(config: &Blob, layer: &Blob, annotations: &[(&str, &str)]) 
 pub const CONFIG_BLOB: &[u8] = b"{}";
 
 /// Builds `dir` and pushes it to `reference`.
-pub async fn push(dir: &Path, reference: &ArtifactRef, options: &PushOptions) -> Result<Pushed, RegistryError> {
+pub async fn push(
+    dir: &Path,
+    reference: &ArtifactRef,
+    options: &PushOptions,
+) -> Result<Pushed, RegistryError> {
     let (file, built) = build(dir, &options.walk).await?;
     push_built(dir, &file, &built, reference, options).await
 }
 
 /// Packages `dir` into a temporary file, off the async runtime's threads.
-pub async fn build(dir: &Path, walk: &WalkOptions) -> Result<(std::fs::File, artifact::Built), RegistryError> {
+pub async fn build(
+    dir: &Path,
+    walk: &WalkOptions,
+) -> Result<(std::fs::File, artifact::Built), RegistryError> {
     let dir = dir.to_path_buf();
     let walk = walk.clone();
-    Ok(tokio::task::spawn_blocking(move || artifact::build_to_temp(&dir, &walk))
-        .await
-        .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??)
+    Ok(
+        tokio::task::spawn_blocking(move || artifact::build_to_temp(&dir, &walk))
+            .await
+            .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??,
+    )
 }
 
 /// Pushes a layer [`build`] made from `dir` (which provides the provenance).

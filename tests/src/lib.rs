@@ -262,3 +262,120 @@ pub async fn delete_namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let _ = api.delete(name, &DeleteParams::default()).await;
 }
+
+/// A `kubectl gitops-run` session running as a child process with `-o json`,
+/// its events read as they come.
+pub struct RunningSession {
+    pub child: std::process::Child,
+    events: std::sync::mpsc::Receiver<serde_json::Value>,
+    /// Every event seen so far.
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl RunningSession {
+    /// Starts `kubectl-gitops_run` with `args` (plus `-o json`) in `dir`.
+    pub fn start(harness: &Harness, dir: &Path, args: &[&str]) -> RunningSession {
+        use std::io::BufRead;
+        let mut child = plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["-o", "json"])
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start kubectl-gitops_run");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        RunningSession {
+            child,
+            events: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next event matching `pred`; panics (with what was seen) on timeout.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out after {timeout:?} waiting for {what}; events so far:\n{}",
+                    self.seen
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the next sync to finish: `Ok(revision)` or `Err(message)`.
+    pub fn next_sync(&mut self) -> Result<String, String> {
+        let e = self.wait_for("a sync to finish", Duration::from_secs(90), |e| {
+            e["event"] == "synced" || e["event"] == "failed"
+        });
+        if e["event"] == "synced" {
+            Ok(e["revision"].as_str().unwrap_or_default().to_string())
+        } else {
+            Err(format!("{}", e))
+        }
+    }
+
+    /// Sends a signal (`INT`, `TERM`, `KILL`) to the session.
+    pub fn signal(&self, name: &str) {
+        run(Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string()));
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                while let Ok(e) = self.events.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(e);
+                }
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the session did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RunningSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -52,7 +52,12 @@ pub struct RunArgs {
     #[arg(long)]
     insecure_registry: bool,
     /// Registry credentials (default: ~/.docker/config.json). Never printed.
-    #[arg(long, value_name = "USER:PASSWORD", env = "GITOPS_REGISTRY_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "GITOPS_REGISTRY_CREDS",
+        hide_env_values = true
+    )]
     creds: Option<String>,
     /// Run on this context even though it does not look local (repeatable).
     #[arg(long = "allow-k8s-context", value_name = "NAME")]
@@ -91,7 +96,11 @@ fn duration(flag: &str, s: &str) -> Result<Duration> {
 }
 
 pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
-    let dir = args.dir.clone().or(args.path.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let dir = args
+        .dir
+        .clone()
+        .or(args.path.clone())
+        .unwrap_or_else(|| PathBuf::from("."));
     let dir = artifact::canonical_root(&dir)?;
     let root = match &args.root_dir {
         Some(r) => artifact::canonical_root(r)?,
@@ -101,9 +110,15 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| dir.clone()),
     };
     let Ok(rel) = dir.strip_prefix(&root) else {
-        bail!("{} is not inside --root-dir {}", dir.display(), root.display());
+        bail!(
+            "{} is not inside --root-dir {}",
+            dir.display(),
+            root.display()
+        );
     };
-    let path = format!("./{}", rel.display()).trim_end_matches('/').to_string();
+    let path = format!("./{}", rel.display())
+        .trim_end_matches('/')
+        .to_string();
     let path = if path == "." { "./".to_string() } else { path };
     let walk = WalkOptions {
         ignore: args.ignore.clone(),
@@ -112,13 +127,23 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
     let timeout = duration("timeout", &args.timeout)?;
     let lease_duration = duration("lease-duration", &args.lease_duration)?;
     let decryption_key = match &args.decryption_key_file {
-        Some(f) => Some(std::fs::read(f).with_context(|| format!("--decryption-key-file {}", f.display()))?),
+        Some(f) => Some(
+            std::fs::read(f).with_context(|| format!("--decryption-key-file {}", f.display()))?,
+        ),
         None => None,
     };
-    let creds = args.creds.as_deref().map(str::parse::<Credentials>).transpose()?;
+    let creds = args
+        .creds
+        .as_deref()
+        .map(str::parse::<Credentials>)
+        .transpose()?;
 
     let cluster = kube.connect().await?;
-    preflight::check_local_context(cluster.context.as_deref(), &cluster.server, &args.allow_context)?;
+    preflight::check_local_context(
+        cluster.context.as_deref(),
+        &cluster.server,
+        &args.allow_context,
+    )?;
     gitops::flux::check_installed(&cluster.client, &cluster.server).await?;
     let env_registry = std::env::var("GITOPS_RUN_REGISTRY").ok();
     let registry = preflight::choose_registry(
@@ -129,11 +154,19 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
     )
     .await?;
     let owner = gitops::labels::owner();
-    let name = args.name.clone().unwrap_or_else(|| session::derive_name(&dir, &owner));
-    let mode = if args.no_session { Mode::Cluster } else { Mode::Sandboxed };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| session::derive_name(&dir, &owner));
+    let mode = if args.no_session {
+        Mode::Cluster
+    } else {
+        Mode::Sandboxed
+    };
     if let Some(file) = &args.export_gitops {
         let text = export::gitops_manifests(&dir, &name, "flux-system")?;
-        std::fs::write(file, text).with_context(|| format!("--export-gitops {}", file.display()))?;
+        std::fs::write(file, text)
+            .with_context(|| format!("--export-gitops {}", file.display()))?;
     }
     let cfg = SessionConfig {
         name,
@@ -184,12 +217,22 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
     printer.line(&format!(
         "watching {} for changes (Ctrl+C to stop{})",
         dir.display(),
-        if args.keep { ", the session is kept" } else { " and clean up" }
+        if args.keep {
+            ", the session is kept"
+        } else {
+            " and clean up"
+        }
     ));
     let mut backoff = Duration::from_secs(2);
     loop {
         // A failed push (registry down) is retried with backoff even without changes.
-        let retry = matches!(&outcome, SyncOutcome::Failed { phase: Phase::Push, .. });
+        let retry = matches!(
+            &outcome,
+            SyncOutcome::Failed {
+                phase: Phase::Push,
+                ..
+            }
+        );
         let changed = tokio::select! {
             change = watcher.changed() => match change {
                 Some(Ok(_)) => true,
@@ -211,7 +254,13 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
                 o = session.sync() => o,
                 _ = &mut shutdown => return stop(session, &args, &printer).await,
             };
-            if !matches!(outcome, SyncOutcome::Failed { phase: Phase::Push, .. }) {
+            if !matches!(
+                outcome,
+                SyncOutcome::Failed {
+                    phase: Phase::Push,
+                    ..
+                }
+            ) {
                 backoff = Duration::from_secs(2);
             }
             // Changes made during the sync queue exactly one more.
@@ -269,13 +318,14 @@ fn handover(args: &RunArgs, printer: &Printer) {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -306,7 +356,10 @@ impl Printer {
 
     fn line(&self, text: &str) {
         match self.format {
-            Format::Json => println!("{}", serde_json::json!({"event": "message", "message": text})),
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"event": "message", "message": text})
+            ),
             Format::Text => self.out(text),
         }
     }
@@ -368,7 +421,10 @@ impl Printer {
                 elapsed_ms,
                 detail,
             } => {
-                let detail = detail.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+                let detail = detail
+                    .as_deref()
+                    .map(|d| format!(" {d}"))
+                    .unwrap_or_default();
                 self.finish_spinner(&format!("  ✓ {} ({elapsed_ms} ms){detail}", phase.label()));
             }
             Event::Unchanged { .. } => {
@@ -384,8 +440,15 @@ impl Printer {
                 }
                 self.out(&format!("  synced {revision} in {elapsed_ms} ms"));
             }
-            Event::Failed { phase, message, file } => {
-                let file = file.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+            Event::Failed {
+                phase,
+                message,
+                file,
+            } => {
+                let file = file
+                    .as_deref()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default();
                 let text = format!("  ✗ {} failed{file}: {message}", phase.label());
                 self.finish_spinner(&text.replace('\n', "\n      "));
                 self.out("    the last good revision stays applied; fix it and save again");

@@ -62,7 +62,9 @@ pub fn parse_change_set(messages: &[String]) -> BTreeSet<(String, Action)> {
     for message in messages {
         for line in message.lines() {
             let mut words = line.split_whitespace();
-            let (Some(object), Some(verb)) = (words.next(), words.next()) else { continue };
+            let (Some(object), Some(verb)) = (words.next(), words.next()) else {
+                continue;
+            };
             let action = match verb {
                 "configured" => Action::Configured,
                 "created" => Action::Created,
@@ -76,7 +78,11 @@ pub fn parse_change_set(messages: &[String]) -> BTreeSet<(String, Action)> {
 }
 
 /// Per-object changes between two inventories.
-pub fn changes(before: &[InventoryEntry], after: &[InventoryEntry], events: &[String]) -> Vec<Change> {
+pub fn changes(
+    before: &[InventoryEntry],
+    after: &[InventoryEntry],
+    events: &[String],
+) -> Vec<Change> {
     let before: BTreeSet<String> = before.iter().map(|e| display_id(&e.id)).collect();
     let after: BTreeSet<String> = after.iter().map(|e| display_id(&e.id)).collect();
     let reported = parse_change_set(events);
@@ -98,7 +104,11 @@ pub fn changes(before: &[InventoryEntry], after: &[InventoryEntry], events: &[St
             action: Action::Deleted,
         }))
         .collect();
-    out.sort_by(|a, b| a.action.cmp(&b.action).then_with(|| a.object.cmp(&b.object)));
+    out.sort_by(|a, b| {
+        a.action
+            .cmp(&b.action)
+            .then_with(|| a.object.cmp(&b.object))
+    });
     out
 }
 
@@ -144,23 +154,38 @@ mod tests {
     use super::*;
 
     fn inv(ids: &[&str]) -> Vec<InventoryEntry> {
-        ids.iter().map(|id| InventoryEntry { id: id.to_string(), v: "v1".into() }).collect()
+        ids.iter()
+            .map(|id| InventoryEntry {
+                id: id.to_string(),
+                v: "v1".into(),
+            })
+            .collect()
     }
 
     #[test]
     fn ids_display_as_kind_namespace_name() {
         assert_eq!(display_id("dev_app__ConfigMap"), "ConfigMap/dev/app");
-        assert_eq!(display_id("_admin_rbac.authorization.k8s.io_ClusterRole"), "ClusterRole/admin");
+        assert_eq!(
+            display_id("_admin_rbac.authorization.k8s.io_ClusterRole"),
+            "ClusterRole/admin"
+        );
         assert_eq!(display_id("dev_web_apps_Deployment"), "Deployment/dev/web");
     }
 
     #[test]
     fn changes_combine_inventories_and_the_change_set() {
-        let before = inv(&["dev_a__ConfigMap", "dev_b__ConfigMap", "dev_gone__ConfigMap"]);
+        let before = inv(&[
+            "dev_a__ConfigMap",
+            "dev_b__ConfigMap",
+            "dev_gone__ConfigMap",
+        ]);
         let after = inv(&["dev_a__ConfigMap", "dev_b__ConfigMap", "dev_new__ConfigMap"]);
         let events = vec!["ConfigMap/dev/a configured\nConfigMap/dev/new created".to_string()];
         let got = changes(&before, &after, &events);
-        let show: Vec<String> = got.iter().map(|c| format!("{} {}", c.object, c.action.as_str())).collect();
+        let show: Vec<String> = got
+            .iter()
+            .map(|c| format!("{} {}", c.object, c.action.as_str()))
+            .collect();
         assert_eq!(
             show,
             [

@@ -71,8 +71,14 @@ pub enum SessionError {
     NoRegistry,
     #[error("invalid session name {0:?}: use lowercase letters, digits and '-' (at most 63)")]
     InvalidName(String),
-    #[error("session {name} is already running ({holder}, pid {pid}); stop it first, or pick another --name")]
-    AlreadyRunning { name: String, holder: String, pid: String },
+    #[error(
+        "session {name} is already running ({holder}, pid {pid}); stop it first, or pick another --name"
+    )]
+    AlreadyRunning {
+        name: String,
+        holder: String,
+        pid: String,
+    },
     #[error("sandbox {0} does not exist; create it with `kubectl gitops-sandbox create {0}`")]
     NoSuchSandbox(String),
     #[error("{what}: {path}: {source}")]
@@ -151,8 +157,17 @@ pub fn derive_name(dir: &Path, owner: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let base = base.trim_matches('-');
-    let base: String = base.chars().take(40).collect::<String>().trim_end_matches('-').to_string();
-    let base = if base.is_empty() { "dir".to_string() } else { base };
+    let base: String = base
+        .chars()
+        .take(40)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string();
+    let base = if base.is_empty() {
+        "dir".to_string()
+    } else {
+        base
+    };
     let hash = sha2::Sha256::digest(format!("{owner}:{}", dir.display()).as_bytes());
     format!("run-{base}-{}", &artifact::hex(&hash)[..6])
 }
@@ -274,13 +289,19 @@ async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
 }
 
 /// Whether a Lease is held and was renewed within its duration.
 pub fn lease_is_live(lease: &Lease, now: chrono::DateTime<chrono::Utc>) -> bool {
-    let Some(spec) = &lease.spec else { return false };
+    let Some(spec) = &lease.spec else {
+        return false;
+    };
     if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
         return false;
     }
@@ -295,7 +316,11 @@ pub fn lease_is_live(lease: &Lease, now: chrono::DateTime<chrono::Utc>) -> bool 
 impl Session {
     /// Prepares the session: sandbox, Lease, decryption Secret. Flux objects
     /// are created by the first sync, once there is an artifact to point at.
-    pub async fn start(client: Client, cfg: SessionConfig, report: Reporter) -> Result<Session, SessionError> {
+    pub async fn start(
+        client: Client,
+        cfg: SessionConfig,
+        report: Reporter,
+    ) -> Result<Session, SessionError> {
         validate_name(&cfg.name)?;
         let (namespace, target, ephemeral_sandbox, sandbox_name) = match (cfg.mode, &cfg.sandbox) {
             (Mode::Cluster, _) => {
@@ -311,24 +336,41 @@ impl Session {
                 let sb = sandbox::get(&client, existing)
                     .await?
                     .ok_or_else(|| SessionError::NoSuchSandbox(existing.clone()))?;
-                (sb.namespace.clone(), sb.target, None, Some(existing.clone()))
+                (
+                    sb.namespace.clone(),
+                    sb.target,
+                    None,
+                    Some(existing.clone()),
+                )
             }
             (Mode::Sandboxed, None) => {
                 let sb = match sandbox::get(&client, &cfg.name).await? {
                     // A sandbox left by an earlier run of this same session: reuse it.
-                    Some(sb) if sb.owner.as_deref() == Some(cfg.owner.as_str()) && !sb.terminating => sb,
+                    Some(sb)
+                        if sb.owner.as_deref() == Some(cfg.owner.as_str()) && !sb.terminating =>
+                    {
+                        sb
+                    }
                     _ => {
                         let options = CreateOptions {
                             owner: cfg.owner.clone(),
                             // A safety net: `gitops-sandbox gc` removes it if cleanup never runs.
                             ttl: Some(Duration::from_secs(24 * 3600)),
-                            labels: BTreeMap::from([(labels::SESSION.to_string(), cfg.name.clone())]),
+                            labels: BTreeMap::from([(
+                                labels::SESSION.to_string(),
+                                cfg.name.clone(),
+                            )]),
                             ..Default::default()
                         };
                         sandbox::create(&client, &cfg.name, &options).await?
                     }
                 };
-                (sb.namespace.clone(), sb.target, Some(cfg.name.clone()), Some(cfg.name.clone()))
+                (
+                    sb.namespace.clone(),
+                    sb.target,
+                    Some(cfg.name.clone()),
+                    Some(cfg.name.clone()),
+                )
             }
         };
         let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
@@ -380,7 +422,10 @@ impl Session {
             namespace: session.namespace.clone(),
             mode: session.cfg.mode,
             sandbox: sandbox_name,
-            registry: format!("{} ({})", session.cfg.registry.push, session.cfg.registry.origin),
+            registry: format!(
+                "{} ({})",
+                session.cfg.registry.push, session.cfg.registry.origin
+            ),
             root: session.cfg.root.display().to_string(),
             path: session.cfg.path.clone(),
         });
@@ -399,7 +444,12 @@ impl Session {
 
     fn sandbox_label(&self) -> Option<String> {
         match self.cfg.mode {
-            Mode::Sandboxed => Some(self.cfg.sandbox.clone().unwrap_or_else(|| self.cfg.name.clone())),
+            Mode::Sandboxed => Some(
+                self.cfg
+                    .sandbox
+                    .clone()
+                    .unwrap_or_else(|| self.cfg.name.clone()),
+            ),
             Mode::Cluster => None,
         }
     }
@@ -408,8 +458,14 @@ impl Session {
         ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(self.namespace.clone()),
-            labels: Some(session_labels(&self.cfg.name, self.sandbox_label().as_deref())),
-            annotations: Some(BTreeMap::from([(labels::OWNER.to_string(), self.cfg.owner.clone())])),
+            labels: Some(session_labels(
+                &self.cfg.name,
+                self.sandbox_label().as_deref(),
+            )),
+            annotations: Some(BTreeMap::from([(
+                labels::OWNER.to_string(),
+                self.cfg.owner.clone(),
+            )])),
             ..Default::default()
         }
     }
@@ -419,13 +475,26 @@ impl Session {
         let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
         annotations.extend([
             (keys::PID.to_string(), std::process::id().to_string()),
-            (keys::DIR.to_string(), self.cfg.root.join(self.cfg.path.trim_start_matches("./")).display().to_string()),
+            (
+                keys::DIR.to_string(),
+                self.cfg
+                    .root
+                    .join(self.cfg.path.trim_start_matches("./"))
+                    .display()
+                    .to_string(),
+            ),
             (keys::REGISTRY.to_string(), self.cfg.registry.push.clone()),
             (keys::MODE.to_string(), self.cfg.mode.as_str().to_string()),
-            (keys::SANDBOX.to_string(), sandbox_name.unwrap_or("").to_string()),
+            (
+                keys::SANDBOX.to_string(),
+                sandbox_name.unwrap_or("").to_string(),
+            ),
             (keys::VERSION.to_string(), crate::VERSION.to_string()),
             (keys::STARTED_AT.to_string(), self.started.clone()),
-            (keys::EPHEMERAL_SANDBOX.to_string(), self.ephemeral_sandbox.is_some().to_string()),
+            (
+                keys::EPHEMERAL_SANDBOX.to_string(),
+                self.ephemeral_sandbox.is_some().to_string(),
+            ),
         ]);
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let lease = Lease {
@@ -452,18 +521,25 @@ impl Session {
             loop {
                 tokio::time::sleep(every).await;
                 let patch = serde_json::json!({"spec": {"renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now())}});
-                match leases.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                match leases
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
                     Ok(_) if failing => {
                         failing = false;
                         report(&Event::Warning {
-                            message: "reconnected to the API server; the session's heartbeat is back".into(),
+                            message:
+                                "reconnected to the API server; the session's heartbeat is back"
+                                    .into(),
                         });
                     }
                     Ok(_) => {}
                     Err(e) if !failing => {
                         failing = true;
                         report(&Event::Warning {
-                            message: format!("cannot renew the session's heartbeat ({e}); retrying"),
+                            message: format!(
+                                "cannot renew the session's heartbeat ({e}); retrying"
+                            ),
                         });
                     }
                     Err(_) => {}
@@ -479,7 +555,14 @@ impl Session {
             keys::LAST_STATUS: status,
         }}});
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        if let Err(e) = leases.patch(&self.cfg.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        if let Err(e) = leases
+            .patch(
+                &self.cfg.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             tracing::debug!("cannot record the sync in the lease: {e}");
         }
     }
@@ -534,8 +617,18 @@ impl Session {
             spec,
             status: None,
         };
-        apply(&Api::namespaced(self.client.clone(), &self.namespace), &name, &repo).await?;
-        apply(&Api::namespaced(self.client.clone(), &self.namespace), &name, &ks).await?;
+        apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            &name,
+            &repo,
+        )
+        .await?;
+        apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            &name,
+            &ks,
+        )
+        .await?;
         self.objects_ready = true;
         Ok(())
     }
@@ -578,8 +671,16 @@ impl Session {
                 Ok(Ok(index)) => index,
                 Ok(Err(errors)) => {
                     let file = errors.first().map(|e| e.file.clone());
-                    let message = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
-                    return self.fail(Phase::Validate, format!("invalid YAML, nothing was pushed:\n{message}"), file);
+                    let message = errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    return self.fail(
+                        Phase::Validate,
+                        format!("invalid YAML, nothing was pushed:\n{message}"),
+                        file,
+                    );
                 }
                 Err(e) => return self.fail(Phase::Validate, e.to_string(), None),
             }
@@ -597,7 +698,14 @@ impl Session {
             });
             return SyncOutcome::Unchanged;
         }
-        self.done(Phase::Build, t, Some(format!("{} entries, {} bytes", built.entries, built.layer.size)));
+        self.done(
+            Phase::Build,
+            t,
+            Some(format!(
+                "{} entries, {} bytes",
+                built.entries, built.layer.size
+            )),
+        );
 
         let t = self.phase(Phase::Push);
         let reference = match self.reference(&self.cfg.registry.push) {
@@ -609,14 +717,18 @@ impl Session {
             registry: self.cfg.registry_options.clone(),
             ..Default::default()
         };
-        let pushed = match registry::push_built(&self.cfg.root, &file, &built, &reference, &options).await {
-            Ok(p) => p,
-            Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None),
-        };
+        let pushed =
+            match registry::push_built(&self.cfg.root, &file, &built, &reference, &options).await {
+                Ok(p) => p,
+                Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None),
+            };
         self.last_layer = Some(built.layer.digest.clone());
         self.done(Phase::Push, t, Some(pushed.digest_url.clone()));
 
-        match self.wait_for_flux(&pushed.flux_revision, &index, started).await {
+        match self
+            .wait_for_flux(&pushed.flux_revision, &index, started)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => self.fail(Phase::Apply, crate::output::error_chain(&e), None),
         }
@@ -632,7 +744,11 @@ impl Session {
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let kss: Api<Kustomization> = Api::namespaced(self.client.clone(), &self.namespace);
         let before = match kss.get_opt(&name).await? {
-            Some(ks) => ks.status.and_then(|s| s.inventory).map(|i| i.entries).unwrap_or_default(),
+            Some(ks) => ks
+                .status
+                .and_then(|s| s.inventory)
+                .map(|i| i.entries)
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         if !self.objects_ready || repos.get_opt(&name).await?.is_none() {
@@ -649,20 +765,35 @@ impl Session {
                 o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
                     s.artifact.as_ref().is_some_and(|a| a.revision == want)
                         || flux::condition(&s.conditions, "Ready").is_some_and(|c| {
-                            c.status == "False" && c.reason != "Progressing" && c.message.contains(&want)
+                            c.status == "False"
+                                && c.reason != "Progressing"
+                                && c.message.contains(&want)
                         })
                 })
             }),
         )
         .await
-        .map_err(|_| SessionError::Timeout(Duration::from_secs(60), format!("source-controller to fetch {revision}")))?
+        .map_err(|_| {
+            SessionError::Timeout(
+                Duration::from_secs(60),
+                format!("source-controller to fetch {revision}"),
+            )
+        })?
         .map_err(|e| SessionError::Timeout(Duration::from_secs(60), e.to_string()))?;
         let status = fetched.and_then(|o| o.status).unwrap_or_default();
-        if status.artifact.as_ref().is_none_or(|a| a.revision != revision) {
+        if status
+            .artifact
+            .as_ref()
+            .is_none_or(|a| a.revision != revision)
+        {
             let message = flux::condition(&status.conditions, "Ready")
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
-            return Ok(self.fail(Phase::Fetch, format!("Flux could not fetch the artifact: {message}"), None));
+            return Ok(self.fail(
+                Phase::Fetch,
+                format!("Flux could not fetch the artifact: {message}"),
+                None,
+            ));
         }
         self.done(Phase::Fetch, t, None);
 
@@ -674,12 +805,15 @@ impl Session {
             await_condition(kss.clone(), &name, move |o: Option<&Kustomization>| {
                 o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
                     s.last_attempted_revision.as_deref() == Some(want.as_str())
-                        && flux::condition(&s.conditions, "Ready").is_some_and(|c| c.status != "Unknown")
+                        && flux::condition(&s.conditions, "Ready")
+                            .is_some_and(|c| c.status != "Unknown")
                 })
             }),
         )
         .await
-        .map_err(|_| SessionError::Timeout(limit, format!("kustomize-controller to apply {revision}")))?
+        .map_err(|_| {
+            SessionError::Timeout(limit, format!("kustomize-controller to apply {revision}"))
+        })?
         .map_err(|e| SessionError::Timeout(limit, e.to_string()))?;
         let status = applied.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::failure(&status) {
@@ -689,7 +823,9 @@ impl Session {
         }
         self.done(Phase::Apply, t, None);
         let after = status.inventory.map(|i| i.entries).unwrap_or_default();
-        let events = changes::applied_events(&self.client, &self.namespace, &name, revision, sync_started).await;
+        let events =
+            changes::applied_events(&self.client, &self.namespace, &name, revision, sync_started)
+                .await;
         let changes = changes::changes(&before, &after, &events);
         self.last_ok = true;
         self.note(revision, "Ready").await;
@@ -730,7 +866,14 @@ impl Session {
         }
         let patch = serde_json::json!({"spec": {"holderIdentity": null}});
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        if let Err(e) = leases.patch(&self.cfg.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        if let Err(e) = leases
+            .patch(
+                &self.cfg.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             tracing::debug!("cannot release the lease: {e}");
         }
     }
@@ -746,7 +889,9 @@ impl Session {
         if let Some(s) = &self.ephemeral_sandbox {
             left.push(format!("sandbox/{s}"));
         }
-        left.into_iter().map(|o| format!("{}/{o}", self.namespace)).collect()
+        left.into_iter()
+            .map(|o| format!("{}/{o}", self.namespace))
+            .collect()
     }
 }
 
@@ -761,8 +906,15 @@ impl Drop for Session {
 /// A Lease held by this user on this machine whose process has exited is
 /// not running, whatever its renew time says (a crash, a `kill -9`).
 fn holder_process_gone(lease: &Lease, owner: &str) -> bool {
-    let same_holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(owner);
-    let pid = lease.annotations().get(keys::PID).and_then(|p| p.parse::<u32>().ok());
+    let same_holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        == Some(owner);
+    let pid = lease
+        .annotations()
+        .get(keys::PID)
+        .and_then(|p| p.parse::<u32>().ok());
     same_holder && pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
@@ -794,7 +946,12 @@ pub async fn cleanup(
             .status
             .as_ref()
             .and_then(|s| s.inventory.as_ref())
-            .map(|i| i.entries.iter().map(|e| changes::display_id(&e.id)).collect())
+            .map(|i| {
+                i.entries
+                    .iter()
+                    .map(|e| changes::display_id(&e.id))
+                    .collect()
+            })
             .unwrap_or_default();
         let uid = ks.uid().unwrap_or_default();
         kss.delete(session, &DeleteParams::background()).await?;
@@ -822,9 +979,17 @@ pub async fn cleanup(
         removed.push(format!("ocirepository/{session}"));
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let selector = kube::api::ListParams::default().labels(&format!("{},{}={session}", labels::managed_selector(), labels::SESSION));
+    let selector = kube::api::ListParams::default().labels(&format!(
+        "{},{}={session}",
+        labels::managed_selector(),
+        labels::SESSION
+    ));
     for secret in secrets.list(&selector).await? {
-        ignore_missing(secrets.delete(&secret.name_any(), &DeleteParams::background()).await)?;
+        ignore_missing(
+            secrets
+                .delete(&secret.name_any(), &DeleteParams::background())
+                .await,
+        )?;
         removed.push(format!("secret/{}", secret.name_any()));
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
@@ -834,12 +999,14 @@ pub async fn cleanup(
         ignore_missing(leases.delete(session, &DeleteParams::background()).await)?;
         removed.push(format!("lease/{session}"));
     }
-    if let Some(sb) = ephemeral_sandbox {
-        if let sandbox::Deleted::Removed(_) =
-            sandbox::delete(client, sb, &sandbox::DeleteOptions { wait: false, timeout }).await?
-        {
-            removed.push(format!("sandbox/{sb} (namespace {sb})"));
-        }
+    let sandbox_delete = sandbox::DeleteOptions {
+        wait: false,
+        timeout,
+    };
+    if let Some(sb) = ephemeral_sandbox
+        && let sandbox::Deleted::Removed(_) = sandbox::delete(client, sb, &sandbox_delete).await?
+    {
+        removed.push(format!("sandbox/{sb} (namespace {sb})"));
     }
     Ok(removed)
 }
@@ -861,9 +1028,18 @@ mod tests {
         let a = derive_name(Path::new("/home/ann/src/My_App"), "ann@laptop");
         assert!(a.starts_with("run-my-app-"), "{a}");
         assert!(validate_name(&a).is_ok());
-        assert_eq!(a, derive_name(Path::new("/home/ann/src/My_App"), "ann@laptop"));
-        assert_ne!(a, derive_name(Path::new("/home/ann/src/My_App"), "bob@laptop"));
-        assert_ne!(a, derive_name(Path::new("/home/ann/other/My_App"), "ann@laptop"));
+        assert_eq!(
+            a,
+            derive_name(Path::new("/home/ann/src/My_App"), "ann@laptop")
+        );
+        assert_ne!(
+            a,
+            derive_name(Path::new("/home/ann/src/My_App"), "bob@laptop")
+        );
+        assert_ne!(
+            a,
+            derive_name(Path::new("/home/ann/other/My_App"), "ann@laptop")
+        );
         let long = derive_name(Path::new(&format!("/x/{}", "a".repeat(100))), "u@h");
         assert!(long.len() <= 63 && validate_name(&long).is_ok(), "{long}");
         assert!(validate_name(&derive_name(Path::new("/"), "u@h")).is_ok());
@@ -873,7 +1049,10 @@ mod tests {
     fn leases_go_stale_after_their_duration() {
         let now = chrono::Utc::now();
         let at = |secs_ago: i64| {
-            let ts = k8s_openapi::jiff::Timestamp::from_millisecond(now.timestamp_millis() - secs_ago * 1000).unwrap();
+            let ts = k8s_openapi::jiff::Timestamp::from_millisecond(
+                now.timestamp_millis() - secs_ago * 1000,
+            )
+            .unwrap();
             Lease {
                 spec: Some(LeaseSpec {
                     holder_identity: Some("u@h".into()),

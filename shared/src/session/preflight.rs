@@ -20,7 +20,11 @@ const LOCAL_CONTEXT_PREFIXES: &[&str] = &[
 ];
 
 /// Refuses a context that does not look local, unless the user named it.
-pub fn check_local_context(context: Option<&str>, server: &str, allowed: &[String]) -> Result<(), SessionError> {
+pub fn check_local_context(
+    context: Option<&str>,
+    server: &str,
+    allowed: &[String],
+) -> Result<(), SessionError> {
     let name = context.unwrap_or("(in-cluster)");
     if allowed.iter().any(|a| a == name) {
         return Ok(());
@@ -67,7 +71,10 @@ struct LocalRegistryHosting {
 }
 
 fn strip_oci(s: &str) -> String {
-    s.trim().trim_start_matches("oci://").trim_end_matches('/').to_string()
+    s.trim()
+        .trim_start_matches("oci://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// `--registry` > `GITOPS_RUN_REGISTRY` > `kube-public/local-registry-hosting` > error.
@@ -96,7 +103,8 @@ pub async fn choose_registry(
     let cm = configmaps.get_opt("local-registry-hosting").await?;
     if let Some(choice) = cm.as_ref().and_then(from_configmap) {
         return Ok(RegistryChoice {
-            insecure: insecure_flag || !is_loopback(choice.pull.split('/').next().unwrap_or_default()),
+            insecure: insecure_flag
+                || !is_loopback(choice.pull.split('/').next().unwrap_or_default()),
             ..choice
         });
     }
@@ -137,9 +145,16 @@ mod tests {
         ] {
             assert!(check_local_context(Some(ctx), server, &[]).is_ok(), "{ctx}");
         }
-        let err = check_local_context(Some("prod"), "https://prod.example.com", &[]).unwrap_err().to_string();
-        assert!(err.contains("prod") && err.contains("--allow-k8s-context prod"), "{err}");
-        assert!(check_local_context(Some("prod"), "https://prod.example.com", &["prod".into()]).is_ok());
+        let err = check_local_context(Some("prod"), "https://prod.example.com", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prod") && err.contains("--allow-k8s-context prod"),
+            "{err}"
+        );
+        assert!(
+            check_local_context(Some("prod"), "https://prod.example.com", &["prod".into()]).is_ok()
+        );
     }
 
     #[test]
@@ -152,7 +167,10 @@ mod tests {
             ..Default::default()
         };
         let c = from_configmap(&cm).unwrap();
-        assert_eq!((c.push.as_str(), c.pull.as_str()), ("localhost:5001", "kind-registry:5000"));
+        assert_eq!(
+            (c.push.as_str(), c.pull.as_str()),
+            ("localhost:5001", "kind-registry:5000")
+        );
         let none = ConfigMap::default();
         assert!(from_configmap(&none).is_none());
     }

@@ -41,23 +41,33 @@ pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<Y
     let mut errors = Vec::new();
     let mut index = ObjectIndex::new();
     for entry in entries {
-        let EntryKind::File { source, .. } = &entry.kind else { continue };
+        let EntryKind::File { source, .. } = &entry.kind else {
+            continue;
+        };
         if !(entry.path.ends_with(".yaml") || entry.path.ends_with(".yml")) {
             continue;
         }
-        let Ok(bytes) = std::fs::read(source) else { continue };
+        let Ok(bytes) = std::fs::read(source) else {
+            continue;
+        };
         match serde_saphyr::from_slice_multiple::<serde::de::IgnoredAny>(&bytes) {
             Ok(_) => {
                 if let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) {
                     for head in heads {
-                        if let (Some(kind), Some(name)) = (head.kind, head.metadata.and_then(|m| m.name)) {
-                            index.entry(format!("{kind}/{name}")).or_insert_with(|| entry.path.clone());
+                        if let (Some(kind), Some(name)) =
+                            (head.kind, head.metadata.and_then(|m| m.name))
+                        {
+                            index
+                                .entry(format!("{kind}/{name}"))
+                                .or_insert_with(|| entry.path.clone());
                         }
                     }
                 }
             }
             Err(e) => {
-                let (line, column) = e.location().map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
+                let (line, column) = e
+                    .location()
+                    .map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
                 let message = e.to_string();
                 let first = message.lines().next().unwrap_or_default();
                 // The location is ours to print; drop the parser's own prefix.
@@ -76,7 +86,11 @@ pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<Y
             }
         }
     }
-    if errors.is_empty() { Ok(index) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(index)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The file an object named in a controller message (`Kind/ns/name` or
@@ -87,8 +101,10 @@ pub fn file_for(index: &ObjectIndex, message: &str) -> Option<String> {
         let namespaced = message
             .split(|c: char| c.is_whitespace() || c == '"' || c == '\'')
             .any(|w| w.starts_with(&format!("{kind}/")) && w.ends_with(&format!("/{name}")));
-        (namespaced || message.contains(&format!("{kind}/{name} ")) || message.contains(&format!("\"{name}\"")))
-            .then(|| file.clone())
+        (namespaced
+            || message.contains(&format!("{kind}/{name} "))
+            || message.contains(&format!("\"{name}\"")))
+        .then(|| file.clone())
     })
 }
 
@@ -100,19 +116,30 @@ mod tests {
     fn syntax_errors_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("good.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: Service\nmetadata: {name: b}\n").unwrap();
-        std::fs::write(dir.path().join("bad.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n").unwrap();
+        std::fs::write(
+            dir.path().join("bad.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not: [yaml").unwrap();
         let errors = validate(dir.path(), &WalkOptions::default()).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].file, "bad.yaml");
         assert!(errors[0].line >= 4, "{:?}", errors[0]);
-        assert!(errors[0].to_string().starts_with("bad.yaml:"), "{}", errors[0]);
+        assert!(
+            errors[0].to_string().starts_with("bad.yaml:"),
+            "{}",
+            errors[0]
+        );
 
         std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
         let index = validate(dir.path(), &WalkOptions::default()).unwrap();
         assert_eq!(index["ConfigMap/a"], "good.yaml");
         assert_eq!(index["Service/b"], "good.yaml");
-        assert_eq!(file_for(&index, "ConfigMap/dev/a dry-run failed: invalid").as_deref(), Some("good.yaml"));
+        assert_eq!(
+            file_for(&index, "ConfigMap/dev/a dry-run failed: invalid").as_deref(),
+            Some("good.yaml")
+        );
         assert_eq!(file_for(&index, "unrelated"), None);
     }
 }

@@ -53,11 +53,17 @@ pub struct DirWatcher {
 
 impl DirWatcher {
     /// Watches `root` recursively. `root` must be canonical.
-    pub fn new(root: &Path, rules: IgnoreRules, debounce: Duration) -> Result<DirWatcher, notify::Error> {
+    pub fn new(
+        root: &Path,
+        rules: IgnoreRules,
+        debounce: Duration,
+    ) -> Result<DirWatcher, notify::Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let root_buf = root.to_path_buf();
-        let mut debouncer = new_debouncer(debounce, Some(debounce / 4), move |result: DebounceEventResult| {
-            match result {
+        let mut debouncer = new_debouncer(
+            debounce,
+            Some(debounce / 4),
+            move |result: DebounceEventResult| match result {
                 Ok(events) => {
                     let paths: Vec<PathBuf> = events
                         .iter()
@@ -71,11 +77,15 @@ impl DirWatcher {
                     }
                 }
                 Err(errors) => {
-                    let text = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+                    let text = errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
                     let _ = tx.send(Err(text));
                 }
-            }
-        })?;
+            },
+        )?;
         debouncer.watch(root, RecursiveMode::Recursive)?;
         Ok(DirWatcher {
             _debouncer: Box::new(debouncer),
@@ -105,7 +115,15 @@ mod tests {
 
     #[test]
     fn editor_temp_files_are_recognised() {
-        for t in [".app.yaml.swp", "app.yaml~", ".#app.yaml", "#app.yaml#", "4913", "app.yaml___jb_tmp___", ".goutputstream-AB12"] {
+        for t in [
+            ".app.yaml.swp",
+            "app.yaml~",
+            ".#app.yaml",
+            "#app.yaml#",
+            "4913",
+            "app.yaml___jb_tmp___",
+            ".goutputstream-AB12",
+        ] {
             assert!(is_editor_temp(t), "{t}");
         }
         for f in ["app.yaml", "kustomization.yml", "swap.yaml", "README.md"] {

@@ -1,0 +1,399 @@
+//! `kubectl gitops-run [DIR]` end to end: real sessions against the real
+//! API server, Flux and registry.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gitops::flux::{Kustomization, OCIRepository};
+use gitops::labels;
+use gitops::session::lease_is_live;
+use gitops_e2e::{
+    Harness, RunningSession, create_namespace, delete_namespace, eventually, output, plugin,
+    unique, write_tree,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn cm(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+async fn value(client: &Client, ns: &str, name: &str) -> Option<String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("value").cloned())
+}
+
+/// Nothing labelled with the session is left: Flux objects, Lease, the
+/// applied objects, the sandbox namespace.
+async fn assert_nothing_left(client: &Client, session: &str) {
+    let by_session = ListParams::default().labels(&format!("{}={session}", labels::SESSION));
+    eventually("the session's objects to be gone", WAIT, || async {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let leases: Api<Lease> = Api::all(client.clone());
+        let kss: Api<Kustomization> = Api::all(client.clone());
+        let repos: Api<OCIRepository> = Api::all(client.clone());
+        let applied: Api<ConfigMap> = Api::all(client.clone());
+        let e = |e: kube::Error| e.to_string();
+        let left = namespaces.list(&by_session).await.map_err(e)?.items.len()
+            + leases.list(&by_session).await.map_err(e)?.items.len()
+            + kss.list(&by_session).await.map_err(e)?.items.len()
+            + repos.list(&by_session).await.map_err(e)?.items.len()
+            + applied
+                .list(
+                    &ListParams::default()
+                        .labels(&format!("kustomize.toolkit.fluxcd.io/name={session}")),
+                )
+                .await
+                .map_err(e)?
+                .items
+                .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} objects left"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_cleans_up() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[("a.yaml", &cm("a", "1")), ("b.yaml", &cm("b", "1"))],
+    );
+    let name = unique("run-sbx");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    let started = s.wait_for("the session to start", WAIT, |e| e["event"] == "started");
+    assert_eq!(started["mode"], "sandboxed");
+    s.next_sync().unwrap();
+    // The sandbox namespace is named after the session.
+    assert_eq!(value(&client, &name, "a").await.as_deref(), Some("1"));
+
+    // Edit a file: the object is updated.
+    std::fs::write(dir.path().join("a.yaml"), cm("a", "2")).unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "a").await.as_deref(), Some("2"));
+    let synced = s.seen.last().unwrap().clone();
+    let changes = synced["changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["object"] == format!("ConfigMap/{name}/a") && c["action"] == "configured"),
+        "{synced}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["object"] == format!("ConfigMap/{name}/b") && c["action"] == "unchanged"),
+        "{synced}"
+    );
+
+    // Delete a file: the object is pruned.
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "b").await, None);
+
+    // Invalid YAML: the error names the file and line, nothing is pushed, the last revision stays.
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [a\n",
+    )
+    .unwrap();
+    let err = s.next_sync().unwrap_err();
+    assert!(err.contains("a.yaml:4"), "{err}");
+    assert!(err.contains("nothing was pushed"), "{err}");
+    assert_eq!(value(&client, &name, "a").await.as_deref(), Some("2"));
+
+    // Ctrl+C: everything the session created is removed.
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    let cleaned = s
+        .seen
+        .iter()
+        .find(|e| e["event"] == "cleaned")
+        .expect("a cleaned event");
+    assert!(
+        cleaned["removed"].to_string().contains("pruned by Flux"),
+        "{cleaned}"
+    );
+    assert_nothing_left(&client, &name).await;
+}
+
+#[tokio::test]
+async fn cluster_mode_applies_into_the_namespace_and_once_reports_the_result() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let ns = unique("e2e-cluster-mode");
+    create_namespace(&client, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    let name = unique("run-cluster");
+    let once = |extra: &[&str]| {
+        output(
+            plugin("kubectl-gitops_run")
+                .args(harness.kube_args())
+                .args([
+                    "-n",
+                    &ns,
+                    "--no-session",
+                    "--target-namespace",
+                    &ns,
+                    "--once",
+                    "--name",
+                    &name,
+                ])
+                .args(extra)
+                .current_dir(dir.path()),
+        )
+    };
+    let kept = once(&["--keep"]);
+    assert_eq!(kept.code, Some(0), "{kept:?}");
+    assert!(
+        kept.stderr.contains(&format!("ConfigMap/{ns}/app created")),
+        "{kept:?}"
+    );
+    assert_eq!(value(&client, &ns, "app").await.as_deref(), Some("1"));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let lease = leases.get(&name).await.unwrap();
+    assert!(
+        !lease_is_live(&lease, chrono::Utc::now()),
+        "a kept session is not running"
+    );
+    assert_eq!(
+        lease.metadata.annotations.as_ref().unwrap()["gitops.kubectl.dev/mode"],
+        "cluster"
+    );
+
+    // An object the API server rejects: --once exits 1 with the controller's words.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_A_Valid_Name\ndata: {}\n",
+    )
+    .unwrap();
+    let failed = once(&[]);
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(failed.stderr.contains("Not_A_Valid_Name"), "{failed:?}");
+    assert!(
+        failed.stderr.contains("(bad.yaml)"),
+        "the file is named: {failed:?}"
+    );
+    assert_nothing_left(&client, &name).await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_cluster_role_in_a_sandboxed_session_is_refused_in_plain_words() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let role = unique("greedy");
+    write_tree(
+        dir.path(),
+        &[
+            ("cm.yaml", &cm("ok", "1")),
+            (
+                "role.yaml",
+                &format!(
+                    "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\nrules: []\n"
+                ),
+            ),
+        ],
+    );
+    let name = unique("run-refused");
+    let out = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["--once", "--name", &name])
+            .current_dir(dir.path()),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("not allowed")
+            && out
+                .stderr
+                .contains("cluster-scoped objects are not allowed in a sandbox"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("(role.yaml)"), "{out:?}");
+    assert_nothing_left(&client, &name).await;
+}
+
+/// A registry of our own (the real docker-registry), to stop and restart.
+struct OwnRegistry {
+    child: std::process::Child,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+impl OwnRegistry {
+    fn start(dir: &Path, port: u16) -> OwnRegistry {
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Self::spawn(&config);
+        let r = OwnRegistry {
+            child,
+            port,
+            config,
+        };
+        r.wait_ready();
+        r
+    }
+
+    fn spawn(config: &Path) -> std::process::Child {
+        std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian's package) must be installed: tests/cluster/up installs it")
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("docker-registry did not start on port {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.config);
+        self.wait_ready();
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_session_recovers_when_its_registry_comes_back() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let storage = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut registry = OwnRegistry::start(storage.path(), port);
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    let name = unique("run-registry");
+    let reg = format!("oci://127.0.0.1:{port}");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name, "--registry", &reg]);
+    s.next_sync().unwrap();
+
+    registry.stop();
+    std::fs::write(dir.path().join("app.yaml"), cm("app", "2")).unwrap();
+    let err = s.next_sync().unwrap_err();
+    assert!(err.contains("cannot reach the registry"), "{err}");
+    assert_eq!(
+        value(&client, &name, "app").await.as_deref(),
+        Some("1"),
+        "the last good revision stays"
+    );
+
+    // Back up: the session retries on its own, without another change.
+    registry.restart();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "app").await.as_deref(), Some("2"));
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    assert_nothing_left(&client, &name).await;
+}
+
+#[tokio::test]
+async fn a_killed_session_breaks_nothing_and_its_lease_goes_stale() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    let name = unique("run-killed");
+    let mut s = RunningSession::start(
+        &harness,
+        dir.path(),
+        &["--name", &name, "--lease-duration", "3s"],
+    );
+    s.next_sync().unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
+    assert!(lease_is_live(
+        &leases.get(&name).await.unwrap(),
+        chrono::Utc::now()
+    ));
+    s.signal("KILL");
+    s.wait_exit(WAIT);
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !lease_is_live(&leases.get(&name).await.unwrap(), chrono::Utc::now()),
+        "stale"
+    );
+    assert_eq!(
+        value(&client, &name, "app").await.as_deref(),
+        Some("1"),
+        "what was applied stays"
+    );
+
+    // The shared cleanup (what `gitops-sessions prune` runs) removes it all.
+    gitops::session::cleanup(&client, &name, &name, Some(&name), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_nothing_left(&client, &name).await;
+}
+
+#[tokio::test]
+async fn refuses_a_context_that_does_not_look_local() {
+    let harness = Harness::get();
+    // The harness's kubeconfig with the server renamed to a non-loopback host.
+    let text = std::fs::read_to_string(&harness.kubeconfig).unwrap();
+    let remote = text
+        .replace("https://127.0.0.1:", "https://prod.example.com:")
+        .replace(&harness.context, "prod");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), remote).unwrap();
+    let out = output(
+        plugin("kubectl-gitops_run")
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubeconfig"))
+            .args(["--once"])
+            .current_dir(dir.path()),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("does not look like a local cluster")
+            && out.stderr.contains("--allow-k8s-context prod"),
+        "{out:?}"
+    );
+}
