@@ -292,10 +292,10 @@ impl RunningSession {
                 .lines()
                 .map_while(Result::ok)
             {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
                 }
             }
         });
