@@ -11,6 +11,7 @@ pub mod flux;
 pub mod git;
 pub mod labels;
 pub mod output;
+pub mod portforward;
 pub mod registry;
 pub mod sandbox;
 pub mod session;

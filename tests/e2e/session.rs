@@ -397,3 +397,66 @@ async fn refuses_a_context_that_does_not_look_local() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sops");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures.join("secret.sops.yaml"),
+        dir.path().join("secret.yaml"),
+    )
+    .unwrap();
+    let name = unique("run-sops");
+    let out = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["--once", "--keep", "--name", &name, "--decryption-key-file"])
+            .arg(fixtures.join("test.agekey"))
+            .current_dir(dir.path()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &name);
+    let secret = secrets.get("sops-demo").await.unwrap();
+    let password = secret.data.unwrap()["password"].0.clone();
+    assert_eq!(password, b"decrypted-by-flux");
+    gitops::session::cleanup(&client, &name, &name, Some(&name), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_nothing_left(&client, &name).await;
+}
+
+#[tokio::test]
+async fn port_forward_specs_and_busy_ports_are_refused_before_anything_starts() {
+    let harness = Harness::get();
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    let run = |spec: &str| {
+        output(
+            plugin("kubectl-gitops_run")
+                .args(harness.kube_args())
+                .args(["--once", "--port-forward", spec])
+                .current_dir(dir.path()),
+        )
+    };
+    let bad = run("svc/web:8080");
+    assert_eq!(bad.code, Some(1));
+    assert!(
+        bad.stderr.contains("resource=svc/NAME,port=LOCAL[:REMOTE]"),
+        "{bad:?}"
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let taken = run(&format!("resource=svc/web,port={port}:80"));
+    assert_eq!(taken.code, Some(1));
+    assert!(
+        taken
+            .stderr
+            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{taken:?}"
+    );
+    // Nothing was started: no session objects exist.
+    assert!(!taken.stderr.contains("session "), "{taken:?}");
+}

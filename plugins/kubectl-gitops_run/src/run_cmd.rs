@@ -11,6 +11,7 @@ use clap::Args;
 use gitops::artifact::{self, IgnoreRules, WalkOptions};
 use gitops::cluster::KubeFlags;
 use gitops::git::GitInfo;
+use gitops::portforward::{self, ForwardSpec};
 use gitops::registry::{Credentials, RegistryOptions};
 use gitops::session::{
     self, Event, Mode, Phase, Reporter, Session, SessionConfig, SyncOutcome, export, preflight,
@@ -86,6 +87,13 @@ pub struct RunArgs {
     /// Output: text (spinners on a terminal) or json (one event per line).
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Format,
+    /// Forward a local port to the session's workload, through the API server
+    /// (repeatable): resource=svc/NAME,port=LOCAL[:REMOTE] (also deploy/, pod/).
+    #[arg(
+        long = "port-forward",
+        value_name = "resource=svc/NAME,port=LOCAL[:REMOTE]"
+    )]
+    port_forward: Vec<String>,
     /// How long the session's heartbeat (Lease) stays valid without renewal.
     #[arg(long, value_name = "DURATION", default_value = "30s", hide = true)]
     lease_duration: String,
@@ -132,6 +140,11 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
+    let forwards = args
+        .port_forward
+        .iter()
+        .map(|s| s.parse::<ForwardSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
     let creds = args
         .creds
         .as_deref()
@@ -185,8 +198,13 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         decryption_key,
         timeout,
         lease_duration,
+        port_forwards: args.port_forward.clone(),
         owner,
     };
+    let mut listeners = Vec::new();
+    for spec in &forwards {
+        listeners.push((portforward::listen(spec).await?, spec.clone()));
+    }
     let printer = Printer::new(args.output);
     let reporter: Reporter = {
         let printer = printer.clone();
@@ -197,6 +215,32 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         s = Session::start(cluster.client.clone(), cfg, reporter) => s?,
         _ = &mut shutdown => bail!("interrupted before the session started"),
     };
+    if !listeners.is_empty() {
+        let target = session.target();
+        if target.kubeconfig_secret.is_some() {
+            bail!(
+                "--port-forward reaches pods of this cluster; it cannot reach into a kubeconfig or vcluster sandbox"
+            );
+        }
+        let namespace = target
+            .target_namespace
+            .clone()
+            .unwrap_or_else(|| session.namespace().to_string());
+        for (listener, spec) in listeners {
+            let printer = printer.clone();
+            printer.line(&format!(
+                "forwarding 127.0.0.1:{} to {} port {}",
+                spec.local, spec.name, spec.remote
+            ));
+            tokio::spawn(portforward::serve(
+                listener,
+                cluster.client.clone(),
+                namespace.clone(),
+                spec,
+                move |w| printer.line(&format!("warning: {w}")),
+            ));
+        }
+    }
     // Watch before the first sync so saves made during it are not missed.
     let rules = IgnoreRules::new(&root, &walk.ignore)?;
     let mut watcher = DirWatcher::new(&root, rules, Duration::from_millis(100))

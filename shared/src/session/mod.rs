@@ -52,6 +52,7 @@ pub mod keys {
     pub const LAST_SYNC: &str = "gitops.kubectl.dev/last-sync";
     pub const LAST_STATUS: &str = "gitops.kubectl.dev/last-status";
     pub const EPHEMERAL_SANDBOX: &str = "gitops.kubectl.dev/ephemeral-sandbox";
+    pub const PORT_FORWARDS: &str = "gitops.kubectl.dev/port-forwards";
 }
 
 /// Why a session could not start, sync or stop.
@@ -143,6 +144,8 @@ pub struct SessionConfig {
     pub timeout: Duration,
     /// Lease duration; renewed at a third of it.
     pub lease_duration: Duration,
+    /// `--port-forward` specs, recorded for `gitops-sessions`.
+    pub port_forwards: Vec<String>,
     pub owner: String,
 }
 
@@ -440,6 +443,11 @@ impl Session {
     /// Where its objects live.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Where and as whom it applies.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     fn sandbox_label(&self) -> Option<String> {

@@ -1,0 +1,398 @@
+//! `--port-forward resource=svc/NAME,port=LOCAL[:REMOTE]`: local ports
+//! forwarded to a session's workloads through the API server.
+//!
+//! The pod behind a service or deployment is looked up again for every new
+//! connection, so forwarding follows the workload when its pod is replaced
+//! (a rollout after a sync), the way users expect from a live session.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use tokio::net::TcpListener;
+
+/// What to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    pub kind: ForwardKind,
+    pub name: String,
+    pub local: u16,
+    /// The service port (svc) or container port (pod, deploy).
+    pub remote: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardKind {
+    Service,
+    Deployment,
+    Pod,
+}
+
+/// Port-forward failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(
+        "invalid --port-forward {0:?}: use resource=svc/NAME,port=LOCAL[:REMOTE] \
+         (resource kinds: svc, deploy, pod)"
+    )]
+    BadSpec(String),
+    #[error("{0} has no ready pod to forward to yet")]
+    NoPod(String),
+    #[error("service {service} has no port {port}")]
+    NoServicePort { service: String, port: u16 },
+    #[error("service {0} has no selector; it cannot be port-forwarded")]
+    NoSelector(String),
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl std::str::FromStr for ForwardSpec {
+    type Err = ForwardError;
+
+    fn from_str(s: &str) -> Result<ForwardSpec, ForwardError> {
+        let bad = || ForwardError::BadSpec(s.to_string());
+        let mut fields = BTreeMap::new();
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(bad)?;
+            fields.insert(k.trim(), v.trim());
+        }
+        let (kind, name) = fields
+            .get("resource")
+            .and_then(|r| r.split_once('/'))
+            .ok_or_else(bad)?;
+        let kind = match kind {
+            "svc" | "service" | "services" => ForwardKind::Service,
+            "deploy" | "deployment" | "deployments" => ForwardKind::Deployment,
+            "pod" | "pods" | "po" => ForwardKind::Pod,
+            _ => return Err(bad()),
+        };
+        let ports = fields.get("port").ok_or_else(bad)?;
+        let (local, remote) = match ports.split_once(':') {
+            Some((l, r)) => (l, r),
+            None => (*ports, *ports),
+        };
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        if name.is_empty() || fields.len() != 2 {
+            return Err(bad());
+        }
+        Ok(ForwardSpec {
+            kind,
+            name: name.to_string(),
+            local: port(local)?,
+            remote: port(remote)?,
+        })
+    }
+}
+
+/// The container port a service port leads to, for a given pod.
+pub fn target_port(service: &Service, port: u16, pod: &Pod) -> Result<u16, ForwardError> {
+    let name = service.name_any();
+    let sp = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.port == i32::from(port)))
+        .ok_or(ForwardError::NoServicePort {
+            service: name.clone(),
+            port,
+        })?;
+    match &sp.target_port {
+        None => Ok(port),
+        Some(IntOrString::Int(p)) => u16::try_from(*p).map_err(|_| ForwardError::NoServicePort {
+            service: name,
+            port,
+        }),
+        Some(IntOrString::String(named)) => pod
+            .spec
+            .as_ref()
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(named.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or(ForwardError::NoServicePort {
+                service: name,
+                port,
+            }),
+    }
+}
+
+/// A label selector (`k=v,…`) from match labels.
+pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Picks the pod to forward to: ready pods first, newest first.
+pub fn pick_pod(mut pods: Vec<Pod>) -> Option<Pod> {
+    pods.retain(is_ready);
+    pods.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+        )
+    });
+    pods.into_iter().next()
+}
+
+/// Resolves a spec to (pod name, pod port) now.
+pub async fn resolve(
+    client: &Client,
+    namespace: &str,
+    spec: &ForwardSpec,
+) -> Result<(String, u16), ForwardError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let by_selector = |selector: String| {
+        let pods = pods.clone();
+        async move {
+            Ok::<_, kube::Error>(pick_pod(
+                pods.list(&ListParams::default().labels(&selector))
+                    .await?
+                    .items,
+            ))
+        }
+    };
+    match spec.kind {
+        ForwardKind::Pod => Ok((spec.name.clone(), spec.remote)),
+        ForwardKind::Deployment => {
+            let deploy: Deployment = Api::namespaced(client.clone(), namespace)
+                .get(&spec.name)
+                .await?;
+            let labels = deploy
+                .spec
+                .and_then(|s| s.selector.match_labels)
+                .unwrap_or_default();
+            let pod = by_selector(selector_string(&labels))
+                .await?
+                .ok_or_else(|| ForwardError::NoPod(format!("deployment {}", spec.name)))?;
+            Ok((pod.name_any(), spec.remote))
+        }
+        ForwardKind::Service => {
+            let svc: Service = Api::namespaced(client.clone(), namespace)
+                .get(&spec.name)
+                .await?;
+            let labels = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ForwardError::NoSelector(spec.name.clone()))?;
+            let pod = by_selector(selector_string(&labels))
+                .await?
+                .ok_or_else(|| ForwardError::NoPod(format!("service {}", spec.name)))?;
+            let port = target_port(&svc, spec.remote, &pod)?;
+            Ok((pod.name_any(), port))
+        }
+    }
+}
+
+/// Binds 127.0.0.1:LOCAL for a spec (before the session starts, so a busy
+/// port is reported at once).
+pub async fn listen(spec: &ForwardSpec) -> Result<TcpListener, ForwardError> {
+    TcpListener::bind(("127.0.0.1", spec.local))
+        .await
+        .map_err(|source| ForwardError::Listen {
+            port: spec.local,
+            source,
+        })
+}
+
+/// Forwards every connection to `listener` to the pod currently behind the
+/// spec. Runs until dropped; errors per connection are reported through
+/// `warn` and do not stop the listener.
+pub async fn serve(
+    listener: TcpListener,
+    client: Client,
+    namespace: String,
+    spec: ForwardSpec,
+    warn: impl Fn(String) + Send + Sync + 'static,
+) {
+    let warn = std::sync::Arc::new(warn);
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let (client, namespace, spec, warn) = (
+            client.clone(),
+            namespace.clone(),
+            spec.clone(),
+            warn.clone(),
+        );
+        tokio::spawn(async move {
+            let result = async {
+                let (pod, port) = resolve(&client, &namespace, &spec).await?;
+                let pods: Api<Pod> = Api::namespaced(client, &namespace);
+                let mut forwarder = pods.portforward(&pod, &[port]).await?;
+                let Some(mut upstream) = forwarder.take_stream(port) else {
+                    return Ok::<_, ForwardError>(());
+                };
+                let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+                drop(upstream);
+                let _ = forwarder.join().await;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                warn(format!(
+                    "port-forward 127.0.0.1:{} → {}: {e}",
+                    spec.local, spec.name
+                ));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServicePort, ServiceSpec,
+    };
+    use kube::Resource;
+
+    #[test]
+    fn specs_parse_like_the_flag_says() {
+        let s: ForwardSpec = "resource=svc/web,port=8080:80".parse().unwrap();
+        assert_eq!(
+            s,
+            ForwardSpec {
+                kind: ForwardKind::Service,
+                name: "web".into(),
+                local: 8080,
+                remote: 80
+            }
+        );
+        let s: ForwardSpec = "port=9000,resource=deploy/api".parse().unwrap();
+        assert_eq!(
+            (s.kind, s.local, s.remote),
+            (ForwardKind::Deployment, 9000, 9000)
+        );
+        for bad in [
+            "svc/web",
+            "resource=svc/web",
+            "resource=svc/web,port=0",
+            "resource=job/x,port=1",
+            "resource=svc/,port=1",
+            "resource=svc/w,port=1,x=2",
+            "resource=svc/w,port=70000",
+        ] {
+            let e = bad.parse::<ForwardSpec>().unwrap_err().to_string();
+            assert!(
+                e.contains("resource=svc/NAME,port=LOCAL[:REMOTE]"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    fn pod(name: &str, ready: bool, created: i64) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        p.spec = Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        p.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn the_newest_ready_pod_is_chosen() {
+        let picked = pick_pod(vec![
+            pod("old", true, 100),
+            pod("new-not-ready", false, 300),
+            pod("new", true, 200),
+        ])
+        .unwrap();
+        assert_eq!(picked.name_any(), "new");
+        assert!(pick_pod(vec![pod("x", false, 1)]).is_none());
+    }
+
+    #[test]
+    fn service_ports_map_to_container_ports() {
+        let svc = Service {
+            spec: Some(ServiceSpec {
+                ports: Some(vec![
+                    ServicePort {
+                        port: 80,
+                        target_port: Some(IntOrString::String("http".into())),
+                        ..Default::default()
+                    },
+                    ServicePort {
+                        port: 9090,
+                        target_port: Some(IntOrString::Int(9091)),
+                        ..Default::default()
+                    },
+                    ServicePort {
+                        port: 7000,
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = pod("p", true, 1);
+        assert_eq!(target_port(&svc, 80, &p).unwrap(), 8080);
+        assert_eq!(target_port(&svc, 9090, &p).unwrap(), 9091);
+        assert_eq!(target_port(&svc, 7000, &p).unwrap(), 7000);
+        assert!(
+            target_port(&svc, 1, &p)
+                .unwrap_err()
+                .to_string()
+                .contains("no port 1")
+        );
+    }
+
+    #[test]
+    fn the_forward_request_goes_through_the_api_server() {
+        let req = kube::core::Request::new(Pod::url_path(&(), Some("sbx")))
+            .portforward("web-1", &[8080])
+            .unwrap();
+        assert_eq!(
+            req.uri(),
+            "/api/v1/namespaces/sbx/pods/web-1/portforward?&ports=8080"
+        );
+        assert_eq!(req.method(), http::Method::GET);
+    }
+}
