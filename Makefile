@@ -38,4 +38,6 @@ lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
+	tests/cluster/up --second-cluster
 	tests/bench/artifact-build
+	tests/bench/session-latency
