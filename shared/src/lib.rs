@@ -19,6 +19,19 @@ pub mod session;
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Start-up shared by the plugins: the TLS crypto provider, and the default
+/// SIGPIPE behaviour so `kubectl gitops-sessions | head` ends quietly like
+/// any Unix tool instead of panicking on a closed pipe.
+pub fn init_process() {
+    install_crypto_provider();
+    #[cfg(unix)]
+    // SAFETY: setting a signal disposition to SIG_DFL at start-up, before any
+    // thread exists, has no memory-safety implications.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Installs the process-wide TLS crypto provider (ring) used by both the
 /// Kubernetes client and the registry client. Call once, first thing in `main`.
 pub fn install_crypto_provider() {

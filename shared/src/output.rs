@@ -82,8 +82,27 @@ pub fn serialize<T: serde::Serialize>(value: &T, format: ListFormat) -> String {
     }
 }
 
+/// Whether to colour output: stdout is a terminal and `NO_COLOR` is unset.
+pub fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// ANSI colour code for a cell (`column`, `text`), or `None`.
+pub type Colouring<'a> = &'a dyn Fn(usize, &str) -> Option<&'static str>;
+
 /// Left-aligned columns separated by three spaces, as kubectl prints them.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    table_with(headers, rows, true, None)
+}
+
+/// [`table`] with optional headers and colours (applied after alignment).
+pub fn table_with(
+    headers: &[&str],
+    rows: &[Vec<String>],
+    with_headers: bool,
+    colour: Option<Colouring<'_>>,
+) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -94,14 +113,22 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
+    let header = with_headers.then_some(&header_row);
+    for (r, row) in header.into_iter().chain(rows).enumerate() {
+        let is_header = with_headers && r == 0;
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
+            let code = if is_header {
+                None
             } else {
+                colour.and_then(|c| c(i, cell))
+            };
+            match code {
+                Some(code) => line.push_str(&format!("\x1b[{code}m{cell}\x1b[0m")),
+                None => line.push_str(cell),
+            }
+            if i + 1 < row.len() {
                 let pad = widths[i] - cell.chars().count() + 3;
-                line.push_str(cell);
                 line.extend(std::iter::repeat_n(' ', pad));
             }
         }
@@ -114,6 +141,18 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod table_tests {
     use super::*;
+
+    #[test]
+    fn colours_do_not_break_alignment() {
+        let colour = |col: usize, text: &str| (col == 1 && text == "Failed").then_some("31");
+        let t = table_with(
+            &["A", "B", "C"],
+            &[vec!["x".into(), "Failed".into(), "1".into()]],
+            false,
+            Some(&colour),
+        );
+        assert_eq!(t, "x   \x1b[31mFailed\x1b[0m   1\n");
+    }
 
     #[test]
     fn columns_are_aligned() {

@@ -134,6 +134,29 @@ impl Harness {
         ]
     }
 
+    /// `kubectl apply -f -` of `yaml` against the harness.
+    pub fn kubectl_apply(&self, yaml: &str) {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl is installed");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write to kubectl");
+        assert!(
+            child.wait().expect("kubectl").success(),
+            "kubectl apply failed:\n{yaml}"
+        );
+    }
+
     /// The `flux` CLI, pointed at the harness.
     pub fn flux(&self) -> Command {
         let mut cmd = Command::new(&self.flux);

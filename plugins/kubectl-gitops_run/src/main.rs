@@ -19,8 +19,7 @@ use gitops::cluster::KubeFlags;
 #[command(
     name = "kubectl gitops-run",
     version = gitops::VERSION,
-    bin_name = "kubectl gitops-run",
-    args_conflicts_with_subcommands = true
+    bin_name = "kubectl gitops-run"
 )]
 struct Cli {
     #[command(flatten)]
@@ -48,7 +47,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    gitops::install_crypto_provider();
+    gitops::init_process();
     let cli = Cli::parse();
     gitops::output::init_logging(cli.verbose);
     let result = match cli.command {

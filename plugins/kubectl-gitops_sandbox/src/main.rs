@@ -94,7 +94,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    gitops::install_crypto_provider();
+    gitops::init_process();
     let cli = Cli::parse();
     gitops::output::init_logging(cli.verbose);
     match run(cli).await {

@@ -1,16 +1,27 @@
 //! `kubectl gitops-sessions`: see and manage GitOps Run sessions.
 
-use anyhow::Result;
-use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
+use gitops::duration;
+use gitops::flux::{Kustomization, OCIRepository};
+use gitops::output::{ListFormat, serialize, table_with, use_colour};
+use gitops::session::status::cluster_status;
+use gitops::session::view::{self, Filter, Heartbeat, SessionView};
+use k8s_openapi::api::core::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams};
 
 /// List and manage live and stale GitOps Run sessions across the cluster.
 #[derive(Parser)]
 #[command(
     name = "kubectl gitops-sessions",
     version = gitops::VERSION,
-    bin_name = "kubectl gitops-sessions",
-    arg_required_else_help = true
+    bin_name = "kubectl gitops-sessions"
 )]
 struct Cli {
     #[command(flatten)]
@@ -18,12 +29,469 @@ struct Cli {
     /// More diagnostics on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    list: ListArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn main() -> Result<()> {
-    gitops::install_crypto_provider();
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+    Name,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ListArgs {
+    /// Everyone's sessions in every namespace (default: yours, or all in -n NAMESPACE).
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    output: Output,
+    /// Omit the header row.
+    #[arg(long)]
+    no_headers: bool,
+    /// Keep watching and print sessions as they change.
+    #[arg(short = 'w', long)]
+    watch: bool,
+    /// Label selector to filter on, e.g. gitops.kubectl.dev/sandbox=dev.
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    selector: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List sessions (the default).
+    List(ListArgs),
+    /// Show one session: status, inventory, conditions and recent events.
+    Describe { name: String },
+    /// Remove a session's objects in the safe order (refuses a live session without --force).
+    Delete {
+        name: String,
+        /// Delete even though its heartbeat is live (its command keeps running).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Delete every session whose heartbeat is stale (crashed or killed commands).
+    Prune {
+        /// Only sessions stale for at least this long.
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+        stale_after: Duration,
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// The cluster's mode: Run (live sessions), GitOps (Flux-managed namespaces), Snowflake (hand-applied objects).
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: ListFormat,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    gitops::init_process();
     let cli = Cli::parse();
     gitops::output::init_logging(cli.verbose);
-    let _ = cli.kube;
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => gitops::output::report(e.as_ref()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cluster = cli.kube.connect().await?;
+    let client = cluster.client;
+    let namespace = cli.kube.namespace.clone();
+    match cli.command {
+        None => list(&client, namespace, cli.list).await,
+        Some(Command::List(args)) => list(&client, namespace, args).await,
+        Some(Command::Describe { name }) => {
+            describe(&client, &find(&client, namespace, &name).await?).await
+        }
+        Some(Command::Delete {
+            name,
+            force,
+            timeout,
+        }) => {
+            let s = find(&client, namespace, &name).await?;
+            if s.heartbeat == Heartbeat::Live && !force {
+                bail!(
+                    "session {name} is running (pid {} on {}); stop it with Ctrl+C where it runs, or pass --force",
+                    s.pid,
+                    s.host
+                );
+            }
+            remove(&client, &s, timeout).await
+        }
+        Some(Command::Prune {
+            stale_after,
+            timeout,
+        }) => {
+            let sessions = view::list(
+                &client,
+                &Filter {
+                    namespace,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let now = Utc::now();
+            let lease = Duration::from_secs(30);
+            let stale: Vec<&SessionView> = sessions
+                .iter()
+                .filter(|s| s.stale_for(now, lease).is_some_and(|d| d >= stale_after))
+                .collect();
+            if stale.is_empty() {
+                println!("no stale sessions");
+            }
+            for s in stale {
+                remove(&client, s, timeout).await?;
+            }
+            Ok(())
+        }
+        Some(Command::Status { output }) => status(&client, output).await,
+    }
+}
+
+async fn find(client: &Client, namespace: Option<String>, name: &str) -> Result<SessionView> {
+    let filter = Filter {
+        namespace,
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    let mut found = view::list(client, &filter).await?;
+    match found.len() {
+        0 => bail!("no session named {name} (see `kubectl gitops-sessions -A`)"),
+        1 => Ok(found.remove(0)),
+        _ => bail!("sessions named {name} exist in several namespaces; choose one with -n"),
+    }
+}
+
+async fn remove(client: &Client, s: &SessionView, timeout: Duration) -> Result<()> {
+    let sandbox = s
+        .ephemeral_sandbox
+        .then_some(s.sandbox.as_deref())
+        .flatten();
+    let removed = gitops::session::cleanup(client, &s.namespace, &s.name, sandbox, timeout).await?;
+    for r in &removed {
+        println!("removed {r}");
+    }
+    println!("session {} deleted", s.name);
+    Ok(())
+}
+
+fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    t.map(|t| duration::human((now - t).to_std().unwrap_or_default()))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn short_revision(r: &str) -> String {
+    match r.split_once('@') {
+        Some((_, d)) => d.chars().take(19).collect(),
+        None if r.is_empty() => "-".into(),
+        None => r.chars().take(19).collect(),
+    }
+}
+
+fn row(s: &SessionView, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    let dash = |v: &str| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let mut row = vec![
+        s.name.clone(),
+        s.namespace.clone(),
+        dash(&s.mode),
+        s.sandbox.clone().unwrap_or_else(|| "-".into()),
+        dash(&s.source),
+        short_revision(&s.revision),
+        s.status.summary(),
+        ago(s.last_sync, now),
+        s.heartbeat.as_str().into(),
+        dash(&s.user),
+        ago(s.started, now),
+    ];
+    if wide {
+        row.extend([
+            dash(&s.registry),
+            dash(&s.artifact),
+            dash(&s.host),
+            dash(&s.pid),
+            if s.port_forwards.is_empty() {
+                "-".into()
+            } else {
+                s.port_forwards.join(" ")
+            },
+        ]);
+    }
+    row
+}
+
+const HEADERS: [&str; 11] = [
+    "NAME",
+    "NAMESPACE",
+    "MODE",
+    "SANDBOX",
+    "SOURCE",
+    "REVISION",
+    "STATUS",
+    "LAST SYNC",
+    "HEARTBEAT",
+    "USER",
+    "AGE",
+];
+const WIDE: [&str; 5] = ["REGISTRY", "ARTIFACT", "HOST", "PID", "PORT-FORWARDS"];
+
+fn colour(col: usize, text: &str) -> Option<&'static str> {
+    match col {
+        6 if text == "Ready" => Some("32"),
+        6 if text.starts_with("Failed") => Some("31"),
+        6 => Some("33"),
+        8 if text == "stale" => Some("33"),
+        8 if text == "live" => Some("32"),
+        _ => None,
+    }
+}
+
+fn render(sessions: &[SessionView], args: &ListArgs, headers: bool) -> String {
+    let now = Utc::now();
+    match args.output {
+        Output::Json => serialize(&sessions, ListFormat::Json),
+        Output::Yaml => serialize(&sessions, ListFormat::Yaml),
+        Output::Name => sessions
+            .iter()
+            .map(|s| format!("session/{}\n", s.name))
+            .collect(),
+        Output::Table | Output::Wide => {
+            let wide = args.output == Output::Wide;
+            let mut h: Vec<&str> = HEADERS.to_vec();
+            if wide {
+                h.extend(WIDE);
+            }
+            let rows: Vec<Vec<String>> = sessions.iter().map(|s| row(s, wide, now)).collect();
+            let paint: &dyn Fn(usize, &str) -> Option<&'static str> = &colour;
+            table_with(
+                &h,
+                &rows,
+                headers && !args.no_headers,
+                use_colour().then_some(paint),
+            )
+        }
+    }
+}
+
+async fn list(client: &Client, namespace: Option<String>, args: ListArgs) -> Result<()> {
+    let owner = (!args.all_namespaces && namespace.is_none()).then(gitops::labels::owner);
+    let filter = Filter {
+        namespace: if args.all_namespaces { None } else { namespace },
+        selector: args.selector.clone(),
+        owner,
+        name: None,
+    };
+    let sessions = view::list(client, &filter).await?;
+    if sessions.is_empty() && matches!(args.output, Output::Table | Output::Wide) && !args.watch {
+        eprintln!(
+            "No sessions found{}.",
+            if filter.owner.is_some() {
+                " of yours (-A lists everyone's)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    print!("{}", render(&sessions, &args, true));
+    if !args.watch {
+        return Ok(());
+    }
+    // Print sessions again whenever what we would show of them changes.
+    let key = |s: &SessionView| (s.namespace.clone(), s.name.clone());
+    let mut last: std::collections::BTreeMap<_, _> =
+        sessions.into_iter().map(|s| (key(&s), s)).collect();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now: std::collections::BTreeMap<_, _> = view::list(client, &filter)
+            .await?
+            .into_iter()
+            .map(|s| (key(&s), s))
+            .collect();
+        let changed: Vec<SessionView> = now
+            .iter()
+            .filter(|(k, s)| {
+                last.get(*k).is_none_or(|old| {
+                    old.status != s.status
+                        || old.heartbeat != s.heartbeat
+                        || old.revision != s.revision
+                })
+            })
+            .map(|(_, s)| s.clone())
+            .collect();
+        for (k, gone) in &last {
+            if !now.contains_key(k) {
+                println!("{} deleted", gone.name);
+            }
+        }
+        if !changed.is_empty() {
+            print!("{}", render(&changed, &args, false));
+        }
+        last = now;
+    }
+}
+
+async fn describe(client: &Client, s: &SessionView) -> Result<()> {
+    let now = Utc::now();
+    let field = |k: &str, v: &str| {
+        println!(
+            "{:<16}{}",
+            format!("{k}:"),
+            if v.is_empty() { "-" } else { v }
+        )
+    };
+    field("Name", &s.name);
+    field("Namespace", &s.namespace);
+    field("Mode", &s.mode);
+    field("Sandbox", s.sandbox.as_deref().unwrap_or("-"));
+    field("Source", &s.source);
+    field("Status", &s.status.summary());
+    if !s.status.message.is_empty() {
+        field("Message", &s.status.message);
+    }
+    field("Revision", &s.revision);
+    field("Artifact", &s.artifact);
+    field("Last sync", &format!("{} ago", ago(s.last_sync, now)));
+    field(
+        "Heartbeat",
+        &format!(
+            "{} (last {} ago)",
+            s.heartbeat.as_str(),
+            ago(s.heartbeat_at, now)
+        ),
+    );
+    field("User", &format!("{}@{}", s.user, s.host));
+    field("PID", &s.pid);
+    field("Registry", &s.registry);
+    field("Port-forwards", &s.port_forwards.join(" "));
+    field("Started", &format!("{} ago", ago(s.started, now)));
+    field("Version", &s.version);
+    println!("Inventory:");
+    if s.inventory.is_empty() {
+        println!("  (nothing applied)");
+    }
+    for o in &s.inventory {
+        println!("  {o}");
+    }
+    println!("Conditions:");
+    let ks = Api::<Kustomization>::namespaced(client.clone(), &s.namespace)
+        .get_opt(&s.name)
+        .await?;
+    let repo = Api::<OCIRepository>::namespaced(client.clone(), &s.namespace)
+        .get_opt(&s.name)
+        .await?;
+    let conditions = ks
+        .and_then(|k| k.status)
+        .map(|st| st.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ("Kustomization", c))
+        .chain(
+            repo.and_then(|r| r.status)
+                .map(|st| st.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ("OCIRepository", c)),
+        );
+    for (kind, c) in conditions {
+        println!(
+            "  {kind:<14} {:<12} {:<6} {:<24} {}",
+            c.type_,
+            c.status,
+            c.reason,
+            c.message.replace('\n', " ")
+        );
+    }
+    println!("Events:");
+    let events: Api<Event> = Api::namespaced(client.clone(), &s.namespace);
+    let mut list: Vec<Event> = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={}", s.name)))
+        .await?
+        .items;
+    list.sort_by_key(|e| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or_default()
+    });
+    let recent: Vec<&Event> = list.iter().rev().take(10).collect();
+    if recent.is_empty() {
+        println!("  (none)");
+    }
+    for e in recent.into_iter().rev() {
+        let when = e
+            .last_timestamp
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+            .map(|t| ago(Some(t), now))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {when:<6} {:<14} {:<24} {}",
+            e.involved_object.kind.clone().unwrap_or_default(),
+            e.reason.clone().unwrap_or_default(),
+            e.message.clone().unwrap_or_default().replace('\n', "; ")
+        );
+    }
+    Ok(())
+}
+
+async fn status(client: &Client, output: ListFormat) -> Result<()> {
+    let st = cluster_status(client).await?;
+    if matches!(output, ListFormat::Json | ListFormat::Yaml) {
+        print!("{}", serialize(&st, output));
+        return Ok(());
+    }
+    let mode = if !st.run.is_empty() {
+        "Run"
+    } else if !st.gitops.is_empty() {
+        "GitOps"
+    } else {
+        "Snowflake"
+    };
+    println!("Cluster mode: {mode}");
+    println!("\nRun: {} live session(s)", st.run.len());
+    for r in &st.run {
+        println!(
+            "  {} in {} ({}, {})",
+            r.session, r.namespace, r.user, r.status
+        );
+    }
+    println!("\nGitOps: {} namespace(s) applied by Flux", st.gitops.len());
+    for g in &st.gitops {
+        println!("  {} (by {})", g.namespace, g.managed_by.join(", "));
+    }
+    let total: usize = st.snowflake.iter().map(|s| s.objects.len()).sum();
+    println!(
+        "\nSnowflake: {total} object(s) applied by hand, in {} namespace(s)",
+        st.snowflake.len()
+    );
+    for s in &st.snowflake {
+        let kinds = s
+            .kinds
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("  {}: {kinds}", s.namespace);
+    }
     Ok(())
 }

@@ -8,7 +8,9 @@
 pub mod changes;
 pub mod export;
 pub mod preflight;
+pub mod status;
 pub mod validate;
+pub mod view;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -445,6 +447,16 @@ impl Session {
         &self.namespace
     }
 
+    /// The synced directory.
+    pub fn dir(&self) -> PathBuf {
+        let rel = self.cfg.path.trim_start_matches("./");
+        if rel.is_empty() {
+            self.cfg.root.clone()
+        } else {
+            self.cfg.root.join(rel)
+        }
+    }
+
     /// Where and as whom it applies.
     pub fn target(&self) -> &Target {
         &self.target
@@ -483,14 +495,7 @@ impl Session {
         let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
         annotations.extend([
             (keys::PID.to_string(), std::process::id().to_string()),
-            (
-                keys::DIR.to_string(),
-                self.cfg
-                    .root
-                    .join(self.cfg.path.trim_start_matches("./"))
-                    .display()
-                    .to_string(),
-            ),
+            (keys::DIR.to_string(), self.dir().display().to_string()),
             (keys::REGISTRY.to_string(), self.cfg.registry.push.clone()),
             (keys::MODE.to_string(), self.cfg.mode.as_str().to_string()),
             (

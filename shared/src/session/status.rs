@@ -1,0 +1,273 @@
+//! The cluster's mode in the terms users know: **Run** (live sessions and
+//! where), **GitOps** (namespaces whose workloads Flux applies from Git/OCI
+//! sources), **Snowflake** (objects in user namespaces that no Flux
+//! Kustomization or HelmRelease manages).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DynamicObject, ListParams, ObjectMeta};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use super::view::{self, Heartbeat};
+use crate::flux::{self, Kustomization};
+use crate::labels;
+
+/// Namespaces that belong to the platform, not to users.
+pub const SYSTEM_NAMESPACES: &[&str] = &[
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "flux-system",
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunEntry {
+    pub session: String,
+    pub namespace: String,
+    pub user: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GitOpsEntry {
+    pub namespace: String,
+    /// The Flux objects applying into it (`Kustomization/ns/name`, `HelmRelease/ns/name`).
+    pub managed_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SnowflakeEntry {
+    pub namespace: String,
+    /// Count per kind.
+    pub kinds: BTreeMap<String, usize>,
+    /// `Kind/name` of each object.
+    pub objects: Vec<String>,
+}
+
+/// The whole picture.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub run: Vec<RunEntry>,
+    pub gitops: Vec<GitOpsEntry>,
+    pub snowflake: Vec<SnowflakeEntry>,
+}
+
+/// Whether an object was put there by something other than a person: Flux,
+/// the suite, a controller (owner references), or Kubernetes itself.
+pub fn is_managed_object(kind: &str, meta: &ObjectMeta) -> bool {
+    let l = meta.labels.clone().unwrap_or_default();
+    let flux = l.contains_key("kustomize.toolkit.fluxcd.io/name")
+        || l.contains_key("helm.toolkit.fluxcd.io/name");
+    let owned = meta
+        .owner_references
+        .as_ref()
+        .is_some_and(|o| !o.is_empty());
+    let name = meta.name.as_deref().unwrap_or_default();
+    let builtin = matches!(
+        (kind, name),
+        ("ConfigMap", "kube-root-ca.crt") | ("ServiceAccount", "default")
+    ) || (kind == "Service"
+        && name == "kubernetes"
+        && meta.namespace.as_deref() == Some("default"));
+    flux || owned || builtin || labels::is_managed(Some(&l))
+}
+
+async fn scan<K>(
+    client: &Client,
+    out: &mut BTreeMap<String, SnowflakeEntry>,
+    skip: &BTreeSet<String>,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&()).to_string();
+    let api: Api<K> = Api::all(client.clone());
+    for obj in api.list(&ListParams::default()).await? {
+        let ns = obj.namespace().unwrap_or_default();
+        if ns.is_empty() || skip.contains(&ns) || is_managed_object(&kind, obj.meta()) {
+            continue;
+        }
+        if kind == "Secret" {
+            // Tokens are minted for service accounts, not applied by hand.
+            let json = serde_json::to_value(&obj).unwrap_or_default();
+            if json["type"] == "kubernetes.io/service-account-token" {
+                continue;
+            }
+        }
+        let entry = out.entry(ns.clone()).or_insert_with(|| SnowflakeEntry {
+            namespace: ns,
+            kinds: BTreeMap::new(),
+            objects: Vec::new(),
+        });
+        *entry.kinds.entry(kind.clone()).or_insert(0) += 1;
+        entry.objects.push(format!("{kind}/{}", obj.name_any()));
+    }
+    Ok(())
+}
+
+/// Reads the cluster and classifies it.
+pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Error> {
+    let sessions = view::list(client, &view::Filter::default()).await?;
+    let run = sessions
+        .iter()
+        .filter(|s| s.heartbeat == Heartbeat::Live)
+        .map(|s| RunEntry {
+            session: s.name.clone(),
+            namespace: s.namespace.clone(),
+            user: format!("{}@{}", s.user, s.host),
+            status: s.status.summary(),
+        })
+        .collect();
+
+    // GitOps: where Flux applies from sources other than sessions.
+    let mut gitops: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let kss: Api<Kustomization> = Api::all(client.clone());
+    for ks in kss.list(&ListParams::default()).await? {
+        let session = ks
+            .labels()
+            .get(labels::COMPONENT)
+            .is_some_and(|c| c == "session");
+        if session {
+            continue;
+        }
+        let me = format!(
+            "Kustomization/{}/{}",
+            ks.namespace().unwrap_or_default(),
+            ks.name_any()
+        );
+        let entries = ks
+            .status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .map(|i| i.entries.clone())
+            .unwrap_or_default();
+        let mut namespaces: BTreeSet<String> = entries
+            .iter()
+            .filter_map(|e| e.id.split('_').next().map(str::to_string))
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        if let Some(t) = &ks.spec.target_namespace {
+            namespaces.insert(t.clone());
+        }
+        for ns in namespaces {
+            gitops.entry(ns).or_default().insert(me.clone());
+        }
+    }
+    if flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await? {
+        let hrs: Api<DynamicObject> = Api::all_with(client.clone(), &flux::helm_release_resource());
+        for hr in hrs.list(&ListParams::default()).await? {
+            let ns = hr.namespace().unwrap_or_default();
+            let target = hr.data["spec"]["targetNamespace"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(ns.clone());
+            gitops
+                .entry(target)
+                .or_default()
+                .insert(format!("HelmRelease/{ns}/{}", hr.name_any()));
+        }
+    }
+
+    let skip: BTreeSet<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
+    let mut snow = BTreeMap::new();
+    scan::<ConfigMap>(client, &mut snow, &skip).await?;
+    scan::<Secret>(client, &mut snow, &skip).await?;
+    scan::<Service>(client, &mut snow, &skip).await?;
+    scan::<ServiceAccount>(client, &mut snow, &skip).await?;
+    scan::<Deployment>(client, &mut snow, &skip).await?;
+    scan::<StatefulSet>(client, &mut snow, &skip).await?;
+    scan::<DaemonSet>(client, &mut snow, &skip).await?;
+    scan::<Job>(client, &mut snow, &skip).await?;
+    scan::<CronJob>(client, &mut snow, &skip).await?;
+    scan::<Ingress>(client, &mut snow, &skip).await?;
+    scan::<NetworkPolicy>(client, &mut snow, &skip).await?;
+    scan::<Role>(client, &mut snow, &skip).await?;
+    scan::<RoleBinding>(client, &mut snow, &skip).await?;
+    scan::<PersistentVolumeClaim>(client, &mut snow, &skip).await?;
+    let mut snowflake: Vec<SnowflakeEntry> = snow.into_values().collect();
+    for s in &mut snowflake {
+        s.objects.sort();
+    }
+
+    Ok(ClusterStatus {
+        run,
+        gitops: gitops
+            .into_iter()
+            .map(|(namespace, by)| GitOpsEntry {
+                namespace,
+                managed_by: by.into_iter().collect(),
+            })
+            .collect(),
+        snowflake,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hand_applied_objects_are_snowflakes_and_the_rest_is_not() {
+        assert!(!is_managed_object(
+            "ConfigMap",
+            &meta("apps", "by-hand", &[])
+        ));
+        assert!(is_managed_object(
+            "ConfigMap",
+            &meta("apps", "x", &[("kustomize.toolkit.fluxcd.io/name", "apps")])
+        ));
+        assert!(is_managed_object(
+            "ConfigMap",
+            &meta("apps", "x", &[("helm.toolkit.fluxcd.io/name", "r")])
+        ));
+        assert!(is_managed_object(
+            "Lease",
+            &meta("apps", "x", &[(labels::MANAGED_BY, labels::MANAGER)])
+        ));
+        assert!(is_managed_object(
+            "ConfigMap",
+            &meta("apps", "kube-root-ca.crt", &[])
+        ));
+        assert!(is_managed_object(
+            "Service",
+            &meta("default", "kubernetes", &[])
+        ));
+        assert!(!is_managed_object(
+            "Service",
+            &meta("apps", "kubernetes", &[])
+        ));
+        let mut owned = meta("apps", "rs", &[]);
+        owned.owner_references = Some(vec![OwnerReference {
+            name: "d".into(),
+            ..Default::default()
+        }]);
+        assert!(is_managed_object("Job", &owned));
+    }
+}

@@ -1,0 +1,289 @@
+//! Sessions as `kubectl gitops-sessions` shows them: the Lease (who, where,
+//! heartbeat) joined with the session's Flux objects (status, revision).
+//! Three list calls with label selectors, whatever the number of sessions.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+
+use super::{keys, lease_is_live};
+use crate::flux::{self, Kustomization, OCIRepository};
+use crate::labels;
+
+/// Whether the session's command is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Heartbeat {
+    /// Renewed within the lease duration.
+    Live,
+    /// Not renewed in time: the command crashed or was killed.
+    Stale,
+    /// Stopped with `--keep`: not running, left on purpose.
+    Kept,
+}
+
+impl Heartbeat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Heartbeat::Live => "live",
+            Heartbeat::Stale => "stale",
+            Heartbeat::Kept => "kept",
+        }
+    }
+}
+
+/// The Flux side of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncStatus {
+    /// `Ready`, `Reconciling`, `Failed` or `Pending` (nothing synced yet).
+    pub state: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl SyncStatus {
+    /// `Ready`, `Reconciling` or `Failed (Reason)`.
+    pub fn summary(&self) -> String {
+        if self.state == "Failed" && !self.reason.is_empty() {
+            format!("Failed ({})", self.reason)
+        } else {
+            self.state.clone()
+        }
+    }
+}
+
+/// One session, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionView {
+    pub name: String,
+    pub namespace: String,
+    pub mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    pub ephemeral_sandbox: bool,
+    pub source: String,
+    pub revision: String,
+    pub status: SyncStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<DateTime<Utc>>,
+    pub heartbeat: Heartbeat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub user: String,
+    pub host: String,
+    pub pid: String,
+    pub registry: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub artifact: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub port_forwards: Vec<String>,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<String>,
+}
+
+impl SessionView {
+    /// How long the heartbeat has been missing (`None` while live or kept).
+    pub fn stale_for(&self, now: DateTime<Utc>, lease_duration: Duration) -> Option<Duration> {
+        if self.heartbeat != Heartbeat::Stale {
+            return None;
+        }
+        let expired = self.heartbeat_at? + chrono::Duration::from_std(lease_duration).ok()?;
+        (now - expired).to_std().ok().or(Some(Duration::ZERO))
+    }
+}
+
+fn time(s: Option<&String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn status_of(ks: Option<&Kustomization>) -> SyncStatus {
+    let pending = SyncStatus {
+        state: "Pending".into(),
+        reason: String::new(),
+        message: String::new(),
+    };
+    let Some(status) = ks.and_then(|k| k.status.as_ref()) else {
+        return pending;
+    };
+    // Like the flux CLI: Ready decides; a failure being retried is still a failure.
+    match flux::condition(&status.conditions, "Ready") {
+        Some(c) if c.status == "True" => SyncStatus {
+            state: "Ready".into(),
+            reason: String::new(),
+            message: c.message.clone(),
+        },
+        Some(c) if c.status == "False" && c.reason != "Progressing" => SyncStatus {
+            state: "Failed".into(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        },
+        Some(c) => SyncStatus {
+            state: "Reconciling".into(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        },
+        None => pending,
+    }
+}
+
+/// Joins Leases with their Kustomizations and OCIRepositories (pure).
+pub fn build_views(
+    leases: &[Lease],
+    kustomizations: &[Kustomization],
+    repositories: &[OCIRepository],
+    now: DateTime<Utc>,
+) -> Vec<SessionView> {
+    let key = |ns: Option<String>, name: String| (ns.unwrap_or_default(), name);
+    let ks: BTreeMap<_, _> = kustomizations
+        .iter()
+        .map(|k| (key(k.namespace(), k.name_any()), k))
+        .collect();
+    let repos: BTreeMap<_, _> = repositories
+        .iter()
+        .map(|r| (key(r.namespace(), r.name_any()), r))
+        .collect();
+    let mut views: Vec<SessionView> = leases
+        .iter()
+        .map(|lease| {
+            let a = lease.annotations();
+            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+            let k = key(lease.namespace(), lease.name_any());
+            let holder = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.clone())
+                .unwrap_or_default();
+            let (user, host) = holder
+                .split_once('@')
+                .map(|(u, h)| (u.to_string(), h.to_string()))
+                .unwrap_or((holder.clone(), String::new()));
+            let owner = a.get(labels::OWNER).cloned().unwrap_or_default();
+            let (user, host) = if user.is_empty() {
+                owner
+                    .split_once('@')
+                    .map(|(u, h)| (u.to_string(), h.to_string()))
+                    .unwrap_or((owner.clone(), String::new()))
+            } else {
+                (user, host)
+            };
+            let heartbeat = if holder.is_empty() {
+                Heartbeat::Kept
+            } else if lease_is_live(lease, now) {
+                Heartbeat::Live
+            } else {
+                Heartbeat::Stale
+            };
+            let ks = ks.get(&k).copied();
+            let repo = repos.get(&k).copied();
+            let sandbox = Some(get(keys::SANDBOX)).filter(|s| !s.is_empty());
+            let revision = ks
+                .and_then(|k| k.status.as_ref())
+                .and_then(|s| s.last_applied_revision.clone())
+                .unwrap_or_else(|| get(keys::LAST_REVISION));
+            SessionView {
+                name: lease.name_any(),
+                namespace: k.0.clone(),
+                mode: get(keys::MODE),
+                sandbox,
+                ephemeral_sandbox: get(keys::EPHEMERAL_SANDBOX) == "true",
+                source: get(keys::DIR),
+                revision,
+                status: status_of(ks),
+                last_sync: time(a.get(keys::LAST_SYNC)),
+                heartbeat,
+                heartbeat_at: lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
+                    .and_then(|t| DateTime::from_timestamp_millis(t.0.as_millisecond())),
+                user,
+                host,
+                pid: get(keys::PID),
+                registry: get(keys::REGISTRY),
+                artifact: repo
+                    .and_then(|r| r.status.as_ref())
+                    .and_then(|s| s.artifact.as_ref())
+                    .map(|a| a.revision.clone())
+                    .unwrap_or_default(),
+                port_forwards: get(keys::PORT_FORWARDS)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+                version: get(keys::VERSION),
+                started: time(a.get(keys::STARTED_AT)),
+                inventory: ks
+                    .and_then(|k| k.status.as_ref())
+                    .and_then(|s| s.inventory.as_ref())
+                    .map(|i| {
+                        i.entries
+                            .iter()
+                            .map(|e| super::changes::display_id(&e.id))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    views
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// An extra label selector.
+    pub selector: Option<String>,
+    /// Only sessions whose holder/owner is this `user@host`.
+    pub owner: Option<String>,
+    /// Only this session name.
+    pub name: Option<String>,
+}
+
+/// Lists sessions: three list calls, joined.
+pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<SessionView>, kube::Error> {
+    let mut selector = labels::component_selector("session");
+    if let Some(name) = &filter.name {
+        selector.push_str(&format!(",{}={name}", labels::SESSION));
+    }
+    if let Some(extra) = filter.selector.as_deref().filter(|s| !s.is_empty()) {
+        selector.push(',');
+        selector.push_str(extra);
+    }
+    let params = ListParams::default().labels(&selector);
+    let (leases, kss, repos): (Api<Lease>, Api<Kustomization>, Api<OCIRepository>) =
+        match &filter.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let (leases, kss, repos) =
+        tokio::try_join!(leases.list(&params), kss.list(&params), repos.list(&params))?;
+    let mut views = build_views(&leases.items, &kss.items, &repos.items, Utc::now());
+    if let Some(owner) = &filter.owner {
+        views.retain(|v| format!("{}@{}", v.user, v.host) == *owner);
+    }
+    Ok(views)
+}
+
+#[cfg(test)]
+mod tests;

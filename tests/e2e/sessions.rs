@@ -1,0 +1,400 @@
+//! `kubectl gitops-sessions` against real sessions on the harness.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use gitops_e2e::{
+    Harness, RunningSession, create_namespace, delete_namespace, eventually, output, plugin, run,
+    unique, write_tree,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn cm(name: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
+}
+
+fn sessions(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
+    output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(args),
+    )
+}
+
+fn sessions_json(harness: &Harness, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = sessions(harness, &[args, &["-o", "json"]].concat());
+    assert_eq!(out.code, Some(0), "{out:?}");
+    serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn find<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    list.iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed in {list:?}"))
+}
+
+#[tokio::test]
+async fn sessions_in_both_modes_are_listed_with_their_status() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let ns = unique("e2e-sessions");
+    create_namespace(&client, &ns).await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_tree(a.path(), &[("app.yaml", &cm("app"))]);
+    write_tree(b.path(), &[("app.yaml", &cm("app"))]);
+    let (sbx, cluster) = (unique("ls-sbx"), unique("ls-cluster"));
+    let mut s1 = RunningSession::start(&harness, a.path(), &["--name", &sbx]);
+    let mut s2 = RunningSession::start(
+        &harness,
+        b.path(),
+        &[
+            "--name",
+            &cluster,
+            "--no-session",
+            "-n",
+            &ns,
+            "--target-namespace",
+            &ns,
+        ],
+    );
+    s1.next_sync().unwrap();
+    s2.next_sync().unwrap();
+
+    let list = sessions_json(&harness, &["-A"]);
+    let one = find(&list, &sbx);
+    assert_eq!(
+        (
+            one["mode"].as_str(),
+            one["namespace"].as_str(),
+            one["sandbox"].as_str()
+        ),
+        (Some("sandboxed"), Some(sbx.as_str()), Some(sbx.as_str()))
+    );
+    assert_eq!(one["status"]["state"], "Ready");
+    assert_eq!(one["heartbeat"], "live");
+    assert_eq!(one["pid"], s1.child.id().to_string());
+    assert!(
+        one["revision"]
+            .as_str()
+            .unwrap()
+            .starts_with("latest@sha256:")
+    );
+    assert_eq!(
+        one["source"],
+        std::fs::canonicalize(a.path())
+            .unwrap()
+            .display()
+            .to_string()
+    );
+    assert_eq!(
+        one["inventory"],
+        serde_json::json!([format!("ConfigMap/{sbx}/app")])
+    );
+    let two = find(&list, &cluster);
+    assert_eq!(
+        (two["mode"].as_str(), two["namespace"].as_str()),
+        (Some("cluster"), Some(ns.as_str()))
+    );
+    assert!(two.get("sandbox").is_none());
+    assert_eq!(two["status"]["state"], "Ready");
+
+    // The JSON has exactly the snapshot's fields (minus those omitted when empty).
+    let snapshot: serde_json::Value =
+        serde_json::from_str(include_str!("../../shared/src/session/view/snapshot.json")).unwrap();
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    let all: BTreeSet<String> = snapshot.as_array().unwrap().iter().flat_map(keys).collect();
+    assert!(keys(one).is_subset(&all), "{:?} vs {all:?}", keys(one));
+
+    // The table: aligned columns with the headers users expect; -n narrows; name output.
+    let table = sessions(&harness, &["-A"]);
+    let header = table.stdout.lines().next().unwrap();
+    for col in [
+        "NAME",
+        "NAMESPACE",
+        "MODE",
+        "SANDBOX",
+        "SOURCE",
+        "REVISION",
+        "STATUS",
+        "LAST SYNC",
+        "HEARTBEAT",
+        "USER",
+        "AGE",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(
+        !table.stdout.contains('\x1b'),
+        "no colour when not a terminal"
+    );
+    let wide = sessions(&harness, &["-A", "-o", "wide"]);
+    assert!(
+        wide.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .contains("PORT-FORWARDS")
+    );
+    let in_ns = sessions(&harness, &["-n", &ns, "-o", "name", "--no-headers"]);
+    assert_eq!(in_ns.stdout, format!("session/{cluster}\n"));
+
+    let described = sessions(&harness, &["describe", &sbx]);
+    assert!(
+        described.stdout.contains(&format!("ConfigMap/{sbx}/app")),
+        "{described:?}"
+    );
+    assert!(
+        described.stdout.contains("Kustomization")
+            && described.stdout.contains("ReconciliationSucceeded"),
+        "{described:?}"
+    );
+
+    // A live session is not deleted without --force.
+    let refused = sessions(&harness, &["delete", &sbx]);
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused.stderr.contains("is running") && refused.stderr.contains("--force"),
+        "{refused:?}"
+    );
+
+    s1.signal("INT");
+    s2.signal("INT");
+    s1.wait_exit(WAIT);
+    s2.wait_exit(WAIT);
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_failing_payload_shows_failed_with_the_reason() {
+    let harness = Harness::get();
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[(
+            "bad.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n",
+        )],
+    );
+    let name = unique("ls-failed");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    s.next_sync().unwrap_err();
+    let list = sessions_json(&harness, &["-A"]);
+    let failed = find(&list, &name);
+    assert_eq!(failed["status"]["state"], "Failed", "{failed}");
+    assert!(
+        !failed["status"]["reason"].as_str().unwrap().is_empty(),
+        "{failed}"
+    );
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Not_Valid"),
+        "{failed}"
+    );
+    let table = sessions(&harness, &["-A"]);
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("Failed ("), "{line}");
+    s.signal("INT");
+    s.wait_exit(WAIT);
+}
+
+#[tokio::test]
+async fn prune_removes_a_killed_session_and_nothing_else() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_tree(a.path(), &[("app.yaml", &cm("app"))]);
+    write_tree(b.path(), &[("app.yaml", &cm("app"))]);
+    let (killed, alive) = (unique("ls-killed"), unique("ls-alive"));
+    let mut k = RunningSession::start(
+        &harness,
+        a.path(),
+        &["--name", &killed, "--lease-duration", "3s"],
+    );
+    let mut l = RunningSession::start(&harness, b.path(), &["--name", &alive]);
+    k.next_sync().unwrap();
+    l.next_sync().unwrap();
+    // Something the suite did not create, next to the killed session's objects.
+    let bystander = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("by-hand".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), &killed)
+        .create(&PostParams::default(), &bystander)
+        .await
+        .unwrap();
+    k.signal("KILL");
+    k.wait_exit(WAIT);
+
+    eventually("the killed session to turn stale", WAIT, || async {
+        let list = sessions_json(&harness, &["-A"]);
+        match find(&list, &killed)["heartbeat"].as_str() {
+            Some("stale") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        find(&sessions_json(&harness, &["-A"]), &alive)["heartbeat"],
+        "live"
+    );
+
+    // Scoped to the killed session's namespace, so parallel tests are untouched.
+    let pruned = sessions(&harness, &["prune", "-n", &killed]);
+    assert_eq!(pruned.code, Some(0), "{pruned:?}");
+    assert!(
+        pruned.stdout.contains(&format!("session {killed} deleted")),
+        "{pruned:?}"
+    );
+    let list = sessions_json(&harness, &["-A"]);
+    assert!(list.iter().all(|s| s["name"] != killed.as_str()));
+    assert_eq!(find(&list, &alive)["heartbeat"], "live");
+    // Its ephemeral sandbox goes too (and with it the namespace and everything in it).
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually("the sandbox namespace to go", WAIT, || async {
+        match namespaces
+            .get_opt(&killed)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await;
+    l.signal("INT");
+    assert_eq!(l.wait_exit(WAIT), Some(0));
+}
+
+#[tokio::test]
+async fn status_tells_run_gitops_and_snowflake_apart() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    // GitOps: a Flux Kustomization (not a session) applying into its namespace.
+    let gitops_ns = unique("e2e-gitops");
+    create_namespace(&client, &gitops_ns).await;
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path(), &[("app.yaml", &cm("managed"))]);
+    let url = format!("oci://{}/e2e/{gitops_ns}", harness.registry);
+    run(harness.flux().args([
+        "push",
+        "artifact",
+        &format!("{url}:latest"),
+        &format!("--path={}", src.path().display()),
+        "--source=file:///e2e",
+        "--revision=main@sha1:1111111111111111111111111111111111111111",
+    ]));
+    harness.kubectl_apply(&format!(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: OCIRepository\nmetadata: {{name: apps, namespace: {gitops_ns}}}\n\
+         spec: {{url: \"{url}\", ref: {{tag: latest}}, interval: 10m}}\n---\n\
+         apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {{name: apps, namespace: {gitops_ns}}}\n\
+         spec: {{sourceRef: {{kind: OCIRepository, name: apps}}, path: ./, prune: true, interval: 10m, targetNamespace: {gitops_ns}}}\n"
+    ));
+    // Snowflake: a ConfigMap applied by hand.
+    let snow_ns = unique("e2e-snow");
+    create_namespace(&client, &snow_ns).await;
+    let by_hand = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("by-hand".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), &snow_ns)
+        .create(&PostParams::default(), &by_hand)
+        .await
+        .unwrap();
+    // Run: a live session.
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("app"))]);
+    let name = unique("st-live");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    s.next_sync().unwrap();
+
+    let status = eventually("the GitOps namespace to be applied", WAIT, || async {
+        let out = sessions(&harness, &["status", "-o", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {out:?}"))?;
+        if v["gitops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["namespace"] == gitops_ns.as_str())
+        {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    let gitops = status["gitops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["namespace"] == gitops_ns.as_str())
+        .unwrap();
+    assert_eq!(
+        gitops["managed_by"],
+        serde_json::json!([format!("Kustomization/{gitops_ns}/apps")])
+    );
+    assert!(
+        status["run"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["session"] == name.as_str()),
+        "{status}"
+    );
+    let snow = status["snowflake"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["namespace"] == snow_ns.as_str())
+        .expect("snowflake namespace");
+    assert_eq!(snow["objects"], serde_json::json!(["ConfigMap/by-hand"]));
+    // Neither the Flux-applied object nor the session's objects are snowflakes.
+    for ns in [&gitops_ns, &name] {
+        assert!(
+            status["snowflake"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["namespace"] != ns.as_str()),
+            "{ns}: {status}"
+        );
+    }
+    let text = sessions(&harness, &["status"]);
+    assert!(text.stdout.starts_with("Cluster mode: Run"), "{text:?}");
+    s.signal("INT");
+    s.wait_exit(WAIT);
+    delete_namespace(&client, &snow_ns).await;
+    let _ = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&harness.kubeconfig)
+        .args(["-n", &gitops_ns, "delete", "kustomization/apps", "--wait"])
+        .output();
+    delete_namespace(&client, &gitops_ns).await;
+}
