@@ -41,3 +41,4 @@ bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/cluster/up --second-cluster
 	tests/bench/artifact-build
 	tests/bench/session-latency
+	tests/bench/sessions-list
