@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod cluster;
+pub mod completion;
 pub mod duration;
 pub mod flux;
 pub mod git;

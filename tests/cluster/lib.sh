@@ -43,6 +43,7 @@ kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager
 source-controller|source-controller|github.com/fluxcd/source-controller|source-controller
 kustomize-controller|kustomize-controller|github.com/fluxcd/kustomize-controller|kustomize-controller
 flux|flux|github.com/fluxcd/flux2/v2/cmd/flux|flux
+krew|krew|sigs.k8s.io/krew/cmd/krew|krew
 "
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
@@ -59,6 +60,7 @@ peer_module() { # <package>
     case "$1" in
         k8s.io/kubernetes/*) echo k8s.io/kubernetes ;;
         github.com/fluxcd/flux2/v2/*) echo github.com/fluxcd/flux2/v2 ;;
+        sigs.k8s.io/krew/*) echo sigs.k8s.io/krew ;;
         *) echo "$1" ;;
     esac
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
 use gitops::output::{ListFormat, serialize, table};
@@ -86,10 +86,43 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Print a shell completion script: bash, zsh or fish.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// kubectl's plugin completion protocol (run by kubectl_complete-*).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
+}
+
+const BIN: &str = "kubectl-gitops_sandbox";
+
+/// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
+fn completion(command: &Command) -> bool {
+    use std::io::Write;
+    match command {
+        Command::Completion { shell } => {
+            let script = gitops::completion::script(&mut Cli::command(), *shell, BIN);
+            let _ = std::io::stdout().write_all(&script);
+            true
+        }
+        Command::Complete { words } => {
+            print!(
+                "{}",
+                gitops::completion::cobra_complete(&Cli::command(), words)
+            );
+            true
+        }
+        _ => false,
+    }
 }
 
 #[tokio::main]
@@ -104,6 +137,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if completion(&cli.command) {
+        return Ok(());
+    }
     let cluster = cli.kube.connect().await?;
     let client = cluster.client;
     match cli.command {
@@ -189,6 +225,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Completion { .. } | Command::Complete { .. } => {}
         Command::Gc { timeout } => {
             let deleted = sandbox::gc(
                 &client,

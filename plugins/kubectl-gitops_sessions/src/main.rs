@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
 use gitops::flux::{Kustomization, OCIRepository};
@@ -90,10 +90,43 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: ListFormat,
     },
+    /// Print a shell completion script: bash, zsh or fish.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// kubectl's plugin completion protocol (run by kubectl_complete-*).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
+}
+
+const BIN: &str = "kubectl-gitops_sessions";
+
+/// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
+fn completion(command: &Command) -> bool {
+    use std::io::Write;
+    match command {
+        Command::Completion { shell } => {
+            let script = gitops::completion::script(&mut Cli::command(), *shell, BIN);
+            let _ = std::io::stdout().write_all(&script);
+            true
+        }
+        Command::Complete { words } => {
+            print!(
+                "{}",
+                gitops::completion::cobra_complete(&Cli::command(), words)
+            );
+            true
+        }
+        _ => false,
+    }
 }
 
 #[tokio::main]
@@ -108,6 +141,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Some(command) = &cli.command
+        && completion(command)
+    {
+        return Ok(());
+    }
     let cluster = cli.kube.connect().await?;
     let client = cluster.client;
     let namespace = cli.kube.namespace.clone();
@@ -159,6 +197,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Status { output }) => status(&client, output).await,
+        Some(Command::Completion { .. } | Command::Complete { .. }) => Ok(()),
     }
 }
 
