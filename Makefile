@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: help build demo test unit e2e up down lint bench
+.PHONY: help build demo test unit e2e up down lint bench dist
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ up: ## Start the local control plane (builds the peers the first time)
 
 down: ## Stop the local control plane and remove its state
 	tests/cluster/down
+
+dist: ## Release archives for linux/darwin × amd64/arm64 and the Krew manifests (krew/)
+	krew/dist
 
 lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
