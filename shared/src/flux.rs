@@ -322,6 +322,79 @@ fn forbidden_explanation(message: &str) -> String {
     format!("not allowed: {object} ({scope})")
 }
 
+/// `HelmRelease.spec` (`helm.toolkit.fluxcd.io/v2`), the fields sessions use.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "helm.toolkit.fluxcd.io",
+    version = "v2",
+    kind = "HelmRelease",
+    plural = "helmreleases",
+    namespaced,
+    status = "HelmReleaseStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmReleaseSpec {
+    pub interval: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_ref: Option<SourceReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_config: Option<KubeConfigReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<serde_json::Value>,
+}
+
+/// `HelmRelease.status`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmReleaseStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub last_attempted_revision: Option<String>,
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub history: Vec<serde_json::Value>,
+}
+
+/// Why a HelmRelease is not Ready, in plain words (`None` when Ready or pending).
+pub fn helm_failure(status: &HelmReleaseStatus) -> Option<String> {
+    let ready = condition(&status.conditions, "Ready")?;
+    if ready.status != "False" {
+        return None;
+    }
+    let message = ready.message.trim();
+    let explanation = match ready.reason.as_str() {
+        "InstallFailed" => "the chart could not be installed",
+        "UpgradeFailed" => "the upgrade failed; the previous release stays",
+        "RollbackSucceeded" => "the upgrade failed and was rolled back",
+        "ArtifactFailed" => "Flux could not load the chart",
+        "TestFailed" => "the chart's tests failed",
+        _ => ready.reason.as_str(),
+    };
+    let explanation = if message.contains("parse error") || message.contains("template:") {
+        "a template does not render"
+    } else {
+        explanation
+    };
+    Some(format!("{explanation}: {message}"))
+}
+
 /// Flux is missing or incomplete.
 #[derive(Debug, thiserror::Error)]
 pub enum FluxError {

@@ -10,6 +10,7 @@ pub mod completion;
 pub mod duration;
 pub mod flux;
 pub mod git;
+pub mod helm;
 pub mod labels;
 pub mod output;
 pub mod portforward;

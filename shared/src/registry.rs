@@ -656,6 +656,23 @@ pub fn provenance(dir: &Path, layer_digest: &str) -> (String, String) {
 
 /// The manifest of a Flux artifact, serialised deterministically.
 pub fn manifest_json(config: &Blob, layer: &Blob, annotations: &[(&str, &str)]) -> Vec<u8> {
+    oci_manifest(
+        CONFIG_MEDIA_TYPE,
+        config,
+        CONTENT_MEDIA_TYPE,
+        layer,
+        annotations,
+    )
+}
+
+/// A one-layer OCI image manifest, serialised deterministically (sorted keys).
+pub fn oci_manifest(
+    config_media_type: &str,
+    config: &Blob,
+    layer_media_type: &str,
+    layer: &Blob,
+    annotations: &[(&str, &str)],
+) -> Vec<u8> {
     let annotations: serde_json::Map<String, serde_json::Value> = annotations
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
@@ -663,11 +680,62 @@ pub fn manifest_json(config: &Blob, layer: &Blob, annotations: &[(&str, &str)]) 
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config.digest, "size": config.size},
-        "layers": [{"mediaType": CONTENT_MEDIA_TYPE, "digest": layer.digest, "size": layer.size}],
+        "config": {"mediaType": config_media_type, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": layer_media_type, "digest": layer.digest, "size": layer.size}],
         "annotations": annotations,
     });
     serde_json::to_vec(&manifest).unwrap_or_default()
+}
+
+/// A built one-layer artifact, ready to upload.
+pub struct Upload<'a> {
+    pub file: &'a std::fs::File,
+    pub layer: &'a Blob,
+    pub layer_media_type: &'a str,
+    pub config: &'a [u8],
+    pub config_media_type: &'a str,
+    pub annotations: &'a [(&'a str, &'a str)],
+}
+
+/// Uploads the blobs the registry lacks, then the manifest (which moves the
+/// tag). Returns the manifest digest and the blobs uploaded.
+pub async fn upload(
+    reference: &ArtifactRef,
+    options: &RegistryOptions,
+    artifact: &Upload<'_>,
+) -> Result<(String, Vec<String>), RegistryError> {
+    if reference.digest.is_some() {
+        return Err(RegistryError::BadReference {
+            input: reference.to_string(),
+            reason: "push to a tag, not a digest",
+        });
+    }
+    let config = Blob {
+        digest: artifact::sha256_digest(artifact.config),
+        size: artifact.config.len() as u64,
+    };
+    let manifest = oci_manifest(
+        artifact.config_media_type,
+        &config,
+        artifact.layer_media_type,
+        artifact.layer,
+        artifact.annotations,
+    );
+    let digest = artifact::sha256_digest(&manifest);
+    let registry = Registry::new(reference, options);
+    registry.login(RegistryOperation::Push).await?;
+    let mut uploaded = Vec::new();
+    if !registry.blob_exists(&artifact.layer.digest).await? {
+        registry.push_file(artifact.file, artifact.layer).await?;
+        uploaded.push(artifact.layer.digest.clone());
+    }
+    if !registry.blob_exists(&config.digest).await? {
+        registry.push_bytes(artifact.config, &config.digest).await?;
+        uploaded.push(config.digest.clone());
+    }
+    // The tag moves only now, when every blob it needs is in place.
+    registry.push_manifest(&manifest).await?;
+    Ok((digest, uploaded))
 }
 
 /// The config blob: source-controller does not read it; an empty JSON object.
@@ -705,12 +773,6 @@ pub async fn push_built(
     reference: &ArtifactRef,
     options: &PushOptions,
 ) -> Result<Pushed, RegistryError> {
-    if reference.digest.is_some() {
-        return Err(RegistryError::BadReference {
-            input: reference.to_string(),
-            reason: "push to a tag, not a digest",
-        });
-    }
     let (source, revision) = match (&options.source, &options.revision) {
         (Some(s), Some(r)) => (s.clone(), r.clone()),
         (s, r) => {
@@ -723,34 +785,24 @@ pub async fn push_built(
     } else {
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
     };
-    let config = Blob {
-        digest: artifact::sha256_digest(CONFIG_BLOB),
-        size: CONFIG_BLOB.len() as u64,
-    };
-    let manifest = manifest_json(
-        &config,
-        &built.layer,
-        &[
-            (ANNOTATION_CREATED, &created),
-            (ANNOTATION_REVISION, &revision),
-            (ANNOTATION_SOURCE, &source),
-        ],
-    );
-    let digest = artifact::sha256_digest(&manifest);
-
-    let registry = Registry::new(reference, &options.registry);
-    registry.login(RegistryOperation::Push).await?;
-    let mut uploaded = Vec::new();
-    if !registry.blob_exists(&built.layer.digest).await? {
-        registry.push_file(file, &built.layer).await?;
-        uploaded.push(built.layer.digest.clone());
-    }
-    if !registry.blob_exists(&config.digest).await? {
-        registry.push_bytes(CONFIG_BLOB, &config.digest).await?;
-        uploaded.push(config.digest.clone());
-    }
-    // The tag moves only now, when every blob it needs is in place.
-    registry.push_manifest(&manifest).await?;
+    let annotations = [
+        (ANNOTATION_CREATED, created.as_str()),
+        (ANNOTATION_REVISION, revision.as_str()),
+        (ANNOTATION_SOURCE, source.as_str()),
+    ];
+    let (digest, uploaded) = upload(
+        reference,
+        &options.registry,
+        &Upload {
+            file,
+            layer: &built.layer,
+            layer_media_type: CONTENT_MEDIA_TYPE,
+            config: CONFIG_BLOB,
+            config_media_type: CONFIG_MEDIA_TYPE,
+            annotations: &annotations,
+        },
+    )
+    .await?;
 
     let tag = reference.tag_or_latest().to_string();
     Ok(Pushed {

@@ -20,6 +20,8 @@ SC_METRICS_PORT=$((PORT_BASE + 6))
 SC_HEALTH_PORT=$((PORT_BASE + 7))
 KC_METRICS_PORT=$((PORT_BASE + 8))
 KC_HEALTH_PORT=$((PORT_BASE + 9))
+HC_METRICS_PORT=$((PORT_BASE + 12))
+HC_HEALTH_PORT=$((PORT_BASE + 13))
 REGISTRY_PORT=$((PORT_BASE + 10))
 ETCD2_PORT=$((PORT_BASE + 21))
 ETCD2_PEER_PORT=$((PORT_BASE + 22))
@@ -42,6 +44,7 @@ kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver
 kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|kube-controller-manager
 source-controller|source-controller|github.com/fluxcd/source-controller|source-controller
 kustomize-controller|kustomize-controller|github.com/fluxcd/kustomize-controller|kustomize-controller
+helm-controller|helm-controller|github.com/fluxcd/helm-controller|helm-controller
 flux|flux|github.com/fluxcd/flux2/v2/cmd/flux|flux
 krew|krew|sigs.k8s.io/krew/cmd/krew|krew
 "

@@ -7,7 +7,9 @@ use std::time::Duration;
 use gitops_e2e::{Harness, RunningSession, run, unique, write_tree};
 
 fn cm(value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: \"{value}\"\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: \"{value}\"\n"
+    )
 }
 
 #[tokio::test]
@@ -36,7 +38,8 @@ async fn a_session_resumes_after_the_api_server_restarts() {
     std::fs::write(dir.path().join("app.yaml"), cm("2")).unwrap();
     s.next_sync().unwrap();
     let client = harness.cluster().await.client;
-    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, &name);
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, &name);
     let value = cms.get("app").await.unwrap().data.unwrap()["value"].clone();
     assert_eq!(value, "2");
     s.signal("INT");

@@ -94,6 +94,13 @@ pub struct RunArgs {
         value_name = "resource=svc/NAME,port=LOCAL[:REMOTE]"
     )]
     port_forward: Vec<String>,
+    /// Helm charts (DIR holds a Chart.yaml): a values file for the release
+    /// (repeatable, later files win; the chart's values.yaml is the base).
+    #[arg(long = "values", short = 'f', value_name = "FILE")]
+    values: Vec<PathBuf>,
+    /// Helm charts, cluster mode: the namespace the release installs into.
+    #[arg(long, value_name = "NAMESPACE")]
+    release_namespace: Option<String>,
     /// How long the session's heartbeat (Lease) stays valid without renewal.
     #[arg(long, value_name = "DURATION", default_value = "30s", hide = true)]
     lease_duration: String,
@@ -199,6 +206,12 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         timeout,
         lease_duration,
         port_forwards: args.port_forward.clone(),
+        values: args
+            .values
+            .iter()
+            .map(|v| std::fs::canonicalize(v).unwrap_or_else(|_| v.clone()))
+            .collect(),
+        release_namespace: args.release_namespace.clone(),
         owner,
     };
     let mut listeners = Vec::new();

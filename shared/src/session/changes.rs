@@ -149,6 +149,76 @@ pub async fn applied_events(
         .collect()
 }
 
+/// Objects a Helm release manages (helm-controller labels them), by
+/// `Kind/namespace/name`, with their resource versions.
+pub async fn helm_objects(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+) -> std::collections::BTreeMap<String, String> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+    let selector = ListParams::default().labels(&format!("helm.toolkit.fluxcd.io/name={release}"));
+    let mut out = std::collections::BTreeMap::new();
+    macro_rules! collect {
+        ($($kind:ty),*) => {$(
+            let api: Api<$kind> = Api::namespaced(client.clone(), namespace);
+            if let Ok(list) = api.list(&selector).await {
+                for o in list {
+                    let kind = <$kind as kube::Resource>::kind(&());
+                    out.insert(format!("{kind}/{namespace}/{}", o.name_any()), o.resource_version().unwrap_or_default());
+                }
+            }
+        )*};
+    }
+    collect!(
+        ConfigMap,
+        Secret,
+        Service,
+        ServiceAccount,
+        Deployment,
+        StatefulSet,
+        DaemonSet,
+        Job,
+        CronJob
+    );
+    out
+}
+
+/// Changes between two snapshots of objects and their resource versions.
+pub fn compare_versions(
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) -> Vec<Change> {
+    let mut out: Vec<Change> = after
+        .iter()
+        .map(|(o, v)| Change {
+            object: o.clone(),
+            action: match before.get(o) {
+                None => Action::Created,
+                Some(old) if old != v => Action::Configured,
+                Some(_) => Action::Unchanged,
+            },
+        })
+        .chain(
+            before
+                .keys()
+                .filter(|o| !after.contains_key(*o))
+                .map(|o| Change {
+                    object: o.clone(),
+                    action: Action::Deleted,
+                }),
+        )
+        .collect();
+    out.sort_by(|a, b| {
+        a.action
+            .cmp(&b.action)
+            .then_with(|| a.object.cmp(&b.object))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,10 @@ pub struct SessionConfig {
     pub lease_duration: Duration,
     /// `--port-forward` specs, recorded for `gitops-sessions`.
     pub port_forwards: Vec<String>,
+    /// Helm charts: `--values` files (later files win).
+    pub values: Vec<PathBuf>,
+    /// Helm charts: `--release-namespace` (cluster mode).
+    pub release_namespace: Option<String>,
     pub owner: String,
 }
 
@@ -275,6 +279,8 @@ pub struct Session {
     renewer: Option<tokio::task::JoinHandle<()>>,
     report: Reporter,
     started: String,
+    /// The directory is a Helm chart: a HelmRelease instead of a Kustomization.
+    chart: bool,
 }
 
 fn session_labels(name: &str, sandbox: Option<&str>) -> BTreeMap<String, String> {
@@ -395,7 +401,14 @@ impl Session {
             });
         }
         let started = now_rfc3339();
+        let rel = cfg.path.trim_start_matches("./");
+        let chart = crate::helm::is_chart(&if rel.is_empty() {
+            cfg.root.clone()
+        } else {
+            cfg.root.join(rel)
+        });
         let mut session = Session {
+            chart,
             client,
             namespace,
             target,
@@ -676,6 +689,9 @@ impl Session {
     /// Syncs the directory once: validate, build (skipped when unchanged),
     /// push, and wait for Flux to apply exactly what was pushed.
     pub async fn sync(&mut self) -> SyncOutcome {
+        if self.chart {
+            return self.sync_chart().await;
+        }
         let started = Instant::now();
         let t = self.phase(Phase::Validate);
         let index = {
@@ -852,6 +868,269 @@ impl Session {
         })
     }
 
+    /// The merged `--values` files (later files win), as HelmRelease values.
+    fn values(&self) -> Result<serde_json::Value, String> {
+        let mut merged = serde_json::Value::Object(Default::default());
+        for file in &self.cfg.values {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--values {}: {e}", file.display()))?;
+            let value: serde_json::Value = serde_saphyr::from_str(&text)
+                .map_err(|e| format!("--values {}: not valid YAML: {e}", file.display()))?;
+            merge(&mut merged, value);
+        }
+        Ok(merged)
+    }
+
+    async fn ensure_release(&mut self) -> Result<(), SessionError> {
+        let name = self.cfg.name.clone();
+        let pull = self.reference(&self.cfg.registry.pull)?;
+        let repo = OCIRepository {
+            metadata: self.meta(&name),
+            spec: OCIRepositorySpec {
+                url: pull.repository_url(),
+                reference: Some(OCIRepositoryRef {
+                    tag: Some("latest".into()),
+                    ..Default::default()
+                }),
+                interval: "10m".into(),
+                timeout: Some("30s".into()),
+                insecure: self.cfg.registry.insecure.then_some(true),
+                layer_selector: Some(flux::LayerSelector {
+                    media_type: crate::helm::CONTENT_MEDIA_TYPE.into(),
+                    operation: Some("copy".into()),
+                }),
+                ..Default::default()
+            },
+            status: None,
+        };
+        let values = self
+            .values()
+            .map_err(|e| SessionError::Timeout(Duration::ZERO, e))?;
+        let target_namespace = self
+            .target
+            .target_namespace
+            .clone()
+            .or_else(|| self.cfg.release_namespace.clone());
+        let hr = flux::HelmRelease {
+            metadata: self.meta(&name),
+            spec: flux::HelmReleaseSpec {
+                interval: "10m".into(),
+                chart_ref: Some(SourceReference {
+                    kind: "OCIRepository".into(),
+                    name: name.clone(),
+                    namespace: None,
+                }),
+                release_name: Some(name.clone()),
+                storage_namespace: target_namespace.clone(),
+                target_namespace,
+                service_account_name: self.target.service_account.clone(),
+                kube_config: self.target.kubeconfig_secret.as_ref().map(|(n, k)| {
+                    flux::KubeConfigReference {
+                        secret_ref: flux::SecretKeyReference {
+                            name: n.clone(),
+                            key: Some(k.clone()),
+                        },
+                    }
+                }),
+                timeout: Some(format!("{}s", self.cfg.timeout.as_secs().max(1))),
+                values: Some(values),
+                // A failed upgrade leaves the previous release in place; no retries,
+                // the next save is the retry.
+                install: Some(serde_json::json!({"remediation": {"retries": 0}})),
+                upgrade: Some(serde_json::json!({"remediation": {"retries": 0}})),
+            },
+            status: None,
+        };
+        apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            &name,
+            &repo,
+        )
+        .await?;
+        apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            &name,
+            &hr,
+        )
+        .await?;
+        self.objects_ready = true;
+        Ok(())
+    }
+
+    async fn sync_chart(&mut self) -> SyncOutcome {
+        let started = Instant::now();
+        let dir = self.dir();
+        let t = self.phase(Phase::Validate);
+        if let Err(e) = crate::helm::read_chart(&dir) {
+            return self.fail(
+                Phase::Validate,
+                format!("{e}; nothing was pushed"),
+                Some("Chart.yaml".into()),
+            );
+        }
+        if let Err(e) = self.values() {
+            return self.fail(Phase::Validate, e, None);
+        }
+        self.done(Phase::Validate, t, None);
+
+        let t = self.phase(Phase::Build);
+        let packaged = {
+            let (dir, walk) = (dir.clone(), self.cfg.walk.clone());
+            tokio::task::spawn_blocking(move || {
+                let file = tempfile::tempfile().map_err(|e| e.to_string())?;
+                let (file, chart) =
+                    crate::helm::package(&dir, &walk, std::io::BufWriter::new(file))
+                        .map_err(|e| crate::output::error_chain(&e))?;
+                let mut file = file.into_inner().map_err(|e| e.to_string())?;
+                std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+                Ok::<_, String>((file, chart))
+            })
+            .await
+        };
+        let (file, chart) = match packaged {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return self.fail(Phase::Build, e, None),
+            Err(e) => return self.fail(Phase::Build, e.to_string(), None),
+        };
+        let values_key =
+            serde_json::to_string(&self.values().unwrap_or_default()).unwrap_or_default();
+        let key = format!("{}:{values_key}", chart.layer.digest);
+        if self.last_ok && self.last_layer.as_deref() == Some(key.as_str()) {
+            (self.report)(&Event::Unchanged {
+                digest: chart.layer.digest,
+            });
+            return SyncOutcome::Unchanged;
+        }
+        self.done(
+            Phase::Build,
+            t,
+            Some(format!("chart {} {}", chart.meta.name, chart.version)),
+        );
+
+        let t = self.phase(Phase::Push);
+        let reference = match self.reference(&self.cfg.registry.push) {
+            Ok(r) => r,
+            Err(e) => return self.fail(Phase::Push, e.to_string(), None),
+        };
+        let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let annotations = [
+            (registry::ANNOTATION_CREATED, created.as_str()),
+            ("org.opencontainers.image.title", chart.meta.name.as_str()),
+            ("org.opencontainers.image.version", chart.version.as_str()),
+        ];
+        let upload = registry::Upload {
+            file: &file,
+            layer: &chart.layer,
+            layer_media_type: crate::helm::CONTENT_MEDIA_TYPE,
+            config: &chart.config,
+            config_media_type: crate::helm::CONFIG_MEDIA_TYPE,
+            annotations: &annotations,
+        };
+        let digest = match registry::upload(&reference, &self.cfg.registry_options, &upload).await {
+            Ok((digest, _)) => digest,
+            Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None),
+        };
+        self.last_layer = Some(key);
+        self.done(
+            Phase::Push,
+            t,
+            Some(format!("{}@{digest}", reference.repository_url())),
+        );
+        let revision = format!("latest@{digest}");
+        match self
+            .wait_for_release(&revision, &chart.version, started)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => self.fail(Phase::Apply, crate::output::error_chain(&e), None),
+        }
+    }
+
+    async fn wait_for_release(
+        &mut self,
+        revision: &str,
+        version: &str,
+        started: Instant,
+    ) -> Result<SyncOutcome, SessionError> {
+        let name = self.cfg.name.clone();
+        let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
+        let releases: Api<flux::HelmRelease> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let release_ns = self
+            .target
+            .target_namespace
+            .clone()
+            .or_else(|| self.cfg.release_namespace.clone())
+            .unwrap_or_else(|| self.namespace.clone());
+        let before = changes::helm_objects(&self.client, &release_ns, &name).await;
+        // Values may have changed too: apply the HelmRelease every sync.
+        self.ensure_release().await?;
+        flux::request_reconcile(&repos, &name).await?;
+
+        let t = self.phase(Phase::Fetch);
+        let want = revision.to_string();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(repos.clone(), &name, move |o: Option<&OCIRepository>| {
+                o.and_then(|o| o.status.as_ref())
+                    .and_then(|s| s.artifact.as_ref())
+                    .is_some_and(|a| a.revision == want)
+            }),
+        )
+        .await
+        .map_err(|_| {
+            SessionError::Timeout(
+                Duration::from_secs(60),
+                format!("source-controller to fetch {revision}"),
+            )
+        })?
+        .map_err(|e| SessionError::Timeout(Duration::from_secs(60), e.to_string()))?;
+        self.done(Phase::Fetch, t, None);
+
+        let t = self.phase(Phase::Apply);
+        flux::request_reconcile(&releases, &name).await?;
+        let want = version.to_string();
+        let limit = self.cfg.timeout + Duration::from_secs(30);
+        let done = tokio::time::timeout(
+            limit,
+            await_condition(
+                releases.clone(),
+                &name,
+                move |o: Option<&flux::HelmRelease>| {
+                    o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                        s.last_attempted_revision
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with(want.as_str()))
+                            && flux::condition(&s.conditions, "Ready")
+                                .is_some_and(|c| c.status != "Unknown")
+                    })
+                },
+            ),
+        )
+        .await
+        .map_err(|_| {
+            SessionError::Timeout(limit, format!("helm-controller to release chart {version}"))
+        })?
+        .map_err(|e| SessionError::Timeout(limit, e.to_string()))?;
+        let status = done.and_then(|o| o.status).unwrap_or_default();
+        if let Some(message) = flux::helm_failure(&status) {
+            self.note(revision, "Failed").await;
+            return Ok(self.fail(Phase::Apply, message, None));
+        }
+        self.done(Phase::Apply, t, Some(format!("chart {version}")));
+        let after = changes::helm_objects(&self.client, &release_ns, &name).await;
+        self.last_ok = true;
+        self.note(revision, "Ready").await;
+        (self.report)(&Event::Synced {
+            revision: format!("{revision} (chart {version})"),
+            changes: changes::compare_versions(&before, &after),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
+        Ok(SyncOutcome::Ready {
+            revision: revision.to_string(),
+        })
+    }
+
     /// Stops the heartbeat and removes what the session created.
     pub async fn cleanup(mut self, timeout: Duration) -> Result<Vec<String>, SessionError> {
         if let Some(r) = self.renewer.take() {
@@ -895,7 +1174,14 @@ impl Session {
     pub fn leftovers(&self) -> Vec<String> {
         let n = &self.cfg.name;
         let mut left = vec![
-            format!("kustomization/{n}"),
+            format!(
+                "{}/{n}",
+                if self.chart {
+                    "helmrelease"
+                } else {
+                    "kustomization"
+                }
+            ),
             format!("ocirepository/{n}"),
             format!("lease/{n}"),
         ];
@@ -951,6 +1237,35 @@ pub async fn cleanup(
     timeout: Duration,
 ) -> Result<Vec<String>, SessionError> {
     let mut removed = Vec::new();
+    // A chart session: uninstalling the release (deleting the HelmRelease,
+    // awaited) comes first.
+    let releases: Api<flux::HelmRelease> = Api::namespaced(client.clone(), namespace);
+    if flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?
+        && let Some(hr) = releases.get_opt(session).await?
+        && owned_by(&hr.metadata, session)
+    {
+        let uid = hr.uid().unwrap_or_default();
+        releases
+            .delete(session, &DeleteParams::background())
+            .await?;
+        tokio::time::timeout(
+            timeout,
+            kube::runtime::wait::await_condition(
+                releases.clone(),
+                session,
+                kube::runtime::wait::conditions::is_deleted(&uid),
+            ),
+        )
+        .await
+        .map_err(|_| {
+            SessionError::Timeout(
+                timeout,
+                format!("helm-controller to uninstall HelmRelease {namespace}/{session} (is it running?)"),
+            )
+        })?
+        .map_err(|e| SessionError::Timeout(timeout, e.to_string()))?;
+        removed.push(format!("helmrelease/{session} (release uninstalled)"));
+    }
     let kss: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
     if let Some(ks) = kss.get_opt(session).await?
         && owned_by(&ks.metadata, session)
@@ -1022,6 +1337,18 @@ pub async fn cleanup(
         removed.push(format!("sandbox/{sb} (namespace {sb})"));
     }
     Ok(removed)
+}
+
+/// Deep-merges `overlay` into `base` (maps merge, everything else replaces).
+fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
 }
 
 fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {

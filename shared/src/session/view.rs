@@ -107,17 +107,17 @@ fn time(s: Option<&String>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn status_of(ks: Option<&Kustomization>) -> SyncStatus {
+fn status_of(conditions: Option<&[flux::Condition]>) -> SyncStatus {
     let pending = SyncStatus {
         state: "Pending".into(),
         reason: String::new(),
         message: String::new(),
     };
-    let Some(status) = ks.and_then(|k| k.status.as_ref()) else {
+    let Some(conditions) = conditions else {
         return pending;
     };
     // Like the flux CLI: Ready decides; a failure being retried is still a failure.
-    match flux::condition(&status.conditions, "Ready") {
+    match flux::condition(conditions, "Ready") {
         Some(c) if c.status == "True" => SyncStatus {
             state: "Ready".into(),
             reason: String::new(),
@@ -142,9 +142,14 @@ pub fn build_views(
     leases: &[Lease],
     kustomizations: &[Kustomization],
     repositories: &[OCIRepository],
+    releases: &[flux::HelmRelease],
     now: DateTime<Utc>,
 ) -> Vec<SessionView> {
     let key = |ns: Option<String>, name: String| (ns.unwrap_or_default(), name);
+    let hrs: BTreeMap<_, _> = releases
+        .iter()
+        .map(|h| (key(h.namespace(), h.name_any()), h))
+        .collect();
     let ks: BTreeMap<_, _> = kustomizations
         .iter()
         .map(|k| (key(k.namespace(), k.name_any()), k))
@@ -185,7 +190,15 @@ pub fn build_views(
                 Heartbeat::Stale
             };
             let ks = ks.get(&k).copied();
+            let hr = hrs.get(&k).copied();
             let repo = repos.get(&k).copied();
+            let conditions = ks
+                .and_then(|k| k.status.as_ref())
+                .map(|s| s.conditions.as_slice())
+                .or_else(|| {
+                    hr.and_then(|h| h.status.as_ref())
+                        .map(|s| s.conditions.as_slice())
+                });
             let sandbox = Some(get(keys::SANDBOX)).filter(|s| !s.is_empty());
             let revision = ks
                 .and_then(|k| k.status.as_ref())
@@ -199,7 +212,7 @@ pub fn build_views(
                 ephemeral_sandbox: get(keys::EPHEMERAL_SANDBOX) == "true",
                 source: get(keys::DIR),
                 revision,
-                status: status_of(ks),
+                status: status_of(conditions),
                 last_sync: time(a.get(keys::LAST_SYNC)),
                 heartbeat,
                 heartbeat_at: lease
@@ -278,7 +291,25 @@ pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<SessionView>, 
         };
     let (leases, kss, repos) =
         tokio::try_join!(leases.list(&params), kss.list(&params), repos.list(&params))?;
-    let mut views = build_views(&leases.items, &kss.items, &repos.items, Utc::now());
+    // Chart sessions have a HelmRelease instead of a Kustomization.
+    let releases = if leases.items.is_empty()
+        || !flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?
+    {
+        Vec::new()
+    } else {
+        let api: Api<flux::HelmRelease> = match &filter.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        api.list(&params).await?.items
+    };
+    let mut views = build_views(
+        &leases.items,
+        &kss.items,
+        &repos.items,
+        &releases,
+        Utc::now(),
+    );
     if let Some(owner) = &filter.owner {
         views.retain(|v| format!("{}@{}", v.user, v.host) == *owner);
     }

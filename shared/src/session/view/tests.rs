@@ -95,7 +95,7 @@ fn fixture() -> Vec<SessionView> {
         "status": {"artifact": {"revision": "latest@sha256:2222222222222222222222222222222222222222222222222222222222222222"}}
     }))
     .unwrap();
-    build_views(&leases, &kss, &[repo], now)
+    build_views(&leases, &kss, &[repo], &[], now)
 }
 
 #[test]

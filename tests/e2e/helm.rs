@@ -1,0 +1,165 @@
+//! Helm chart directories in a session: packaged as a Helm OCI chart and
+//! released by the real helm-controller.
+
+use std::time::Duration;
+
+use gitops_e2e::{Harness, RunningSession, eventually, output, plugin, unique, write_tree};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{Api, Client};
+
+const WAIT: Duration = Duration::from_secs(90);
+const TEMPLATE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\ndata:\n  greeting: {{ .Values.greeting | quote }}\n";
+
+fn chart(dir: &std::path::Path, greeting: &str) {
+    write_tree(
+        dir,
+        &[
+            (
+                "Chart.yaml",
+                "apiVersion: v2\nname: hello\nversion: 0.1.0\n",
+            ),
+            ("values.yaml", &format!("greeting: {greeting}\n")),
+            ("templates/cm.yaml", TEMPLATE),
+        ],
+    );
+}
+
+async fn greeting(client: &Client, ns: &str, release: &str) -> Option<String> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&format!("{release}-cm"))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("greeting").cloned())
+}
+
+#[tokio::test]
+async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstalls() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    chart(dir.path(), "hello");
+    let name = unique("chart");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    let first = s.next_sync().unwrap();
+    assert!(first.contains("(chart 0.1.0-dev.g"), "{first}");
+    assert_eq!(
+        greeting(&client, &name, &name).await.as_deref(),
+        Some("hello")
+    );
+
+    // The session shows up with its HelmRelease's status.
+    let listed = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["-A", "-o", "json"]),
+    );
+    let json: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let me = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name.as_str())
+        .expect("listed");
+    assert_eq!(me["status"]["state"], "Ready", "{me}");
+
+    // Edit values.yaml: the release is upgraded.
+    std::fs::write(dir.path().join("values.yaml"), "greeting: bonjour\n").unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(
+        greeting(&client, &name, &name).await.as_deref(),
+        Some("bonjour")
+    );
+
+    // A template error: the controller's words, and the previous release stays.
+    std::fs::write(
+        dir.path().join("templates/cm.yaml"),
+        TEMPLATE.replace("| quote", "| nosuchfunc"),
+    )
+    .unwrap();
+    let err = s.next_sync().unwrap_err();
+    assert!(
+        err.contains("a template does not render") && err.contains("nosuchfunc"),
+        "{err}"
+    );
+    assert_eq!(
+        greeting(&client, &name, &name).await.as_deref(),
+        Some("bonjour")
+    );
+
+    // Ctrl+C: the release is uninstalled before the rest goes.
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    let cleaned = s
+        .seen
+        .iter()
+        .find(|e| e["event"] == "cleaned")
+        .expect("cleaned");
+    assert!(
+        cleaned["removed"]
+            .to_string()
+            .contains("release uninstalled"),
+        "{cleaned}"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually("the sandbox to go", WAIT, || async {
+        match namespaces.get_opt(&name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn values_files_override_the_chart_and_a_bad_chart_yaml_is_refused() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    chart(dir.path(), "from-chart");
+    let extra = tempfile::tempdir().unwrap();
+    write_tree(
+        extra.path(),
+        &[
+            ("a.yaml", "greeting: from-a\n"),
+            ("b.yaml", "greeting: from-b\n"),
+        ],
+    );
+    let name = unique("chart-values");
+    let out = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["--once", "--keep", "--name", &name, "--values"])
+            .arg(extra.path().join("a.yaml"))
+            .arg("--values")
+            .arg(extra.path().join("b.yaml"))
+            .current_dir(dir.path()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        greeting(&client, &name, &name).await.as_deref(),
+        Some("from-b"),
+        "later files win"
+    );
+    gitops::session::cleanup(&client, &name, &name, Some(&name), WAIT)
+        .await
+        .unwrap();
+
+    std::fs::write(
+        dir.path().join("Chart.yaml"),
+        "apiVersion: v2\nname: hello\nversion: latest\n",
+    )
+    .unwrap();
+    let bad = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["--once", "--name", &unique("chart-bad")])
+            .current_dir(dir.path()),
+    );
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert!(
+        bad.stderr.contains("not a semantic version") && bad.stderr.contains("nothing was pushed"),
+        "{bad:?}"
+    );
+}
