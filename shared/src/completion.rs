@@ -74,6 +74,34 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
+/// The completion subcommands every plugin has (flattened into its own).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CompletionCommand {
+    /// Print a shell completion script: bash, zsh or fish.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// kubectl's plugin completion protocol (run by kubectl_complete-*).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+}
+
+impl CompletionCommand {
+    /// Answers on stdout; `cmd` is the plugin's whole command, `bin` its binary name.
+    pub fn run(&self, mut cmd: Command, bin: &str) {
+        use std::io::Write;
+        let out = match self {
+            CompletionCommand::Completion { shell } => script(&mut cmd, *shell, bin),
+            CompletionCommand::Complete { words } => cobra_complete(&cmd, words).into_bytes(),
+        };
+        let _ = std::io::stdout().write_all(&out);
+    }
+}
+
 /// The script of a shell, for `completion SHELL`.
 pub fn script(cmd: &mut Command, shell: clap_complete::Shell, bin: &str) -> Vec<u8> {
     let mut out = Vec::new();

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use gitops_e2e::{Harness, RunningSession, eventually, output, plugin, unique, write_tree};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use gitops_e2e::{
+    Harness, RunningSession, output, plugin, unique, wait_namespace_gone, write_tree,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -102,14 +104,7 @@ async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstall
             .contains("release uninstalled"),
         "{cleaned}"
     );
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    eventually("the sandbox to go", WAIT, || async {
-        match namespaces.get_opt(&name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err("still there".into()),
-        }
-    })
-    .await;
+    wait_namespace_gone(&client, &name).await;
 }
 
 #[tokio::test]

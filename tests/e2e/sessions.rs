@@ -7,7 +7,7 @@ use gitops_e2e::{
     Harness, RunningSession, create_namespace, delete_namespace, eventually, output, plugin, run,
     unique, write_tree,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
@@ -273,18 +273,7 @@ async fn prune_removes_a_killed_session_and_nothing_else() {
     assert!(list.iter().all(|s| s["name"] != killed.as_str()));
     assert_eq!(find(&list, &alive)["heartbeat"], "live");
     // Its ephemeral sandbox goes too (and with it the namespace and everything in it).
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    eventually("the sandbox namespace to go", WAIT, || async {
-        match namespaces
-            .get_opt(&killed)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            None => Ok(()),
-            Some(_) => Err("still there".into()),
-        }
-    })
-    .await;
+    gitops_e2e::wait_namespace_gone(&client, &killed).await;
     l.signal("INT");
     assert_eq!(l.wait_exit(WAIT), Some(0));
 }

@@ -280,6 +280,22 @@ pub async fn create_namespace(client: &Client, name: &str) {
         .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
 }
 
+/// Waits until a namespace is gone (the controller-manager deletes its content first).
+pub async fn wait_namespace_gone(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    eventually(
+        &format!("namespace {name} to be gone"),
+        Duration::from_secs(90),
+        || async {
+            match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".into()),
+            }
+        },
+    )
+    .await;
+}
+
 /// Deletes a test namespace (the controller-manager finishes the job).
 pub async fn delete_namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());

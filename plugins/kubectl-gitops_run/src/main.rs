@@ -43,35 +43,17 @@ enum Command {
     Push(artifact_cmd::PushArgs),
     /// Compare DIR with an artifact by file content (exit 0 equal, 1 different, 2 error).
     Diff(artifact_cmd::DiffArgs),
-    /// Print a shell completion script: bash, zsh or fish.
-    Completion {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// kubectl's plugin completion protocol (run by kubectl_complete-*).
-    #[command(name = "__complete", hide = true)]
-    Complete {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        words: Vec<String>,
-    },
+    #[command(flatten)]
+    Completion(gitops::completion::CompletionCommand),
 }
 
 const BIN: &str = "kubectl-gitops_run";
 
 /// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
 fn completion(command: &Command) -> bool {
-    use std::io::Write;
     match command {
-        Command::Completion { shell } => {
-            let script = gitops::completion::script(&mut Cli::command(), *shell, BIN);
-            let _ = std::io::stdout().write_all(&script);
-            true
-        }
-        Command::Complete { words } => {
-            print!(
-                "{}",
-                gitops::completion::cobra_complete(&Cli::command(), words)
-            );
+        Command::Completion(c) => {
+            c.run(Cli::command(), BIN);
             true
         }
         _ => false,
@@ -90,7 +72,7 @@ async fn main() -> ExitCode {
     }
     let result = match cli.command {
         None => run_cmd::run(&cli.kube, cli.run).await,
-        Some(Command::Completion { .. } | Command::Complete { .. }) => Ok(ExitCode::SUCCESS),
+        Some(Command::Completion(_)) => Ok(ExitCode::SUCCESS),
         Some(Command::Check) => check(&cli.kube).await.map(|()| ExitCode::SUCCESS),
         Some(Command::Build(args)) => artifact_cmd::build(args).await,
         Some(Command::Push(args)) => artifact_cmd::push(args).await,

@@ -86,17 +86,8 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Print a shell completion script: bash, zsh or fish.
-    Completion {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// kubectl's plugin completion protocol (run by kubectl_complete-*).
-    #[command(name = "__complete", hide = true)]
-    Complete {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        words: Vec<String>,
-    },
+    #[command(flatten)]
+    Completion(gitops::completion::CompletionCommand),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -107,18 +98,9 @@ const BIN: &str = "kubectl-gitops_sandbox";
 
 /// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
 fn completion(command: &Command) -> bool {
-    use std::io::Write;
     match command {
-        Command::Completion { shell } => {
-            let script = gitops::completion::script(&mut Cli::command(), *shell, BIN);
-            let _ = std::io::stdout().write_all(&script);
-            true
-        }
-        Command::Complete { words } => {
-            print!(
-                "{}",
-                gitops::completion::cobra_complete(&Cli::command(), words)
-            );
+        Command::Completion(c) => {
+            c.run(Cli::command(), BIN);
             true
         }
         _ => false,
@@ -225,7 +207,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Completion { .. } | Command::Complete { .. } => {}
+        Command::Completion(_) => {}
         Command::Gc { timeout } => {
             let deleted = sandbox::gc(
                 &client,

@@ -90,17 +90,8 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: ListFormat,
     },
-    /// Print a shell completion script: bash, zsh or fish.
-    Completion {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// kubectl's plugin completion protocol (run by kubectl_complete-*).
-    #[command(name = "__complete", hide = true)]
-    Complete {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        words: Vec<String>,
-    },
+    #[command(flatten)]
+    Completion(gitops::completion::CompletionCommand),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -111,18 +102,9 @@ const BIN: &str = "kubectl-gitops_sessions";
 
 /// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
 fn completion(command: &Command) -> bool {
-    use std::io::Write;
     match command {
-        Command::Completion { shell } => {
-            let script = gitops::completion::script(&mut Cli::command(), *shell, BIN);
-            let _ = std::io::stdout().write_all(&script);
-            true
-        }
-        Command::Complete { words } => {
-            print!(
-                "{}",
-                gitops::completion::cobra_complete(&Cli::command(), words)
-            );
+        Command::Completion(c) => {
+            c.run(Cli::command(), BIN);
             true
         }
         _ => false,
@@ -197,7 +179,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Status { output }) => status(&client, output).await,
-        Some(Command::Completion { .. } | Command::Complete { .. }) => Ok(()),
+        Some(Command::Completion(_)) => Ok(()),
     }
 }
 

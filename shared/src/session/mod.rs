@@ -30,7 +30,7 @@ use sha2::Digest as _;
 use crate::artifact::{self, WalkOptions};
 use crate::flux::{
     self, Decryption, Kustomization, KustomizationSpec, LocalObjectReference, OCIRepository,
-    OCIRepositoryRef, OCIRepositorySpec, SourceReference,
+    OCIRepositoryRef, OCIRepositorySpec, OCIRepositoryStatus, SourceReference,
 };
 use crate::labels;
 use crate::registry::{self, ArtifactRef, PushOptions, RegistryError, RegistryOptions};
@@ -597,11 +597,14 @@ impl Session {
         Ok(format!("oci://{host}/gitops-run/{}:latest", self.cfg.name).parse::<ArtifactRef>()?)
     }
 
-    async fn ensure_objects(&mut self) -> Result<(), SessionError> {
-        let name = self.cfg.name.clone();
+    /// The session's OCIRepository (`layer`: which layer Flux takes, for charts).
+    fn oci_repository(
+        &self,
+        layer: Option<flux::LayerSelector>,
+    ) -> Result<OCIRepository, SessionError> {
         let pull = self.reference(&self.cfg.registry.pull)?;
-        let repo = OCIRepository {
-            metadata: self.meta(&name),
+        Ok(OCIRepository {
+            metadata: self.meta(&self.cfg.name),
             spec: OCIRepositorySpec {
                 url: pull.repository_url(),
                 reference: Some(OCIRepositoryRef {
@@ -611,10 +614,72 @@ impl Session {
                 interval: "10m".into(),
                 timeout: Some("30s".into()),
                 insecure: self.cfg.registry.insecure.then_some(true),
+                layer_selector: layer,
                 ..Default::default()
             },
             status: None,
-        };
+        })
+    }
+
+    /// Server-side applies the session's source and applier (Kustomization or HelmRelease).
+    async fn apply_pair<K>(&mut self, repo: &OCIRepository, applier: &K) -> Result<(), SessionError>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let name = &self.cfg.name;
+        apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            name,
+            repo,
+        )
+        .await?;
+        apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            name,
+            applier,
+        )
+        .await?;
+        self.objects_ready = true;
+        Ok(())
+    }
+
+    /// Waits until source-controller has fetched exactly `revision`.
+    async fn await_fetch(
+        &mut self,
+        revision: &str,
+    ) -> Result<Option<OCIRepositoryStatus>, SessionError> {
+        let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
+        let want = revision.to_string();
+        let limit = Duration::from_secs(60);
+        let fetched = tokio::time::timeout(
+            limit,
+            await_condition(repos, &self.cfg.name, move |o: Option<&OCIRepository>| {
+                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                    s.artifact.as_ref().is_some_and(|a| a.revision == want)
+                        || flux::condition(&s.conditions, "Ready").is_some_and(|c| {
+                            c.status == "False"
+                                && c.reason != "Progressing"
+                                && c.message.contains(&want)
+                        })
+                })
+            }),
+        )
+        .await
+        .map_err(|_| {
+            SessionError::Timeout(limit, format!("source-controller to fetch {revision}"))
+        })?
+        .map_err(|e| SessionError::Timeout(limit, e.to_string()))?;
+        Ok(fetched.and_then(|o| o.status))
+    }
+
+    async fn ensure_objects(&mut self) -> Result<(), SessionError> {
+        let name = self.cfg.name.clone();
+        let repo = self.oci_repository(None)?;
         let mut spec = KustomizationSpec {
             source_ref: SourceReference {
                 kind: "OCIRepository".into(),
@@ -643,20 +708,7 @@ impl Session {
             spec,
             status: None,
         };
-        apply(
-            &Api::namespaced(self.client.clone(), &self.namespace),
-            &name,
-            &repo,
-        )
-        .await?;
-        apply(
-            &Api::namespaced(self.client.clone(), &self.namespace),
-            &name,
-            &ks,
-        )
-        .await?;
-        self.objects_ready = true;
-        Ok(())
+        self.apply_pair(&repo, &ks).await
     }
 
     fn phase(&self, phase: Phase) -> Instant {
@@ -787,29 +839,7 @@ impl Session {
         flux::request_reconcile(&repos, &name).await?;
 
         let t = self.phase(Phase::Fetch);
-        let want = revision.to_string();
-        let fetched = tokio::time::timeout(
-            Duration::from_secs(60),
-            await_condition(repos.clone(), &name, move |o: Option<&OCIRepository>| {
-                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
-                    s.artifact.as_ref().is_some_and(|a| a.revision == want)
-                        || flux::condition(&s.conditions, "Ready").is_some_and(|c| {
-                            c.status == "False"
-                                && c.reason != "Progressing"
-                                && c.message.contains(&want)
-                        })
-                })
-            }),
-        )
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(
-                Duration::from_secs(60),
-                format!("source-controller to fetch {revision}"),
-            )
-        })?
-        .map_err(|e| SessionError::Timeout(Duration::from_secs(60), e.to_string()))?;
-        let status = fetched.and_then(|o| o.status).unwrap_or_default();
+        let status = self.await_fetch(revision).await?.unwrap_or_default();
         if status
             .artifact
             .as_ref()
@@ -883,26 +913,10 @@ impl Session {
 
     async fn ensure_release(&mut self) -> Result<(), SessionError> {
         let name = self.cfg.name.clone();
-        let pull = self.reference(&self.cfg.registry.pull)?;
-        let repo = OCIRepository {
-            metadata: self.meta(&name),
-            spec: OCIRepositorySpec {
-                url: pull.repository_url(),
-                reference: Some(OCIRepositoryRef {
-                    tag: Some("latest".into()),
-                    ..Default::default()
-                }),
-                interval: "10m".into(),
-                timeout: Some("30s".into()),
-                insecure: self.cfg.registry.insecure.then_some(true),
-                layer_selector: Some(flux::LayerSelector {
-                    media_type: crate::helm::CONTENT_MEDIA_TYPE.into(),
-                    operation: Some("copy".into()),
-                }),
-                ..Default::default()
-            },
-            status: None,
-        };
+        let repo = self.oci_repository(Some(flux::LayerSelector {
+            media_type: crate::helm::CONTENT_MEDIA_TYPE.into(),
+            operation: Some("copy".into()),
+        }))?;
         let values = self
             .values()
             .map_err(|e| SessionError::Timeout(Duration::ZERO, e))?;
@@ -941,20 +955,7 @@ impl Session {
             },
             status: None,
         };
-        apply(
-            &Api::namespaced(self.client.clone(), &self.namespace),
-            &name,
-            &repo,
-        )
-        .await?;
-        apply(
-            &Api::namespaced(self.client.clone(), &self.namespace),
-            &name,
-            &hr,
-        )
-        .await?;
-        self.objects_ready = true;
-        Ok(())
+        self.apply_pair(&repo, &hr).await
     }
 
     async fn sync_chart(&mut self) -> SyncOutcome {
@@ -1068,23 +1069,21 @@ impl Session {
         flux::request_reconcile(&repos, &name).await?;
 
         let t = self.phase(Phase::Fetch);
-        let want = revision.to_string();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            await_condition(repos.clone(), &name, move |o: Option<&OCIRepository>| {
-                o.and_then(|o| o.status.as_ref())
-                    .and_then(|s| s.artifact.as_ref())
-                    .is_some_and(|a| a.revision == want)
-            }),
-        )
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(
-                Duration::from_secs(60),
-                format!("source-controller to fetch {revision}"),
-            )
-        })?
-        .map_err(|e| SessionError::Timeout(Duration::from_secs(60), e.to_string()))?;
+        let status = self.await_fetch(revision).await?.unwrap_or_default();
+        if status
+            .artifact
+            .as_ref()
+            .is_none_or(|a| a.revision != revision)
+        {
+            let message = flux::condition(&status.conditions, "Ready")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            return Ok(self.fail(
+                Phase::Fetch,
+                format!("Flux could not fetch the chart: {message}"),
+                None,
+            ));
+        }
         self.done(Phase::Fetch, t, None);
 
         let t = self.phase(Phase::Apply);
@@ -1244,26 +1243,17 @@ pub async fn cleanup(
         && let Some(hr) = releases.get_opt(session).await?
         && owned_by(&hr.metadata, session)
     {
-        let uid = hr.uid().unwrap_or_default();
-        releases
-            .delete(session, &DeleteParams::background())
-            .await?;
-        tokio::time::timeout(
+        let what = format!(
+            "helm-controller to uninstall HelmRelease {namespace}/{session} (is it running?)"
+        );
+        delete_and_await(
+            &releases,
+            session,
+            &hr.uid().unwrap_or_default(),
             timeout,
-            kube::runtime::wait::await_condition(
-                releases.clone(),
-                session,
-                kube::runtime::wait::conditions::is_deleted(&uid),
-            ),
+            what,
         )
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(
-                timeout,
-                format!("helm-controller to uninstall HelmRelease {namespace}/{session} (is it running?)"),
-            )
-        })?
-        .map_err(|e| SessionError::Timeout(timeout, e.to_string()))?;
+        .await?;
         removed.push(format!("helmrelease/{session} (release uninstalled)"));
     }
     let kss: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
@@ -1281,21 +1271,10 @@ pub async fn cleanup(
                     .collect()
             })
             .unwrap_or_default();
-        let uid = ks.uid().unwrap_or_default();
-        kss.delete(session, &DeleteParams::background()).await?;
-        tokio::time::timeout(timeout, kube::runtime::wait::await_condition(
-            kss.clone(),
-            session,
-            kube::runtime::wait::conditions::is_deleted(&uid),
-        ))
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(
-                timeout,
-                format!("kustomize-controller to prune what Kustomization {namespace}/{session} applied (is it running?)"),
-            )
-        })?
-        .map_err(|e| SessionError::Timeout(timeout, e.to_string()))?;
+        let what = format!(
+            "kustomize-controller to prune what Kustomization {namespace}/{session} applied (is it running?)"
+        );
+        delete_and_await(&kss, session, &ks.uid().unwrap_or_default(), timeout, what).await?;
         removed.extend(pruned.into_iter().map(|p| format!("{p} (pruned by Flux)")));
         removed.push(format!("kustomization/{session}"));
     }
@@ -1337,6 +1316,32 @@ pub async fn cleanup(
         removed.push(format!("sandbox/{sb} (namespace {sb})"));
     }
     Ok(removed)
+}
+
+/// Deletes an object and waits until it is gone (its finalizers done).
+async fn delete_and_await<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: &str,
+    timeout: Duration,
+    what: String,
+) -> Result<(), SessionError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    api.delete(name, &DeleteParams::background()).await?;
+    tokio::time::timeout(
+        timeout,
+        await_condition(
+            api.clone(),
+            name,
+            kube::runtime::wait::conditions::is_deleted(uid),
+        ),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout(timeout, what))?
+    .map_err(|e| SessionError::Timeout(timeout, e.to_string()))?;
+    Ok(())
 }
 
 /// Deep-merges `overlay` into `base` (maps merge, everything else replaces).
