@@ -17,6 +17,7 @@ demo: ## Bring the local control plane up and run the demo on examples/hello
 
 test: ## Everything: harness up, unit and end-to-end tests, harness down
 	tests/cluster/up --second-cluster
+	tests/ui/setup
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets; rc=$$?; tests/cluster/down; exit $$rc
 
@@ -24,6 +25,7 @@ unit: ## Unit tests only (no cluster needed)
 	$(CARGO) test --workspace --lib --bins
 
 e2e: ## End-to-end tests against an already running harness (tests/cluster/up)
+	tests/ui/setup
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p gitops-e2e
 

@@ -17,6 +17,7 @@ pub mod portforward;
 pub mod registry;
 pub mod sandbox;
 pub mod session;
+pub mod ui;
 
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,7 +11,7 @@ use gitops::duration;
 use gitops::flux::{Kustomization, OCIRepository};
 use gitops::output::{ListFormat, serialize, table_with, use_colour};
 use gitops::session::status::cluster_status;
-use gitops::session::view::{self, Filter, Heartbeat, SessionView};
+use gitops::session::view::{self, Filter, HEADERS, Heartbeat, SessionView, WIDE, ago, row};
 use k8s_openapi::api::core::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -84,6 +84,15 @@ enum Command {
         stale_after: Duration,
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
         timeout: Duration,
+    },
+    /// Serve a live web page of sessions and sandboxes on 127.0.0.1.
+    Ui {
+        /// Port to listen on (default: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Do not open the page in a browser.
+        #[arg(long)]
+        no_open: bool,
     },
     /// The cluster's mode: Run (live sessions), GitOps (Flux-managed namespaces), Snowflake (hand-applied objects).
     Status {
@@ -179,6 +188,22 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Status { output }) => status(&client, output).await,
+        Some(Command::Ui { port, no_open }) => {
+            gitops::ui::serve(client, port, |url| {
+                println!("serving the sessions page at {url}");
+                println!("(only this machine can reach it; the token in the URL is required. Ctrl+C to stop)");
+                if !no_open {
+                    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+                    let _ = std::process::Command::new(opener)
+                        .arg(&url)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn();
+                }
+            })
+            .await?;
+            Ok(())
+        }
         Some(Command::Completion(_)) => Ok(()),
     }
 }
@@ -209,71 +234,6 @@ async fn remove(client: &Client, s: &SessionView, timeout: Duration) -> Result<(
     println!("session {} deleted", s.name);
     Ok(())
 }
-
-fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    t.map(|t| duration::human((now - t).to_std().unwrap_or_default()))
-        .unwrap_or_else(|| "-".into())
-}
-
-fn short_revision(r: &str) -> String {
-    match r.split_once('@') {
-        Some((_, d)) => d.chars().take(19).collect(),
-        None if r.is_empty() => "-".into(),
-        None => r.chars().take(19).collect(),
-    }
-}
-
-fn row(s: &SessionView, wide: bool, now: DateTime<Utc>) -> Vec<String> {
-    let dash = |v: &str| {
-        if v.is_empty() {
-            "-".to_string()
-        } else {
-            v.to_string()
-        }
-    };
-    let mut row = vec![
-        s.name.clone(),
-        s.namespace.clone(),
-        dash(&s.mode),
-        s.sandbox.clone().unwrap_or_else(|| "-".into()),
-        dash(&s.source),
-        short_revision(&s.revision),
-        s.status.summary(),
-        ago(s.last_sync, now),
-        s.heartbeat.as_str().into(),
-        dash(&s.user),
-        ago(s.started, now),
-    ];
-    if wide {
-        row.extend([
-            dash(&s.registry),
-            dash(&s.artifact),
-            dash(&s.host),
-            dash(&s.pid),
-            if s.port_forwards.is_empty() {
-                "-".into()
-            } else {
-                s.port_forwards.join(" ")
-            },
-        ]);
-    }
-    row
-}
-
-const HEADERS: [&str; 11] = [
-    "NAME",
-    "NAMESPACE",
-    "MODE",
-    "SANDBOX",
-    "SOURCE",
-    "REVISION",
-    "STATUS",
-    "LAST SYNC",
-    "HEARTBEAT",
-    "USER",
-    "AGE",
-];
-const WIDE: [&str; 5] = ["REGISTRY", "ARTIFACT", "HOST", "PID", "PORT-FORWARDS"];
 
 fn colour(col: usize, text: &str) -> Option<&'static str> {
     match col {

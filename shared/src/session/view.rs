@@ -252,6 +252,76 @@ pub fn build_views(
     views
 }
 
+/// `12s`, `5m`, … since `t` (`-` when unknown).
+pub fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    t.map(|t| crate::duration::human((now - t).to_std().unwrap_or_default()))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `sha256:0123456789ab` from `tag@sha256:…`.
+pub fn short_revision(r: &str) -> String {
+    match r.split_once('@') {
+        Some((_, d)) => d.chars().take(19).collect(),
+        None if r.is_empty() => "-".into(),
+        None => r.chars().take(19).collect(),
+    }
+}
+
+/// One row of the sessions table (the CLI's and the web page's).
+pub fn row(s: &SessionView, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    let dash = |v: &str| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let mut row = vec![
+        s.name.clone(),
+        s.namespace.clone(),
+        dash(&s.mode),
+        s.sandbox.clone().unwrap_or_else(|| "-".into()),
+        dash(&s.source),
+        short_revision(&s.revision),
+        s.status.summary(),
+        ago(s.last_sync, now),
+        s.heartbeat.as_str().into(),
+        dash(&s.user),
+        ago(s.started, now),
+    ];
+    if wide {
+        row.extend([
+            dash(&s.registry),
+            dash(&s.artifact),
+            dash(&s.host),
+            dash(&s.pid),
+            if s.port_forwards.is_empty() {
+                "-".into()
+            } else {
+                s.port_forwards.join(" ")
+            },
+        ]);
+    }
+    row
+}
+
+/// The sessions table's columns.
+pub const HEADERS: [&str; 11] = [
+    "NAME",
+    "NAMESPACE",
+    "MODE",
+    "SANDBOX",
+    "SOURCE",
+    "REVISION",
+    "STATUS",
+    "LAST SYNC",
+    "HEARTBEAT",
+    "USER",
+    "AGE",
+];
+/// The extra columns of `-o wide`.
+pub const WIDE: [&str; 5] = ["REGISTRY", "ARTIFACT", "HOST", "PID", "PORT-FORWARDS"];
+
 /// Which sessions to list.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
