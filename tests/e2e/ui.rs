@@ -66,6 +66,7 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
             .env("SCREENSHOT", &screenshot),
     );
     let _ = ui.kill();
+    let _ = ui.wait();
     let result: serde_json::Value = serde_json::from_str(driven.stdout.trim())
         .unwrap_or_else(|e| panic!("drive.mjs printed {driven:?}: {e}"));
     assert!(result.get("error").is_none(), "{result:#}");

@@ -62,16 +62,16 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-fn authorised(app: &App, q: &TokenQuery) -> Result<(), Response> {
-    if q.token.as_deref() == Some(app.token.as_str()) {
-        Ok(())
-    } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token: open the URL that `kubectl gitops-sessions ui` printed\n",
-        )
-            .into_response())
-    }
+fn authorised(app: &App, q: &TokenQuery) -> bool {
+    q.token.as_deref() == Some(app.token.as_str())
+}
+
+fn unauthorised() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong token: open the URL that `kubectl gitops-sessions ui` printed\n",
+    )
+        .into_response()
 }
 
 fn status_class(s: &SessionView) -> &'static str {
@@ -152,13 +152,13 @@ struct IndexQuery {
 }
 
 async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
-    if let Err(r) = authorised(
+    if !authorised(
         &app,
         &TokenQuery {
             token: q.token.clone(),
         },
     ) {
-        return r;
+        return unauthorised();
     }
     let rows = app.rows.borrow().clone();
     let msg = q
@@ -182,20 +182,24 @@ async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Resp
     page("Sessions", &app.token, &body).into_response()
 }
 
-async fn events(
-    State(app): State<Arc<App>>,
-    Query(q): Query<TokenQuery>,
-) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>, Response> {
-    authorised(&app, &q)?;
+async fn events(State(app): State<Arc<App>>, Query(q): Query<TokenQuery>) -> Response {
+    if !authorised(&app, &q) {
+        return unauthorised();
+    }
     let rx = app.rows.clone();
     let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
         if !first && rx.changed().await.is_err() {
             return None;
         }
         let html = rx.borrow_and_update().clone();
-        Some((Ok(SseEvent::default().data(html)), (rx, false)))
+        Some((
+            Ok::<_, Infallible>(SseEvent::default().data(html)),
+            (rx, false),
+        ))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn find(client: &Client, ns: &str, name: &str) -> Option<SessionView> {
@@ -212,8 +216,8 @@ async fn session_page(
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if let Err(r) = authorised(&app, &q) {
-        return r;
+    if !authorised(&app, &q) {
+        return unauthorised();
     }
     let Some(s) = find(&app.client, &ns, &name).await else {
         return (
@@ -375,8 +379,8 @@ async fn delete_session(
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if let Err(r) = authorised(&app, &q) {
-        return r;
+    if !authorised(&app, &q) {
+        return unauthorised();
     }
     let Some(s) = find(&app.client, &ns, &name).await else {
         return back(&app.token, "/", &format!("session {name} no longer exists"));
@@ -411,13 +415,13 @@ async fn delete_session(
 }
 
 async fn sandboxes(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
-    if let Err(r) = authorised(
+    if !authorised(
         &app,
         &TokenQuery {
             token: q.token.clone(),
         },
     ) {
-        return r;
+        return unauthorised();
     }
     let t = &app.token;
     let now = Utc::now();
@@ -478,8 +482,8 @@ async fn delete_sandbox(
     Path(name): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if let Err(r) = authorised(&app, &q) {
-        return r;
+    if !authorised(&app, &q) {
+        return unauthorised();
     }
     let msg = match sandbox::delete(&app.client, &name, &sandbox::DeleteOptions::default()).await {
         Ok(sandbox::Deleted::Removed(_)) => format!("sandbox {name} deleted"),
