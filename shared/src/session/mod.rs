@@ -648,6 +648,29 @@ impl Session {
         Ok(())
     }
 
+    /// The "fetched by Flux" phase: `Some(outcome)` when Flux failed to fetch.
+    async fn fetch_phase(
+        &mut self,
+        revision: &str,
+        what: &str,
+    ) -> Result<Option<SyncOutcome>, SessionError> {
+        let t = self.phase(Phase::Fetch);
+        let status = self.await_fetch(revision).await?.unwrap_or_default();
+        if status
+            .artifact
+            .as_ref()
+            .is_none_or(|a| a.revision != revision)
+        {
+            let message = flux::condition(&status.conditions, "Ready")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let text = format!("Flux could not fetch the {what}: {message}");
+            return Ok(Some(self.fail(Phase::Fetch, text, None)));
+        }
+        self.done(Phase::Fetch, t, None);
+        Ok(None)
+    }
+
     /// Waits until source-controller has fetched exactly `revision`.
     async fn await_fetch(
         &mut self,
@@ -838,23 +861,9 @@ impl Session {
         let sync_started = chrono::Utc::now();
         flux::request_reconcile(&repos, &name).await?;
 
-        let t = self.phase(Phase::Fetch);
-        let status = self.await_fetch(revision).await?.unwrap_or_default();
-        if status
-            .artifact
-            .as_ref()
-            .is_none_or(|a| a.revision != revision)
-        {
-            let message = flux::condition(&status.conditions, "Ready")
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            return Ok(self.fail(
-                Phase::Fetch,
-                format!("Flux could not fetch the artifact: {message}"),
-                None,
-            ));
+        if let Some(failed) = self.fetch_phase(revision, "artifact").await? {
+            return Ok(failed);
         }
-        self.done(Phase::Fetch, t, None);
 
         let t = self.phase(Phase::Apply);
         let want = revision.to_string();
@@ -1068,23 +1077,9 @@ impl Session {
         self.ensure_release().await?;
         flux::request_reconcile(&repos, &name).await?;
 
-        let t = self.phase(Phase::Fetch);
-        let status = self.await_fetch(revision).await?.unwrap_or_default();
-        if status
-            .artifact
-            .as_ref()
-            .is_none_or(|a| a.revision != revision)
-        {
-            let message = flux::condition(&status.conditions, "Ready")
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            return Ok(self.fail(
-                Phase::Fetch,
-                format!("Flux could not fetch the chart: {message}"),
-                None,
-            ));
+        if let Some(failed) = self.fetch_phase(revision, "chart").await? {
+            return Ok(failed);
         }
-        self.done(Phase::Fetch, t, None);
 
         let t = self.phase(Phase::Apply);
         flux::request_reconcile(&releases, &name).await?;
