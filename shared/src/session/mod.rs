@@ -82,6 +82,10 @@ pub enum SessionError {
         holder: String,
         pid: String,
     },
+    #[error(
+        "a sandbox named {name} already exists, made by {owner}; pick another session name with --name"
+    )]
+    SandboxTaken { name: String, owner: String },
     #[error("sandbox {0} does not exist; create it with `kubectl gitops-sandbox create {0}`")]
     NoSuchSandbox(String),
     #[error("{what}: {path}: {source}")]
@@ -361,6 +365,12 @@ impl Session {
                         if sb.owner.as_deref() == Some(cfg.owner.as_str()) && !sb.terminating =>
                     {
                         sb
+                    }
+                    Some(sb) if !sb.terminating => {
+                        return Err(SessionError::SandboxTaken {
+                            name: cfg.name.clone(),
+                            owner: sb.owner.unwrap_or_else(|| "someone else".into()),
+                        });
                     }
                     _ => {
                         let options = CreateOptions {
