@@ -372,7 +372,20 @@ impl Session {
                             owner: sb.owner.unwrap_or_else(|| "someone else".into()),
                         });
                     }
-                    _ => {
+                    found => {
+                        if found.is_some() {
+                            // The last run's sandbox is still being deleted: let it go first.
+                            let deadline = Instant::now() + Duration::from_secs(120);
+                            while sandbox::get(&client, &cfg.name).await?.is_some() {
+                                if Instant::now() > deadline {
+                                    return Err(SessionError::Timeout(
+                                        Duration::from_secs(120),
+                                        format!("the previous sandbox {} to be deleted", cfg.name),
+                                    ));
+                                }
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                        }
                         let options = CreateOptions {
                             owner: cfg.owner.clone(),
                             // A safety net: `gitops-sandbox gc` removes it if cleanup never runs.
