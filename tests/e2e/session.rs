@@ -460,3 +460,22 @@ async fn port_forward_specs_and_busy_ports_are_refused_before_anything_starts() 
     // Nothing was started: no session objects exist.
     assert!(!taken.stderr.contains("session "), "{taken:?}");
 }
+
+#[tokio::test]
+async fn a_session_started_again_at_once_waits_for_its_last_sandbox_to_go() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    let name = unique("run-again");
+    for _ in 0..2 {
+        let out = output(
+            plugin("kubectl-gitops_run")
+                .args(harness.kube_args())
+                .args(["--once", "--name", &name])
+                .current_dir(dir.path()),
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+    assert_nothing_left(&client, &name).await;
+}
