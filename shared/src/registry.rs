@@ -277,6 +277,15 @@ const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(2000),
 ];
 
+/// The Docker config's credentials for a registry (running its credential
+/// helper if it names one), if any. Sessions call this once, not per push.
+pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
+    match docker_config_auth(registry) {
+        RegistryAuth::Basic(username, password) => Some(Credentials { username, password }),
+        _ => None,
+    }
+}
+
 fn docker_config_auth(registry: &str) -> RegistryAuth {
     // Docker Hub's credentials are stored under its index URL.
     let key = match registry {

@@ -333,10 +333,21 @@ impl Session {
     /// are created by the first sync, once there is an artifact to point at.
     pub async fn start(
         client: Client,
-        cfg: SessionConfig,
+        mut cfg: SessionConfig,
         report: Reporter,
     ) -> Result<Session, SessionError> {
         validate_name(&cfg.name)?;
+        // Read the Docker config (and run its helper) once, not on every push.
+        if cfg.registry_options.creds.is_none() {
+            let host = cfg
+                .registry
+                .push
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            cfg.registry_options.creds = registry::docker_config_credentials(&host);
+        }
         let (namespace, target, ephemeral_sandbox, sandbox_name) = match (cfg.mode, &cfg.sandbox) {
             (Mode::Cluster, _) => {
                 let target = Target {
