@@ -19,7 +19,7 @@ pub fn init_logging(verbosity: u8) {
         .try_init();
 }
 
-/// One line for an error and its causes, skipping causes whose text the
+/// One line for an error and its causes, leaving out causes whose text the
 /// line already holds (many libraries repeat their source in their message).
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();

@@ -284,7 +284,7 @@ impl Walker<'_> {
         }
         if !meta.is_file() {
             // Sockets, FIFOs and devices have no place in an artifact (Flux skips them too).
-            tracing::debug!(path = %logical.display(), "skipping special file");
+            tracing::debug!(path = %logical.display(), "special file left out of the artifact");
             return Ok(());
         }
         if meta.len() > self.options.max_file_size {

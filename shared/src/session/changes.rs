@@ -86,21 +86,36 @@ pub fn changes(
     let before: BTreeSet<String> = before.iter().map(|e| display_id(&e.id)).collect();
     let after: BTreeSet<String> = after.iter().map(|e| display_id(&e.id)).collect();
     let reported = parse_change_set(events);
-    let configured = |o: &String| reported.contains(&(o.clone(), Action::Configured));
+    let before: BTreeSet<&str> = before.iter().map(String::as_str).collect();
+    let after: BTreeSet<&str> = after.iter().map(String::as_str).collect();
+    assemble(&before, &after, |o| {
+        if reported.contains(&(o.to_string(), Action::Configured)) {
+            Action::Configured
+        } else {
+            Action::Unchanged
+        }
+    })
+}
+
+/// Created (in `after` only), deleted (in `before` only), and for objects in
+/// both what `kept` says; sorted by action, then object.
+fn assemble<'a>(
+    before: &BTreeSet<&'a str>,
+    after: &BTreeSet<&'a str>,
+    kept: impl Fn(&str) -> Action,
+) -> Vec<Change> {
     let mut out: Vec<Change> = after
         .iter()
         .map(|o| Change {
-            object: o.clone(),
-            action: if !before.contains(o) {
-                Action::Created
-            } else if configured(o) {
-                Action::Configured
+            object: o.to_string(),
+            action: if before.contains(o) {
+                kept(o)
             } else {
-                Action::Unchanged
+                Action::Created
             },
         })
-        .chain(before.difference(&after).map(|o| Change {
-            object: o.clone(),
+        .chain(before.difference(after).map(|o| Change {
+            object: o.to_string(),
             action: Action::Deleted,
         }))
         .collect();
@@ -191,32 +206,15 @@ pub fn compare_versions(
     before: &std::collections::BTreeMap<String, String>,
     after: &std::collections::BTreeMap<String, String>,
 ) -> Vec<Change> {
-    let mut out: Vec<Change> = after
-        .iter()
-        .map(|(o, v)| Change {
-            object: o.clone(),
-            action: match before.get(o) {
-                None => Action::Created,
-                Some(old) if old != v => Action::Configured,
-                Some(_) => Action::Unchanged,
-            },
-        })
-        .chain(
-            before
-                .keys()
-                .filter(|o| !after.contains_key(*o))
-                .map(|o| Change {
-                    object: o.clone(),
-                    action: Action::Deleted,
-                }),
-        )
-        .collect();
-    out.sort_by(|a, b| {
-        a.action
-            .cmp(&b.action)
-            .then_with(|| a.object.cmp(&b.object))
-    });
-    out
+    let b: BTreeSet<&str> = before.keys().map(String::as_str).collect();
+    let a: BTreeSet<&str> = after.keys().map(String::as_str).collect();
+    assemble(&b, &a, |o| {
+        if before.get(o) == after.get(o) {
+            Action::Unchanged
+        } else {
+            Action::Configured
+        }
+    })
 }
 
 #[cfg(test)]

@@ -713,9 +713,12 @@ impl Session {
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let want = revision.to_string();
         let limit = Duration::from_secs(60);
-        let fetched = tokio::time::timeout(
+        let fetched = await_until(
+            &repos,
+            &self.cfg.name,
             limit,
-            await_condition(repos, &self.cfg.name, move |o: Option<&OCIRepository>| {
+            format!("source-controller to fetch {revision}"),
+            move |o: Option<&OCIRepository>| {
                 o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
                     s.artifact.as_ref().is_some_and(|a| a.revision == want)
                         || flux::condition(&s.conditions, "Ready").is_some_and(|c| {
@@ -724,13 +727,9 @@ impl Session {
                                 && c.message.contains(&want)
                         })
                 })
-            }),
+            },
         )
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(limit, format!("source-controller to fetch {revision}"))
-        })?
-        .map_err(|e| SessionError::Timeout(limit, e.to_string()))?;
+        .await?;
         Ok(fetched.and_then(|o| o.status))
     }
 
@@ -795,7 +794,7 @@ impl Session {
         SyncOutcome::Failed { phase, message }
     }
 
-    /// Syncs the directory once: validate, build (skipped when unchanged),
+    /// Syncs the directory once: validate, build (not pushed when unchanged),
     /// push, and wait for Flux to apply exactly what was pushed.
     pub async fn sync(&mut self) -> SyncOutcome {
         if self.chart {
@@ -902,21 +901,20 @@ impl Session {
         let t = self.phase(Phase::Apply);
         let want = revision.to_string();
         let limit = self.cfg.timeout + Duration::from_secs(30);
-        let applied = tokio::time::timeout(
+        let applied = await_until(
+            &kss,
+            &name,
             limit,
-            await_condition(kss.clone(), &name, move |o: Option<&Kustomization>| {
+            format!("kustomize-controller to apply {revision}"),
+            move |o: Option<&Kustomization>| {
                 o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
                     s.last_attempted_revision.as_deref() == Some(want.as_str())
                         && flux::condition(&s.conditions, "Ready")
                             .is_some_and(|c| c.status != "Unknown")
                 })
-            }),
+            },
         )
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(limit, format!("kustomize-controller to apply {revision}"))
-        })?
-        .map_err(|e| SessionError::Timeout(limit, e.to_string()))?;
+        .await?;
         let status = applied.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::failure(&status) {
             let file = validate::file_for(index, &message);
@@ -1119,27 +1117,22 @@ impl Session {
         flux::request_reconcile(&releases, &name).await?;
         let want = version.to_string();
         let limit = self.cfg.timeout + Duration::from_secs(30);
-        let done = tokio::time::timeout(
+        let done = await_until(
+            &releases,
+            &name,
             limit,
-            await_condition(
-                releases.clone(),
-                &name,
-                move |o: Option<&flux::HelmRelease>| {
-                    o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
-                        s.last_attempted_revision
-                            .as_deref()
-                            .is_some_and(|r| r.starts_with(want.as_str()))
-                            && flux::condition(&s.conditions, "Ready")
-                                .is_some_and(|c| c.status != "Unknown")
-                    })
-                },
-            ),
+            format!("helm-controller to release chart {version}"),
+            move |o: Option<&flux::HelmRelease>| {
+                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                    s.last_attempted_revision
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(want.as_str()))
+                        && flux::condition(&s.conditions, "Ready")
+                            .is_some_and(|c| c.status != "Unknown")
+                })
+            },
         )
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(limit, format!("helm-controller to release chart {version}"))
-        })?
-        .map_err(|e| SessionError::Timeout(limit, e.to_string()))?;
+        .await?;
         let status = done.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::helm_failure(&status) {
             self.note(revision, "Failed").await;
@@ -1347,6 +1340,24 @@ pub async fn cleanup(
     Ok(removed)
 }
 
+/// Waits (at most `limit`) until `cond` holds for object `name`; on timeout
+/// the error says what was awaited.
+async fn await_until<K>(
+    api: &Api<K>,
+    name: &str,
+    limit: Duration,
+    what: String,
+    cond: impl kube::runtime::wait::Condition<K>,
+) -> Result<Option<K>, SessionError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::time::timeout(limit, await_condition(api.clone(), name, cond))
+        .await
+        .map_err(|_| SessionError::Timeout(limit, what))?
+        .map_err(|e| SessionError::Timeout(limit, e.to_string()))
+}
+
 /// Deletes an object and waits until it is gone (its finalizers done).
 async fn delete_and_await<K>(
     api: &Api<K>,
@@ -1359,18 +1370,10 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     api.delete(name, &DeleteParams::background()).await?;
-    tokio::time::timeout(
-        timeout,
-        await_condition(
-            api.clone(),
-            name,
-            kube::runtime::wait::conditions::is_deleted(uid),
-        ),
-    )
-    .await
-    .map_err(|_| SessionError::Timeout(timeout, what))?
-    .map_err(|e| SessionError::Timeout(timeout, e.to_string()))?;
-    Ok(())
+    let gone = kube::runtime::wait::conditions::is_deleted(uid);
+    await_until(api, name, timeout, what, gone)
+        .await
+        .map(|_| ())
 }
 
 /// Deep-merges `overlay` into `base` (maps merge, everything else replaces).
