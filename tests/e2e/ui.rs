@@ -43,10 +43,12 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // Keep reading the server's stdout for the whole test: closing the pipe
+    // would end it with SIGPIPE at its next line, as for any Unix tool.
+    let mut stdout = std::io::BufReader::new(ui.stdout.take().unwrap());
     let mut first = String::new();
-    std::io::BufReader::new(ui.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    stdout.read_line(&mut first).unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let url = first
         .split_whitespace()
         .find(|w| w.starts_with("http://127.0.0.1:"))
@@ -67,6 +69,7 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
     );
     let _ = ui.kill();
     let _ = ui.wait();
+    let _ = drain.join();
     let result: serde_json::Value = serde_json::from_str(driven.stdout.trim())
         .unwrap_or_else(|e| panic!("drive.mjs printed {driven:?}: {e}"));
     assert!(result.get("error").is_none(), "{result:#}");
