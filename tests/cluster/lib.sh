@@ -22,6 +22,9 @@ KC_METRICS_PORT=$((PORT_BASE + 8))
 KC_HEALTH_PORT=$((PORT_BASE + 9))
 HC_METRICS_PORT=$((PORT_BASE + 12))
 HC_HEALTH_PORT=$((PORT_BASE + 13))
+SCHED_PORT=$((PORT_BASE + 14))
+# kwok's kubelet-like server (logs, exec, port-forward), the nodes' daemon port.
+KWOK_PORT=$((PORT_BASE + 15))
 REGISTRY_PORT=$((PORT_BASE + 10))
 ETCD2_PORT=$((PORT_BASE + 21))
 ETCD2_PEER_PORT=$((PORT_BASE + 22))
@@ -34,6 +37,8 @@ AUTH_REGISTRY_PASSWORD=harness-secret
 AUTH_REGISTRY_HTPASSWD='gitops:$2b$06$rFKg3d/yfD/kO7FvsMxCSexbFYu/3zNx2h6j/ROlrv2/uhSida.ta'
 
 CONTEXT=local-gitops-harness
+# The Nodes that kwok plays the kubelet of; all share kwok's one server.
+KWOK_NODES="kwok-node-0 kwok-node-1"
 SECOND_CONTEXT=local-gitops-harness-second
 FLUX_NAMESPACE=flux-system
 
@@ -42,11 +47,13 @@ PEER_TABLE="
 etcd|etcd|go.etcd.io/etcd/server/v3|etcd
 kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver
 kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|kube-controller-manager
+kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|kube-scheduler
 source-controller|source-controller|github.com/fluxcd/source-controller|source-controller
 kustomize-controller|kustomize-controller|github.com/fluxcd/kustomize-controller|kustomize-controller
 helm-controller|helm-controller|github.com/fluxcd/helm-controller|helm-controller
 flux|flux|github.com/fluxcd/flux2/v2/cmd/flux|flux
 krew|krew|sigs.k8s.io/krew/cmd/krew|krew
+kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|kwok
 "
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
@@ -64,6 +71,7 @@ peer_module() { # <package>
         k8s.io/kubernetes/*) echo k8s.io/kubernetes ;;
         github.com/fluxcd/flux2/v2/*) echo github.com/fluxcd/flux2/v2 ;;
         sigs.k8s.io/krew/*) echo sigs.k8s.io/krew ;;
+        sigs.k8s.io/kwok/*) echo sigs.k8s.io/kwok ;;
         *) echo "$1" ;;
     esac
 }
@@ -107,6 +115,24 @@ start() { # <name> <command...>
     mkdir -p "$STATE/pids" "$STATE/logs"
     GITOPS_HARNESS_DIR="$STATE" setsid "$@" >>"$(logfile "$name")" 2>&1 </dev/null &
     echo $! >"$(pidfile "$name")"
+}
+
+# Stops a component started by start(), TERM then KILL after 5 s.
+stop() { # <name>
+    local pf pid
+    pf=$(pidfile "$1")
+    [[ -f $pf ]] || return 0
+    pid=$(<"$pf")
+    if running "$1"; then
+        info "stopping $1 (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            [[ -d /proc/$pid ]] || break
+            sleep 0.1
+        done
+        [[ -d /proc/$pid ]] && kill -KILL "$pid" 2>/dev/null
+    fi
+    rm -f "$pf"
 }
 
 # Waits until a command succeeds; on timeout, names the component and its log.
