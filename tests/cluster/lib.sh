@@ -140,7 +140,8 @@ wait_for() { # <name> <seconds> <command...>
     local name=$1 deadline=$((SECONDS + $2))
     shift 2
     until "$@" >/dev/null 2>&1; do
-        if ! running "$name"; then
+        # Twice: right after start() the pid may still be mid-exec.
+        if ! running "$name" && { sleep 0.3; ! running "$name"; }; then
             die "$name exited while starting; see its log: $(logfile "$name")
 $(tail -n 15 "$(logfile "$name")" 2>/dev/null | sed 's/^/    | /')"
         fi
