@@ -61,6 +61,57 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// Reads an RFC 3339 timestamp as the suite writes them in annotations
+/// (`None` when absent or unreadable).
+pub fn parse_time(s: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// `now + d`, or `None` when that is beyond what a timestamp can hold.
+pub fn checked_after(
+    now: chrono::DateTime<chrono::Utc>,
+    d: Duration,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    now.checked_add_signed(chrono::Duration::from_std(d).ok()?)
+}
+
+/// Bounds of a duration flag: at least `min`, at most `max`.
+pub fn check_range(
+    flag: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, RangeError> {
+    if d < min || d > max {
+        return Err(RangeError {
+            flag: flag.to_string(),
+            value: human_exact(d),
+            min: human_exact(min),
+            max: human_exact(max),
+        });
+    }
+    Ok(d)
+}
+
+/// A duration flag outside its bounds.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--{flag} {value} is out of range: use a value from {min} to {max}")]
+pub struct RangeError {
+    flag: String,
+    value: String,
+    min: String,
+    max: String,
+}
+
+fn human_exact(d: Duration) -> String {
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
 /// Formats a duration the way kubectl prints ages: `45s`, `12m`, `3h20m`, `5d`.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -82,6 +133,26 @@ pub fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn far_future_deadlines_are_refused_not_panicking() {
+        let now = chrono::Utc::now();
+        assert!(checked_after(now, Duration::from_secs(3600)).is_some());
+        assert!(checked_after(now, Duration::from_secs(u64::MAX / 2)).is_none());
+        assert!(parse_time(Some("2026-11-23T10:00:00Z")).is_some());
+        assert!(parse_time(Some("yesterday")).is_none());
+        let e = check_range(
+            "lease-duration",
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--lease-duration 0ms is out of range: use a value from 1s to 3600s"
+        );
+    }
 
     #[test]
     fn parses_go_style_durations() {

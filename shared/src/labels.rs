@@ -30,38 +30,9 @@ pub const EXPIRES_AT: &str = "gitops.kubectl.dev/expires-at";
 /// Annotation: the suite version that created an object.
 pub const CREATED_BY: &str = "gitops.kubectl.dev/created-by";
 
-/// Who is running this command: `user@host`.
+/// Who is running this command: `user@host` (see [`crate::process::owner`]).
 pub fn owner() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(user_from_passwd)
-        .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{user}@{host}")
-}
-
-/// The name of this process's user, from its uid and /etc/passwd.
-fn user_from_passwd() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        (f.nth(1)? == uid).then(|| name.to_string())
-    })
+    crate::process::owner()
 }
 
 /// The label selector matching everything the suite created.

@@ -11,9 +11,12 @@ pub mod duration;
 pub mod flux;
 pub mod git;
 pub mod helm;
+pub mod kubeapi;
+pub mod kustomize;
 pub mod labels;
 pub mod output;
 pub mod portforward;
+pub mod process;
 pub mod registry;
 pub mod sandbox;
 pub mod session;
@@ -28,6 +31,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub fn init_process() {
     install_crypto_provider();
     #[cfg(unix)]
+    #[allow(unsafe_code)]
     // SAFETY: setting a signal disposition to SIG_DFL at start-up, before any
     // thread exists, has no memory-safety implications.
     unsafe {

@@ -11,11 +11,11 @@ use clap::Args;
 use gitops::artifact::{self, IgnoreRules, WalkOptions};
 use gitops::cluster::KubeFlags;
 use gitops::git::GitInfo;
-use gitops::portforward::{self, ForwardSpec};
+use gitops::portforward::ForwardSpec;
 use gitops::registry::{Credentials, RegistryOptions};
+use gitops::session::live::{self, LiveOptions};
 use gitops::session::{
-    self, Event, Mode, Phase, Reporter, Session, SessionConfig, SyncOutcome, export, preflight,
-    watch::DirWatcher,
+    self, Event, Mode, Reporter, Session, SessionConfig, export, preflight, watch::DirWatcher,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// How long the session's heartbeat (Lease) stays valid without renewal.
     #[arg(long, value_name = "DURATION", default_value = "30s", hide = true)]
     lease_duration: String,
+    /// How long cleanup on exit may take (Flux pruning what was applied included).
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    cleanup_timeout: String,
 }
 
 fn duration(flag: &str, s: &str) -> Result<Duration> {
@@ -131,15 +134,18 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
             root.display()
         );
     };
-    let path = format!("./{}", rel.display())
-        .trim_end_matches('/')
-        .to_string();
-    let path = if path == "." { "./".to_string() } else { path };
+    let rel = rel.to_string_lossy().replace('\\', "/");
+    let path = if rel.is_empty() {
+        "./".to_string()
+    } else {
+        format!("./{}", rel.trim_end_matches('/'))
+    };
     let walk = WalkOptions {
         ignore: args.ignore.clone(),
         max_file_size: artifact::parse_size(&args.max_file_size)?,
     };
     let timeout = duration("timeout", &args.timeout)?;
+    let cleanup_timeout = duration("cleanup-timeout", &args.cleanup_timeout)?;
     let lease_duration = duration("lease-duration", &args.lease_duration)?;
     let decryption_key = match &args.decryption_key_file {
         Some(f) => Some(
@@ -157,6 +163,11 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         .as_deref()
         .map(str::parse::<Credentials>)
         .transpose()?;
+    let values = args
+        .values
+        .iter()
+        .map(|v| std::fs::canonicalize(v).with_context(|| format!("--values {}", v.display())))
+        .collect::<Result<Vec<_>>>()?;
 
     let cluster = kube.connect().await?;
     preflight::check_local_context(
@@ -206,192 +217,32 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         timeout,
         lease_duration,
         port_forwards: args.port_forward.clone(),
-        values: args
-            .values
-            .iter()
-            .map(|v| std::fs::canonicalize(v).unwrap_or_else(|_| v.clone()))
-            .collect(),
+        values,
         release_namespace: args.release_namespace.clone(),
         owner,
     };
-    let mut listeners = Vec::new();
-    for spec in &forwards {
-        listeners.push((portforward::listen(spec).await?, spec.clone()));
-    }
     let printer = Printer::new(args.output);
     let reporter: Reporter = {
         let printer = printer.clone();
         Arc::new(move |e: &Event| printer.print(e))
     };
-    let mut shutdown = Box::pin(shutdown_signal());
-    let mut session = tokio::select! {
-        s = Session::start(cluster.client.clone(), cfg, reporter) => s?,
-        _ = &mut shutdown => bail!("interrupted before the session started"),
-    };
-    if !listeners.is_empty() {
-        let target = session.target();
-        if target.kubeconfig_secret.is_some() {
-            bail!(
-                "--port-forward reaches pods of this cluster; it cannot reach into a kubeconfig or vcluster sandbox"
-            );
-        }
-        let namespace = target
-            .target_namespace
-            .clone()
-            .unwrap_or_else(|| session.namespace().to_string());
-        for (listener, spec) in listeners {
-            let printer = printer.clone();
-            printer.line(&format!(
-                "forwarding 127.0.0.1:{} to {} port {}",
-                spec.local, spec.name, spec.remote
-            ));
-            tokio::spawn(portforward::serve(
-                listener,
-                cluster.client.clone(),
-                namespace.clone(),
-                spec,
-                move |w| printer.line(&format!("warning: {w}")),
-            ));
-        }
-    }
     // Watch before the first sync so saves made during it are not missed.
     let rules = IgnoreRules::new(&root, &walk.ignore)?;
-    let mut watcher = DirWatcher::new(&root, rules, Duration::from_millis(100))
+    let watcher = DirWatcher::new(&root, rules, Duration::from_millis(100))
         .with_context(|| format!("cannot watch {}", root.display()))?;
-
-    let mut outcome = tokio::select! {
-        o = session.sync() => o,
-        _ = &mut shutdown => return stop(session, &args, &printer).await,
+    let session = tokio::select! {
+        s = Session::start(cluster.client.clone(), cfg, reporter) => s?,
+        _ = gitops::process::shutdown_signal() => bail!("interrupted before the session started; nothing was changed"),
     };
-    if args.once {
-        let code = match outcome {
-            SyncOutcome::Ready { .. } | SyncOutcome::Unchanged => ExitCode::SUCCESS,
-            SyncOutcome::Failed { .. } => ExitCode::FAILURE,
-        };
-        stop(session, &args, &printer).await?;
-        return Ok(code);
-    }
-    printer.line(&format!(
-        "watching {} for changes (Ctrl+C to stop{})",
-        dir.display(),
-        if args.keep {
-            ", the session is kept"
-        } else {
-            " and clean up"
-        }
-    ));
-    let mut backoff = Duration::from_secs(2);
-    loop {
-        // A failed push (registry down) is retried with backoff even without changes.
-        let retry = matches!(
-            &outcome,
-            SyncOutcome::Failed {
-                phase: Phase::Push,
-                ..
-            }
-        );
-        let changed = tokio::select! {
-            change = watcher.changed() => match change {
-                Some(Ok(_)) => true,
-                Some(Err(e)) => { printer.line(&format!("warning: file watcher: {e}")); false }
-                None => break,
-            },
-            _ = tokio::time::sleep(backoff), if retry => {
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                true
-            }
-            _ = &mut shutdown => break,
-        };
-        if !changed {
-            continue;
-        }
-        loop {
-            watcher.drain();
-            outcome = tokio::select! {
-                o = session.sync() => o,
-                _ = &mut shutdown => return stop(session, &args, &printer).await,
-            };
-            if !matches!(
-                outcome,
-                SyncOutcome::Failed {
-                    phase: Phase::Push,
-                    ..
-                }
-            ) {
-                backoff = Duration::from_secs(2);
-            }
-            // Changes made during the sync queue exactly one more.
-            if !watcher.drain() {
-                break;
-            }
-        }
-    }
-    stop(session, &args, &printer).await
-}
-
-async fn stop(session: Session, args: &RunArgs, printer: &Printer) -> Result<ExitCode> {
-    if args.keep {
-        printer.line(&format!(
-            "session {} kept: its objects stay in namespace {} (remove them with `kubectl gitops-sessions delete {}`)",
-            session.name(),
-            session.namespace(),
-            session.name()
-        ));
-        session.detach().await;
-        handover(args, printer);
-        return Ok(ExitCode::SUCCESS);
-    }
-    printer.line("stopping: removing what the session created (Ctrl+C again to leave it)");
-    let leftovers = session.leftovers();
-    tokio::select! {
-        r = session.cleanup(Duration::from_secs(120)) => { r?; }
-        _ = shutdown_signal() => {
-            printer.line(&format!(
-                "interrupted; left in the cluster: {}. The session's heartbeat stops now, so \
-                 `kubectl gitops-sessions prune` removes it once it is stale.",
-                leftovers.join(", ")
-            ));
-            return Ok(ExitCode::from(130));
-        }
-    }
-    handover(args, printer);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn handover(args: &RunArgs, printer: &Printer) {
-    let hint = match &args.export_gitops {
-        Some(f) => format!(
-            "back in GitOps mode. To hand this directory over to Flux, commit and push it, then apply {}",
-            f.display()
-        ),
-        None => "back in GitOps mode. To hand this directory over to Flux, commit and push it and \
-                 create its GitRepository + Kustomization (`--export-gitops FILE` writes them)"
-            .to_string(),
+    let options = LiveOptions {
+        once: args.once,
+        keep: args.keep,
+        cleanup_timeout,
+        port_forwards: forwards,
+        export_file: args.export_gitops.clone(),
     };
-    printer.line(&hint);
-}
-
-/// Resolves on Ctrl+C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    let end = live::run(session, watcher, options, gitops::process::shutdown_signal).await?;
+    Ok(ExitCode::from(end.exit_code()))
 }
 
 /// Prints session events: spinners on a terminal, plain lines otherwise, or JSON.
@@ -408,16 +259,6 @@ impl Printer {
             format,
             tty: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             spinner: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    fn line(&self, text: &str) {
-        match self.format {
-            Format::Json => println!(
-                "{}",
-                serde_json::json!({"event": "message", "message": text})
-            ),
-            Format::Text => self.out(text),
         }
     }
 
@@ -501,6 +342,7 @@ impl Printer {
                 phase,
                 message,
                 file,
+                last_good,
             } => {
                 let file = file
                     .as_deref()
@@ -508,8 +350,18 @@ impl Printer {
                     .unwrap_or_default();
                 let text = format!("  ✗ {} failed{file}: {message}", phase.label());
                 self.finish_spinner(&text.replace('\n', "\n      "));
-                self.out("    the last good revision stays applied; fix it and save again");
+                match last_good {
+                    Some(r) => self.out(&format!(
+                        "    {} stays applied; fix it and save again",
+                        short(r)
+                    )),
+                    None => self.out("    fix it and save again"),
+                }
             }
+            Event::Superseded => {
+                self.finish_spinner("  ↷ a newer save arrived; syncing it instead");
+            }
+            Event::Message { message } => self.out(message),
             Event::Warning { message } => self.out(&format!("  warning: {message}")),
             Event::Cleaned { removed } => {
                 for r in removed {
@@ -517,5 +369,13 @@ impl Printer {
                 }
             }
         }
+    }
+}
+
+/// `latest@sha256:0123456789ab…` for a revision.
+fn short(revision: &str) -> String {
+    match revision.split_once("@sha256:") {
+        Some((tag, digest)) => format!("{tag}@sha256:{}…", &digest[..digest.len().min(12)]),
+        None => revision.to_string(),
     }
 }

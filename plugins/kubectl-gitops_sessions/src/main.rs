@@ -3,18 +3,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use chrono::{DateTime, Utc};
+use anyhow::Result;
+use chrono::Utc;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
-use gitops::flux::{Kustomization, OCIRepository};
 use gitops::output::{ListFormat, serialize, table_with, use_colour};
 use gitops::session::status::cluster_status;
-use gitops::session::view::{self, Filter, HEADERS, Heartbeat, SessionView, WIDE, ago, row};
-use k8s_openapi::api::core::v1::Event;
+use gitops::session::admin;
+use gitops::session::view::{self, Filter, HEADERS, SessionView, WIDE, row};
 use kube::Client;
-use kube::api::{Api, ListParams};
 
 /// List and manage live and stale GitOps Run sessions across the cluster.
 #[derive(Parser)]
@@ -144,46 +142,36 @@ async fn run(cli: Cli) -> Result<()> {
         None => list(&client, namespace, cli.list).await,
         Some(Command::List(args)) => list(&client, namespace, args).await,
         Some(Command::Describe { name }) => {
-            describe(&client, &find(&client, namespace, &name).await?).await
+            let s = admin::find(&client, namespace.as_deref(), &name).await?;
+            print!("{}", admin::describe(&client, &s).await?.render(Utc::now()));
+            Ok(())
         }
         Some(Command::Delete {
             name,
             force,
             timeout,
         }) => {
-            let s = find(&client, namespace, &name).await?;
-            if s.heartbeat == Heartbeat::Live && !force {
-                bail!(
-                    "session {name} is running (pid {} on {}); stop it with Ctrl+C where it runs, or pass --force",
-                    s.pid,
-                    s.host
-                );
+            let s = admin::find(&client, namespace.as_deref(), &name).await?;
+            let removed = admin::delete(&client, &s, force, timeout).await?;
+            for r in &removed {
+                println!("removed {r}");
             }
-            remove(&client, &s, timeout).await
+            println!("session {} deleted", s.name);
+            Ok(())
         }
         Some(Command::Prune {
             stale_after,
             timeout,
         }) => {
-            let sessions = view::list(
-                &client,
-                &Filter {
-                    namespace,
-                    ..Default::default()
-                },
-            )
-            .await?;
-            let now = Utc::now();
-            let lease = Duration::from_secs(30);
-            let stale: Vec<&SessionView> = sessions
-                .iter()
-                .filter(|s| s.stale_for(now, lease).is_some_and(|d| d >= stale_after))
-                .collect();
-            if stale.is_empty() {
+            let pruned = admin::prune(&client, namespace.as_deref(), stale_after, timeout).await?;
+            if pruned.is_empty() {
                 println!("no stale sessions");
             }
-            for s in stale {
-                remove(&client, s, timeout).await?;
+            for p in pruned {
+                for r in &p.removed {
+                    println!("removed {r}");
+                }
+                println!("session {} deleted", p.name);
             }
             Ok(())
         }
@@ -206,33 +194,6 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Completion(_)) => Ok(()),
     }
-}
-
-async fn find(client: &Client, namespace: Option<String>, name: &str) -> Result<SessionView> {
-    let filter = Filter {
-        namespace,
-        name: Some(name.to_string()),
-        ..Default::default()
-    };
-    let mut found = view::list(client, &filter).await?;
-    match found.len() {
-        0 => bail!("no session named {name} (see `kubectl gitops-sessions -A`)"),
-        1 => Ok(found.remove(0)),
-        _ => bail!("sessions named {name} exist in several namespaces; choose one with -n"),
-    }
-}
-
-async fn remove(client: &Client, s: &SessionView, timeout: Duration) -> Result<()> {
-    let sandbox = s
-        .ephemeral_sandbox
-        .then_some(s.sandbox.as_deref())
-        .flatten();
-    let removed = gitops::session::cleanup(client, &s.namespace, &s.name, sandbox, timeout).await?;
-    for r in &removed {
-        println!("removed {r}");
-    }
-    println!("session {} deleted", s.name);
-    Ok(())
 }
 
 fn colour(col: usize, text: &str) -> Option<&'static str> {
@@ -331,148 +292,12 @@ async fn list(client: &Client, namespace: Option<String>, args: ListArgs) -> Res
     }
 }
 
-async fn describe(client: &Client, s: &SessionView) -> Result<()> {
-    let now = Utc::now();
-    let field = |k: &str, v: &str| {
-        println!(
-            "{:<16}{}",
-            format!("{k}:"),
-            if v.is_empty() { "-" } else { v }
-        )
-    };
-    field("Name", &s.name);
-    field("Namespace", &s.namespace);
-    field("Mode", &s.mode);
-    field("Sandbox", s.sandbox.as_deref().unwrap_or("-"));
-    field("Source", &s.source);
-    field("Status", &s.status.summary());
-    if !s.status.message.is_empty() {
-        field("Message", &s.status.message);
-    }
-    field("Revision", &s.revision);
-    field("Artifact", &s.artifact);
-    field("Last sync", &format!("{} ago", ago(s.last_sync, now)));
-    field(
-        "Heartbeat",
-        &format!(
-            "{} (last {} ago)",
-            s.heartbeat.as_str(),
-            ago(s.heartbeat_at, now)
-        ),
-    );
-    field("User", &format!("{}@{}", s.user, s.host));
-    field("PID", &s.pid);
-    field("Registry", &s.registry);
-    field("Port-forwards", &s.port_forwards.join(" "));
-    field("Started", &format!("{} ago", ago(s.started, now)));
-    field("Version", &s.version);
-    println!("Inventory:");
-    if s.inventory.is_empty() {
-        println!("  (nothing applied)");
-    }
-    for o in &s.inventory {
-        println!("  {o}");
-    }
-    println!("Conditions:");
-    let ks = Api::<Kustomization>::namespaced(client.clone(), &s.namespace)
-        .get_opt(&s.name)
-        .await?;
-    let repo = Api::<OCIRepository>::namespaced(client.clone(), &s.namespace)
-        .get_opt(&s.name)
-        .await?;
-    let conditions = ks
-        .and_then(|k| k.status)
-        .map(|st| st.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| ("Kustomization", c))
-        .chain(
-            repo.and_then(|r| r.status)
-                .map(|st| st.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| ("OCIRepository", c)),
-        );
-    for (kind, c) in conditions {
-        println!(
-            "  {kind:<14} {:<12} {:<6} {:<24} {}",
-            c.type_,
-            c.status,
-            c.reason,
-            c.message.replace('\n', " ")
-        );
-    }
-    println!("Events:");
-    let events: Api<Event> = Api::namespaced(client.clone(), &s.namespace);
-    let mut list: Vec<Event> = events
-        .list(&ListParams::default().fields(&format!("involvedObject.name={}", s.name)))
-        .await?
-        .items;
-    list.sort_by_key(|e| {
-        e.last_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or_default()
-    });
-    let recent: Vec<&Event> = list.iter().rev().take(10).collect();
-    if recent.is_empty() {
-        println!("  (none)");
-    }
-    for e in recent.into_iter().rev() {
-        let when = e
-            .last_timestamp
-            .as_ref()
-            .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
-            .map(|t| ago(Some(t), now))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "  {when:<6} {:<14} {:<24} {}",
-            e.involved_object.kind.clone().unwrap_or_default(),
-            e.reason.clone().unwrap_or_default(),
-            e.message.clone().unwrap_or_default().replace('\n', "; ")
-        );
-    }
-    Ok(())
-}
-
 async fn status(client: &Client, output: ListFormat) -> Result<()> {
     let st = cluster_status(client).await?;
     if matches!(output, ListFormat::Json | ListFormat::Yaml) {
         print!("{}", serialize(&st, output));
-        return Ok(());
-    }
-    let mode = if !st.run.is_empty() {
-        "Run"
-    } else if !st.gitops.is_empty() {
-        "GitOps"
     } else {
-        "Snowflake"
-    };
-    println!("Cluster mode: {mode}");
-    println!("\nRun: {} live session(s)", st.run.len());
-    for r in &st.run {
-        println!(
-            "  {} in {} ({}, {})",
-            r.session, r.namespace, r.user, r.status
-        );
-    }
-    println!("\nGitOps: {} namespace(s) applied by Flux", st.gitops.len());
-    for g in &st.gitops {
-        println!("  {} (by {})", g.namespace, g.managed_by.join(", "));
-    }
-    let total: usize = st.snowflake.iter().map(|s| s.objects.len()).sum();
-    println!(
-        "\nSnowflake: {total} object(s) applied by hand, in {} namespace(s)",
-        st.snowflake.len()
-    );
-    for s in &st.snowflake {
-        let kinds = s
-            .kinds
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        println!("  {}: {kinds}", s.namespace);
+        print!("{}", st.render());
     }
     Ok(())
 }

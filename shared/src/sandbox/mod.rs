@@ -71,13 +71,6 @@ pub enum SandboxError {
     BadKubeconfig { path: String, reason: String },
     #[error("invalid --quota {0:?}: use cpu=…,memory=…,pods=… (e.g. cpu=2,memory=4Gi,pods=20)")]
     BadQuota(String),
-    #[error("sandbox {name}: {what} was not done within {timeout:?}; {hint}")]
-    Timeout {
-        name: String,
-        what: String,
-        timeout: Duration,
-        hint: String,
-    },
     #[error("creating sandbox {name} failed ({source}); what was created has been removed")]
     RolledBack {
         name: String,
@@ -86,6 +79,15 @@ pub enum SandboxError {
     },
     #[error("namespace {0} disappeared while the sandbox was being created")]
     Vanished(String),
+    #[error("--ttl {0} is out of range: use a positive duration such as 8h or 30d")]
+    BadTtl(String),
+    #[error("sandbox {name}: {source}; {hint}")]
+    Wait {
+        name: String,
+        #[source]
+        source: crate::kubeapi::WaitError,
+        hint: String,
+    },
     #[error("{0}")]
     Kube(#[from] kube::Error),
 }
@@ -216,21 +218,50 @@ pub struct Target {
     pub target_namespace: Option<String>,
 }
 
+/// The fields a Flux applier (Kustomization or HelmRelease) takes from a
+/// [`Target`]: the one place a target is turned into Flux fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FluxTarget {
+    pub service_account_name: Option<String>,
+    pub target_namespace: Option<String>,
+    pub kube_config: Option<flux::KubeConfigReference>,
+}
+
 impl Target {
-    /// Points a Kustomization at this sandbox: impersonation and target
-    /// namespace for a namespace sandbox, the kubeconfig Secret otherwise.
-    pub fn configure(&self, spec: &mut flux::KustomizationSpec) {
-        spec.service_account_name = self.service_account.clone();
-        spec.target_namespace = self.target_namespace.clone();
-        spec.kube_config =
-            self.kubeconfig_secret
+    /// A namespace sandbox's target (also before it exists).
+    pub fn namespace_sandbox(name: &str) -> Target {
+        Target {
+            namespace: name.to_string(),
+            service_account: Some(SERVICE_ACCOUNT.into()),
+            kubeconfig_secret: None,
+            target_namespace: Some(name.to_string()),
+        }
+    }
+
+    /// Impersonation and target namespace for a namespace sandbox, the
+    /// kubeconfig Secret otherwise.
+    pub fn flux_fields(&self) -> FluxTarget {
+        FluxTarget {
+            service_account_name: self.service_account.clone(),
+            target_namespace: self.target_namespace.clone(),
+            kube_config: self
+                .kubeconfig_secret
                 .as_ref()
                 .map(|(name, key)| flux::KubeConfigReference {
                     secret_ref: flux::SecretKeyReference {
                         name: name.clone(),
                         key: Some(key.clone()),
                     },
-                });
+                }),
+        }
+    }
+
+    /// Points a Kustomization at this target.
+    pub fn configure(&self, spec: &mut flux::KustomizationSpec) {
+        let f = self.flux_fields();
+        spec.service_account_name = f.service_account_name;
+        spec.target_namespace = f.target_namespace;
+        spec.kube_config = f.kube_config;
     }
 }
 
@@ -269,9 +300,7 @@ fn meta(name: &str, namespace: Option<&str>, sandbox: &str, opts: &CreateOptions
             format!("kubectl-gitops {}", crate::VERSION),
         ),
     ]);
-    if let Some(ttl) = opts.ttl {
-        let expires =
-            Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(36500));
+    if let Some(expires) = opts.ttl.and_then(|ttl| crate::duration::checked_after(Utc::now(), ttl)) {
         annotations.insert(
             labels::EXPIRES_AT.to_string(),
             expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -303,6 +332,11 @@ pub struct Plan {
 /// Plans the objects of sandbox `name`.
 pub fn plan(name: &str, opts: &CreateOptions) -> Result<Plan, SandboxError> {
     validate_name(name)?;
+    if let Some(ttl) = opts.ttl
+        && (ttl.is_zero() || crate::duration::checked_after(Utc::now(), ttl).is_none())
+    {
+        return Err(SandboxError::BadTtl(crate::duration::human(ttl)));
+    }
     let mut ns_meta = meta(name, None, name, opts);
     let mut plan = Plan {
         namespace: Namespace::default(),
@@ -599,29 +633,34 @@ async fn wait_vcluster(client: &Client, name: &str, timeout: Duration) -> Result
     let releases: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), name, &flux::helm_release_resource());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), name);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::from("not reconciled yet");
-    while tokio::time::Instant::now() < deadline {
-        if let Some(release) = releases.get_opt(name).await? {
-            let conditions: Vec<flux::Condition> =
-                serde_json::from_value(release.data["status"]["conditions"].clone())
-                    .unwrap_or_default();
-            if let Some(ready) = flux::condition(&conditions, "Ready") {
-                last = format!("{}: {}", ready.reason, ready.message);
-                if ready.status == "True" && secrets.get_opt(&format!("vc-{name}")).await?.is_some()
-                {
-                    return Ok(());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Err(SandboxError::Timeout {
+    let started = tokio::time::Instant::now();
+    let wait_err = |source| SandboxError::Wait {
         name: name.to_string(),
-        what: "the vcluster install".into(),
-        timeout,
-        hint: format!("last status: {last}"),
-    })
+        source,
+        hint: "is helm-controller running, and can the cluster pull the vcluster chart?".into(),
+    };
+    let ready = |o: Option<&DynamicObject>| {
+        o.and_then(|r| {
+            serde_json::from_value::<Vec<flux::Condition>>(r.data["status"]["conditions"].clone())
+                .ok()
+        })
+        .is_some_and(|c| flux::condition(&c, "Ready").is_some_and(|c| c.status == "True"))
+    };
+    crate::kubeapi::await_object(&releases, name, timeout, "the vcluster release to be Ready", ready)
+        .await
+        .map_err(wait_err)?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let secret = format!("vc-{name}");
+    crate::kubeapi::await_object(
+        &secrets,
+        &secret,
+        left,
+        format!("vcluster to write its kubeconfig Secret {secret}"),
+        |o: Option<&Secret>| o.is_some(),
+    )
+    .await
+    .map_err(wait_err)?;
+    Ok(())
 }
 
 /// Whether a namespace is one of our sandboxes.
@@ -630,11 +669,6 @@ pub fn is_sandbox(ns: &Namespace) -> bool {
     labels::is_managed(l)
         && l.and_then(|l| l.get(labels::COMPONENT))
             .is_some_and(|c| c == "sandbox")
-}
-
-fn parse_time(s: Option<&String>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
@@ -655,12 +689,7 @@ fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
         .and_then(|v| v.split_once('/'))
         .map(|(n, k)| (n.to_string(), k.to_string()));
     let target = match isolation {
-        Isolation::Namespace => Target {
-            namespace: name.clone(),
-            service_account: Some(SERVICE_ACCOUNT.into()),
-            kubeconfig_secret: None,
-            target_namespace: Some(name.clone()),
-        },
+        Isolation::Namespace => Target::namespace_sandbox(&name),
         Isolation::Kubeconfig | Isolation::Vcluster => Target {
             namespace: name.clone(),
             service_account: None,
@@ -677,7 +706,7 @@ fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
             .creation_timestamp
             .as_ref()
             .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0)),
-        expires: parse_time(a.get(labels::EXPIRES_AT)),
+        expires: crate::duration::parse_time(a.get(labels::EXPIRES_AT).map(String::as_str)),
         ready: active && !terminating,
         terminating,
         sessions,
@@ -687,9 +716,17 @@ fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
     })
 }
 
-/// Sessions per sandbox, from the sessions' Leases (one list call).
-async fn session_counts(client: &Client) -> Result<BTreeMap<String, usize>, kube::Error> {
-    let leases: Api<Lease> = Api::all(client.clone());
+/// Sessions per sandbox, from the sessions' Leases (one list call; in
+/// `namespace` only when given, so using one sandbox needs no cluster-wide
+/// rights).
+async fn session_counts(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<BTreeMap<String, usize>, kube::Error> {
+    let leases: Api<Lease> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let list = leases
         .list(&ListParams::default().labels(&labels::component_selector("session")))
         .await?;
@@ -702,21 +739,32 @@ async fn session_counts(client: &Client) -> Result<BTreeMap<String, usize>, kube
     Ok(counts)
 }
 
-/// Sandbox `name`, if it exists.
+/// Sandbox `name`, if it exists: one GET of its namespace and one list of
+/// the Leases in it.
 pub async fn get(client: &Client, name: &str) -> Result<Option<Sandbox>, SandboxError> {
+    validate_name(name)?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let Some(ns) = namespaces.get_opt(name).await? else {
         return Ok(None);
     };
-    let counts = session_counts(client).await?;
+    if !is_sandbox(&ns) {
+        return Ok(None);
+    }
+    let counts = session_counts(client, Some(name)).await?;
     Ok(from_namespace(&ns, counts.get(name).copied().unwrap_or(0)))
+}
+
+/// The namespace object of sandbox `name`, if it exists and is one.
+pub async fn namespace(client: &Client, name: &str) -> Result<Option<Namespace>, kube::Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    Ok(namespaces.get_opt(name).await?.filter(is_sandbox))
 }
 
 /// Every sandbox (of `owner` only, when given), sorted by name.
 pub async fn list(client: &Client, owner: Option<&str>) -> Result<Vec<Sandbox>, SandboxError> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let selector = ListParams::default().labels(&labels::component_selector("sandbox"));
-    let (list, counts) = tokio::try_join!(namespaces.list(&selector), session_counts(client))?;
+    let (list, counts) = tokio::try_join!(namespaces.list(&selector), session_counts(client, None))?;
     let mut sandboxes: Vec<Sandbox> = list
         .iter()
         .filter_map(|ns| from_namespace(ns, counts.get(&ns.name_any()).copied().unwrap_or(0)))
@@ -771,43 +819,59 @@ pub async fn delete(
     }
     let mut removed = Vec::new();
 
-    // 1. Appliers: Kustomizations and HelmReleases, awaited.
+    // 1. Appliers: Kustomizations and HelmReleases, their garbage
+    // collection awaited (it needs the kubeconfig Secret deleted below).
+    let hint = "is kustomize-controller (or helm-controller) running? The sandbox was left in \
+                place; run the delete again once it is";
+    let wait_err = |e: crate::kubeapi::DeleteWaitError| match e {
+        crate::kubeapi::DeleteWaitError::Kube(e) => SandboxError::Kube(e),
+        crate::kubeapi::DeleteWaitError::Wait(source) => SandboxError::Wait {
+            name: name.to_string(),
+            source,
+            hint: hint.to_string(),
+        },
+    };
+    let started = tokio::time::Instant::now();
+    let left = || opts.timeout.saturating_sub(started.elapsed());
     let kustomizations: Api<Kustomization> = Api::namespaced(client.clone(), name);
-    for ks in kustomizations.list(&ListParams::default()).await? {
-        delete_ignoring_missing(&kustomizations, &ks.name_any()).await?;
-        removed.push(format!("kustomization/{}", ks.name_any()));
-    }
+    let ks_names: Vec<String> = kustomizations
+        .list(&ListParams::default())
+        .await?
+        .iter()
+        .map(|k| k.name_any())
+        .collect();
     let helm = flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?;
     let releases: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), name, &flux::helm_release_resource());
-    if helm {
-        for hr in releases.list(&ListParams::default()).await? {
-            delete_ignoring_missing(&releases, &hr.name_any()).await?;
-            removed.push(format!("helmrelease/{}", hr.name_any()));
-        }
+    let hr_names: Vec<String> = if helm {
+        releases
+            .list(&ListParams::default())
+            .await?
+            .iter()
+            .map(|h| h.name_any())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Delete them all first, then wait: their garbage collections run in parallel.
+    for n in &ks_names {
+        crate::kubeapi::delete(&kustomizations, n).await?;
     }
-    let hint = "is kustomize-controller (or helm-controller) running? The sandbox was left in place; \
-                run the delete again once it is";
-    wait_until_gone(
-        name,
-        "Flux's garbage collection",
-        opts.timeout,
-        hint,
-        || async {
-            let left = kustomizations
-                .list(&ListParams::default())
-                .await?
-                .items
-                .len()
-                + if helm {
-                    releases.list(&ListParams::default()).await?.items.len()
-                } else {
-                    0
-                };
-            Ok(left == 0)
-        },
-    )
-    .await?;
+    for n in &hr_names {
+        crate::kubeapi::delete(&releases, n).await?;
+    }
+    for n in &ks_names {
+        crate::kubeapi::delete_and_await(&kustomizations, n, left(), format!("Flux's garbage collection of kustomization/{n}"))
+            .await
+            .map_err(wait_err)?;
+        removed.push(format!("kustomization/{n}"));
+    }
+    for n in &hr_names {
+        crate::kubeapi::delete_and_await(&releases, n, left(), format!("helm-controller to uninstall helmrelease/{n}"))
+            .await
+            .map_err(wait_err)?;
+        removed.push(format!("helmrelease/{n}"));
+    }
 
     // 2. The suite's other objects in it, the kubeconfig Secret among them.
     let selector = ListParams::default().labels(&labels::managed_selector());
@@ -815,7 +879,7 @@ pub async fn delete(
         ($kind:ty, $label:expr) => {{
             let api: Api<$kind> = Api::namespaced(client.clone(), name);
             for obj in api.list(&selector).await? {
-                delete_ignoring_missing(&api, &obj.name_any()).await?;
+                crate::kubeapi::delete(&api, &obj.name_any()).await?;
                 removed.push(format!("{}/{}", $label, obj.name_any()));
             }
         }};
@@ -828,58 +892,24 @@ pub async fn delete(
     delete_labelled!(LimitRange, "limitrange");
 
     // 3. The namespace.
-    delete_ignoring_missing(&namespaces, name).await?;
-    removed.push(format!("namespace/{name}"));
     if opts.wait {
-        wait_until_gone(
-            name,
-            "the namespace's deletion",
-            opts.timeout,
-            "is kube-controller-manager running? The namespace is marked for deletion and will go when it does",
-            || async { Ok(namespaces.get_opt(name).await?.is_none()) },
-        )
-        .await?;
+        crate::kubeapi::delete_and_await(&namespaces, name, opts.timeout, "the namespace's deletion")
+            .await
+            .map_err(|e| match e {
+                crate::kubeapi::DeleteWaitError::Kube(e) => SandboxError::Kube(e),
+                crate::kubeapi::DeleteWaitError::Wait(source) => SandboxError::Wait {
+                    name: name.to_string(),
+                    source,
+                    hint: "is kube-controller-manager running? The namespace is marked for \
+                           deletion and will go when it does"
+                        .into(),
+                },
+            })?;
+    } else {
+        crate::kubeapi::delete(&namespaces, name).await?;
     }
+    removed.push(format!("namespace/{name}"));
     Ok(Deleted::Removed(removed))
-}
-
-async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-async fn wait_until_gone<F, Fut>(
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    hint: &str,
-    mut done: F,
-) -> Result<(), SandboxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, kube::Error>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if done().await? {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(SandboxError::Timeout {
-                name: name.to_string(),
-                what: what.to_string(),
-                timeout,
-                hint: hint.to_string(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Deletes every sandbox whose TTL has passed; returns their names.

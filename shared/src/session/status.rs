@@ -117,6 +117,70 @@ where
     Ok(())
 }
 
+/// The cluster's mode, in the terms users know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ClusterMode {
+    /// A live session is syncing.
+    Run,
+    /// Flux applies from Git/OCI sources and no session runs.
+    GitOps,
+    /// Neither: only objects applied by hand.
+    Snowflake,
+}
+
+impl ClusterStatus {
+    /// Run when a session is live, else GitOps when Flux applies anything,
+    /// else Snowflake.
+    pub fn mode(&self) -> ClusterMode {
+        if !self.run.is_empty() {
+            ClusterMode::Run
+        } else if !self.gitops.is_empty() {
+            ClusterMode::GitOps
+        } else {
+            ClusterMode::Snowflake
+        }
+    }
+
+    /// The text `kubectl gitops-sessions status` prints.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "Cluster mode: {:?}", self.mode());
+        let _ = writeln!(out, "\nRun: {} live session(s)", self.run.len());
+        for r in &self.run {
+            let _ = writeln!(
+                out,
+                "  {} in {} ({}, {})",
+                r.session, r.namespace, r.user, r.status
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nGitOps: {} namespace(s) applied by Flux",
+            self.gitops.len()
+        );
+        for g in &self.gitops {
+            let _ = writeln!(out, "  {} (by {})", g.namespace, g.managed_by.join(", "));
+        }
+        let total: usize = self.snowflake.iter().map(|s| s.objects.len()).sum();
+        let _ = writeln!(
+            out,
+            "\nSnowflake: {total} object(s) applied by hand, in {} namespace(s)",
+            self.snowflake.len()
+        );
+        for s in &self.snowflake {
+            let kinds = s
+                .kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(out, "  {}: {kinds}", s.namespace);
+        }
+        out
+    }
+}
+
 /// Reads the cluster and classifies it.
 pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Error> {
     let sessions = view::list(client, &view::Filter::default()).await?;
@@ -231,6 +295,33 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_mode_and_its_text() {
+        let mut st = ClusterStatus {
+            run: vec![],
+            gitops: vec![],
+            snowflake: vec![SnowflakeEntry {
+                namespace: "apps".into(),
+                kinds: BTreeMap::from([("ConfigMap".into(), 2)]),
+                objects: vec!["ConfigMap/a".into(), "ConfigMap/b".into()],
+            }],
+        };
+        assert_eq!(st.mode(), ClusterMode::Snowflake);
+        st.gitops.push(GitOpsEntry {
+            namespace: "prod".into(),
+            managed_by: vec!["Kustomization/flux-system/apps".into()],
+        });
+        assert_eq!(st.mode(), ClusterMode::GitOps);
+        st.run.push(RunEntry {
+            session: "run-app-abc123".into(),
+            namespace: "run-app-abc123".into(),
+            user: "ann@laptop".into(),
+            status: "Ready".into(),
+        });
+        assert_eq!(st.mode(), ClusterMode::Run);
+        insta::assert_snapshot!(st.render());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! messages can name the file.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::artifact::{EntryKind, WalkOptions, walk};
 
@@ -30,6 +30,103 @@ struct HeadMeta {
 
 /// `Kind/name` → the file (relative to the root) that defines it.
 pub type ObjectIndex = BTreeMap<String, String>;
+
+/// Why a directory cannot be synced, found before anything is pushed.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("invalid YAML, nothing was pushed:\n{}", list(.0))]
+    Yaml(Vec<YamlError>),
+    #[error(
+        "{} has no Kubernetes manifests (no .yaml/.yml file and no kustomization); nothing was pushed",
+        .0.display()
+    )]
+    Empty(PathBuf),
+    #[error(
+        "{from} references {written} ({}), which is outside the packaged root {}; Flux only sees \
+         what is packaged. Pass --root-dir {} (a directory holding both); nothing was pushed",
+        .path.display(), .root.display(), .suggestion.display()
+    )]
+    OutsideRoot {
+        from: String,
+        written: String,
+        path: PathBuf,
+        root: PathBuf,
+        suggestion: PathBuf,
+    },
+    #[error("{0}; nothing was pushed")]
+    Kustomization(#[from] crate::kustomize::KustomizeError),
+}
+
+fn list(errors: &[YamlError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ValidateError {
+    /// The file to name next to the error.
+    pub fn file(&self) -> Option<String> {
+        match self {
+            ValidateError::Yaml(e) => e.first().map(|e| e.file.clone()),
+            ValidateError::OutsideRoot { from, .. } => Some(from.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Everything checked locally before a session pushes `dir` (inside
+/// `root`): every YAML file parses, the directory holds manifests, and its
+/// kustomization (followed transitively) only references paths inside the
+/// packaged root.
+pub fn validate_dir(
+    root: &Path,
+    dir: &Path,
+    options: &WalkOptions,
+) -> Result<ObjectIndex, ValidateError> {
+    let index = validate(root, options).map_err(ValidateError::Yaml)?;
+    let rel = |p: &Path| {
+        p.strip_prefix(root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    let has_kustomization = crate::kustomize::file_in(dir).is_some();
+    if !has_kustomization {
+        let prefix = rel(dir);
+        let inside = |f: &String| prefix.is_empty() || f.starts_with(&format!("{prefix}/"));
+        if !index.values().any(inside) && !has_yaml(dir) {
+            return Err(ValidateError::Empty(dir.to_path_buf()));
+        }
+        return Ok(index);
+    }
+    let root_n = crate::kustomize::normalize(root);
+    for r in crate::kustomize::references(dir)? {
+        if !r.path.starts_with(&root_n) {
+            return Err(ValidateError::OutsideRoot {
+                from: rel(&r.from),
+                written: r.written,
+                suggestion: crate::kustomize::common_ancestor(&root_n, &r.path),
+                path: r.path,
+                root: root.to_path_buf(),
+            });
+        }
+    }
+    Ok(index)
+}
+
+fn has_yaml(dir: &Path) -> bool {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_type().is_file()
+                && e.path()
+                    .extension()
+                    .is_some_and(|x| x == "yaml" || x == "yml")
+        })
+}
 
 /// Parses every `.yaml`/`.yml` file the artifact would hold.
 pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<YamlError>> {
@@ -71,12 +168,13 @@ pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<Y
                 let message = e.to_string();
                 let first = message.lines().next().unwrap_or_default();
                 // The location is ours to print; drop the parser's own prefix.
-                let message = first
-                    .trim_start_matches("error: ")
-                    .split_once(": ")
-                    .filter(|(head, _)| head.starts_with("line "))
-                    .map_or(first, |(_, rest)| rest)
-                    .to_string();
+                let message = plain_parser_message(
+                    first
+                        .trim_start_matches("error: ")
+                        .split_once(": ")
+                        .filter(|(head, _)| head.starts_with("line "))
+                        .map_or(first, |(_, rest)| rest),
+                );
                 errors.push(YamlError {
                     file: entry.path.clone(),
                     line,
@@ -91,6 +189,20 @@ pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<Y
     } else {
         Err(errors)
     }
+}
+
+/// The parser's message without hints meant for programmers using it
+/// (e.g. "set DuplicateKeyPolicy in Options").
+fn plain_parser_message(message: &str) -> String {
+    let mut m = message.to_string();
+    for sep in ["; set ", " (set ", ", set "] {
+        if let Some(i) = m.find(sep)
+            && m[i..].contains("Options")
+        {
+            m.truncate(i);
+        }
+    }
+    m.trim_end_matches(['.', ' ']).to_string()
 }
 
 /// The file an object named in a controller message (`Kind/ns/name` or
@@ -141,5 +253,52 @@ mod tests {
             Some("good.yaml")
         );
         assert_eq!(file_for(&index, "unrelated"), None);
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_without_parser_hints() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("dup.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nkind: Secret\nmetadata:\n  name: a\n",
+        )
+        .unwrap();
+        let errors = validate(dir.path(), &WalkOptions::default()).unwrap_err();
+        let text = errors[0].to_string();
+        assert!(text.starts_with("dup.yaml:3:"), "{text}");
+        assert!(!text.contains("Options") && !text.contains("Policy"), "{text}");
+        assert!(text.contains("kind"), "{text}");
+    }
+
+    #[test]
+    fn empty_dirs_and_overlays_reaching_outside_the_root_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("app");
+        std::fs::create_dir_all(root.join("deploy")).unwrap();
+        std::fs::create_dir_all(t.path().join("base")).unwrap();
+        std::fs::write(root.join("README.md"), "hi").unwrap();
+        let err = validate_dir(&root, &root.join("deploy"), &WalkOptions::default()).unwrap_err();
+        assert!(matches!(err, ValidateError::Empty(_)), "{err}");
+
+        std::fs::write(
+            root.join("deploy/kustomization.yaml"),
+            "resources:\n- ../../base\n",
+        )
+        .unwrap();
+        let err = validate_dir(&root, &root.join("deploy"), &WalkOptions::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("deploy/kustomization.yaml references ../../base"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("--root-dir {}", t.path().display())),
+            "{text}"
+        );
+        assert_eq!(err.file().as_deref(), Some("deploy/kustomization.yaml"));
+
+        std::fs::write(root.join("deploy/kustomization.yaml"), "resources:\n- cm.yaml\n").unwrap();
+        std::fs::write(root.join("deploy/cm.yaml"), "kind: ConfigMap\nmetadata: {name: a}\n").unwrap();
+        assert!(validate_dir(&root, &root.join("deploy"), &WalkOptions::default()).is_ok());
     }
 }

@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use super::{keys, lease_is_live};
+use super::record::{self, Record, lease_is_live};
 use crate::flux::{self, Kustomization, OCIRepository};
 use crate::labels;
 
@@ -89,22 +89,20 @@ pub struct SessionView {
     pub started: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inventory: Vec<String>,
+    /// The heartbeat's lease duration, as recorded in the Lease.
+    #[serde(skip)]
+    pub lease_duration: Duration,
 }
 
 impl SessionView {
     /// How long the heartbeat has been missing (`None` while live or kept).
-    pub fn stale_for(&self, now: DateTime<Utc>, lease_duration: Duration) -> Option<Duration> {
+    pub fn stale_for(&self, now: DateTime<Utc>) -> Option<Duration> {
         if self.heartbeat != Heartbeat::Stale {
             return None;
         }
-        let expired = self.heartbeat_at? + chrono::Duration::from_std(lease_duration).ok()?;
+        let expired = self.heartbeat_at? + chrono::Duration::from_std(self.lease_duration).ok()?;
         (now - expired).to_std().ok().or(Some(Duration::ZERO))
     }
-}
-
-fn time(s: Option<&String>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn status_of(conditions: Option<&[flux::Condition]>) -> SyncStatus {
@@ -161,27 +159,14 @@ pub fn build_views(
     let mut views: Vec<SessionView> = leases
         .iter()
         .map(|lease| {
-            let a = lease.annotations();
-            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+            let r = Record::of(lease);
             let k = key(lease.namespace(), lease.name_any());
-            let holder = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.clone())
-                .unwrap_or_default();
-            let (user, host) = holder
+            let holder = record::holder(lease).to_string();
+            let who = if holder.is_empty() { &r.owner } else { &holder };
+            let (user, host) = who
                 .split_once('@')
                 .map(|(u, h)| (u.to_string(), h.to_string()))
-                .unwrap_or((holder.clone(), String::new()));
-            let owner = a.get(labels::OWNER).cloned().unwrap_or_default();
-            let (user, host) = if user.is_empty() {
-                owner
-                    .split_once('@')
-                    .map(|(u, h)| (u.to_string(), h.to_string()))
-                    .unwrap_or((owner.clone(), String::new()))
-            } else {
-                (user, host)
-            };
+                .unwrap_or((who.clone(), String::new()));
             let heartbeat = if holder.is_empty() {
                 Heartbeat::Kept
             } else if lease_is_live(lease, now) {
@@ -199,42 +184,35 @@ pub fn build_views(
                     hr.and_then(|h| h.status.as_ref())
                         .map(|s| s.conditions.as_slice())
                 });
-            let sandbox = Some(get(keys::SANDBOX)).filter(|s| !s.is_empty());
             let revision = ks
                 .and_then(|k| k.status.as_ref())
                 .and_then(|s| s.last_applied_revision.clone())
-                .unwrap_or_else(|| get(keys::LAST_REVISION));
+                .or_else(|| r.last.as_ref().map(|l| l.revision.clone()))
+                .unwrap_or_default();
             SessionView {
                 name: lease.name_any(),
                 namespace: k.0.clone(),
-                mode: get(keys::MODE),
-                sandbox,
-                ephemeral_sandbox: get(keys::EPHEMERAL_SANDBOX) == "true",
-                source: get(keys::DIR),
+                mode: r.mode,
+                sandbox: r.sandbox,
+                ephemeral_sandbox: r.ephemeral_sandbox,
+                source: r.dir,
                 revision,
                 status: status_of(conditions),
-                last_sync: time(a.get(keys::LAST_SYNC)),
+                last_sync: r.last.and_then(|l| l.at),
                 heartbeat,
-                heartbeat_at: lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
-                    .and_then(|t| DateTime::from_timestamp_millis(t.0.as_millisecond())),
+                heartbeat_at: record::renewed_at(lease),
                 user,
                 host,
-                pid: get(keys::PID),
-                registry: get(keys::REGISTRY),
+                pid: r.pid,
+                registry: r.registry,
                 artifact: repo
                     .and_then(|r| r.status.as_ref())
                     .and_then(|s| s.artifact.as_ref())
                     .map(|a| a.revision.clone())
                     .unwrap_or_default(),
-                port_forwards: get(keys::PORT_FORWARDS)
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect(),
-                version: get(keys::VERSION),
-                started: time(a.get(keys::STARTED_AT)),
+                port_forwards: r.port_forwards,
+                version: r.version,
+                started: r.started_at,
                 inventory: ks
                     .and_then(|k| k.status.as_ref())
                     .and_then(|s| s.inventory.as_ref())
@@ -245,6 +223,7 @@ pub fn build_views(
                             .collect()
                     })
                     .unwrap_or_default(),
+                lease_duration: record::lease_duration(lease),
             }
         })
         .collect();
@@ -339,6 +318,9 @@ pub struct Filter {
 pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<SessionView>, kube::Error> {
     let mut selector = labels::component_selector("session");
     if let Some(name) = &filter.name {
+        if super::validate_name(name).is_err() {
+            return Ok(Vec::new());
+        }
         selector.push_str(&format!(",{}={name}", labels::SESSION));
     }
     if let Some(extra) = filter.selector.as_deref().filter(|s| !s.is_empty()) {

@@ -20,25 +20,25 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Event as KubeEvent;
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::watcher;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::flux::{self, Kustomization, OCIRepository};
+use crate::flux::Kustomization;
 use crate::labels;
 use crate::sandbox;
+use crate::session::SessionError;
+use crate::session::admin;
 use crate::session::view::{self, Filter, HEADERS, Heartbeat, SessionView, ago, row};
 
 const APP_JS: &str = include_str!("app.js");
 
 /// A random token (hex) from the operating system's generator.
 pub fn new_token() -> std::io::Result<String> {
-    use std::io::Read;
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(crate::artifact::hex(&bytes))
 }
 
@@ -202,13 +202,31 @@ async fn events(State(app): State<Arc<App>>, Query(q): Query<TokenQuery>) -> Res
         .into_response()
 }
 
-async fn find(client: &Client, ns: &str, name: &str) -> Option<SessionView> {
-    let filter = Filter {
-        namespace: Some(ns.to_string()),
-        name: Some(name.to_string()),
-        ..Default::default()
+/// A page saying what went wrong talking to the API server (or that the
+/// session does not exist), with the right status code.
+fn error_page(token: &str, e: &SessionError) -> Response {
+    let status = match e {
+        SessionError::NotFound(_) => StatusCode::NOT_FOUND,
+        SessionError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_GATEWAY,
     };
-    view::list(client, &filter).await.ok()?.into_iter().next()
+    let title = if status == StatusCode::NOT_FOUND {
+        "Not found"
+    } else {
+        "Error"
+    };
+    (
+        status,
+        page(
+            title,
+            token,
+            &format!(
+                "<p role=\"alert\">{}</p>",
+                esc(&crate::output::error_chain(e))
+            ),
+        ),
+    )
+        .into_response()
 }
 
 async fn session_page(
@@ -219,12 +237,13 @@ async fn session_page(
     if !authorised(&app, &q) {
         return unauthorised();
     }
-    let Some(s) = find(&app.client, &ns, &name).await else {
-        return (
-            StatusCode::NOT_FOUND,
-            page("Not found", &app.token, "<p>No such session.</p>"),
-        )
-            .into_response();
+    let s = match admin::find(&app.client, Some(&ns), &name).await {
+        Ok(s) => s,
+        Err(e) => return error_page(&app.token, &e),
+    };
+    let d = match admin::describe(&app.client, &s).await {
+        Ok(d) => d,
+        Err(e) => return error_page(&app.token, &e),
     };
     let now = Utc::now();
     let t = &app.token;
@@ -252,32 +271,14 @@ async fn session_page(
         ),
     );
     body += &field("User", &format!("{}@{} (pid {})", s.user, s.host, s.pid));
+    body += &field("Port-forwards", &s.port_forwards.join(" "));
     body += &field("Started", &format!("{} ago", ago(s.started, now)));
     body += "</dl>";
 
     // Revision history: what source-controller stored, newest first.
-    let events: Api<KubeEvent> = Api::namespaced(app.client.clone(), &ns);
-    let mut list = events
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
-    list.sort_by_key(|e| {
-        std::cmp::Reverse(
-            e.last_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or_default(),
-        )
-    });
     body += "<h2>Revision history</h2><ol>";
-    for e in list
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("NewArtifact"))
-    {
-        let msg = e.message.clone().unwrap_or_default();
-        let revision = msg.split('\'').nth(1).unwrap_or(&msg);
-        body += &format!("<li>{}</li>", esc(revision));
+    for revision in d.revisions() {
+        body += &format!("<li>{}</li>", esc(&revision));
     }
     body += "</ol><h2>Applied inventory</h2><table><caption>Objects applied by the session</caption>\
              <thead><tr><th scope=\"col\">Object</th><th scope=\"col\">Status</th></tr></thead><tbody>";
@@ -290,42 +291,7 @@ async fn session_page(
     body += "</tbody></table><h2>Flux conditions</h2><table><caption>Conditions of the session's Flux objects</caption>\
              <thead><tr><th scope=\"col\">Object</th><th scope=\"col\">Type</th><th scope=\"col\">Status</th>\
              <th scope=\"col\">Reason</th><th scope=\"col\">Message</th></tr></thead><tbody>";
-    let ks = Api::<Kustomization>::namespaced(app.client.clone(), &ns)
-        .get_opt(&name)
-        .await
-        .ok()
-        .flatten();
-    let repo = Api::<OCIRepository>::namespaced(app.client.clone(), &ns)
-        .get_opt(&name)
-        .await
-        .ok()
-        .flatten();
-    let hr = Api::<flux::HelmRelease>::namespaced(app.client.clone(), &ns)
-        .get_opt(&name)
-        .await
-        .ok()
-        .flatten();
-    let conditions = ks
-        .and_then(|k| k.status)
-        .map(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| ("Kustomization", c))
-        .chain(
-            hr.and_then(|h| h.status)
-                .map(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| ("HelmRelease", c)),
-        )
-        .chain(
-            repo.and_then(|r| r.status)
-                .map(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| ("OCIRepository", c)),
-        );
-    for (kind, c) in conditions {
+    for (kind, c) in &d.conditions {
         body += &format!(
             "<tr><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&c.type_),
@@ -335,12 +301,12 @@ async fn session_page(
         );
     }
     body += "</tbody></table><h2>Recent events</h2><ul>";
-    for e in list.iter().take(15) {
+    for e in d.events.iter().rev().take(15) {
         body += &format!(
             "<li>{} {}: {}</li>",
-            esc(&e.involved_object.kind.clone().unwrap_or_default()),
-            esc(&e.reason.clone().unwrap_or_default()),
-            esc(&e.message.clone().unwrap_or_default())
+            esc(&e.kind),
+            esc(&e.reason),
+            esc(&e.message)
         );
     }
     body += "</ul>";
@@ -382,27 +348,20 @@ async fn delete_session(
     if !authorised(&app, &q) {
         return unauthorised();
     }
-    let Some(s) = find(&app.client, &ns, &name).await else {
-        return back(&app.token, "/", &format!("session {name} no longer exists"));
+    let s = match admin::find(&app.client, Some(&ns), &name).await {
+        Ok(s) => s,
+        Err(SessionError::NotFound(_)) => {
+            return back(&app.token, "/", &format!("session {name} no longer exists"));
+        }
+        Err(e) => return error_page(&app.token, &e),
     };
-    if s.heartbeat == Heartbeat::Live {
-        return (
-            StatusCode::CONFLICT,
-            "this session is running; stop it where it runs\n",
-        )
-            .into_response();
-    }
-    let sandbox = s
-        .ephemeral_sandbox
-        .then_some(s.sandbox.as_deref())
-        .flatten();
-    match crate::session::cleanup(&app.client, &ns, &name, sandbox, Duration::from_secs(120)).await
-    {
+    match admin::delete(&app.client, &s, false, Duration::from_secs(120)).await {
         Ok(removed) => back(
             &app.token,
             "/",
             &format!("session {name} deleted ({} objects removed)", removed.len()),
         ),
+        Err(e @ SessionError::Live { .. }) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         Err(e) => back(
             &app.token,
             "/",
@@ -496,6 +455,18 @@ async fn delete_sandbox(
     back(&app.token, "/sandboxes", &msg)
 }
 
+/// The sessions table body, or a row saying why the sessions cannot be listed.
+async fn rows_html(client: &Client, token: &str) -> String {
+    match view::list(client, &Filter::default()).await {
+        Ok(sessions) => render_rows(&sessions, token),
+        Err(e) => format!(
+            "<tr><td colspan=\"{}\" role=\"alert\">cannot list sessions: {}</td></tr>",
+            HEADERS.len(),
+            esc(&e.to_string())
+        ),
+    }
+}
+
 /// Keeps the rendered rows current: on every change of the sessions'
 /// Leases, Kustomizations or HelmReleases, and every `tick` (heartbeats
 /// turn stale without any change to watch).
@@ -515,14 +486,7 @@ async fn refresh(client: Client, token: String, tx: watch::Sender<String>, tick:
             _ = changes.next() => {}
             _ = ticker.tick() => {}
         }
-        let html = match view::list(&client, &Filter::default()).await {
-            Ok(sessions) => render_rows(&sessions, &token),
-            Err(e) => format!(
-                "<tr><td colspan=\"{}\">cannot list sessions: {}</td></tr>",
-                HEADERS.len(),
-                esc(&e.to_string())
-            ),
-        };
+        let html = rows_html(&client, &token).await;
         tx.send_if_modified(|old| {
             if *old == html {
                 false
@@ -539,10 +503,7 @@ async fn refresh(client: Client, token: String, tx: watch::Sender<String>, tick:
 pub async fn serve(client: Client, port: u16, ready: impl FnOnce(String)) -> std::io::Result<()> {
     let token = new_token()?;
     let (tx, rx) = watch::channel(String::new());
-    let initial = view::list(&client, &Filter::default())
-        .await
-        .map(|s| render_rows(&s, &token))
-        .unwrap_or_default();
+    let initial = rows_html(&client, &token).await;
     let _ = tx.send(initial);
     tokio::spawn(refresh(
         client.clone(),

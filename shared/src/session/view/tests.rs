@@ -121,10 +121,12 @@ fn views_join_leases_and_flux_status() {
     let now = DateTime::parse_from_rfc3339("2026-11-23T10:06:00Z")
         .unwrap()
         .with_timezone(&Utc);
-    assert_eq!(
-        api.stale_for(now, Duration::from_secs(30)),
-        Some(Duration::from_secs(270))
-    );
+    assert_eq!(api.lease_duration, Duration::from_secs(30));
+    assert_eq!(api.stale_for(now), Some(Duration::from_secs(270)));
+    // Staleness counts from the end of the session's own lease duration.
+    let mut long = api.clone();
+    long.lease_duration = Duration::from_secs(120);
+    assert_eq!(long.stale_for(now), Some(Duration::from_secs(180)));
     let kept = &views[2];
     assert_eq!(
         (kept.heartbeat, kept.status.state.as_str()),

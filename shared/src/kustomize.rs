@@ -1,0 +1,232 @@
+//! What a `kustomization.yaml` references on disk: resources, components,
+//! bases, patches and generator files given as local paths. Used to check,
+//! before anything is pushed, that an overlay only reaches files the
+//! artifact holds.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file names kustomize accepts, in its order of preference.
+pub const FILE_NAMES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// The kustomization file of a directory, if it has one.
+pub fn file_in(dir: &Path) -> Option<PathBuf> {
+    FILE_NAMES
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Kustomization {
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    bases: Vec<String>,
+    #[serde(default)]
+    components: Vec<String>,
+    #[serde(default)]
+    crds: Vec<String>,
+    #[serde(default)]
+    patches_strategic_merge: Vec<serde_json::Value>,
+    #[serde(default)]
+    patches: Vec<serde_json::Value>,
+    #[serde(default, rename = "patchesJson6902")]
+    patches_json6902: Vec<serde_json::Value>,
+    #[serde(default)]
+    config_map_generator: Vec<Generator>,
+    #[serde(default)]
+    secret_generator: Vec<Generator>,
+}
+
+#[derive(Deserialize, Default)]
+struct Generator {
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    envs: Vec<String>,
+    #[serde(default)]
+    env: Option<String>,
+}
+
+/// One local path a kustomization refers to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reference {
+    /// The kustomization file that names it.
+    pub from: PathBuf,
+    /// As written.
+    pub written: String,
+    /// Resolved (lexically, from the kustomization's directory).
+    pub path: PathBuf,
+}
+
+/// A kustomization file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct KustomizeError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+/// Whether a reference is remote (a URL, a Git repository) rather than a path.
+pub fn is_remote(r: &str) -> bool {
+    r.contains("://")
+        || r.starts_with("git@")
+        || r.starts_with("github.com/")
+        || r.starts_with("gitlab.com/")
+        || r.starts_with("bitbucket.org/")
+}
+
+/// `a/b/../c` → `a/c`, without touching the file system.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn local_paths(k: &Kustomization) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    out.extend(k.resources.iter().cloned());
+    out.extend(k.bases.iter().cloned());
+    out.extend(k.components.iter().cloned());
+    out.extend(k.crds.iter().cloned());
+    // Strategic-merge patches may be inline YAML; a path is one line.
+    for p in &k.patches_strategic_merge {
+        if let Some(s) = p.as_str().filter(|s| !s.contains('\n')) {
+            out.push(s.to_string());
+        }
+    }
+    for p in k.patches.iter().chain(&k.patches_json6902) {
+        if let Some(s) = p.get("path").and_then(|v| v.as_str()) {
+            out.push(s.to_string());
+        }
+    }
+    for g in k.config_map_generator.iter().chain(&k.secret_generator) {
+        // `files` entries may be `key=path`.
+        for f in &g.files {
+            out.push(f.split_once('=').map_or(f.as_str(), |(_, p)| p).to_string());
+        }
+        out.extend(g.envs.iter().cloned());
+        out.extend(g.env.iter().cloned());
+    }
+    out.retain(|r| !r.trim().is_empty() && !is_remote(r));
+    out
+}
+
+/// Every local path the kustomization of `dir` references, followed
+/// transitively through referenced directories that have one.
+pub fn references(dir: &Path) -> Result<Vec<Reference>, KustomizeError> {
+    let mut out = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![normalize(dir)];
+    while let Some(d) = todo.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        let Some(file) = file_in(&d) else {
+            continue;
+        };
+        let text = std::fs::read(&file).map_err(|e| KustomizeError {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let k: Kustomization = serde_saphyr::from_slice(&text).map_err(|e| KustomizeError {
+            file: file.clone(),
+            message: format!(
+                "not a valid kustomization: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        })?;
+        for written in local_paths(&k) {
+            let path = normalize(&d.join(&written));
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            out.insert(Reference {
+                from: file.clone(),
+                written,
+                path,
+            });
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The deepest directory holding both paths.
+pub fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for (x, y) in a.components().zip(b.components()) {
+        if x != y {
+            break;
+        }
+        out.push(x.as_os_str());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlays_reference_bases_components_patches_and_generator_files() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let w = |p: &str, s: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, s).unwrap();
+        };
+        w(
+            "overlays/dev/kustomization.yaml",
+            "resources:\n- ../../base\n- https://example.com/x.yaml\n- github.com/org/repo//dir\ncomponents:\n- ../../components/mon\npatches:\n- path: patch.yaml\n- patch: |-\n    inline\nconfigMapGenerator:\n- name: c\n  files:\n  - app.conf=../../config/app.conf\n  envs:\n  - dev.env\n",
+        );
+        w("base/kustomization.yaml", "resources:\n- deploy.yaml\n");
+        w("base/deploy.yaml", "kind: ConfigMap\n");
+        w("components/mon/kustomization.yaml", "kind: Component\n");
+        let refs = references(&root.join("overlays/dev")).unwrap();
+        let paths: Vec<String> = refs
+            .iter()
+            .map(|r| {
+                r.path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/")
+            })
+            .collect();
+        for want in [
+            "base",
+            "base/deploy.yaml",
+            "components/mon",
+            "overlays/dev/patch.yaml",
+            "config/app.conf",
+            "overlays/dev/dev.env",
+        ] {
+            assert!(paths.contains(&want.to_string()), "{want} in {paths:?}");
+        }
+        assert!(!paths.iter().any(|p| p.contains("example.com")));
+    }
+
+    #[test]
+    fn paths_normalize_lexically() {
+        assert_eq!(normalize(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+        assert_eq!(
+            common_ancestor(Path::new("/x/app/deploy"), Path::new("/x/base")),
+            PathBuf::from("/x")
+        );
+    }
+}

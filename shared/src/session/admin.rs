@@ -1,0 +1,293 @@
+//! What `kubectl gitops-sessions` and the web page do to sessions: find one,
+//! describe it, delete it (a live one only when forced), prune stale ones.
+//! One implementation for both; API errors are returned, never turned into
+//! "not found" or an empty list.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Event as KubeEvent;
+use kube::Client;
+use kube::api::{Api, ListParams};
+
+use super::view::{self, Filter, Heartbeat, SessionView, ago};
+use super::{SessionError, cleanup, validate_name};
+use crate::flux::{self, Condition, Kustomization, OCIRepository};
+
+/// The one session named `name` (in `namespace`, or anywhere).
+pub async fn find(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<SessionView, SessionError> {
+    validate_name(name)?;
+    let filter = Filter {
+        namespace: namespace.map(str::to_string),
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    let mut found = view::list(client, &filter).await?;
+    match found.len() {
+        0 => Err(SessionError::NotFound(name.to_string())),
+        1 => Ok(found.remove(0)),
+        _ => Err(SessionError::Ambiguous(
+            name.to_string(),
+            found
+                .iter()
+                .map(|s| s.namespace.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+/// The sandbox that goes with a session when it is deleted: the one it made.
+pub fn own_sandbox(s: &SessionView) -> Option<&str> {
+    s.ephemeral_sandbox.then_some(s.sandbox.as_deref()).flatten()
+}
+
+/// Removes a session's objects in the safe order. A live session (its
+/// command still runs and renews the heartbeat) is refused unless `force`.
+pub async fn delete(
+    client: &Client,
+    s: &SessionView,
+    force: bool,
+    timeout: Duration,
+) -> Result<Vec<String>, SessionError> {
+    if s.heartbeat == Heartbeat::Live && !force {
+        return Err(SessionError::Live {
+            name: s.name.clone(),
+            pid: s.pid.clone(),
+            host: s.host.clone(),
+        });
+    }
+    cleanup(client, &s.namespace, &s.name, own_sandbox(s), timeout).await
+}
+
+/// One pruned session and what went with it.
+#[derive(Debug, Clone)]
+pub struct Pruned {
+    pub name: String,
+    pub namespace: String,
+    pub removed: Vec<String>,
+}
+
+/// Deletes every session whose heartbeat has been stale for at least
+/// `stale_after` beyond the lease duration recorded in its own Lease. Each
+/// is looked up again just before its deletion, so one that came back to
+/// life meanwhile is left alone.
+pub async fn prune(
+    client: &Client,
+    namespace: Option<&str>,
+    stale_after: Duration,
+    timeout: Duration,
+) -> Result<Vec<Pruned>, SessionError> {
+    let filter = Filter {
+        namespace: namespace.map(str::to_string),
+        ..Default::default()
+    };
+    let now = Utc::now();
+    let stale: Vec<SessionView> = view::list(client, &filter)
+        .await?
+        .into_iter()
+        .filter(|s| s.stale_for(now).is_some_and(|d| d >= stale_after))
+        .collect();
+    let mut pruned = Vec::new();
+    for s in stale {
+        let current = match find(client, Some(&s.namespace), &s.name).await {
+            Ok(c) => c,
+            Err(SessionError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        if current.heartbeat != Heartbeat::Stale {
+            continue;
+        }
+        let removed = delete(client, &current, false, timeout).await?;
+        pruned.push(Pruned {
+            name: current.name,
+            namespace: current.namespace,
+            removed,
+        });
+    }
+    Ok(pruned)
+}
+
+/// A Kubernetes event about a session's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLine {
+    pub at: Option<DateTime<Utc>>,
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Everything `describe` and the session page show.
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub session: SessionView,
+    /// `(kind, condition)` of its Kustomization or HelmRelease, then its OCIRepository.
+    pub conditions: Vec<(&'static str, Condition)>,
+    /// Newest last.
+    pub events: Vec<EventLine>,
+}
+
+/// Reads a session's Flux conditions and recent events.
+pub async fn describe(client: &Client, s: &SessionView) -> Result<Description, SessionError> {
+    let ns = &s.namespace;
+    let ks = Api::<Kustomization>::namespaced(client.clone(), ns)
+        .get_opt(&s.name)
+        .await?;
+    let repo = Api::<OCIRepository>::namespaced(client.clone(), ns)
+        .get_opt(&s.name)
+        .await?;
+    let hr = if flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await? {
+        Api::<flux::HelmRelease>::namespaced(client.clone(), ns)
+            .get_opt(&s.name)
+            .await?
+    } else {
+        None
+    };
+    let mut conditions: Vec<(&'static str, Condition)> = Vec::new();
+    conditions.extend(
+        ks.and_then(|k| k.status)
+            .map(|st| st.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| ("Kustomization", c)),
+    );
+    conditions.extend(
+        hr.and_then(|h| h.status)
+            .map(|st| st.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| ("HelmRelease", c)),
+    );
+    conditions.extend(
+        repo.and_then(|r| r.status)
+            .map(|st| st.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| ("OCIRepository", c)),
+    );
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<EventLine> = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={}", s.name)))
+        .await?
+        .items
+        .into_iter()
+        .map(|e| EventLine {
+            at: e
+                .last_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .or_else(|| e.event_time.as_ref().map(|t| t.0.as_second()))
+                .and_then(|s| DateTime::from_timestamp(s, 0)),
+            kind: e.involved_object.kind.unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
+            message: e.message.unwrap_or_default(),
+        })
+        .collect();
+    list.sort_by_key(|e| e.at);
+    Ok(Description {
+        session: s.clone(),
+        conditions,
+        events: list,
+    })
+}
+
+impl Description {
+    /// The revisions source-controller stored for it, newest first.
+    pub fn revisions(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .rev()
+            .filter(|e| e.reason == "NewArtifact")
+            .map(|e| {
+                e.message
+                    .split('\'')
+                    .nth(1)
+                    .unwrap_or(&e.message)
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// The text `kubectl gitops-sessions describe` prints.
+    pub fn render(&self, now: DateTime<Utc>) -> String {
+        use std::fmt::Write as _;
+        let s = &self.session;
+        let mut out = String::new();
+        let mut field = |k: &str, v: &str| {
+            let _ = writeln!(
+                out,
+                "{:<16}{}",
+                format!("{k}:"),
+                if v.is_empty() { "-" } else { v }
+            );
+        };
+        field("Name", &s.name);
+        field("Namespace", &s.namespace);
+        field("Mode", &s.mode);
+        field("Sandbox", s.sandbox.as_deref().unwrap_or("-"));
+        field("Source", &s.source);
+        field("Status", &s.status.summary());
+        if !s.status.message.is_empty() {
+            field("Message", &s.status.message);
+        }
+        field("Revision", &s.revision);
+        field("Artifact", &s.artifact);
+        field("Last sync", &format!("{} ago", ago(s.last_sync, now)));
+        field(
+            "Heartbeat",
+            &format!(
+                "{} (last {} ago, lease {})",
+                s.heartbeat.as_str(),
+                ago(s.heartbeat_at, now),
+                crate::duration::human(s.lease_duration)
+            ),
+        );
+        field("User", &format!("{}@{}", s.user, s.host));
+        field("PID", &s.pid);
+        field("Registry", &s.registry);
+        field("Port-forwards", &s.port_forwards.join(" "));
+        field("Started", &format!("{} ago", ago(s.started, now)));
+        field("Version", &s.version);
+        out.push_str("Inventory:\n");
+        if s.inventory.is_empty() {
+            out.push_str("  (nothing applied)\n");
+        }
+        for o in &s.inventory {
+            let _ = writeln!(out, "  {o}");
+        }
+        out.push_str("Conditions:\n");
+        if self.conditions.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for (kind, c) in &self.conditions {
+            let _ = writeln!(
+                out,
+                "  {kind:<14} {:<12} {:<6} {:<24} {}",
+                c.type_,
+                c.status,
+                c.reason,
+                c.message.replace('\n', " ")
+            );
+        }
+        out.push_str("Events:\n");
+        let recent: Vec<&EventLine> = self.events.iter().rev().take(10).collect();
+        if recent.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for e in recent.into_iter().rev() {
+            let _ = writeln!(
+                out,
+                "  {:<6} {:<14} {:<24} {}",
+                ago(e.at, now),
+                e.kind,
+                e.reason,
+                e.message.replace('\n', "; ")
+            );
+        }
+        out
+    }
+}

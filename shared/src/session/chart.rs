@@ -1,0 +1,269 @@
+//! One sync of a Helm chart directory: the chart packaged as a Helm OCI
+//! artifact with a development version, released by a HelmRelease.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kube::api::Api;
+
+use super::{Event, Phase, Session, SessionError, SyncOutcome, changes};
+use crate::flux::{self, OCIRepository, SourceReference};
+use crate::kubeapi;
+use crate::registry;
+
+/// The merged `--values` files (later files win), as HelmRelease values.
+pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionError> {
+    let mut merged = serde_json::Value::Object(Default::default());
+    for file in files {
+        let err = |message: String| SessionError::Values {
+            file: file.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
+        let value: serde_json::Value = serde_saphyr::from_str(&text)
+            .map_err(|e| err(format!("not valid YAML: {}", e.to_string().lines().next().unwrap_or_default())))?;
+        merge(&mut merged, value);
+    }
+    Ok(merged)
+}
+
+impl Session {
+    /// The merged `--values` files (later files win), as HelmRelease values.
+    fn values(&self) -> Result<serde_json::Value, SessionError> {
+        merged_values(&self.cfg.values)
+    }
+
+    async fn ensure_release(&mut self) -> Result<(), SessionError> {
+        let name = self.cfg.name.clone();
+        let repo = self.oci_repository(Some(flux::LayerSelector {
+            media_type: crate::helm::CONTENT_MEDIA_TYPE.into(),
+            operation: Some("copy".into()),
+        }))?;
+        let values = self.values()?;
+        let fields = self.target.flux_fields();
+        let target_namespace = fields
+            .target_namespace
+            .clone()
+            .or_else(|| self.cfg.release_namespace.clone());
+        let hr = flux::HelmRelease {
+            metadata: self.meta(&name),
+            spec: flux::HelmReleaseSpec {
+                interval: "10m".into(),
+                chart_ref: Some(SourceReference {
+                    kind: "OCIRepository".into(),
+                    name: name.clone(),
+                    namespace: None,
+                }),
+                release_name: Some(name.clone()),
+                storage_namespace: target_namespace.clone(),
+                target_namespace,
+                service_account_name: fields.service_account_name,
+                kube_config: fields.kube_config,
+                timeout: Some(format!("{}s", self.cfg.timeout.as_secs().max(1))),
+                values: Some(values),
+                // A failed upgrade leaves the previous release in place; no retries,
+                // the next save is the retry.
+                install: Some(serde_json::json!({"remediation": {"retries": 0}})),
+                upgrade: Some(serde_json::json!({"remediation": {"retries": 0}})),
+            },
+            status: None,
+        };
+        self.apply_pair(&repo, &hr).await
+    }
+
+    pub(super) async fn sync_chart(&mut self) -> SyncOutcome {
+        let started = Instant::now();
+        let dir = self.dir();
+        let t = self.phase(Phase::Validate);
+        if let Err(e) = crate::helm::read_chart(&dir) {
+            return self.fail(
+                Phase::Validate,
+                format!("{e}; nothing was pushed"),
+                Some("Chart.yaml".into()),
+                false,
+            );
+        }
+        if let Err(e) = self.values() {
+            return self.fail(Phase::Validate, e.to_string(), None, false);
+        }
+        self.done(Phase::Validate, t, None);
+
+        let t = self.phase(Phase::Build);
+        let packaged = {
+            let (dir, walk) = (dir.clone(), self.cfg.walk.clone());
+            tokio::task::spawn_blocking(move || {
+                let file = tempfile::tempfile().map_err(|e| e.to_string())?;
+                let (file, chart) =
+                    crate::helm::package(&dir, &walk, std::io::BufWriter::new(file))
+                        .map_err(|e| crate::output::error_chain(&e))?;
+                let mut file = file.into_inner().map_err(|e| e.to_string())?;
+                std::io::Seek::rewind(&mut file).map_err(|e| e.to_string())?;
+                Ok::<_, String>((file, chart))
+            })
+            .await
+        };
+        let (file, chart) = match packaged {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return self.fail(Phase::Build, e, None, false),
+            Err(e) => return self.fail(Phase::Build, e.to_string(), None, false),
+        };
+        let values_key =
+            serde_json::to_string(&self.values().unwrap_or_default()).unwrap_or_default();
+        let key = format!("{}:{values_key}", chart.layer.digest);
+        if self.last_ok && self.last_layer.as_deref() == Some(key.as_str()) {
+            (self.report)(&Event::Unchanged {
+                digest: chart.layer.digest,
+            });
+            return SyncOutcome::Unchanged;
+        }
+        self.done(
+            Phase::Build,
+            t,
+            Some(format!("chart {} {}", chart.meta.name, chart.version)),
+        );
+
+        let t = self.phase(Phase::Push);
+        let reference = match self.reference(&self.cfg.registry.push) {
+            Ok(r) => r,
+            Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
+        };
+        let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let annotations = [
+            (registry::ANNOTATION_CREATED, created.as_str()),
+            ("org.opencontainers.image.title", chart.meta.name.as_str()),
+            ("org.opencontainers.image.version", chart.version.as_str()),
+        ];
+        let upload = registry::Upload {
+            file: &file,
+            layer: &chart.layer,
+            layer_media_type: crate::helm::CONTENT_MEDIA_TYPE,
+            config: &chart.config,
+            config_media_type: crate::helm::CONFIG_MEDIA_TYPE,
+            annotations: &annotations,
+        };
+        let digest = match registry::upload(&reference, &self.cfg.registry_options, &upload).await {
+            Ok((digest, _)) => digest,
+            Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None, false),
+        };
+        self.last_ok = false;
+        self.last_layer = Some(key);
+        self.done(
+            Phase::Push,
+            t,
+            Some(format!("{}@{digest}", reference.repository_url())),
+        );
+        let revision = format!("latest@{digest}");
+        match self
+            .wait_for_release(&revision, &chart.version, started)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => self.fail(Phase::Apply, crate::output::error_chain(&e), None, false),
+        }
+    }
+
+    async fn wait_for_release(
+        &mut self,
+        revision: &str,
+        version: &str,
+        started: Instant,
+    ) -> Result<SyncOutcome, SessionError> {
+        self.materialize().await?;
+        let name = self.cfg.name.clone();
+        let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
+        let releases: Api<flux::HelmRelease> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let release_ns = self
+            .target
+            .target_namespace
+            .clone()
+            .or_else(|| self.cfg.release_namespace.clone())
+            .unwrap_or_else(|| self.namespace.clone());
+        let before = changes::helm_objects(&self.client, &release_ns, &name).await;
+        // Values may have changed too: apply the HelmRelease every sync.
+        self.ensure_release().await?;
+        flux::request_reconcile(&repos, &name).await?;
+
+        if let Some(failed) = self.fetch_phase(revision, "chart").await? {
+            return Ok(failed);
+        }
+
+        let t = self.phase(Phase::Apply);
+        self.waiting.store(true, Ordering::SeqCst);
+        flux::request_reconcile(&releases, &name).await?;
+        let want = version.to_string();
+        let limit = self.cfg.timeout + Duration::from_secs(30);
+        let done = kubeapi::await_object(
+            &releases,
+            &name,
+            limit,
+            format!("helm-controller to release chart {version}"),
+            move |o: Option<&flux::HelmRelease>| {
+                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                    s.last_attempted_revision
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(want.as_str()))
+                        && flux::condition(&s.conditions, "Ready")
+                            .is_some_and(|c| c.status != "Unknown")
+                })
+            },
+        )
+        .await?;
+        self.waiting.store(false, Ordering::SeqCst);
+        let status = done.and_then(|o| o.status).unwrap_or_default();
+        if let Some(message) = flux::helm_failure(&status) {
+            self.note(revision, "Failed").await;
+            // A failed upgrade leaves the previous release in place.
+            return Ok(self.fail(Phase::Apply, message, None, false));
+        }
+        self.done(Phase::Apply, t, Some(format!("chart {version}")));
+        let after = changes::helm_objects(&self.client, &release_ns, &name).await;
+        self.last_ok = true;
+        self.last_good = Some(format!("{revision} (chart {version})"));
+        self.note(revision, "Ready").await;
+        (self.report)(&Event::Synced {
+            revision: format!("{revision} (chart {version})"),
+            changes: changes::compare_versions(&before, &after),
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        Ok(SyncOutcome::Ready {
+            revision: revision.to_string(),
+        })
+    }
+
+}
+
+/// Deep-merges `overlay` into `base` (maps merge, everything else replaces).
+fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_files_merge_later_wins_and_bad_ones_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.yaml");
+        let b = d.path().join("b.yaml");
+        std::fs::write(&a, "image:\n  tag: v1\n  repo: web\nreplicas: 1\n").unwrap();
+        std::fs::write(&b, "image:\n  tag: v2\n").unwrap();
+        let v = merged_values(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(v["image"]["tag"], "v2");
+        assert_eq!(v["image"]["repo"], "web");
+        assert_eq!(v["replicas"], 1);
+        std::fs::write(&b, "image: [unclosed\n").unwrap();
+        let e = merged_values(&[a, b.clone()]).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--values {}: not valid YAML", b.display())), "{e}");
+    }
+}

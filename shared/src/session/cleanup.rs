@@ -1,0 +1,196 @@
+//! Removing a session: the applier first (Flux's pruning awaited), then the
+//! source, Secrets, the Lease and the sandbox the session made. Only objects
+//! labelled with the session are touched.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+
+use super::{Event, OwnSandbox, Session, SessionError, changes};
+use crate::flux::{self, Kustomization, OCIRepository};
+use crate::kubeapi;
+use crate::labels;
+use crate::sandbox;
+
+/// Whether an object carries the suite's labels for this session.
+pub fn owned_by(meta: &ObjectMeta, session: &str) -> bool {
+    labels::is_managed(meta.labels.as_ref())
+        && meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::SESSION))
+            .is_some_and(|s| s == session)
+}
+
+/// Removes a session's objects in the safe order: the HelmRelease or
+/// Kustomization first, with Flux's uninstall/pruning awaited; then the
+/// source, Secrets, the Lease and the ephemeral sandbox. Only objects
+/// labelled with the session are touched.
+pub async fn cleanup(
+    client: &Client,
+    namespace: &str,
+    session: &str,
+    ephemeral_sandbox: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<String>, SessionError> {
+    super::validate_name(session)?;
+    let mut removed = Vec::new();
+    let started = tokio::time::Instant::now();
+    let left = || timeout.saturating_sub(started.elapsed());
+    // A chart session: uninstalling the release (deleting the HelmRelease,
+    // awaited) comes first.
+    let releases: Api<flux::HelmRelease> = Api::namespaced(client.clone(), namespace);
+    if flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?
+        && let Some(hr) = releases.get_opt(session).await?
+        && owned_by(&hr.metadata, session)
+    {
+        let what = format!(
+            "helm-controller to uninstall HelmRelease {namespace}/{session} (is it running?)"
+        );
+        kubeapi::delete_and_await(&releases, session, left(), what).await?;
+        removed.push(format!("helmrelease/{session} (release uninstalled)"));
+    }
+    let kss: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
+    if let Some(ks) = kss.get_opt(session).await?
+        && owned_by(&ks.metadata, session)
+    {
+        let pruned: Vec<String> = ks
+            .status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .map(|i| {
+                i.entries
+                    .iter()
+                    .map(|e| changes::display_id(&e.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let what = format!(
+            "kustomize-controller to prune what Kustomization {namespace}/{session} applied (is it running?)"
+        );
+        kubeapi::delete_and_await(&kss, session, left(), what).await?;
+        removed.extend(pruned.into_iter().map(|p| format!("{p} (pruned by Flux)")));
+        removed.push(format!("kustomization/{session}"));
+    }
+    let repos: Api<OCIRepository> = Api::namespaced(client.clone(), namespace);
+    if let Some(repo) = repos.get_opt(session).await?
+        && owned_by(&repo.metadata, session)
+        && kubeapi::delete(&repos, session).await?
+    {
+        removed.push(format!("ocirepository/{session}"));
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let selector = ListParams::default().labels(&format!(
+        "{},{}={session}",
+        labels::managed_selector(),
+        labels::SESSION
+    ));
+    for secret in secrets.list(&selector).await? {
+        if kubeapi::delete(&secrets, &secret.name_any()).await? {
+            removed.push(format!("secret/{}", secret.name_any()));
+        }
+    }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    if let Some(lease) = leases.get_opt(session).await?
+        && owned_by(&lease.metadata, session)
+        && kubeapi::delete(&leases, session).await?
+    {
+        removed.push(format!("lease/{session}"));
+    }
+    if let Some(sb) = ephemeral_sandbox
+        && sandbox::namespace(client, sb)
+            .await?
+            .is_some_and(|ns| ns.labels().get(labels::SESSION).map(String::as_str) == Some(session))
+    {
+        let opts = sandbox::DeleteOptions {
+            wait: false,
+            timeout: left(),
+        };
+        if let sandbox::Deleted::Removed(_) = sandbox::delete(client, sb, &opts).await? {
+            removed.push(format!("sandbox/{sb} (namespace {sb})"));
+        }
+    }
+    Ok(removed)
+}
+
+impl Session {
+    fn stop_heartbeat(&mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+    }
+
+    /// Stops the heartbeat and removes what the session created. A session
+    /// that never got to apply anything has nothing in the cluster.
+    pub async fn cleanup(&mut self, timeout: Duration) -> Result<Vec<String>, SessionError> {
+        self.stop_heartbeat();
+        let removed = if self.materialized || self.own_sandbox == OwnSandbox::Made {
+            let sandbox = (self.own_sandbox == OwnSandbox::Made).then_some(self.cfg.name.as_str());
+            cleanup(
+                &self.client,
+                &self.namespace,
+                &self.cfg.name,
+                sandbox,
+                timeout,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        self.materialized = false;
+        (self.report)(&Event::Cleaned {
+            removed: removed.clone(),
+        });
+        Ok(removed)
+    }
+
+    /// Stops the heartbeat and leaves everything in place (`--keep`). The
+    /// Lease is released (no holder), so the session shows as not running.
+    pub async fn detach(&mut self) {
+        self.stop_heartbeat();
+        if !self.materialized {
+            return;
+        }
+        let patch = serde_json::json!({"spec": {"holderIdentity": null}});
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        if let Err(e) = leases
+            .patch(
+                &self.cfg.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::debug!("cannot release the lease: {e}");
+        }
+    }
+
+    /// What is left in the cluster if the session stops without cleanup.
+    pub fn leftovers(&self) -> Vec<String> {
+        if !self.materialized && self.own_sandbox != OwnSandbox::Made {
+            return Vec::new();
+        }
+        let n = &self.cfg.name;
+        let mut left = vec![
+            format!(
+                "{}/{n}",
+                if self.chart {
+                    "helmrelease"
+                } else {
+                    "kustomization"
+                }
+            ),
+            format!("ocirepository/{n}"),
+            format!("lease/{n}"),
+        ];
+        if self.own_sandbox == OwnSandbox::Made {
+            left.push(format!("sandbox/{n}"));
+        }
+        left.into_iter()
+            .map(|o| format!("{}/{o}", self.namespace))
+            .collect()
+    }
+}

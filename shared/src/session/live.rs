@@ -1,0 +1,357 @@
+//! The live session: sync on start, then on every save, until stopped; then
+//! clean up (or keep). The rules of the loop live in [`sync_loop`], apart
+//! from the cluster, so they are tested with a paused clock:
+//! - one sync at a time; saves during a sync queue exactly one more;
+//! - a save while a sync waits for Flux supersedes that wait: the newer
+//!   save is synced at once (Flux applies the newest revision anyway);
+//! - a failed push (registry unreachable) is retried with backoff, 2 s
+//!   doubling to 30 s, even without a save; any other outcome resets it;
+//! - a stop (Ctrl+C, SIGTERM, console close) at any point, also before the
+//!   first sync finished, ends the loop; [`run`] then removes what exists.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::watch::DirWatcher;
+use super::{Event, Session, SessionError, SyncOutcome};
+use crate::portforward::{self, ForwardSpec};
+
+/// Something that syncs (a [`Session`]; a fake in tests).
+pub trait Syncer {
+    fn sync(&mut self) -> impl Future<Output = SyncOutcome>;
+    /// Set while a sync waits for Flux: a save then supersedes it.
+    fn waiting_flag(&self) -> Arc<AtomicBool>;
+}
+
+impl Syncer for Session {
+    fn sync(&mut self) -> impl Future<Output = SyncOutcome> {
+        Session::sync(self)
+    }
+    fn waiting_flag(&self) -> Arc<AtomicBool> {
+        Session::waiting_flag(self)
+    }
+}
+
+/// A source of "the directory changed" (a [`DirWatcher`]; a channel in tests).
+pub trait Changes {
+    /// The next change; `None` once the source is gone.
+    fn changed(&mut self) -> impl Future<Output = Option<Result<(), String>>>;
+    /// Drops changes already queued; whether there were any.
+    fn drain(&mut self) -> bool;
+}
+
+impl Changes for DirWatcher {
+    async fn changed(&mut self) -> Option<Result<(), String>> {
+        DirWatcher::changed(self).await.map(|r| r.map(|_| ()))
+    }
+    fn drain(&mut self) -> bool {
+        DirWatcher::drain(self)
+    }
+}
+
+/// First wait before retrying a failed push, and the longest.
+pub const BACKOFF_START: Duration = Duration::from_secs(2);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoopEnd {
+    /// `once`: the outcome of the one sync.
+    Once(SyncOutcome),
+    /// The stop future resolved.
+    Stopped,
+    /// The change source closed.
+    WatcherGone,
+}
+
+/// Runs syncs by the rules above until `stop` resolves, or after one sync
+/// with `once`. `started` is called once, after the first sync.
+pub async fn sync_loop<S: Syncer, C: Changes>(
+    syncer: &mut S,
+    changes: &mut C,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+    once: bool,
+    report: &dyn Fn(&Event),
+    mut started: impl FnMut(),
+) -> LoopEnd {
+    let waiting = syncer.waiting_flag();
+    let mut backoff = BACKOFF_START;
+    let mut closed = false;
+    let mut first = true;
+    loop {
+        // One sync, re-run while saves arrive during it.
+        let outcome = loop {
+            changes.drain();
+            let mut queued = false;
+            let finished = {
+                let sync = syncer.sync();
+                tokio::pin!(sync);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = &mut stop => return LoopEnd::Stopped,
+                        o = &mut sync => break Some(o),
+                        c = changes.changed(), if !closed => match c {
+                            Some(Ok(())) if waiting.load(Ordering::SeqCst) => break None,
+                            Some(Ok(())) => queued = true,
+                            Some(Err(e)) => report(&Event::Warning {
+                                message: format!("file watcher: {e}"),
+                            }),
+                            None => closed = true,
+                        },
+                    }
+                }
+            };
+            let Some(outcome) = finished else {
+                waiting.store(false, Ordering::SeqCst);
+                report(&Event::Superseded);
+                continue;
+            };
+            if once {
+                return LoopEnd::Once(outcome);
+            }
+            if !outcome.needs_retry() {
+                backoff = BACKOFF_START;
+            }
+            if queued || changes.drain() {
+                continue;
+            }
+            break outcome;
+        };
+        if first {
+            first = false;
+            started();
+        }
+        if closed {
+            return LoopEnd::WatcherGone;
+        }
+        // Wait for a save, a retry, or the stop.
+        let retry = outcome.needs_retry();
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => return LoopEnd::Stopped,
+                c = changes.changed() => match c {
+                    Some(Ok(())) => break,
+                    Some(Err(e)) => report(&Event::Warning {
+                        message: format!("file watcher: {e}"),
+                    }),
+                    None => return LoopEnd::WatcherGone,
+                },
+                _ = &mut sleep, if retry => {
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How a live session is run.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Sync once and stop (cleaning up unless `keep`).
+    pub once: bool,
+    /// Leave the session's objects in place on exit.
+    pub keep: bool,
+    /// How long cleanup may take (Flux pruning included).
+    pub cleanup_timeout: Duration,
+    /// `--port-forward` specs.
+    pub port_forwards: Vec<ForwardSpec>,
+    /// `--export-gitops FILE`, named in the hand-over hint.
+    pub export_file: Option<PathBuf>,
+}
+
+/// How a live session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveEnd {
+    /// `--once`: the sync ended Ready (or unchanged).
+    Ready,
+    /// `--once`: the sync failed.
+    Failed,
+    /// Stopped, cleaned up (or kept).
+    Stopped,
+    /// A second stop during cleanup: these are left in the cluster.
+    Interrupted(Vec<String>),
+}
+
+impl LiveEnd {
+    /// The process exit code: 0, 1 for a failed `--once`, 130 when interrupted.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LiveEnd::Ready | LiveEnd::Stopped => 0,
+            LiveEnd::Failed => 1,
+            LiveEnd::Interrupted(_) => 130,
+        }
+    }
+}
+
+/// Aborts the port-forward listeners when the session ends.
+struct Forwards(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Forwards {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Binds the `--port-forward` listeners and starts forwarding (through the
+/// API server, to the pod currently behind each spec).
+async fn start_forwards(
+    session: &Session,
+    specs: &[ForwardSpec],
+) -> Result<Forwards, SessionError> {
+    if specs.is_empty() {
+        return Ok(Forwards(Vec::new()));
+    }
+    if session.target().kubeconfig_secret.is_some() {
+        return Err(SessionError::Flag(
+            "--port-forward reaches pods of this cluster; it cannot reach into a kubeconfig or \
+             vcluster sandbox"
+                .into(),
+        ));
+    }
+    let mut listeners = Vec::new();
+    for spec in specs {
+        let listener = portforward::listen(spec)
+            .await
+            .map_err(|e| SessionError::Flag(e.to_string()))?;
+        listeners.push((listener, spec.clone()));
+    }
+    let namespace = session
+        .target()
+        .target_namespace
+        .clone()
+        .unwrap_or_else(|| session.namespace().to_string());
+    let mut tasks = Vec::new();
+    for (listener, spec) in listeners {
+        session.report(&Event::Message {
+            message: format!(
+                "forwarding 127.0.0.1:{} to {} port {}",
+                spec.local, spec.name, spec.remote
+            ),
+        });
+        let report = session.report.clone();
+        tasks.push(tokio::spawn(portforward::serve(
+            listener,
+            session.client().clone(),
+            namespace.clone(),
+            spec,
+            move |w| report(&Event::Warning { message: w }),
+        )));
+    }
+    Ok(Forwards(tasks))
+}
+
+/// Runs a live session to its end: port-forwards, the sync loop on
+/// `watcher`'s changes, then cleanup (or `--keep`). `signal` makes a future
+/// that resolves on the user's stop request; a second one during cleanup
+/// leaves what remains and says what it is.
+pub async fn run<F, Fut>(
+    mut session: Session,
+    mut watcher: DirWatcher,
+    opts: LiveOptions,
+    signal: F,
+) -> Result<LiveEnd, SessionError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let _forwards = start_forwards(&session, &opts.port_forwards).await?;
+    let report = session.report.clone();
+    let dir = session.dir();
+    let stop = signal();
+    tokio::pin!(stop);
+    let keep = opts.keep;
+    let end = sync_loop(
+        &mut session,
+        &mut watcher,
+        stop.as_mut(),
+        opts.once,
+        &|e: &Event| report(e),
+        || {
+            report(&Event::Message {
+                message: format!(
+                    "watching {} for changes (Ctrl+C to stop{})",
+                    dir.display(),
+                    if keep {
+                        ", the session is kept"
+                    } else {
+                        " and clean up"
+                    }
+                ),
+            })
+        },
+    )
+    .await;
+    let result = match &end {
+        LoopEnd::Once(o) if o.is_ready() => LiveEnd::Ready,
+        LoopEnd::Once(_) => LiveEnd::Failed,
+        LoopEnd::Stopped | LoopEnd::WatcherGone => LiveEnd::Stopped,
+    };
+    if let LoopEnd::WatcherGone = end {
+        report(&Event::Warning {
+            message: format!("stopped watching {}", dir.display()),
+        });
+    }
+    if opts.keep {
+        session.detach().await;
+        report(&Event::Message {
+            message: format!(
+                "session {} kept: its objects stay in namespace {} (remove them with \
+                 `kubectl gitops-sessions delete {}`)",
+                session.name(),
+                session.namespace(),
+                session.name()
+            ),
+        });
+        report(&Event::Message {
+            message: handover(opts.export_file.as_deref()),
+        });
+        return Ok(result);
+    }
+    report(&Event::Message {
+        message: "stopping: removing what the session created (Ctrl+C again to leave it)".into(),
+    });
+    let leftovers = session.leftovers();
+    tokio::select! {
+        r = session.cleanup(opts.cleanup_timeout) => { r?; }
+        _ = signal() => {
+            report(&Event::Message {
+                message: format!(
+                    "interrupted; left in the cluster: {}. The session's heartbeat stops now, so \
+                     `kubectl gitops-sessions prune` removes it once it is stale.",
+                    if leftovers.is_empty() { "nothing".to_string() } else { leftovers.join(", ") }
+                ),
+            });
+            return Ok(LiveEnd::Interrupted(leftovers));
+        }
+    }
+    report(&Event::Message {
+        message: handover(opts.export_file.as_deref()),
+    });
+    Ok(result)
+}
+
+fn handover(export: Option<&std::path::Path>) -> String {
+    match export {
+        Some(f) => format!(
+            "back in GitOps mode. To hand this directory over to Flux, commit and push it, then apply {}",
+            f.display()
+        ),
+        None => "back in GitOps mode. To hand this directory over to Flux, commit and push it and \
+                 create its GitRepository + Kustomization (`--export-gitops FILE` writes them)"
+            .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

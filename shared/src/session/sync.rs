@@ -1,0 +1,347 @@
+//! One sync of a manifests directory: validate, build, push, then point
+//! Flux at it and wait for exactly that revision to be applied and healthy.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kube::api::Api;
+
+use super::{Event, Phase, Session, SessionError, SyncOutcome, changes, validate};
+use crate::flux::{
+    self, Decryption, Kustomization, KustomizationSpec, LocalObjectReference, OCIRepository,
+    OCIRepositoryRef, OCIRepositorySpec, SourceReference,
+};
+use crate::kubeapi;
+use crate::registry::{self, ArtifactRef, PushOptions};
+
+impl Session {
+    pub(super) fn phase(&self, phase: Phase) -> Instant {
+        (self.report)(&Event::PhaseStarted { phase });
+        Instant::now()
+    }
+
+    pub(super) fn done(&self, phase: Phase, start: Instant, detail: Option<String>) {
+        (self.report)(&Event::PhaseDone {
+            phase,
+            elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            detail,
+        });
+    }
+
+    /// Reports a failed sync. `applied`: the failed revision reached the
+    /// cluster (applied but not healthy), so the last good one no longer
+    /// stands.
+    pub(super) fn fail(
+        &mut self,
+        phase: Phase,
+        message: String,
+        file: Option<String>,
+        applied: bool,
+    ) -> SyncOutcome {
+        self.waiting.store(false, Ordering::SeqCst);
+        if applied {
+            self.last_good = None;
+        }
+        (self.report)(&Event::Failed {
+            phase,
+            message: message.clone(),
+            file,
+            last_good: self.last_good.clone(),
+        });
+        SyncOutcome::Failed { phase, message }
+    }
+
+    pub(super) fn reference(&self, host: &str) -> Result<ArtifactRef, SessionError> {
+        Ok(format!("oci://{host}/gitops-run/{}:latest", self.cfg.name).parse::<ArtifactRef>()?)
+    }
+
+    /// The session's OCIRepository (`layer`: which layer Flux takes, for charts).
+    pub(super) fn oci_repository(
+        &self,
+        layer: Option<flux::LayerSelector>,
+    ) -> Result<OCIRepository, SessionError> {
+        let pull = self.reference(&self.cfg.registry.pull)?;
+        Ok(OCIRepository {
+            metadata: self.meta(&self.cfg.name),
+            spec: OCIRepositorySpec {
+                url: pull.repository_url(),
+                reference: Some(OCIRepositoryRef {
+                    tag: Some("latest".into()),
+                    ..Default::default()
+                }),
+                interval: "10m".into(),
+                timeout: Some("30s".into()),
+                insecure: self.cfg.registry.insecure.then_some(true),
+                layer_selector: layer,
+                ..Default::default()
+            },
+            status: None,
+        })
+    }
+
+    /// Server-side applies the session's source and applier (Kustomization or HelmRelease).
+    pub(super) async fn apply_pair<K>(
+        &mut self,
+        repo: &OCIRepository,
+        applier: &K,
+    ) -> Result<(), SessionError>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let name = &self.cfg.name;
+        kubeapi::apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            name,
+            repo,
+        )
+        .await?;
+        kubeapi::apply(
+            &Api::namespaced(self.client.clone(), &self.namespace),
+            name,
+            applier,
+        )
+        .await?;
+        self.objects_ready = true;
+        Ok(())
+    }
+
+    /// The "fetched by Flux" phase: `Some(outcome)` when Flux failed to fetch.
+    pub(super) async fn fetch_phase(
+        &mut self,
+        revision: &str,
+        what: &str,
+    ) -> Result<Option<SyncOutcome>, SessionError> {
+        let t = self.phase(Phase::Fetch);
+        let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
+        let want = revision.to_string();
+        let fetched = kubeapi::await_object(
+            &repos,
+            &self.cfg.name,
+            Duration::from_secs(60),
+            format!("source-controller to fetch {revision}"),
+            move |o: Option<&OCIRepository>| {
+                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                    s.artifact.as_ref().is_some_and(|a| a.revision == want)
+                        || flux::condition(&s.conditions, "Ready").is_some_and(|c| {
+                            c.status == "False"
+                                && c.reason != "Progressing"
+                                && c.message.contains(&want)
+                        })
+                })
+            },
+        )
+        .await?;
+        let status = fetched.and_then(|o| o.status).unwrap_or_default();
+        if status
+            .artifact
+            .as_ref()
+            .is_none_or(|a| a.revision != revision)
+        {
+            let message = flux::condition(&status.conditions, "Ready")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let text = format!("Flux could not fetch the {what}: {message}");
+            return Ok(Some(self.fail(Phase::Fetch, text, None, false)));
+        }
+        self.done(Phase::Fetch, t, None);
+        Ok(None)
+    }
+
+    async fn ensure_objects(&mut self) -> Result<(), SessionError> {
+        let name = self.cfg.name.clone();
+        let repo = self.oci_repository(None)?;
+        let mut spec = KustomizationSpec {
+            source_ref: SourceReference {
+                kind: "OCIRepository".into(),
+                name: name.clone(),
+                namespace: None,
+            },
+            path: Some(self.cfg.path.clone()),
+            prune: true,
+            wait: Some(true),
+            timeout: Some(format!("{}s", self.cfg.timeout.as_secs().max(1))),
+            interval: "10m".into(),
+            retry_interval: Some("30s".into()),
+            ..Default::default()
+        };
+        self.target.configure(&mut spec);
+        if self.cfg.decryption_key.is_some() {
+            spec.decryption = Some(Decryption {
+                provider: "sops".into(),
+                secret_ref: Some(LocalObjectReference {
+                    name: format!("{name}-sops"),
+                }),
+            });
+        }
+        let ks = Kustomization {
+            metadata: self.meta(&name),
+            spec,
+            status: None,
+        };
+        self.apply_pair(&repo, &ks).await
+    }
+
+    /// Syncs the directory once: validate, build (not pushed when unchanged),
+    /// push, and wait for Flux to apply exactly what was pushed. Nothing in
+    /// the cluster changes before the artifact is pushed. Dropping the
+    /// future (a stop, a newer save) at any point leaves the session in a
+    /// state that the next sync or the cleanup completes.
+    pub async fn sync(&mut self) -> SyncOutcome {
+        self.waiting.store(false, Ordering::SeqCst);
+        if self.chart {
+            return self.sync_chart().await;
+        }
+        let started = Instant::now();
+        let t = self.phase(Phase::Validate);
+        let index = {
+            let (root, walk, dir) = (self.cfg.root.clone(), self.cfg.walk.clone(), self.dir());
+            match tokio::task::spawn_blocking(move || validate::validate_dir(&root, &dir, &walk))
+                .await
+            {
+                Ok(Ok(index)) => index,
+                Ok(Err(e)) => {
+                    let file = e.file();
+                    return self.fail(Phase::Validate, e.to_string(), file, false);
+                }
+                Err(e) => return self.fail(Phase::Validate, e.to_string(), None, false),
+            }
+        };
+        self.done(Phase::Validate, t, None);
+
+        let t = self.phase(Phase::Build);
+        let (file, built) = match registry::build(&self.cfg.root, &self.cfg.walk).await {
+            Ok(b) => b,
+            Err(e) => {
+                return self.fail(Phase::Build, crate::output::error_chain(&e), None, false);
+            }
+        };
+        if self.last_ok && self.last_layer.as_deref() == Some(built.layer.digest.as_str()) {
+            (self.report)(&Event::Unchanged {
+                digest: built.layer.digest,
+            });
+            return SyncOutcome::Unchanged;
+        }
+        self.done(
+            Phase::Build,
+            t,
+            Some(format!(
+                "{} entries, {} bytes",
+                built.entries, built.layer.size
+            )),
+        );
+
+        let t = self.phase(Phase::Push);
+        let reference = match self.reference(&self.cfg.registry.push) {
+            Ok(r) => r,
+            Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
+        };
+        let options = PushOptions {
+            walk: self.cfg.walk.clone(),
+            registry: self.cfg.registry_options.clone(),
+            ..Default::default()
+        };
+        let pushed =
+            match registry::push_built(&self.cfg.root, &file, &built, &reference, &options).await {
+                Ok(p) => p,
+                Err(e) => {
+                    return self.fail(Phase::Push, crate::output::error_chain(&e), None, false);
+                }
+            };
+        // What the tag points at is not confirmed applied until Flux says so.
+        self.last_ok = false;
+        self.last_layer = Some(built.layer.digest.clone());
+        self.done(Phase::Push, t, Some(pushed.digest_url.clone()));
+
+        match self
+            .wait_for_flux(&pushed.flux_revision, &index, started)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => self.fail(Phase::Apply, crate::output::error_chain(&e), None, false),
+        }
+    }
+
+    async fn wait_for_flux(
+        &mut self,
+        revision: &str,
+        index: &validate::ObjectIndex,
+        started: Instant,
+    ) -> Result<SyncOutcome, SessionError> {
+        self.materialize().await?;
+        let name = self.cfg.name.clone();
+        let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
+        let kss: Api<Kustomization> = Api::namespaced(self.client.clone(), &self.namespace);
+        let before = match kss.get_opt(&name).await? {
+            Some(ks) => ks
+                .status
+                .and_then(|s| s.inventory)
+                .map(|i| i.entries)
+                .unwrap_or_default(),
+            None => {
+                // Gone (deleted by hand, or first sync): apply it again.
+                self.objects_ready = false;
+                Vec::new()
+            }
+        };
+        if !self.objects_ready {
+            self.ensure_objects().await?;
+        }
+        let sync_started = chrono::Utc::now();
+        self.waiting.store(true, Ordering::SeqCst);
+        flux::request_reconcile(&repos, &name).await?;
+
+        if let Some(failed) = self.fetch_phase(revision, "artifact").await? {
+            return Ok(failed);
+        }
+
+        let t = self.phase(Phase::Apply);
+        let want = revision.to_string();
+        let limit = self.cfg.timeout + Duration::from_secs(30);
+        let applied = kubeapi::await_object(
+            &kss,
+            &name,
+            limit,
+            format!("kustomize-controller to apply {revision}"),
+            move |o: Option<&Kustomization>| {
+                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                    s.last_attempted_revision.as_deref() == Some(want.as_str())
+                        && flux::condition(&s.conditions, "Ready")
+                            .is_some_and(|c| c.status != "Unknown")
+                })
+            },
+        )
+        .await?;
+        self.waiting.store(false, Ordering::SeqCst);
+        let status = applied.and_then(|o| o.status).unwrap_or_default();
+        if let Some(message) = flux::failure(&status) {
+            let file = validate::file_for(index, &message);
+            // Applied but not healthy: the failed revision is what the cluster has now.
+            let applied = flux::condition(&status.conditions, "Ready")
+                .is_some_and(|c| c.reason == "HealthCheckFailed");
+            self.note(revision, "Failed").await;
+            return Ok(self.fail(Phase::Apply, message, file, applied));
+        }
+        self.done(Phase::Apply, t, None);
+        let after = status.inventory.map(|i| i.entries).unwrap_or_default();
+        let events =
+            changes::applied_events(&self.client, &self.namespace, &name, revision, sync_started)
+                .await;
+        let changes = changes::changes(&before, &after, &events);
+        self.last_ok = true;
+        self.last_good = Some(revision.to_string());
+        self.note(revision, "Ready").await;
+        (self.report)(&Event::Synced {
+            revision: revision.to_string(),
+            changes,
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        Ok(SyncOutcome::Ready {
+            revision: revision.to_string(),
+        })
+    }
+}
