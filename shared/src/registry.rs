@@ -292,19 +292,46 @@ fn docker_config_auth(registry: &str) -> RegistryAuth {
         "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
         other => other,
     };
-    match docker_credential::get_credential(key) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => {
+    let credential = docker_config_file(|name| std::env::var_os(name), cfg!(windows))
+        .and_then(|path| std::fs::File::open(path).ok())
+        .map(|file| {
+            docker_credential::get_credential_from_reader(std::io::BufReader::new(file), key)
+        });
+    match credential {
+        Some(Ok(docker_credential::DockerCredential::UsernamePassword(u, p))) => {
             RegistryAuth::Basic(u, p)
         }
-        Ok(docker_credential::DockerCredential::IdentityToken(_)) => {
+        Some(Ok(docker_credential::DockerCredential::IdentityToken(_))) => {
             tracing::debug!(
                 registry,
                 "identity tokens are not supported; pulling anonymously"
             );
             RegistryAuth::Anonymous
         }
-        Err(_) => RegistryAuth::Anonymous,
+        Some(Err(_)) | None => RegistryAuth::Anonymous,
     }
+}
+
+/// Where the Docker CLI keeps its config: `$DOCKER_CONFIG/config.json`, else
+/// `.docker/config.json` in the home directory, which on Windows is
+/// `%USERPROFILE%` (the `docker_credential` crate only knows `$HOME`, which
+/// Windows does not set). Credential helpers it names are run as
+/// `docker-credential-NAME`, which Windows resolves to `….exe` on `PATH`.
+fn docker_config_file(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    windows: bool,
+) -> Option<std::path::PathBuf> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    if let Some(dir) = set("DOCKER_CONFIG") {
+        return Some(Path::new(&dir).join("config.json"));
+    }
+    let home = if windows {
+        // Git Bash and Cygwin set HOME; the Docker CLI itself reads USERPROFILE.
+        set("USERPROFILE").or_else(|| set("HOME"))
+    } else {
+        set("HOME")
+    }?;
+    Some(Path::new(&home).join(".docker").join("config.json"))
 }
 
 impl Registry {
@@ -898,6 +925,41 @@ mod tests {
         let d = format!("sha256:{}", "a".repeat(64));
         let r: ArtifactRef = format!("oci://ghcr.io/o/app@{d}").parse().unwrap();
         assert_eq!(r.digest.as_deref(), Some(d.as_str()));
+    }
+
+    #[test]
+    fn docker_config_is_found_where_the_docker_cli_keeps_it_on_each_os() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let file = |home: &str| Path::new(home).join(".docker").join("config.json");
+        let unix = env(&[("HOME", "/home/ann"), ("USERPROFILE", "C:\\Users\\ann")]);
+        assert_eq!(docker_config_file(unix, false), Some(file("/home/ann")));
+        let windows = env(&[("USERPROFILE", "C:\\Users\\ann")]);
+        assert_eq!(
+            docker_config_file(windows, true),
+            Some(file("C:\\Users\\ann"))
+        );
+        // Git Bash sets HOME too: USERPROFILE still wins, as for the Docker CLI.
+        let git_bash = env(&[("HOME", "/c/Users/ann"), ("USERPROFILE", "C:\\Users\\ann")]);
+        assert_eq!(
+            docker_config_file(git_bash, true),
+            Some(file("C:\\Users\\ann"))
+        );
+        let only_home = env(&[("HOME", "D:\\ann"), ("USERPROFILE", "")]);
+        assert_eq!(docker_config_file(only_home, true), Some(file("D:\\ann")));
+        let docker_config = env(&[("DOCKER_CONFIG", "/etc/ci"), ("HOME", "/home/ann")]);
+        for windows in [false, true] {
+            assert_eq!(
+                docker_config_file(docker_config, windows),
+                Some(Path::new("/etc/ci").join("config.json"))
+            );
+        }
+        assert_eq!(docker_config_file(env(&[]), false), None);
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! The tarball follows Flux's layout (lexical walk, root `.` and directory
 //! entries, relative `/`-separated names, zeroed owners and times) and goes
 //! further: modes are normalised (0644 files, 0755 executables and
-//! directories), so the digest depends only on names and contents.
+//! directories), so the digest depends only on names and contents. Which
+//! files are executable is Git's word when the directory is in a work tree
+//! (the index's `100755`), so Windows, which has no executable bit, and a
+//! Linux checkout give the same digest; see [`GitModes`].
 
 mod diff;
+mod gitmodes;
 mod pgzip;
 mod walk;
 
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 pub use diff::{ContentMap, TreeDiff, content_of_dir, content_of_layer};
+pub use gitmodes::GitModes;
 pub use pgzip::ParallelGz;
 pub use walk::{
     DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, SOURCEIGNORE,

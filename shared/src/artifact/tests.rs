@@ -109,6 +109,87 @@ fn layout_follows_flux_with_normalised_headers() {
     }
 }
 
+fn git(dir: &Path, args: &[&str]) {
+    let ok = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+#[test]
+fn in_a_git_work_tree_the_index_decides_which_files_are_executable() {
+    let repo = tree(&[
+        ("deploy/run.sh", "#!/bin/sh\n"),
+        ("deploy/plain.sh", "#!/bin/sh\n"),
+        ("deploy/sub/tool", "x"),
+        ("deploy/app.yaml", "kind: x\n"),
+    ]);
+    let root = repo.path();
+    git(root, &["init", "-q"]);
+    git(root, &["add", "."]);
+    git(
+        root,
+        &[
+            "update-index",
+            "--chmod=+x",
+            "deploy/run.sh",
+            "deploy/sub/tool",
+        ],
+    );
+    git(root, &["commit", "-q", "-m", "one"]);
+    let mode = |path: &str, mode| {
+        fs::set_permissions(root.join(path), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // The disk says the opposite of the index (as on Windows, or after an
+    // uncommitted chmod): Git wins.
+    mode("deploy/run.sh", 0o644);
+    mode("deploy/sub/tool", 0o600);
+    mode("deploy/plain.sh", 0o755);
+    // Untracked files keep the file system's bit.
+    fs::write(root.join("deploy/new.sh"), "x").unwrap();
+    mode("deploy/new.sh", 0o755);
+    let modes: Vec<_> = layer_headers(&root.join("deploy"))
+        .into_iter()
+        .map(|(name, mode, ..)| (name, mode))
+        .collect();
+    let expected = [
+        (".", 0o755),
+        ("app.yaml", 0o644),
+        ("new.sh", 0o755),
+        ("plain.sh", 0o644),
+        ("run.sh", 0o755),
+        ("sub", 0o755),
+        ("sub/tool", 0o755),
+    ];
+    let expected: Vec<_> = expected.iter().map(|(n, m)| (n.to_string(), *m)).collect();
+    assert_eq!(modes, expected);
+
+    // The same files outside any work tree: the file system decides.
+    let copy = tree(&[("run.sh", "#!/bin/sh\n"), ("plain.sh", "#!/bin/sh\n")]);
+    fs::set_permissions(
+        copy.path().join("plain.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let modes: Vec<_> = layer_headers(copy.path())
+        .into_iter()
+        .map(|(name, mode, ..)| (name, mode))
+        .collect();
+    assert!(
+        modes.contains(&("plain.sh".to_string(), 0o755)),
+        "{modes:?}"
+    );
+    assert!(modes.contains(&("run.sh".to_string(), 0o644)), "{modes:?}");
+}
+
 #[test]
 fn default_excludes_apply_and_ignore_flags_add_to_them() {
     let dir = tree(&[

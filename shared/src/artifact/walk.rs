@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use ignore::Match;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+use super::gitmodes::GitModes;
 use super::{ArtifactError, io_at};
 
 /// What `flux build|push artifact` excludes by default. Our `--ignore`
@@ -168,9 +169,11 @@ impl IgnoreRules {
 pub fn walk(root: &Path, options: &WalkOptions) -> Result<Vec<Entry>, ArtifactError> {
     let root = canonical_root(root)?;
     let rules = IgnoreRules::new(&root, &options.ignore)?;
+    let git = GitModes::for_dir(&root);
     let mut walker = Walker {
         root: &root,
         rules: &rules,
+        git: git.as_ref(),
         options,
         entries: vec![Entry {
             path: ".".into(),
@@ -205,6 +208,8 @@ pub fn canonical_root(root: &Path) -> Result<PathBuf, ArtifactError> {
 struct Walker<'a> {
     root: &'a Path,
     rules: &'a IgnoreRules,
+    /// Git's executable bits, when the root is in a work tree.
+    git: Option<&'a GitModes>,
     options: &'a WalkOptions,
     entries: Vec<Entry>,
     /// `.sourceignore` matchers of the directories being walked.
@@ -294,12 +299,18 @@ impl Walker<'_> {
                 limit: self.options.max_file_size,
             });
         }
+        // Git's view wins for the files it tracks, so a tree gives the same
+        // digest on every OS (see `gitmodes`).
+        let executable = self
+            .git
+            .and_then(|git| git.executable(&target))
+            .unwrap_or_else(|| is_executable(&meta));
         self.entries.push(Entry {
             path,
             kind: EntryKind::File {
                 source: target,
                 size: meta.len(),
-                executable: is_executable(&meta),
+                executable,
             },
         });
         Ok(())
@@ -316,15 +327,31 @@ impl Walker<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(ArtifactError::DanglingSymlink(logical.to_path_buf()))
             }
-            // ELOOP: the link resolves to itself through other links.
-            Err(e) if e.raw_os_error() == Some(40) => {
-                Err(ArtifactError::SymlinkLoop(logical.to_path_buf()))
-            }
+            // The link resolves to itself through other links.
+            Err(e) if is_loop(&e) => Err(ArtifactError::SymlinkLoop(logical.to_path_buf())),
             Err(e) => Err(io_at(logical)(e)),
         }
     }
 }
 
+#[cfg(unix)]
+fn is_loop(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP)
+}
+
+#[cfg(windows)]
+fn is_loop(e: &io::Error) -> bool {
+    // ERROR_CANT_RESOLVE_FILENAME: too many reparse points.
+    e.raw_os_error() == Some(1921)
+}
+
+#[cfg(not(any(unix, windows)))]
+fn is_loop(_: &io::Error) -> bool {
+    false
+}
+
+/// The file system's executable bit, for files Git does not track (or
+/// outside any work tree). Windows has none: never executable there.
 #[cfg(unix)]
 fn is_executable(meta: &fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
