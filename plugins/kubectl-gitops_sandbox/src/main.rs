@@ -229,7 +229,10 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn render(sandboxes: &[Sandbox], wide: bool) -> String {
-    let now = Utc::now();
+    render_at(sandboxes, wide, Utc::now())
+}
+
+fn render_at(sandboxes: &[Sandbox], wide: bool, now: chrono::DateTime<Utc>) -> String {
     let mut headers = vec![
         "NAME",
         "ISOLATION",
@@ -289,4 +292,51 @@ fn render(sandboxes: &[Sandbox], wide: bool) -> String {
         })
         .collect();
     table(&headers, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitops::sandbox::{Isolation, Target};
+
+    #[test]
+    fn list_table_and_wide() {
+        let now = gitops::duration::parse_time(Some("2026-11-23T12:00:00Z")).unwrap();
+        let at = |s: &str| gitops::duration::parse_time(Some(s));
+        let sandboxes = vec![
+            Sandbox {
+                name: "dev".into(),
+                isolation: Isolation::Namespace,
+                namespace: "dev".into(),
+                owner: Some("ann@laptop".into()),
+                created: at("2026-11-23T10:00:00Z"),
+                expires: at("2026-11-23T18:00:00Z"),
+                ready: true,
+                terminating: false,
+                sessions: 2,
+                quota: Some("cpu=2,pods=20".into()),
+                target: Target::namespace_sandbox("dev"),
+            },
+            Sandbox {
+                name: "remote".into(),
+                isolation: Isolation::Kubeconfig,
+                namespace: "remote".into(),
+                owner: None,
+                created: at("2026-11-20T12:00:00Z"),
+                expires: at("2026-11-22T12:00:00Z"),
+                ready: false,
+                terminating: true,
+                sessions: 0,
+                quota: None,
+                target: Target {
+                    namespace: "remote".into(),
+                    service_account: None,
+                    kubeconfig_secret: Some(("gitops-sandbox-kubeconfig".into(), "value".into())),
+                    target_namespace: None,
+                },
+            },
+        ];
+        insta::assert_snapshot!("table", render_at(&sandboxes, false, now));
+        insta::assert_snapshot!("wide", render_at(&sandboxes, true, now));
+    }
 }

@@ -208,7 +208,15 @@ fn colour(col: usize, text: &str) -> Option<&'static str> {
 }
 
 fn render(sessions: &[SessionView], args: &ListArgs, headers: bool) -> String {
-    let now = Utc::now();
+    render_at(sessions, args, headers, Utc::now())
+}
+
+fn render_at(
+    sessions: &[SessionView],
+    args: &ListArgs,
+    headers: bool,
+    now: chrono::DateTime<Utc>,
+) -> String {
     match args.output {
         Output::Json => serialize(&sessions, ListFormat::Json),
         Output::Yaml => serialize(&sessions, ListFormat::Yaml),
@@ -300,4 +308,135 @@ async fn status(client: &Client, output: ListFormat) -> Result<()> {
         print!("{}", st.render());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitops::flux::Condition;
+    use gitops::session::admin::{Description, EventLine};
+    use gitops::session::view::{Heartbeat, SyncStatus};
+
+    fn at(s: &str) -> Option<chrono::DateTime<Utc>> {
+        gitops::duration::parse_time(Some(s))
+    }
+
+    fn sessions() -> Vec<SessionView> {
+        let web = SessionView {
+            name: "run-web-3f9a1c".into(),
+            namespace: "run-web-3f9a1c".into(),
+            mode: "sandboxed".into(),
+            sandbox: Some("run-web-3f9a1c".into()),
+            ephemeral_sandbox: true,
+            source: "/home/ann/app/deploy".into(),
+            revision: format!("latest@sha256:{}", "84c1".repeat(16)),
+            status: SyncStatus {
+                state: "Ready".into(),
+                reason: String::new(),
+                message: "Applied revision: latest@sha256:84c1".into(),
+            },
+            last_sync: at("2026-11-23T11:59:30Z"),
+            heartbeat: Heartbeat::Live,
+            heartbeat_at: at("2026-11-23T11:59:55Z"),
+            user: "ann".into(),
+            host: "laptop".into(),
+            pid: "4242".into(),
+            registry: "127.0.0.1:5000".into(),
+            artifact: format!("latest@sha256:{}", "84c1".repeat(16)),
+            port_forwards: vec!["resource=svc/web,port=8080".into()],
+            version: "0.1.0".into(),
+            started: at("2026-11-23T11:00:00Z"),
+            inventory: vec![
+                "ConfigMap/run-web-3f9a1c/web".into(),
+                "Deployment/run-web-3f9a1c/web".into(),
+            ],
+            lease_duration: Duration::from_secs(30),
+        };
+        let api = SessionView {
+            name: "run-api-77aa01".into(),
+            namespace: "default".into(),
+            mode: "cluster".into(),
+            sandbox: None,
+            ephemeral_sandbox: false,
+            source: "/home/bob/api".into(),
+            revision: String::new(),
+            status: SyncStatus {
+                state: "Failed".into(),
+                reason: "HealthCheckFailed".into(),
+                message: "timeout waiting for: [Deployment/default/api status: 'InProgress']"
+                    .into(),
+            },
+            last_sync: None,
+            heartbeat: Heartbeat::Stale,
+            heartbeat_at: at("2026-11-23T11:00:00Z"),
+            user: "bob".into(),
+            host: "desk".into(),
+            pid: "99".into(),
+            registry: "127.0.0.1:5000".into(),
+            artifact: String::new(),
+            port_forwards: vec![],
+            version: "0.1.0".into(),
+            started: at("2026-11-23T10:00:00Z"),
+            inventory: vec![],
+            lease_duration: Duration::from_secs(30),
+        };
+        vec![api, web]
+    }
+
+    fn args(output: Output) -> ListArgs {
+        ListArgs {
+            all_namespaces: true,
+            output,
+            no_headers: false,
+            watch: false,
+            selector: None,
+        }
+    }
+
+    #[test]
+    fn table_wide_and_name_output() {
+        let now = at("2026-11-23T12:00:00Z").unwrap();
+        let s = sessions();
+        insta::assert_snapshot!("table", render_at(&s, &args(Output::Table), true, now));
+        insta::assert_snapshot!("wide", render_at(&s, &args(Output::Wide), true, now));
+        insta::assert_snapshot!("name", render_at(&s, &args(Output::Name), true, now));
+    }
+
+    #[test]
+    fn describe_text() {
+        let now = at("2026-11-23T12:00:00Z").unwrap();
+        let d = Description {
+            session: sessions().remove(1),
+            conditions: vec![
+                (
+                    "Kustomization",
+                    Condition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        reason: "ReconciliationSucceeded".into(),
+                        message: "Applied revision: latest@sha256:84c1".into(),
+                        ..Default::default()
+                    },
+                ),
+                (
+                    "OCIRepository",
+                    Condition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        reason: "Succeeded".into(),
+                        message: "stored artifact".into(),
+                        ..Default::default()
+                    },
+                ),
+            ],
+            events: vec![EventLine {
+                at: at("2026-11-23T11:59:29Z"),
+                kind: "OCIRepository".into(),
+                reason: "NewArtifact".into(),
+                message: "stored artifact with revision 'latest@sha256:84c1'".into(),
+            }],
+        };
+        insta::assert_snapshot!(d.render(now));
+        assert_eq!(d.revisions(), ["latest@sha256:84c1"]);
+    }
 }
