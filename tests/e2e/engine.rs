@@ -1,0 +1,352 @@
+//! The session engine's defects found in review, each proven fixed on the
+//! real API server and registry: what the cluster and the registry hold,
+//! not what the command printed.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use gitops_e2e::{Harness, RunningSession, output, plugin, unique, write_tree};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams};
+use kube::runtime::watcher;
+
+fn cm(name: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
+}
+
+/// Records every namespace named `name` that the API server reports while
+/// the returned guard lives: proof that a command never created it.
+fn watch_namespace(client: kube::Client, name: &str) -> Arc<Mutex<BTreeSet<String>>> {
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let api: Api<Namespace> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let out = seen.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).boxed();
+        while let Some(event) = stream.next().await {
+            if let Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) = event {
+                out.lock()
+                    .unwrap()
+                    .insert(ns.metadata.name.unwrap_or_default());
+            }
+        }
+    });
+    seen
+}
+
+/// The tags the registry holds for a session's repository (none: 404).
+fn registry_tags(harness: &Harness, session: &str) -> Option<String> {
+    let url = format!(
+        "http://{}/v2/gitops-run/{session}/tags/list",
+        harness.registry
+    );
+    let out =
+        output(std::process::Command::new("curl").args(["-sS", "-w", "\n%{http_code}", &url]));
+    let code = out.stdout.lines().last().unwrap_or_default().to_string();
+    (code == "200").then_some(out.stdout)
+}
+
+fn run_once(harness: &Harness, dir: &std::path::Path, extra: &[&str]) -> gitops_e2e::Output {
+    output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .arg("--once")
+            .args(extra)
+            .arg(dir),
+    )
+}
+
+#[tokio::test]
+async fn once_on_an_empty_or_invalid_dir_or_a_dead_registry_touches_nothing() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Empty directory.
+    let name = unique("run-empty");
+    let seen = watch_namespace(client.clone(), &name);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the watch is established
+    let out = run_once(&harness, dir.path(), &["--name", &name]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("has no Kubernetes manifests"),
+        "{out:?}"
+    );
+
+    // Invalid YAML.
+    write_tree(dir.path(), &[("bad.yaml", "kind: [unclosed\n")]);
+    let out = run_once(&harness, dir.path(), &["--name", &name]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("bad.yaml:"), "{out:?}");
+
+    // A registry nobody listens on.
+    std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
+    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    let out = run_once(
+        &harness,
+        dir.path(),
+        &["--name", &name, "--registry", "oci://127.0.0.1:1"],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("push failed"), "{out:?}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no sandbox namespace may be created: {seen:?}"
+    );
+    assert!(registry_tags(&harness, &name).is_none());
+    let leases: Api<Lease> = Api::all(client.clone());
+    let mine = leases
+        .list(&ListParams::default().labels(&format!("gitops.kubectl.dev/session={name}")))
+        .await
+        .unwrap();
+    assert!(mine.items.is_empty());
+}
+
+#[tokio::test]
+async fn an_overlay_reaching_outside_the_root_is_refused_before_the_push() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let top = tempfile::tempdir().unwrap();
+    write_tree(
+        top.path(),
+        &[
+            ("base/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            ("base/cm.yaml", &cm("from-base")),
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- ../../base\n",
+            ),
+        ],
+    );
+    let name = unique("run-outside");
+    let seen = watch_namespace(client.clone(), &name);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let root = top.path().join("app");
+    let out = run_once(
+        &harness,
+        &top.path().join("app/overlay"),
+        &["--name", &name, "--root-dir", root.to_str().unwrap()],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("overlay/kustomization.yaml references ../../base"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("--root-dir {}", top.path().display())),
+        "{out:?}"
+    );
+    assert!(registry_tags(&harness, &name).is_none(), "nothing pushed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(seen.lock().unwrap().is_empty());
+
+    // With the root it suggests, the same overlay syncs.
+    let out = run_once(
+        &harness,
+        &top.path().join("app/overlay"),
+        &[
+            "--name",
+            &name,
+            "--root-dir",
+            top.path().to_str().unwrap(),
+            "--no-session",
+            "--target-namespace",
+            "default",
+            "-n",
+            "default",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
+
+#[tokio::test]
+async fn ctrl_c_during_the_first_sync_leaves_nothing_behind() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    let name = unique("run-intr");
+    let mut session = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    // Interrupt as soon as the session starts making its objects.
+    session.wait_for("the push", Duration::from_secs(60), |e| {
+        e["event"] == "phase_done" && e["phase"] == "push"
+    });
+    session.signal("INT");
+    assert_eq!(session.wait_exit(Duration::from_secs(120)), Some(0));
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    gitops_e2e::eventually(
+        "the session's sandbox to be gone",
+        Duration::from_secs(60),
+        || async {
+            match namespaces.get_opt(&name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_some() => {
+                    Err("still terminating".to_string())
+                }
+                Ok(Some(_)) => Err("the sandbox namespace is still there".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    let leases: Api<Lease> = Api::all(client.clone());
+    let left = leases
+        .list(&ListParams::default().labels(&format!("gitops.kubectl.dev/session={name}")))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "lease left: {:?}", left.items);
+}
+
+#[tokio::test]
+async fn port_forwards_are_recorded_in_the_lease_and_listed() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    let name = unique("run-pf");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spec = format!("resource=svc/web,port={port}:80");
+    let mut session = RunningSession::start(
+        &harness,
+        dir.path(),
+        &["--name", &name, "--port-forward", &spec],
+    );
+    session.next_sync().unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
+    let lease = leases.get(&name).await.unwrap();
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("gitops.kubectl.dev/port-forwards")
+            .map(String::as_str),
+        Some(spec.as_str())
+    );
+    let listed = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["-A", "-o", "json"]),
+    );
+    let all: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let me = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(me["port_forwards"], serde_json::json!([spec]));
+    session.signal("INT");
+    assert_eq!(session.wait_exit(Duration::from_secs(120)), Some(0));
+}
+
+#[test]
+fn bad_names_and_out_of_range_durations_are_refused_with_clear_errors() {
+    let harness = Harness::get();
+    let out = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["describe", "a,b=c"]),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("invalid session name"), "{out:?}");
+
+    let huge = output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["create", &unique("sbx-ttl"), "--ttl", "100000000000d"]),
+    );
+    assert!(matches!(huge.code, Some(1) | Some(2)), "{huge:?}");
+    assert!(huge.stderr.contains("--ttl"), "{huge:?}");
+    assert!(!huge.stderr.contains("panicked"), "{huge:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    let out = run_once(&harness, dir.path(), &["--lease-duration", "0s"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("--lease-duration"), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_session_in_a_named_sandbox_needs_only_rights_in_that_sandbox() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let sbx = unique("sbx-rbac");
+    let created = output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["create", &sbx]),
+    );
+    assert_eq!(created.code, Some(0), "{created:?}");
+    // A developer who may read namespaces one by one (no list) and work in
+    // this sandbox only: no cluster-wide Lease rights.
+    let dev = unique("dev");
+    harness.kubectl_apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {dev}}}
+rules:
+- {{apiGroups: [""], resources: [namespaces], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {dev}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {dev}}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {dev}, namespace: {sbx}}}
+rules:
+- {{apiGroups: [""], resources: [secrets, events], verbs: ["*"]}}
+- {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: ["*"]}}
+- {{apiGroups: [source.toolkit.fluxcd.io], resources: [ocirepositories], verbs: ["*"]}}
+- {{apiGroups: [kustomize.toolkit.fluxcd.io], resources: [kustomizations], verbs: ["*"]}}
+- {{apiGroups: [helm.toolkit.fluxcd.io], resources: [helmreleases], verbs: ["*"]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {dev}, namespace: {sbx}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {dev}}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
+"#
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("cm.yaml", &cm("restricted"))]);
+    let name = unique("run-rbac");
+    let registry = format!("oci://{}", harness.registry);
+    let out = run_once(
+        &harness,
+        dir.path(),
+        &[
+            "--name",
+            &name,
+            "--sandbox",
+            &sbx,
+            "--registry",
+            &registry,
+            "--as",
+            &dev,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &sbx);
+    // --once cleaned up: Flux pruned what it applied.
+    assert!(cms.get_opt("restricted").await.unwrap().is_none());
+    let deleted = output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["delete", &sbx]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
+}
