@@ -9,8 +9,8 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
 use gitops::output::{ListFormat, serialize, table_with, use_colour};
-use gitops::session::status::cluster_status;
 use gitops::session::admin;
+use gitops::session::status::cluster_status;
 use gitops::session::view::{self, Filter, HEADERS, SessionView, WIDE, row};
 use kube::Client;
 

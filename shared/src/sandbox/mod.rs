@@ -244,15 +244,14 @@ impl Target {
         FluxTarget {
             service_account_name: self.service_account.clone(),
             target_namespace: self.target_namespace.clone(),
-            kube_config: self
-                .kubeconfig_secret
-                .as_ref()
-                .map(|(name, key)| flux::KubeConfigReference {
+            kube_config: self.kubeconfig_secret.as_ref().map(|(name, key)| {
+                flux::KubeConfigReference {
                     secret_ref: flux::SecretKeyReference {
                         name: name.clone(),
                         key: Some(key.clone()),
                     },
-                }),
+                }
+            }),
         }
     }
 
@@ -300,7 +299,10 @@ fn meta(name: &str, namespace: Option<&str>, sandbox: &str, opts: &CreateOptions
             format!("kubectl-gitops {}", crate::VERSION),
         ),
     ]);
-    if let Some(expires) = opts.ttl.and_then(|ttl| crate::duration::checked_after(Utc::now(), ttl)) {
+    if let Some(expires) = opts
+        .ttl
+        .and_then(|ttl| crate::duration::checked_after(Utc::now(), ttl))
+    {
         annotations.insert(
             labels::EXPIRES_AT.to_string(),
             expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -646,9 +648,15 @@ async fn wait_vcluster(client: &Client, name: &str, timeout: Duration) -> Result
         })
         .is_some_and(|c| flux::condition(&c, "Ready").is_some_and(|c| c.status == "True"))
     };
-    crate::kubeapi::await_object(&releases, name, timeout, "the vcluster release to be Ready", ready)
-        .await
-        .map_err(wait_err)?;
+    crate::kubeapi::await_object(
+        &releases,
+        name,
+        timeout,
+        "the vcluster release to be Ready",
+        ready,
+    )
+    .await
+    .map_err(wait_err)?;
     let left = timeout.saturating_sub(started.elapsed());
     let secret = format!("vc-{name}");
     crate::kubeapi::await_object(
@@ -764,7 +772,8 @@ pub async fn namespace(client: &Client, name: &str) -> Result<Option<Namespace>,
 pub async fn list(client: &Client, owner: Option<&str>) -> Result<Vec<Sandbox>, SandboxError> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let selector = ListParams::default().labels(&labels::component_selector("sandbox"));
-    let (list, counts) = tokio::try_join!(namespaces.list(&selector), session_counts(client, None))?;
+    let (list, counts) =
+        tokio::try_join!(namespaces.list(&selector), session_counts(client, None))?;
     let mut sandboxes: Vec<Sandbox> = list
         .iter()
         .filter_map(|ns| from_namespace(ns, counts.get(&ns.name_any()).copied().unwrap_or(0)))
@@ -861,15 +870,25 @@ pub async fn delete(
         crate::kubeapi::delete(&releases, n).await?;
     }
     for n in &ks_names {
-        crate::kubeapi::delete_and_await(&kustomizations, n, left(), format!("Flux's garbage collection of kustomization/{n}"))
-            .await
-            .map_err(wait_err)?;
+        crate::kubeapi::delete_and_await(
+            &kustomizations,
+            n,
+            left(),
+            format!("Flux's garbage collection of kustomization/{n}"),
+        )
+        .await
+        .map_err(wait_err)?;
         removed.push(format!("kustomization/{n}"));
     }
     for n in &hr_names {
-        crate::kubeapi::delete_and_await(&releases, n, left(), format!("helm-controller to uninstall helmrelease/{n}"))
-            .await
-            .map_err(wait_err)?;
+        crate::kubeapi::delete_and_await(
+            &releases,
+            n,
+            left(),
+            format!("helm-controller to uninstall helmrelease/{n}"),
+        )
+        .await
+        .map_err(wait_err)?;
         removed.push(format!("helmrelease/{n}"));
     }
 
@@ -893,18 +912,23 @@ pub async fn delete(
 
     // 3. The namespace.
     if opts.wait {
-        crate::kubeapi::delete_and_await(&namespaces, name, opts.timeout, "the namespace's deletion")
-            .await
-            .map_err(|e| match e {
-                crate::kubeapi::DeleteWaitError::Kube(e) => SandboxError::Kube(e),
-                crate::kubeapi::DeleteWaitError::Wait(source) => SandboxError::Wait {
-                    name: name.to_string(),
-                    source,
-                    hint: "is kube-controller-manager running? The namespace is marked for \
+        crate::kubeapi::delete_and_await(
+            &namespaces,
+            name,
+            opts.timeout,
+            "the namespace's deletion",
+        )
+        .await
+        .map_err(|e| match e {
+            crate::kubeapi::DeleteWaitError::Kube(e) => SandboxError::Kube(e),
+            crate::kubeapi::DeleteWaitError::Wait(source) => SandboxError::Wait {
+                name: name.to_string(),
+                source,
+                hint: "is kube-controller-manager running? The namespace is marked for \
                            deletion and will go when it does"
-                        .into(),
-                },
-            })?;
+                    .into(),
+            },
+        })?;
     } else {
         crate::kubeapi::delete(&namespaces, name).await?;
     }

@@ -43,7 +43,9 @@ pub async fn find(
 
 /// The sandbox that goes with a session when it is deleted: the one it made.
 pub fn own_sandbox(s: &SessionView) -> Option<&str> {
-    s.ephemeral_sandbox.then_some(s.sandbox.as_deref()).flatten()
+    s.ephemeral_sandbox
+        .then_some(s.sandbox.as_deref())
+        .flatten()
 }
 
 /// Removes a session's objects in the safe order. A live session (its

@@ -21,8 +21,12 @@ pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionErro
             message,
         };
         let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
-        let value: serde_json::Value = serde_saphyr::from_str(&text)
-            .map_err(|e| err(format!("not valid YAML: {}", e.to_string().lines().next().unwrap_or_default())))?;
+        let value: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| {
+            err(format!(
+                "not valid YAML: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ))
+        })?;
         merge(&mut merged, value);
     }
     Ok(merged)
@@ -231,7 +235,6 @@ impl Session {
             revision: revision.to_string(),
         })
     }
-
 }
 
 /// Deep-merges `overlay` into `base` (maps merge, everything else replaces).
@@ -245,7 +248,6 @@ fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
         (b, o) => *b = o,
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -264,6 +266,9 @@ mod tests {
         assert_eq!(v["replicas"], 1);
         std::fs::write(&b, "image: [unclosed\n").unwrap();
         let e = merged_values(&[a, b.clone()]).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("--values {}: not valid YAML", b.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("--values {}: not valid YAML", b.display())),
+            "{e}"
+        );
     }
 }

@@ -238,18 +238,12 @@ mod tests {
             ],
             owner: "ann@laptop".into(),
         };
-        assert_eq!(
-            Record::from_annotations(&record.to_annotations()),
-            record
-        );
+        assert_eq!(Record::from_annotations(&record.to_annotations()), record);
         let minimal = Record {
             owner: "ann@laptop".into(),
             ..Default::default()
         };
-        assert_eq!(
-            Record::from_annotations(&minimal.to_annotations()),
-            minimal
-        );
+        assert_eq!(Record::from_annotations(&minimal.to_annotations()), minimal);
     }
 
     #[test]
@@ -288,10 +282,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        lease.annotations_mut().insert(
-            keys::PID.into(),
-            std::process::id().to_string(),
-        );
+        lease
+            .annotations_mut()
+            .insert(keys::PID.into(), std::process::id().to_string());
         assert!(!holder_process_gone(&lease, "me@here"));
         lease
             .annotations_mut()

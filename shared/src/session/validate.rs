@@ -266,7 +266,10 @@ mod tests {
         let errors = validate(dir.path(), &WalkOptions::default()).unwrap_err();
         let text = errors[0].to_string();
         assert!(text.starts_with("dup.yaml:3:"), "{text}");
-        assert!(!text.contains("Options") && !text.contains("Policy"), "{text}");
+        assert!(
+            !text.contains("Options") && !text.contains("Policy"),
+            "{text}"
+        );
         assert!(text.contains("kind"), "{text}");
     }
 
@@ -297,8 +300,16 @@ mod tests {
         );
         assert_eq!(err.file().as_deref(), Some("deploy/kustomization.yaml"));
 
-        std::fs::write(root.join("deploy/kustomization.yaml"), "resources:\n- cm.yaml\n").unwrap();
-        std::fs::write(root.join("deploy/cm.yaml"), "kind: ConfigMap\nmetadata: {name: a}\n").unwrap();
+        std::fs::write(
+            root.join("deploy/kustomization.yaml"),
+            "resources:\n- cm.yaml\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("deploy/cm.yaml"),
+            "kind: ConfigMap\nmetadata: {name: a}\n",
+        )
+        .unwrap();
         assert!(validate_dir(&root, &root.join("deploy"), &WalkOptions::default()).is_ok());
     }
 }

@@ -148,7 +148,11 @@ async fn failed_pushes_are_retried_with_doubling_backoff_then_reset() {
 #[tokio::test(start_paused = true)]
 async fn a_save_supersedes_a_sync_waiting_for_flux() {
     // Each sync pushes within 100 ms, then waits 10 s for Flux.
-    let mut syncer = FakeSyncer::new(Duration::from_millis(10_100), Duration::from_secs(10), vec![]);
+    let mut syncer = FakeSyncer::new(
+        Duration::from_millis(10_100),
+        Duration::from_secs(10),
+        vec![],
+    );
     let mut changes = saves(&[500]);
     let events = Mutex::new(Vec::new());
     run_for(&mut syncer, &mut changes, Duration::from_secs(30), &events).await;
@@ -173,19 +177,37 @@ async fn a_stop_during_the_first_sync_ends_the_loop_at_once() {
     let mut changes = saves(&[]);
     let events = Mutex::new(Vec::new());
     let t0 = Instant::now();
-    let end = run_for(&mut syncer, &mut changes, Duration::from_millis(300), &events).await;
+    let end = run_for(
+        &mut syncer,
+        &mut changes,
+        Duration::from_millis(300),
+        &events,
+    )
+    .await;
     assert_eq!(end, LoopEnd::Stopped);
     assert_eq!(t0.elapsed(), Duration::from_millis(300));
 }
 
 #[tokio::test(start_paused = true)]
 async fn once_returns_the_first_outcome_and_a_closed_watcher_ends_the_loop() {
-    let mut syncer = FakeSyncer::new(Duration::from_millis(50), Duration::ZERO, vec![push_failed()]);
+    let mut syncer = FakeSyncer::new(
+        Duration::from_millis(50),
+        Duration::ZERO,
+        vec![push_failed()],
+    );
     let (_tx, rx) = mpsc::unbounded_channel();
     let mut changes = FakeChanges(rx);
     let stop = std::future::pending::<()>();
     tokio::pin!(stop);
-    let end = sync_loop(&mut syncer, &mut changes, stop.as_mut(), true, &|_| {}, || {}).await;
+    let end = sync_loop(
+        &mut syncer,
+        &mut changes,
+        stop.as_mut(),
+        true,
+        &|_| {},
+        || {},
+    )
+    .await;
     assert_eq!(end, LoopEnd::Once(push_failed()));
 
     let (tx, rx) = mpsc::unbounded_channel::<()>();
@@ -194,7 +216,15 @@ async fn once_returns_the_first_outcome_and_a_closed_watcher_ends_the_loop() {
     let stop = std::future::pending::<()>();
     tokio::pin!(stop);
     let mut started = 0;
-    let end = sync_loop(&mut syncer, &mut changes, stop.as_mut(), false, &|_| {}, || started += 1).await;
+    let end = sync_loop(
+        &mut syncer,
+        &mut changes,
+        stop.as_mut(),
+        false,
+        &|_| {},
+        || started += 1,
+    )
+    .await;
     assert_eq!(end, LoopEnd::WatcherGone);
     assert_eq!(started, 1);
 }
