@@ -361,7 +361,9 @@ async fn delete_session(
             "/",
             &format!("session {name} deleted ({} objects removed)", removed.len()),
         ),
-        Err(e @ SessionError::Live { .. }) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Err(e @ SessionError::Live { .. }) => {
+            (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+        }
         Err(e) => back(
             &app.token,
             "/",
