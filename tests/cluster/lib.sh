@@ -114,7 +114,17 @@ start() { # <name> <command...>
     shift
     mkdir -p "$STATE/pids" "$STATE/logs"
     GITOPS_HARNESS_DIR="$STATE" setsid "$@" >>"$(logfile "$name")" 2>&1 </dev/null &
-    echo $! >"$(pidfile "$name")"
+    local pid=$!
+    echo "$pid" >"$(pidfile "$name")"
+    # Until the forked shell has exec'd the component, /proc shows the
+    # parent's command line and environment, so running() would call a
+    # healthy start "exited". Return once the component itself is there.
+    local _
+    for _ in $(seq 250); do
+        grep -qF -- "$STATE" "/proc/$pid/environ" 2>/dev/null && return 0
+        [[ -d /proc/$pid ]] || return 0
+        sleep 0.02
+    done
 }
 
 # Stops a component started by start(), TERM then KILL after 5 s.
