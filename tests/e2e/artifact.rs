@@ -300,7 +300,7 @@ fn build_cli_writes_the_layer_and_refuses_bad_input() {
             .args(["build", "/no/such/dir", "-o"])
             .arg(out.path().join("x.tgz")),
     );
-    assert_eq!(missing.code, Some(1));
+    assert_eq!(missing.code, Some(1), "{missing:?}");
     assert_eq!(missing.stderr, "error: /no/such/dir: no such directory\n");
     let too_big = output(
         plugin("kubectl-gitops_run")
@@ -309,7 +309,7 @@ fn build_cli_writes_the_layer_and_refuses_bad_input() {
             .args(["--max-file-size", "10", "-o"])
             .arg(out.path().join("y.tgz")),
     );
-    assert_eq!(too_big.code, Some(1));
+    assert_eq!(too_big.code, Some(1), "{too_big:?}");
     assert!(
         too_big.stderr.contains("over the 10-byte limit"),
         "{too_big:?}"

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use gitops_e2e::{Harness, RunningSession, output, plugin, unique, write_tree};
+use gitops_e2e::{
+    Harness, RunningSession, create_namespace, delete_namespace, eventually, output, plugin,
+    unique, write_tree,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
@@ -17,24 +20,68 @@ fn cm(name: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
 }
 
-/// Records every namespace named `name` that the API server reports while
-/// the returned guard lives: proof that a command never created it.
-fn watch_namespace(client: kube::Client, name: &str) -> Arc<Mutex<BTreeSet<String>>> {
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let api: Api<Namespace> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let out = seen.clone();
-    tokio::spawn(async move {
-        let mut stream = watcher(api, config).boxed();
-        while let Some(event) = stream.next().await {
-            if let Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) = event {
-                out.lock()
-                    .unwrap()
-                    .insert(ns.metadata.name.unwrap_or_default());
+/// Every namespace the API server reports while it lives: proof that a
+/// command never created one, even for a moment.
+struct NamespaceWatch {
+    client: kube::Client,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl NamespaceWatch {
+    /// Watches every namespace; returns once the watch is established (its
+    /// initial list done), so nothing created afterwards can be missed.
+    async fn start(client: kube::Client) -> NamespaceWatch {
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let api: Api<Namespace> = Api::all(client.clone());
+        let out = seen.clone();
+        let (ready, established) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut ready = Some(ready);
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
+                        out.lock()
+                            .unwrap()
+                            .insert(ns.metadata.name.unwrap_or_default());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
             }
-        }
-    });
-    seen
+        });
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .expect("the namespace watch is established within 30 s")
+            .expect("the namespace watch runs");
+        NamespaceWatch { client, seen }
+    }
+
+    /// Whether a namespace named `name` has been seen by now. A watch
+    /// delivers events in order, so once a namespace created now is seen,
+    /// every earlier event has been too: no guess at how long events take.
+    async fn saw(&self, name: &str) -> bool {
+        let marker = unique("barrier");
+        create_namespace(&self.client, &marker).await;
+        eventually(
+            "the namespace watch to catch up",
+            Duration::from_secs(30),
+            || async {
+                if self.seen.lock().unwrap().contains(&marker) {
+                    Ok(())
+                } else {
+                    Err(format!("{marker} not seen yet"))
+                }
+            },
+        )
+        .await;
+        delete_namespace(&self.client, &marker).await;
+        self.seen.lock().unwrap().contains(name)
+    }
 }
 
 /// The tags the registry holds for a session's repository (none: 404).
@@ -67,8 +114,7 @@ async fn once_on_an_empty_or_invalid_dir_or_a_dead_registry_touches_nothing() {
 
     // Empty directory.
     let name = unique("run-empty");
-    let seen = watch_namespace(client.clone(), &name);
-    tokio::time::sleep(Duration::from_millis(300)).await; // the watch is established
+    let namespaces = NamespaceWatch::start(client.clone()).await;
     let out = run_once(&harness, dir.path(), &["--name", &name]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
@@ -93,10 +139,9 @@ async fn once_on_an_empty_or_invalid_dir_or_a_dead_registry_touches_nothing() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("push failed"), "{out:?}");
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        seen.lock().unwrap().is_empty(),
-        "no sandbox namespace may be created: {seen:?}"
+        !namespaces.saw(&name).await,
+        "no sandbox namespace may be created"
     );
     assert!(registry_tags(&harness, &name).is_none());
     let leases: Api<Lease> = Api::all(client.clone());
@@ -124,8 +169,7 @@ async fn an_overlay_reaching_outside_the_root_is_refused_before_the_push() {
         ],
     );
     let name = unique("run-outside");
-    let seen = watch_namespace(client.clone(), &name);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let namespaces = NamespaceWatch::start(client.clone()).await;
     let root = top.path().join("app");
     let out = run_once(
         &harness,
@@ -144,8 +188,7 @@ async fn an_overlay_reaching_outside_the_root_is_refused_before_the_push() {
         "{out:?}"
     );
     assert!(registry_tags(&harness, &name).is_none(), "nothing pushed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(!namespaces.saw(&name).await, "no sandbox namespace");
 
     // With the root it suggests, the same overlay syncs.
     let out = run_once(

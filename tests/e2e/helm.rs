@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gitops_e2e::{
-    Harness, RunningSession, output, plugin, unique, wait_namespace_gone, write_tree,
+    Footprint, Harness, RunningSession, output, plugin, unique, wait_namespace_gone, write_tree,
 };
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
@@ -57,6 +57,7 @@ async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstall
             .args(harness.kube_args())
             .args(["-A", "-o", "json"]),
     );
+    assert_eq!(listed.code, Some(0), "{listed:?}");
     let json: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
     let me = json
         .as_array()
@@ -91,6 +92,19 @@ async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstall
     );
 
     // Ctrl+C: the release is uninstalled before the rest goes.
+    let footprint = Footprint::capture(&client, &name).await;
+    assert!(
+        footprint.has("HelmRelease", Some(&name), &name)
+            && footprint.has("ConfigMap", Some(&name), &format!("{name}-cm")),
+        "{footprint:#?}"
+    );
+    assert!(
+        footprint
+            .objects
+            .iter()
+            .any(|o| o.kind == "Secret" && o.name.starts_with("sh.helm.release.v1.")),
+        "Helm's release records: {footprint:#?}"
+    );
     s.signal("INT");
     assert_eq!(s.wait_exit(WAIT), Some(0));
     let cleaned = s
@@ -105,6 +119,7 @@ async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstall
         "{cleaned}"
     );
     wait_namespace_gone(&client, &name).await;
+    footprint.assert_gone(&client).await;
 }
 
 #[tokio::test]

@@ -10,9 +10,10 @@ use gitops::flux::{
 use gitops::labels;
 use gitops::registry::{self, ArtifactRef, PushOptions};
 use gitops::sandbox::{self, Target};
-use gitops_e2e::{Harness, eventually, output, plugin, unique, write_tree};
+use gitops_e2e::{Footprint, Harness, eventually, output, plugin, unique, write_tree};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::ResourceExt;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
@@ -24,6 +25,28 @@ fn sandbox_cli(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
             .args(harness.kube_args())
             .args(args),
     )
+}
+
+/// `kubectl-gitops_run` with the harness's connection flags.
+fn run_cli(harness: &Harness, dir: &std::path::Path, args: &[&str]) -> gitops_e2e::Output {
+    output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(args)
+            .current_dir(dir),
+    )
+}
+
+/// Where ConfigMaps named `name` exist, in every namespace.
+async fn configmaps_named(client: &Client, name: &str) -> Vec<String> {
+    let all: Api<ConfigMap> = Api::all(client.clone());
+    all.list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.namespace().unwrap_or_default())
+        .collect()
 }
 
 fn configmap(name: &str, namespace: Option<&str>) -> String {
@@ -117,7 +140,7 @@ async fn target_of(client: &Client, name: &str) -> Target {
 }
 
 #[tokio::test]
-async fn namespace_sandbox_confines_the_payload() {
+async fn namespace_sandbox_applies_a_namespaced_payload_as_its_service_account() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let name = unique("sbx-ns");
@@ -138,40 +161,129 @@ async fn namespace_sandbox_confines_the_payload() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &name);
     assert!(cms.get_opt("good").await.unwrap().is_some());
 
-    // A payload reaching for the cluster or another namespace is refused, in plain words.
-    let role = unique("sneaky");
-    let outside = unique("outside");
-    let cluster_role = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\nrules: []\n"
-    );
-    apply_in(
-        &harness,
-        &client,
-        &target,
-        "bad",
-        &[
-            ("cm.yaml", &configmap(&outside, Some("default"))),
-            ("role.yaml", &cluster_role),
-        ],
-    )
-    .await;
-    let err = verdict(&client, &name, "bad").await.unwrap_err();
-    assert!(
-        err.contains("not allowed") && err.contains("cluster-scoped objects are not allowed"),
-        "{err}"
-    );
-    assert!(err.contains(&role), "{err}");
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    assert!(roles.get_opt(&role).await.unwrap().is_none());
-    let default_cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    assert!(default_cms.get_opt(&outside).await.unwrap().is_none());
-
     let deleted = sandbox_cli(&harness, &["delete", &name, "--wait"]);
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
     assert!(
         deleted.stdout.contains("deleted kustomization/good"),
         "{deleted:?}"
     );
+}
+
+/// A session in a namespace sandbox whose only object names another
+/// namespace: Flux's `targetNamespace` puts it in the sandbox, and nothing
+/// appears in the namespace it named, nor anywhere else.
+#[tokio::test]
+async fn a_session_cannot_put_an_object_into_another_namespace() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let sandbox = unique("sbx-xns");
+    let created = sandbox_cli(&harness, &["create", &sandbox]);
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let cm = unique("elsewhere");
+    write_tree(dir.path(), &[("cm.yaml", &configmap(&cm, Some("default")))]);
+    let session = unique("run-xns");
+
+    let out = run_cli(
+        &harness,
+        dir.path(),
+        &[
+            "--once",
+            "--keep",
+            "--sandbox",
+            &sandbox,
+            "--name",
+            &session,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // What the session reports is where the object really is.
+    assert!(
+        out.stderr
+            .contains(&format!("ConfigMap/{sandbox}/{cm} created")),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains(&format!("ConfigMap/default/{cm}")),
+        "{out:?}"
+    );
+    assert_eq!(
+        configmaps_named(&client, &cm).await,
+        vec![sandbox.clone()],
+        "in the sandbox, and in no other namespace"
+    );
+    let footprint = Footprint::capture(&client, &session).await;
+    assert!(
+        footprint.has("ConfigMap", Some(&sandbox), &cm),
+        "{footprint:#?}"
+    );
+    assert!(
+        !footprint.has("ConfigMap", Some("default"), &cm),
+        "{footprint:#?}"
+    );
+
+    // Deleting the kept session removes it; the sandbox (not ephemeral) stays.
+    let deleted = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["delete", &session, "-n", &sandbox]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
+    footprint.assert_gone(&client).await;
+    assert!(configmaps_named(&client, &cm).await.is_empty());
+    assert!(sandbox::get(&client, &sandbox).await.unwrap().is_some());
+    let removed = sandbox_cli(&harness, &["delete", &sandbox, "--wait"]);
+    assert_eq!(removed.code, Some(0), "{removed:?}");
+}
+
+/// A session in a namespace sandbox whose only object is cluster-scoped:
+/// `--once` fails (exit 1) in plain words naming the object and its file,
+/// and the object is never created.
+#[tokio::test]
+async fn a_cluster_scoped_object_in_a_sandbox_is_refused_and_not_created() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let sandbox = unique("sbx-cr");
+    let created = sandbox_cli(&harness, &["create", &sandbox]);
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let role = unique("sneaky");
+    write_tree(
+        dir.path(),
+        &[(
+            "role.yaml",
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {role}\nrules: []\n"
+            ),
+        )],
+    );
+    let session = unique("run-cr");
+
+    let out = run_cli(
+        &harness,
+        dir.path(),
+        &["--once", "--sandbox", &sandbox, "--name", &session],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cluster-scoped objects are not allowed in a sandbox"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(&role) && out.stderr.contains("(role.yaml)"),
+        "{out:?}"
+    );
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    assert!(roles.get_opt(&role).await.unwrap().is_none(), "not created");
+    // The failed session cleaned up after itself; the sandbox stays.
+    Footprint::expected(&session, &sandbox, false)
+        .with_payload(dir.path(), &sandbox, Some(&sandbox))
+        .assert_gone(&client)
+        .await;
+    assert!(sandbox::get(&client, &sandbox).await.unwrap().is_some());
+    let removed = sandbox_cli(&harness, &["delete", &sandbox, "--wait"]);
+    assert_eq!(removed.code, Some(0), "{removed:?}");
 }
 
 #[tokio::test]
@@ -309,10 +421,28 @@ async fn gc_deletes_exactly_the_expired_sandboxes() {
         Some(0)
     );
     assert_eq!(sandbox_cli(&harness, &["create", &forever]).code, Some(0));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let listed = sandbox_cli(&harness, &["list", "-A", "-o", "json"]);
-    let json: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    // Until the short TTL has passed, as the sandbox records it.
+    let json = eventually(&format!("the TTL of {short} to pass"), TIMEOUT, || async {
+        let listed = sandbox_cli(&harness, &["list", "-A", "-o", "json"]);
+        if listed.code != Some(0) {
+            return Err(format!("{listed:?}"));
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&listed.stdout).map_err(|e| format!("{e}: {listed:?}"))?;
+        let expires = json
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == short.as_str()))
+            .and_then(|s| s["expires"].as_str())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .ok_or_else(|| format!("no expiry for {short} in {json}"))?;
+        if expires <= chrono::Utc::now() {
+            Ok(json)
+        } else {
+            Err(format!("{short} expires at {expires}"))
+        }
+    })
+    .await;
     let find = |n: &str| {
         json.as_array()
             .unwrap()
@@ -391,6 +521,7 @@ async fn bad_names_and_quotas_are_clear_errors() {
         &harness,
         &["create", "ok-name", "--isolation", "kubeconfig"],
     );
+    assert_eq!(kc.code, Some(1), "{kc:?}");
     assert!(
         kc.stderr.contains("--target-kubeconfig is required"),
         "{kc:?}"

@@ -4,16 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gitops::flux::{Kustomization, OCIRepository};
-use gitops::labels;
 use gitops::session::lease_is_live;
 use gitops_e2e::{
-    Harness, RunningSession, create_namespace, delete_namespace, eventually, output, plugin,
-    unique, write_tree,
+    Footprint, Harness, RunningSession, create_namespace, delete_namespace, eventually, output,
+    plugin, unique, write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -34,37 +31,60 @@ async fn value(client: &Client, ns: &str, name: &str) -> Option<String> {
         .and_then(|d| d.get("value").cloned())
 }
 
-/// Nothing labelled with the session is left: Flux objects, Lease, the
-/// applied objects, the sandbox namespace.
-async fn assert_nothing_left(client: &Client, session: &str) {
-    let by_session = ListParams::default().labels(&format!("{}={session}", labels::SESSION));
-    eventually("the session's objects to be gone", WAIT, || async {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let leases: Api<Lease> = Api::all(client.clone());
-        let kss: Api<Kustomization> = Api::all(client.clone());
-        let repos: Api<OCIRepository> = Api::all(client.clone());
-        let applied: Api<ConfigMap> = Api::all(client.clone());
-        let e = |e: kube::Error| e.to_string();
-        let left = namespaces.list(&by_session).await.map_err(e)?.items.len()
-            + leases.list(&by_session).await.map_err(e)?.items.len()
-            + kss.list(&by_session).await.map_err(e)?.items.len()
-            + repos.list(&by_session).await.map_err(e)?.items.len()
-            + applied
-                .list(
-                    &ListParams::default()
-                        .labels(&format!("kustomize.toolkit.fluxcd.io/name={session}")),
-                )
-                .await
-                .map_err(e)?
-                .items
-                .len();
-        if left == 0 {
-            Ok(())
-        } else {
-            Err(format!("{left} objects left"))
-        }
-    })
-    .await;
+/// A payload of the kinds a real application has, beside its ConfigMaps: a
+/// ServiceAccount, a Secret, a Service (the cluster derives its
+/// EndpointSlice) and a Deployment (the cluster derives its ReplicaSet;
+/// zero replicas, so it is healthy with no node to run pods).
+fn app_objects() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "sa.yaml",
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: web\n".into(),
+        ),
+        (
+            "secret.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: web\nstringData:\n  token: t\n"
+                .into(),
+        ),
+        (
+            "svc.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n"
+                .into(),
+        ),
+        (
+            "deploy.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 0\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      serviceAccountName: web\n      containers:\n      - name: web\n        image: registry.invalid/web:1\n"
+                .into(),
+        ),
+    ]
+}
+
+fn write_app(dir: &Path) {
+    let files = app_objects();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    write_tree(dir, &files);
+}
+
+/// The footprint holds the payload of [`app_objects`] in `ns` and what the
+/// cluster derived from it, so checking it is gone means something.
+fn assert_captured_app(fp: &Footprint, ns: &str) {
+    for kind in ["ServiceAccount", "Secret", "Service", "Deployment"] {
+        assert!(
+            fp.has(kind, Some(ns), "web"),
+            "{kind}/{ns}/web not in {fp:#?}"
+        );
+    }
+    for derived in ["ReplicaSet", "EndpointSlice"] {
+        assert!(
+            fp.kinds().contains(derived),
+            "no {derived} derived from the payload in {fp:#?}"
+        );
+    }
+}
+
+/// Nothing the session made, applied or caused is left.
+async fn assert_nothing_left(client: &Client, footprint: &Footprint) {
+    footprint.assert_gone(client).await;
 }
 
 #[tokio::test]
@@ -76,6 +96,7 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
         dir.path(),
         &[("a.yaml", &cm("a", "1")), ("b.yaml", &cm("b", "1"))],
     );
+    write_app(dir.path());
     let name = unique("run-sbx");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     let started = s.wait_for("the session to start", WAIT, |e| e["event"] == "started");
@@ -120,6 +141,23 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
     assert_eq!(value(&client, &name, "a").await.as_deref(), Some("2"));
 
     // Ctrl+C: everything the session created is removed.
+    let footprint = Footprint::capture(&client, &name).await;
+    assert_captured_app(&footprint, &name);
+    for (kind, object) in [
+        ("Namespace", None),
+        ("Lease", Some(&name)),
+        ("Kustomization", Some(&name)),
+        ("OCIRepository", Some(&name)),
+    ] {
+        assert!(
+            footprint.has(kind, object.map(String::as_str), &name),
+            "{kind} {name} not in {footprint:#?}"
+        );
+    }
+    assert!(
+        footprint.has("ConfigMap", Some(&name), "a"),
+        "{footprint:#?}"
+    );
     s.signal("INT");
     assert_eq!(s.wait_exit(WAIT), Some(0));
     let cleaned = s
@@ -131,7 +169,7 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
         cleaned["removed"].to_string().contains("pruned by Flux"),
         "{cleaned}"
     );
-    assert_nothing_left(&client, &name).await;
+    assert_nothing_left(&client, &footprint).await;
 }
 
 #[tokio::test]
@@ -142,6 +180,7 @@ async fn cluster_mode_applies_into_the_namespace_and_once_reports_the_result() {
     create_namespace(&client, &ns).await;
     let dir = tempfile::tempdir().unwrap();
     write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    write_app(dir.path());
     let name = unique("run-cluster");
     let once = |extra: &[&str]| {
         output(
@@ -178,6 +217,16 @@ async fn cluster_mode_applies_into_the_namespace_and_once_reports_the_result() {
         lease.metadata.annotations.as_ref().unwrap()["gitops.kubectl.dev/mode"],
         "cluster"
     );
+    let footprint = Footprint::capture(&client, &name).await;
+    assert_captured_app(&footprint, &ns);
+    assert!(
+        footprint.has("ConfigMap", Some(&ns), "app"),
+        "{footprint:#?}"
+    );
+    assert!(
+        !footprint.has("Namespace", None, &ns),
+        "the test's namespace is not the session's: {footprint:#?}"
+    );
 
     // An object the API server rejects: --once exits 1 with the controller's words.
     std::fs::write(
@@ -192,7 +241,17 @@ async fn cluster_mode_applies_into_the_namespace_and_once_reports_the_result() {
         failed.stderr.contains("(bad.yaml)"),
         "the file is named: {failed:?}"
     );
-    assert_nothing_left(&client, &name).await;
+    // The failed run took the kept session over and cleaned it all up, the
+    // objects the first run applied included.
+    assert_nothing_left(&client, &footprint).await;
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .get_opt(&ns)
+            .await
+            .unwrap()
+            .is_some(),
+        "the namespace the session applied into stays"
+    );
     delete_namespace(&client, &ns).await;
 }
 
@@ -230,7 +289,10 @@ async fn a_cluster_role_in_a_sandboxed_session_is_refused_in_plain_words() {
         "{out:?}"
     );
     assert!(out.stderr.contains("(role.yaml)"), "{out:?}");
-    assert_nothing_left(&client, &name).await;
+    let expected =
+        Footprint::expected(&name, &name, true).with_payload(dir.path(), &name, Some(&name));
+    assert!(expected.has("ClusterRole", None, &role), "{expected:#?}");
+    assert_nothing_left(&client, &expected).await;
 }
 
 /// A registry of our own (the real docker-registry), to stop and restart.
@@ -329,9 +391,14 @@ async fn a_session_recovers_when_its_registry_comes_back() {
     registry.restart();
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name, "app").await.as_deref(), Some("2"));
+    let footprint = Footprint::capture(&client, &name).await;
+    assert!(
+        footprint.has("ConfigMap", Some(&name), "app"),
+        "{footprint:#?}"
+    );
     s.signal("TERM");
     assert_eq!(s.wait_exit(WAIT), Some(0));
-    assert_nothing_left(&client, &name).await;
+    assert_nothing_left(&client, &footprint).await;
 }
 
 #[tokio::test]
@@ -352,14 +419,24 @@ async fn a_killed_session_breaks_nothing_and_its_lease_goes_stale() {
         &leases.get(&name).await.unwrap(),
         chrono::Utc::now()
     ));
-    s.signal("KILL");
-    s.wait_exit(WAIT);
-
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let footprint = Footprint::capture(&client, &name).await;
     assert!(
-        !lease_is_live(&leases.get(&name).await.unwrap(), chrono::Utc::now()),
-        "stale"
+        footprint.has("ConfigMap", Some(&name), "app"),
+        "{footprint:#?}"
     );
+    s.signal("KILL");
+    assert_eq!(s.wait_exit(WAIT), None, "killed by a signal");
+
+    // Nothing renews the Lease any more: it turns stale once its 3 s pass.
+    eventually("the killed session's Lease to turn stale", WAIT, || async {
+        let lease = leases.get(&name).await.map_err(|e| e.to_string())?;
+        if lease_is_live(&lease, chrono::Utc::now()) {
+            Err(format!("still live: {:?}", lease.spec))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     assert_eq!(
         value(&client, &name, "app").await.as_deref(),
         Some("1"),
@@ -370,7 +447,7 @@ async fn a_killed_session_breaks_nothing_and_its_lease_goes_stale() {
     gitops::session::cleanup(&client, &name, &name, Some(&name), Duration::from_secs(60))
         .await
         .unwrap();
-    assert_nothing_left(&client, &name).await;
+    assert_nothing_left(&client, &footprint).await;
 }
 
 #[tokio::test]
@@ -422,10 +499,19 @@ async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
     let secret = secrets.get("sops-demo").await.unwrap();
     let password = secret.data.unwrap()["password"].0.clone();
     assert_eq!(password, b"decrypted-by-flux");
+    let footprint = Footprint::capture(&client, &name).await;
+    assert!(
+        footprint.has("Secret", Some(&name), "sops-demo"),
+        "{footprint:#?}"
+    );
+    assert!(
+        footprint.has("Secret", Some(&name), &format!("{name}-sops")),
+        "the age key's Secret: {footprint:#?}"
+    );
     gitops::session::cleanup(&client, &name, &name, Some(&name), Duration::from_secs(60))
         .await
         .unwrap();
-    assert_nothing_left(&client, &name).await;
+    assert_nothing_left(&client, &footprint).await;
 }
 
 #[tokio::test]
@@ -477,5 +563,7 @@ async fn a_session_started_again_at_once_waits_for_its_last_sandbox_to_go() {
         );
         assert_eq!(out.code, Some(0), "{out:?}");
     }
-    assert_nothing_left(&client, &name).await;
+    let expected =
+        Footprint::expected(&name, &name, true).with_payload(dir.path(), &name, Some(&name));
+    assert_nothing_left(&client, &expected).await;
 }

@@ -73,6 +73,7 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
     let result: serde_json::Value = serde_json::from_str(driven.stdout.trim())
         .unwrap_or_else(|e| panic!("drive.mjs printed {driven:?}: {e}"));
     assert!(result.get("error").is_none(), "{result:#}");
+    assert_eq!(driven.code, Some(0), "{driven:?}");
     assert_eq!(
         (
             result["without_token"].as_u64(),
@@ -106,7 +107,11 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
     assert!(screenshot.is_file());
     // The stale session's objects are gone from the cluster.
     wait_namespace_gone(&client, &doomed).await;
-    s2.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        s2.wait_exit(Duration::from_secs(10)),
+        None,
+        "the page's script killed it with SIGKILL"
+    );
     s1.signal("INT");
     assert_eq!(s1.wait_exit(Duration::from_secs(90)), Some(0));
 }

@@ -4,7 +4,8 @@
 //! A test that cannot reach the harness panics with the command that starts
 //! it; nothing here ever skips a test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use gitops::cluster::{Cluster, KubeFlags};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
+use kube::discovery::{ApiCapabilities, Discovery, Scope, verbs};
 use kube::{Api, Client};
 
 /// The running local control plane, as `tests/cluster/up` described it.
@@ -416,5 +418,482 @@ impl Drop for RunningSession {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One object on the API server: its type, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId {
+    /// `group/version`, or `version` for the core group.
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for cluster-scoped objects (also ignored for them when set).
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectId {
+    pub fn new(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> ObjectId {
+        ObjectId {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+
+    fn group(&self) -> &str {
+        self.api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("")
+    }
+
+    fn of(ar: &ApiResource, o: &DynamicObject) -> ObjectId {
+        ObjectId {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+            namespace: o.metadata.namespace.clone(),
+            name: o.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{ns}/{} ({})", self.kind, self.name, self.api_version),
+            None => write!(f, "{}/{} ({})", self.kind, self.name, self.api_version),
+        }
+    }
+}
+
+/// Every resource the API server serves that can be listed and read, at its
+/// preferred version.
+struct Resources(Vec<(ApiResource, ApiCapabilities)>);
+
+impl Resources {
+    async fn discover(client: &Client) -> Result<Resources, String> {
+        let discovery = match Discovery::new(client.clone()).run_aggregated().await {
+            Ok(d) => d,
+            Err(_) => Discovery::new(client.clone())
+                .run()
+                .await
+                .map_err(|e| format!("API discovery: {e}"))?,
+        };
+        let mut all = Vec::new();
+        for group in discovery.groups() {
+            for (ar, caps) in group.recommended_resources() {
+                if caps.supports_operation(verbs::LIST) && caps.supports_operation(verbs::GET) {
+                    all.push((ar, caps));
+                }
+            }
+        }
+        Ok(Resources(all))
+    }
+
+    fn find(&self, group: &str, kind: &str) -> Option<&(ApiResource, ApiCapabilities)> {
+        self.0
+            .iter()
+            .find(|(ar, _)| ar.group == group && ar.kind == kind)
+    }
+
+    /// The objects of every kind, in every namespace, that match `selector`.
+    async fn list_everywhere(
+        &self,
+        client: &Client,
+        selector: &str,
+    ) -> Result<Vec<(ObjectId, DynamicObject)>, String> {
+        let lp = ListParams::default().labels(selector);
+        let mut found = Vec::new();
+        for (ar, _) in &self.0 {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
+            let list = api
+                .list(&lp)
+                .await
+                .map_err(|e| format!("list {} -l {selector}: {e}", ar.plural))?;
+            found.extend(list.items.into_iter().map(|o| (ObjectId::of(ar, &o), o)));
+        }
+        Ok(found)
+    }
+
+    /// Every object of every namespaced kind in `namespace`.
+    async fn list_namespace(
+        &self,
+        client: &Client,
+        namespace: &str,
+    ) -> Result<Vec<(ObjectId, DynamicObject)>, String> {
+        let mut found = Vec::new();
+        for (ar, caps) in &self.0 {
+            if caps.scope != Scope::Namespaced {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("list {} -n {namespace}: {e}", ar.plural))?;
+            found.extend(list.items.into_iter().map(|o| (ObjectId::of(ar, &o), o)));
+        }
+        Ok(found)
+    }
+
+    /// Reads one object; `None` when it does not exist.
+    async fn get(&self, client: &Client, id: &ObjectId) -> Result<Option<DynamicObject>, String> {
+        let (ar, caps) = self
+            .find(id.group(), &id.kind)
+            .ok_or_else(|| format!("{id}: the API server does not serve this kind"))?;
+        let api: Api<DynamicObject> = match (&caps.scope, &id.namespace) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+            (Scope::Namespaced, None) => return Err(format!("{id}: namespaced, but no namespace")),
+            (Scope::Cluster, _) => Api::all_with(client.clone(), ar),
+        };
+        api.get_opt(&id.name)
+            .await
+            .map_err(|e| format!("get {id}: {e}"))
+    }
+}
+
+/// What a session put on the API server: the objects it made (Lease,
+/// sandbox, Flux objects, Secrets), every object its Kustomization or
+/// HelmRelease applied, and what the cluster derived from those (objects they
+/// own, such as a Deployment's ReplicaSets and Pods, a Service's
+/// EndpointSlices and Endpoints).
+///
+/// Capture it while the session is in place ([`Footprint::capture`]), or
+/// expect it from the payload ([`Footprint::expected`]) for a session that
+/// cleans up before the test can look; then [`Footprint::assert_gone`] checks
+/// every one of those objects by name, and sweeps every kind the API server
+/// serves for anything still carrying the session's labels.
+#[derive(Debug, Clone)]
+pub struct Footprint {
+    pub session: String,
+    pub objects: BTreeSet<ObjectId>,
+    /// Label selectors that nothing may match afterwards, in any namespace.
+    selectors: BTreeSet<String>,
+}
+
+fn kustomize_selector(name: &str, namespace: &str) -> String {
+    format!(
+        "kustomize.toolkit.fluxcd.io/name={name},kustomize.toolkit.fluxcd.io/namespace={namespace}"
+    )
+}
+
+fn helm_selector(name: &str, namespace: &str) -> String {
+    format!("helm.toolkit.fluxcd.io/name={name},helm.toolkit.fluxcd.io/namespace={namespace}")
+}
+
+/// An entry of a Flux inventory: `<namespace>_<name>_<group>_<kind>` and a version.
+fn inventory_id(id: &str, version: &str) -> Option<ObjectId> {
+    let mut parts = id.splitn(4, '_');
+    let (ns, name, group, kind) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let group = group.trim();
+    let api_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(ObjectId::new(
+        &api_version,
+        kind,
+        (!ns.is_empty()).then_some(ns),
+        name,
+    ))
+}
+
+impl Footprint {
+    fn empty(session: &str) -> Footprint {
+        Footprint {
+            session: session.to_string(),
+            objects: BTreeSet::new(),
+            selectors: BTreeSet::from([format!("{}={session}", gitops::labels::SESSION)]),
+        }
+    }
+
+    /// Reads the session's footprint from the API server, now. Panics if it
+    /// finds no Lease and no Kustomization or HelmRelease for the session (a
+    /// capture that found nothing would make [`Footprint::assert_gone`] pass
+    /// whatever happens).
+    pub async fn capture(client: &Client, session: &str) -> Footprint {
+        Self::try_capture(client, session)
+            .await
+            .unwrap_or_else(|e| panic!("cannot read what session {session} made: {e}"))
+    }
+
+    async fn try_capture(client: &Client, session: &str) -> Result<Footprint, String> {
+        let res = Resources::discover(client).await?;
+        let mut fp = Footprint::empty(session);
+        let mut uids = BTreeSet::new();
+        let add =
+            |fp: &mut Footprint, uids: &mut BTreeSet<String>, id: ObjectId, o: &DynamicObject| {
+                if let Some(uid) = &o.metadata.uid {
+                    uids.insert(uid.clone());
+                }
+                fp.objects.insert(id);
+            };
+
+        // What the session made: everything labelled with its name.
+        let mine = res
+            .list_everywhere(client, &format!("{}={session}", gitops::labels::SESSION))
+            .await?;
+        for (id, o) in &mine {
+            add(&mut fp, &mut uids, id.clone(), o);
+        }
+        if !mine.iter().any(|(id, _)| id.kind == "Lease") {
+            return Err(format!("no Lease labelled with the session among {mine:?}"));
+        }
+
+        // What its appliers applied: their inventories, and their labels.
+        for (id, o) in &mine {
+            let ns = id.namespace.clone().unwrap_or_default();
+            match (id.group(), id.kind.as_str()) {
+                ("kustomize.toolkit.fluxcd.io", "Kustomization") => {
+                    fp.selectors.insert(kustomize_selector(&id.name, &ns));
+                    let entries = o.data["status"]["inventory"]["entries"].as_array();
+                    for e in entries.into_iter().flatten() {
+                        let entry = inventory_id(
+                            e["id"].as_str().unwrap_or_default(),
+                            e["v"].as_str().unwrap_or_default(),
+                        )
+                        .ok_or_else(|| format!("unreadable inventory entry {e}"))?;
+                        fp.objects.insert(entry);
+                    }
+                }
+                ("helm.toolkit.fluxcd.io", "HelmRelease") => {
+                    fp.selectors.insert(helm_selector(&id.name, &ns));
+                    // Helm's release records (Secrets owner=helm,name=<release>).
+                    let storage = o.data["status"]["storageNamespace"]
+                        .as_str()
+                        .unwrap_or(&ns)
+                        .to_string();
+                    for h in o.data["status"]["history"].as_array().into_iter().flatten() {
+                        if let Some(release) = h["name"].as_str() {
+                            fp.selectors.insert(format!("owner=helm,name={release}"));
+                            let secrets =
+                                ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&());
+                            let api: Api<DynamicObject> =
+                                Api::namespaced_with(client.clone(), &storage, &secrets);
+                            let list = api
+                                .list(
+                                    &ListParams::default()
+                                        .labels(&format!("owner=helm,name={release}")),
+                                )
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            for s in &list.items {
+                                add(&mut fp, &mut uids, ObjectId::of(&secrets, s), s);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !fp
+            .objects
+            .iter()
+            .any(|id| id.kind == "Kustomization" || id.kind == "HelmRelease")
+        {
+            return Err(format!(
+                "no Kustomization or HelmRelease for the session: {:?}",
+                fp.objects
+            ));
+        }
+        let selectors: Vec<String> = fp.selectors.iter().cloned().collect();
+        for sel in &selectors {
+            for (id, o) in res.list_everywhere(client, sel).await? {
+                add(&mut fp, &mut uids, id, &o);
+            }
+        }
+        // Read back what the inventories name (for their uids).
+        for id in fp.objects.clone() {
+            if let Some(o) = res.get(client, &id).await? {
+                add(&mut fp, &mut uids, id, &o);
+            }
+        }
+
+        // What the cluster derived from them: owned objects (to a fixed
+        // point: Deployment -> ReplicaSet -> Pod), and Services' Endpoints.
+        let namespaces: BTreeSet<String> = fp
+            .objects
+            .iter()
+            .filter_map(|id| id.namespace.clone())
+            .collect();
+        let mut everything = Vec::new();
+        for ns in &namespaces {
+            everything.extend(res.list_namespace(client, ns).await?);
+        }
+        loop {
+            let before = fp.objects.len();
+            for (id, o) in &everything {
+                let owned = o
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| uids.contains(&r.uid));
+                if owned && !fp.objects.contains(id) {
+                    add(&mut fp, &mut uids, id.clone(), o);
+                }
+            }
+            if fp.objects.len() == before {
+                break;
+            }
+        }
+        let services: Vec<ObjectId> = fp
+            .objects
+            .iter()
+            .filter(|id| id.kind == "Service" && id.group().is_empty())
+            .cloned()
+            .collect();
+        for svc in services {
+            let endpoints = ObjectId::new("v1", "Endpoints", svc.namespace.as_deref(), &svc.name);
+            if everything.iter().any(|(id, _)| *id == endpoints) {
+                fp.objects.insert(endpoints);
+            }
+        }
+        Ok(fp)
+    }
+
+    /// What a session is expected to make and apply, for one that cleans up
+    /// before it can be read: its Lease, OCIRepository and Kustomization
+    /// (named after it, in `namespace`), its ephemeral sandbox namespace when
+    /// `ephemeral_sandbox`. Add the payload with [`Footprint::with_payload`].
+    pub fn expected(session: &str, namespace: &str, ephemeral_sandbox: bool) -> Footprint {
+        let mut fp = Footprint::empty(session);
+        fp.selectors.insert(kustomize_selector(session, namespace));
+        for (api_version, kind) in [
+            ("coordination.k8s.io/v1", "Lease"),
+            ("source.toolkit.fluxcd.io/v1", "OCIRepository"),
+            ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"),
+        ] {
+            fp.objects
+                .insert(ObjectId::new(api_version, kind, Some(namespace), session));
+        }
+        if ephemeral_sandbox {
+            fp.objects
+                .insert(ObjectId::new("v1", "Namespace", None, session));
+        }
+        fp
+    }
+
+    /// Adds every object of the YAML files under `dir`, in `namespace`
+    /// unless a document names its own (and then in `target_namespace` when
+    /// set, as Flux's `targetNamespace` does).
+    pub fn with_payload(
+        mut self,
+        dir: &Path,
+        namespace: &str,
+        target_namespace: Option<&str>,
+    ) -> Footprint {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            name: String,
+            namespace: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Doc {
+            api_version: String,
+            kind: String,
+            metadata: Meta,
+        }
+        let mut files = vec![dir.to_path_buf()];
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                for e in std::fs::read_dir(&p).expect("read payload dir") {
+                    files.push(e.expect("dir entry").path());
+                }
+                continue;
+            }
+            if !matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                continue;
+            }
+            let bytes = std::fs::read(&p).expect("read payload file");
+            let Ok(docs) = serde_saphyr::from_slice_multiple::<Doc>(&bytes) else {
+                continue;
+            };
+            for d in docs {
+                let ns = target_namespace
+                    .map(str::to_string)
+                    .or(d.metadata.namespace)
+                    .unwrap_or_else(|| namespace.to_string());
+                self.objects.insert(ObjectId::new(
+                    &d.api_version,
+                    &d.kind,
+                    Some(&ns),
+                    &d.metadata.name,
+                ));
+            }
+        }
+        self
+    }
+
+    /// Whether the footprint holds an object of `kind` named `name` (in `namespace`, if given).
+    pub fn has(&self, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        self.objects.iter().any(|id| {
+            id.kind == kind
+                && id.name == name
+                && (namespace.is_none() || id.namespace.as_deref() == namespace)
+        })
+    }
+
+    /// The kinds in the footprint.
+    pub fn kinds(&self) -> BTreeSet<&str> {
+        self.objects.iter().map(|id| id.kind.as_str()).collect()
+    }
+
+    /// Waits until every object of the footprint is gone (not merely being
+    /// deleted), then checks that no object of any kind, in any namespace,
+    /// still carries the session's label or its appliers' labels.
+    pub async fn assert_gone(&self, client: &Client) {
+        let res = Resources::discover(client)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let wait = Duration::from_secs(90);
+        eventually(
+            &format!(
+                "everything session {} made or applied to be gone",
+                self.session
+            ),
+            wait,
+            || async {
+                let mut left = Vec::new();
+                for id in &self.objects {
+                    if let Some(o) = res.get(client, id).await? {
+                        let deleting = if o.metadata.deletion_timestamp.is_some() {
+                            " (being deleted)"
+                        } else {
+                            ""
+                        };
+                        left.push(format!("{id}{deleting}"));
+                    }
+                }
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{} left: {}", left.len(), left.join(", ")))
+                }
+            },
+        )
+        .await;
+        eventually(
+            &format!("no object labelled for session {}", self.session),
+            wait,
+            || async {
+                let mut left = Vec::new();
+                for sel in &self.selectors {
+                    for (id, _) in res.list_everywhere(client, sel).await? {
+                        left.push(format!("{id} [{sel}]"));
+                    }
+                }
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(left.join(", "))
+                }
+            },
+        )
+        .await;
     }
 }
