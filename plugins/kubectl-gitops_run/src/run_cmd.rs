@@ -358,6 +358,18 @@ impl Printer {
                     None => self.out("    fix it and save again"),
                 }
             }
+            Event::Rollout {
+                object,
+                ready,
+                desired,
+                done,
+            } => {
+                if *done {
+                    self.out(&format!("    {object} rolled out ({ready}/{desired} ready)"));
+                } else {
+                    self.out(&format!("    {object} {ready}/{desired} ready"));
+                }
+            }
             Event::Superseded => {
                 self.finish_spinner("  ↷ a newer save arrived; syncing it instead");
             }

@@ -89,6 +89,14 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         last_good: Option<String>,
     },
+    /// A workload's rollout while Flux health-checks the sync (sent when it
+    /// changes): `ready` of `desired` replicas, `done` once rolled out.
+    Rollout {
+        object: String,
+        ready: i32,
+        desired: i32,
+        done: bool,
+    },
     /// A save arrived while Flux was still applying the previous one: that
     /// wait is abandoned and the newer save is synced.
     Superseded,
@@ -183,6 +191,12 @@ mod tests {
                 last_good: None,
             },
             Event::Superseded,
+            Event::Rollout {
+                object: "Deployment/run-app-abc123/web".into(),
+                ready: 1,
+                desired: 3,
+                done: false,
+            },
             Event::Warning {
                 message: "w".into(),
             },

@@ -21,6 +21,7 @@ pub mod cleanup;
 mod error;
 pub mod events;
 pub mod export;
+pub mod health;
 pub mod live;
 pub mod preflight;
 pub mod record;

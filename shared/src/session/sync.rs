@@ -152,6 +152,14 @@ impl Session {
         Ok(None)
     }
 
+    /// Where the session's workloads land in this cluster.
+    fn workload_namespace(&self) -> Option<String> {
+        self.target
+            .target_namespace
+            .clone()
+            .or_else(|| Some(self.namespace.clone()))
+    }
+
     async fn ensure_objects(&mut self) -> Result<(), SessionError> {
         let name = self.cfg.name.clone();
         let repo = self.oci_repository(None)?;
@@ -314,8 +322,28 @@ impl Session {
                             .is_some_and(|c| c.status != "Unknown")
                 })
             },
-        )
-        .await?;
+        );
+        // Meanwhile, the workloads' rollouts (this cluster only): progress
+        // as it happens, and a certain failure as soon as it shows.
+        let workloads = match (&self.target.kubeconfig_secret, self.workload_namespace()) {
+            (None, Some(ns)) => futures::future::Either::Left(super::health::watch(
+                self.client.clone(),
+                ns,
+                name.clone(),
+                self.namespace.clone(),
+                self.report.clone(),
+            )),
+            _ => futures::future::Either::Right(std::future::pending()),
+        };
+        let applied = tokio::select! {
+            a = applied => a?,
+            failure = workloads => {
+                let file = validate::file_for(index, &failure);
+                self.note(revision, "Failed").await;
+                let message = format!("the rollout cannot succeed: {failure}");
+                return Ok(self.fail(Phase::Apply, message, file, true));
+            }
+        };
         self.waiting.store(false, Ordering::SeqCst);
         let status = applied.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::failure(&status) {

@@ -1,0 +1,438 @@
+//! What the workloads of a sync are doing while Flux health-checks them:
+//! rollout progress per workload, and — as soon as it is visible — why a
+//! rollout cannot succeed (a pod in CrashLoopBackOff, an image that cannot
+//! be pulled, no node that fits, a quota that refuses the pods), in words
+//! taken from the pods, the workloads' conditions and their events.
+//!
+//! The rules are pure functions of the objects (tested on fixtures); the
+//! watch feeds them from the API server.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use super::Event;
+
+/// A workload's rollout, as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// `Kind/namespace/name`.
+    pub object: String,
+    pub desired: i32,
+    pub ready: i32,
+    /// The controller has seen the latest spec and every replica is updated and ready.
+    pub done: bool,
+    /// A reason from the workload itself (e.g. a quota refusing its pods).
+    pub problem: Option<String>,
+    /// The pods it selects (`matchLabels`).
+    pub selector: BTreeMap<String, String>,
+}
+
+fn id(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{kind}/{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A Deployment's rollout (kstatus rules: observed generation, then
+/// updated, ready and available replicas).
+pub fn deployment(d: &Deployment) -> Rollout {
+    let spec = d.spec.as_ref();
+    let st = d.status.clone().unwrap_or_default();
+    let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let conditions = st.conditions.unwrap_or_default();
+    let problem = conditions
+        .iter()
+        .find_map(|c| match (c.type_.as_str(), c.status.as_str()) {
+            ("ReplicaFailure", "True") => Some(c.message.clone().unwrap_or_default()),
+            ("Progressing", "False") => Some(format!(
+                "{}: {}",
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default()
+            )),
+            _ => None,
+        });
+    Rollout {
+        object: id("Deployment", &d.metadata),
+        desired,
+        ready,
+        done: observed
+            && updated >= desired
+            && available >= desired
+            && ready >= desired
+            && total <= desired,
+        problem,
+        selector: spec
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A StatefulSet's rollout.
+pub fn statefulset(s: &StatefulSet) -> Rollout {
+    let spec = s.spec.as_ref();
+    let st = s.status.clone().unwrap_or_default();
+    let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let observed = st.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let revision_done = st.update_revision.is_none() || st.update_revision == st.current_revision;
+    Rollout {
+        object: id("StatefulSet", &s.metadata),
+        desired,
+        ready,
+        done: observed && ready >= desired && (updated >= desired || revision_done),
+        problem: None,
+        selector: spec
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A DaemonSet's rollout.
+pub fn daemonset(d: &DaemonSet) -> Rollout {
+    let st = d.status.clone().unwrap_or_default();
+    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let desired = st.desired_number_scheduled;
+    let ready = st.number_ready;
+    Rollout {
+        object: id("DaemonSet", &d.metadata),
+        desired,
+        ready,
+        done: observed && st.updated_number_scheduled.unwrap_or(0) >= desired && ready >= desired,
+        problem: None,
+        selector: d
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Why a pod cannot become ready, when that is already certain: it will
+/// not fix itself without a change (a crash loop, an image that cannot be
+/// pulled, a bad container config, no node that fits).
+pub fn pod_problem(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let name = pod.name_any();
+    for c in status.container_statuses.iter().flatten() {
+        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let reason = waiting.reason.clone().unwrap_or_default();
+        let message = waiting.message.clone().unwrap_or_default();
+        match reason.as_str() {
+            "CrashLoopBackOff" => {
+                let exit = c
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| format!(" (exit {})", t.exit_code))
+                    .unwrap_or_default();
+                return Some(format!(
+                    "pod {name} container {}: CrashLoopBackOff{exit}, restarted {} time(s)",
+                    c.name, c.restart_count
+                ));
+            }
+            "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" | "ErrImageNeverPull" => {
+                return Some(format!(
+                    "pod {name} container {}: {reason}: image {:?}{}",
+                    c.name,
+                    c.image,
+                    if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({message})")
+                    }
+                ));
+            }
+            "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
+                return Some(format!(
+                    "pod {name} container {}: {reason}: {message}",
+                    c.name
+                ));
+            }
+            _ => {}
+        }
+    }
+    for cond in status.conditions.iter().flatten() {
+        if cond.type_ == "PodScheduled"
+            && cond.status == "False"
+            && cond.reason.as_deref() == Some("Unschedulable")
+        {
+            return Some(format!(
+                "pod {name} cannot be scheduled: {}",
+                cond.message.clone().unwrap_or_default()
+            ));
+        }
+    }
+    None
+}
+
+fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
+    !selector.is_empty() && {
+        let labels = pod.labels();
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// The pods' and workloads' verdict: `Some(message)` when a workload cannot
+/// become healthy without a change.
+pub fn verdict(rollouts: &[Rollout], pods: &[Pod]) -> Option<String> {
+    for r in rollouts {
+        if r.done {
+            continue;
+        }
+        if let Some(p) = &r.problem {
+            return Some(format!("{}: {p}", r.object));
+        }
+        let mut problems: Vec<String> = pods
+            .iter()
+            .filter(|p| selects(&r.selector, p))
+            .filter_map(pod_problem)
+            .collect();
+        problems.sort();
+        if let Some(first) = problems.first() {
+            return Some(format!("{}: {first}", r.object));
+        }
+    }
+    None
+}
+
+/// Watches the workloads a session applies (Flux labels them with the
+/// Kustomization's name and namespace) and their pods in `namespace`;
+/// reports rollout progress as it changes; returns once a workload is
+/// certain to fail, with why. Never returns while all is well (the
+/// Kustomization's Ready decides success).
+pub async fn watch(
+    client: Client,
+    namespace: String,
+    session: String,
+    flux_namespace: String,
+    report: super::Reporter,
+) -> String {
+    let selector = format!(
+        "kustomize.toolkit.fluxcd.io/name={session},kustomize.toolkit.fluxcd.io/namespace={flux_namespace}"
+    );
+    let cfg = watcher::Config::default().labels(&selector);
+    let deployments = watcher(
+        Api::<Deployment>::namespaced(client.clone(), &namespace),
+        cfg.clone(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Changed::Deployment(objects(e))));
+    let statefulsets = watcher(
+        Api::<StatefulSet>::namespaced(client.clone(), &namespace),
+        cfg.clone(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Changed::StatefulSet(objects(e))));
+    let daemonsets = watcher(
+        Api::<DaemonSet>::namespaced(client.clone(), &namespace),
+        cfg,
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Changed::DaemonSet(objects(e))));
+    let pods = watcher(
+        Api::<Pod>::namespaced(client.clone(), &namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Changed::Pod(objects(e))));
+    let mut all = futures::stream::select_all(vec![
+        deployments.boxed(),
+        statefulsets.boxed(),
+        daemonsets.boxed(),
+        pods.boxed(),
+    ]);
+    let mut rollouts: BTreeMap<String, Rollout> = BTreeMap::new();
+    let mut pod_map: BTreeMap<String, Pod> = BTreeMap::new();
+    let mut shown: BTreeMap<String, (i32, i32, bool)> = BTreeMap::new();
+    while let Some(item) = all.next().await {
+        let Ok(change) = item else {
+            continue;
+        };
+        match change {
+            Changed::Deployment(list) => apply(&mut rollouts, list, |d| deployment(&d)),
+            Changed::StatefulSet(list) => apply(&mut rollouts, list, |s| statefulset(&s)),
+            Changed::DaemonSet(list) => apply(&mut rollouts, list, |d| daemonset(&d)),
+            Changed::Pod(list) => {
+                for (deleted, pod) in list {
+                    let key = pod.name_any();
+                    if deleted {
+                        pod_map.remove(&key);
+                    } else {
+                        pod_map.insert(key, pod);
+                    }
+                }
+            }
+        }
+        for r in rollouts.values() {
+            let now = (r.ready, r.desired, r.done);
+            if shown.get(&r.object) != Some(&now) {
+                shown.insert(r.object.clone(), now);
+                report(&Event::Rollout {
+                    object: r.object.clone(),
+                    ready: r.ready,
+                    desired: r.desired,
+                    done: r.done,
+                });
+            }
+        }
+        let rs: Vec<Rollout> = rollouts.values().cloned().collect();
+        let ps: Vec<Pod> = pod_map.values().cloned().collect();
+        if let Some(v) = verdict(&rs, &ps) {
+            return v;
+        }
+    }
+    std::future::pending().await
+}
+
+enum Changed {
+    Deployment(Vec<(bool, Deployment)>),
+    StatefulSet(Vec<(bool, StatefulSet)>),
+    DaemonSet(Vec<(bool, DaemonSet)>),
+    Pod(Vec<(bool, Pod)>),
+}
+
+/// A watcher event as `(deleted, object)` pairs (the initial list included).
+fn objects<K>(e: watcher::Event<K>) -> Vec<(bool, K)> {
+    match e {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => vec![(false, o)],
+        watcher::Event::Delete(o) => vec![(true, o)],
+        watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
+    }
+}
+
+fn apply<K: ResourceExt>(
+    rollouts: &mut BTreeMap<String, Rollout>,
+    list: Vec<(bool, K)>,
+    state: impl Fn(K) -> Rollout,
+) {
+    for (deleted, obj) in list {
+        let r = state(obj);
+        if deleted {
+            rollouts.remove(&r.object);
+        } else {
+            rollouts.insert(r.object.clone(), r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(json: serde_json::Value) -> Deployment {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn deployment_progress_and_completion() {
+        let d = deploy(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sbx", "generation": 2},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 1, "availableReplicas": 1}
+        }));
+        let r = deployment(&d);
+        assert_eq!(
+            (r.object.as_str(), r.ready, r.desired, r.done),
+            ("Deployment/sbx/web", 1, 3, false)
+        );
+        let done = deploy(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sbx", "generation": 2},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3}
+        }));
+        assert!(deployment(&done).done);
+        // Not yet observed: not done, whatever the counts say.
+        let stale = deploy(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sbx", "generation": 3},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3}
+        }));
+        assert!(!deployment(&stale).done);
+    }
+
+    #[test]
+    fn certain_failures_are_named_in_plain_words() {
+        let d = deployment(&deploy(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sbx", "generation": 1},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 1}
+        })));
+        let crash = pod(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "sbx", "labels": {"app": "web"}},
+            "status": {"containerStatuses": [{
+                "name": "app", "image": "web:1", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 1}}
+            }]}
+        }));
+        assert_eq!(
+            verdict(std::slice::from_ref(&d), &[crash]).as_deref(),
+            Some(
+                "Deployment/sbx/web: pod web-abc container app: CrashLoopBackOff (exit 1), restarted 3 time(s)"
+            )
+        );
+        let pull = pod(serde_json::json!({
+            "metadata": {"name": "web-x", "namespace": "sbx", "labels": {"app": "web"}},
+            "status": {"containerStatuses": [{
+                "name": "app", "image": "nope:1", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}
+            }]}
+        }));
+        let v = verdict(std::slice::from_ref(&d), &[pull]).unwrap();
+        assert!(
+            v.contains("ImagePullBackOff: image \"nope:1\" (not found)"),
+            "{v}"
+        );
+        let pending = pod(serde_json::json!({
+            "metadata": {"name": "web-y", "namespace": "sbx", "labels": {"app": "web"}},
+            "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/2 nodes are available: 2 Insufficient cpu."}]}
+        }));
+        let v = verdict(std::slice::from_ref(&d), &[pending]).unwrap();
+        assert!(
+            v.ends_with("cannot be scheduled: 0/2 nodes are available: 2 Insufficient cpu."),
+            "{v}"
+        );
+        // A pod of something else does not count.
+        let other = pod(serde_json::json!({
+            "metadata": {"name": "db-0", "namespace": "sbx", "labels": {"app": "db"}},
+            "status": {"containerStatuses": [{
+                "name": "db", "image": "db", "imageID": "", "ready": false, "restartCount": 9,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}
+            }]}
+        }));
+        assert_eq!(verdict(std::slice::from_ref(&d), &[other]), None);
+        // A quota refusing the pods shows on the Deployment.
+        let quota = deployment(&deploy(serde_json::json!({
+            "metadata": {"name": "big", "namespace": "sbx", "generation": 1},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "big"}}, "template": {}},
+            "status": {"observedGeneration": 1, "conditions": [{"type": "ReplicaFailure", "status": "True",
+                "reason": "FailedCreate", "message": "pods \"big-1\" is forbidden: exceeded quota: gitops-sandbox, requested: cpu=8, used: cpu=0, limited: cpu=2"}]}
+        })));
+        let v = verdict(&[quota], &[]).unwrap();
+        assert!(
+            v.starts_with("Deployment/sbx/big: pods \"big-1\" is forbidden: exceeded quota"),
+            "{v}"
+        );
+    }
+}
