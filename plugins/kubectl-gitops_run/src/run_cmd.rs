@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Leave the session's objects in the cluster on exit.
     #[arg(long)]
     keep: bool,
+    /// Stream the logs of the session's pods (prefixed pod/container),
+    /// following the new pods of every rollout.
+    #[arg(long)]
+    logs: bool,
     /// How long Flux may take to apply and health-check a sync.
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     timeout: String,
@@ -240,6 +244,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         cleanup_timeout,
         port_forwards: forwards,
         export_file: args.export_gitops.clone(),
+        logs: args.logs,
     };
     let end = live::run(session, watcher, options, gitops::process::shutdown_signal).await?;
     Ok(ExitCode::from(end.exit_code()))
@@ -365,11 +370,18 @@ impl Printer {
                 done,
             } => {
                 if *done {
-                    self.out(&format!("    {object} rolled out ({ready}/{desired} ready)"));
+                    self.out(&format!(
+                        "    {object} rolled out ({ready}/{desired} ready)"
+                    ));
                 } else {
                     self.out(&format!("    {object} {ready}/{desired} ready"));
                 }
             }
+            Event::Log {
+                pod,
+                container,
+                line,
+            } => self.out(&format!("  [{pod}/{container}] {line}")),
             Event::Superseded => {
                 self.finish_spinner("  ↷ a newer save arrived; syncing it instead");
             }

@@ -83,6 +83,8 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Stream the logs of a session's pods (prefixed pod/container), following new pods.
+    Logs { name: String },
     /// Serve a live web page of sessions and sandboxes on 127.0.0.1.
     Ui {
         /// Port to listen on (default: any free port).
@@ -172,6 +174,27 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("removed {r}");
                 }
                 println!("session {} deleted", p.name);
+            }
+            Ok(())
+        }
+        Some(Command::Logs { name }) => {
+            let s = admin::find(&client, namespace.as_deref(), &name).await?;
+            let Some((ns, all_pods)) = admin::workloads(&client, &s).await? else {
+                anyhow::bail!(
+                    "session {name} applies into another cluster (a kubeconfig or vcluster sandbox); read its logs there"
+                );
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(gitops::session::logs::follow(
+                client.clone(),
+                ns,
+                s.name.clone(),
+                s.namespace.clone(),
+                all_pods,
+                tx,
+            ));
+            while let Some(l) = rx.recv().await {
+                println!("[{}/{}] {}", l.pod, l.container, l.line);
             }
             Ok(())
         }

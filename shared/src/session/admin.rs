@@ -114,6 +114,31 @@ pub async fn prune(
     Ok(pruned)
 }
 
+/// Where a session's workloads run in this cluster and whether every pod
+/// there is the session's (a namespace sandbox); `None` when they run in
+/// another cluster (kubeconfig and vcluster sandboxes).
+pub async fn workloads(
+    client: &Client,
+    s: &SessionView,
+) -> Result<Option<(String, bool)>, SessionError> {
+    let sandboxed = s.mode == super::Mode::Sandboxed.as_str();
+    if let Some(ks) = Api::<Kustomization>::namespaced(client.clone(), &s.namespace)
+        .get_opt(&s.name)
+        .await?
+    {
+        if ks.spec.kube_config.is_some() {
+            return Ok(None);
+        }
+        let ns = ks
+            .spec
+            .target_namespace
+            .clone()
+            .unwrap_or_else(|| s.namespace.clone());
+        return Ok(Some((ns, sandboxed)));
+    }
+    Ok(Some((s.namespace.clone(), sandboxed)))
+}
+
 /// A Kubernetes event about a session's objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventLine {

@@ -97,6 +97,12 @@ pub enum Event {
         desired: i32,
         done: bool,
     },
+    /// A line a container of the session printed (`--logs`).
+    Log {
+        pod: String,
+        container: String,
+        line: String,
+    },
     /// A save arrived while Flux was still applying the previous one: that
     /// wait is abandoned and the newer save is synced.
     Superseded,
@@ -196,6 +202,11 @@ mod tests {
                 ready: 1,
                 desired: 3,
                 done: false,
+            },
+            Event::Log {
+                pod: "web-5d8f7-abcde".into(),
+                container: "app".into(),
+                line: "listening on :8080".into(),
             },
             Event::Warning {
                 message: "w".into(),

@@ -166,6 +166,8 @@ pub struct LiveOptions {
     pub port_forwards: Vec<ForwardSpec>,
     /// `--export-gitops FILE`, named in the hand-over hint.
     pub export_file: Option<PathBuf>,
+    /// Stream the logs of the session's pods.
+    pub logs: bool,
 }
 
 /// How a live session ended.
@@ -192,7 +194,8 @@ impl LiveEnd {
     }
 }
 
-/// Aborts the port-forward listeners when the session ends.
+/// Aborts background tasks (port-forwards, log and event followers) when
+/// the session ends.
 struct Forwards(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for Forwards {
@@ -265,8 +268,47 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let _forwards = start_forwards(&session, &opts.port_forwards).await?;
+    let mut background = start_forwards(&session, &opts.port_forwards).await?;
     let report = session.report.clone();
+    // Flux's warnings about the session's objects, as they happen.
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        background.0.push(tokio::spawn(super::logs::flux_warnings(
+            session.client().clone(),
+            session.namespace().to_string(),
+            session.name().to_string(),
+            tx,
+        )));
+        let report = report.clone();
+        background.0.push(tokio::spawn(async move {
+            while let Some(w) = rx.recv().await {
+                report(&Event::Warning { message: w });
+            }
+        }));
+    }
+    if opts.logs
+        && let Some((namespace, all_pods)) = session.workloads()
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        background.0.push(tokio::spawn(super::logs::follow(
+            session.client().clone(),
+            namespace,
+            session.name().to_string(),
+            session.namespace().to_string(),
+            all_pods,
+            tx,
+        )));
+        let report = report.clone();
+        background.0.push(tokio::spawn(async move {
+            while let Some(l) = rx.recv().await {
+                report(&Event::Log {
+                    pod: l.pod,
+                    container: l.container,
+                    line: l.line,
+                });
+            }
+        }));
+    }
     let dir = session.dir();
     let stop = signal();
     tokio::pin!(stop);

@@ -23,6 +23,7 @@ pub mod events;
 pub mod export;
 pub mod health;
 pub mod live;
+pub mod logs;
 pub mod preflight;
 pub mod record;
 pub mod status;
@@ -394,6 +395,21 @@ impl Session {
     /// Where and as whom it applies.
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Where its workloads run in this cluster, and whether every pod there
+    /// is the session's (a namespace sandbox); `None` when they run in
+    /// another cluster (kubeconfig and vcluster sandboxes).
+    pub fn workloads(&self) -> Option<(String, bool)> {
+        if self.target.kubeconfig_secret.is_some() {
+            return None;
+        }
+        let ns = self
+            .target
+            .target_namespace
+            .clone()
+            .unwrap_or_else(|| self.namespace.clone());
+        Some((ns, self.cfg.mode == Mode::Sandboxed))
     }
 
     /// The flag that is set while a sync waits for Flux (a newer save may

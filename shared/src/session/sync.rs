@@ -152,14 +152,6 @@ impl Session {
         Ok(None)
     }
 
-    /// Where the session's workloads land in this cluster.
-    fn workload_namespace(&self) -> Option<String> {
-        self.target
-            .target_namespace
-            .clone()
-            .or_else(|| Some(self.namespace.clone()))
-    }
-
     async fn ensure_objects(&mut self) -> Result<(), SessionError> {
         let name = self.cfg.name.clone();
         let repo = self.oci_repository(None)?;
@@ -325,15 +317,15 @@ impl Session {
         );
         // Meanwhile, the workloads' rollouts (this cluster only): progress
         // as it happens, and a certain failure as soon as it shows.
-        let workloads = match (&self.target.kubeconfig_secret, self.workload_namespace()) {
-            (None, Some(ns)) => futures::future::Either::Left(super::health::watch(
+        let workloads = match self.workloads() {
+            Some((ns, _)) => futures::future::Either::Left(super::health::watch(
                 self.client.clone(),
                 ns,
                 name.clone(),
                 self.namespace.clone(),
                 self.report.clone(),
             )),
-            _ => futures::future::Either::Right(std::future::pending()),
+            None => futures::future::Either::Right(std::future::pending()),
         };
         let applied = tokio::select! {
             a = applied => a?,
