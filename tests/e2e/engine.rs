@@ -2,86 +2,15 @@
 //! real API server and registry: what the cluster and the registry hold,
 //! not what the command printed.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use gitops_e2e::{
-    Harness, RunningSession, create_namespace, delete_namespace, eventually, output, plugin,
-    unique, write_tree,
-};
+use gitops_e2e::{Harness, NamespaceWatch, RunningSession, output, plugin, unique, write_tree};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher;
 
 fn cm(name: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
-}
-
-/// Every namespace the API server reports while it lives: proof that a
-/// command never created one, even for a moment.
-struct NamespaceWatch {
-    client: kube::Client,
-    seen: Arc<Mutex<BTreeSet<String>>>,
-}
-
-impl NamespaceWatch {
-    /// Watches every namespace; returns once the watch is established (its
-    /// initial list done), so nothing created afterwards can be missed.
-    async fn start(client: kube::Client) -> NamespaceWatch {
-        let seen = Arc::new(Mutex::new(BTreeSet::new()));
-        let api: Api<Namespace> = Api::all(client.clone());
-        let out = seen.clone();
-        let (ready, established) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let mut ready = Some(ready);
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
-                        out.lock()
-                            .unwrap()
-                            .insert(ns.metadata.name.unwrap_or_default());
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(30), established)
-            .await
-            .expect("the namespace watch is established within 30 s")
-            .expect("the namespace watch runs");
-        NamespaceWatch { client, seen }
-    }
-
-    /// Whether a namespace named `name` has been seen by now. A watch
-    /// delivers events in order, so once a namespace created now is seen,
-    /// every earlier event has been too: no guess at how long events take.
-    async fn saw(&self, name: &str) -> bool {
-        let marker = unique("barrier");
-        create_namespace(&self.client, &marker).await;
-        eventually(
-            "the namespace watch to catch up",
-            Duration::from_secs(30),
-            || async {
-                if self.seen.lock().unwrap().contains(&marker) {
-                    Ok(())
-                } else {
-                    Err(format!("{marker} not seen yet"))
-                }
-            },
-        )
-        .await;
-        delete_namespace(&self.client, &marker).await;
-        self.seen.lock().unwrap().contains(name)
-    }
 }
 
 /// The tags the registry holds for a session's repository (none: 404).

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use gitops::session::lease_is_live;
 use gitops_e2e::{
-    Footprint, Harness, RunningSession, create_namespace, delete_namespace, eventually, output,
-    plugin, unique, write_tree,
+    Footprint, Harness, NamespaceWatch, RunningSession, create_namespace, delete_namespace,
+    eventually, output, plugin, unique, write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -517,18 +517,21 @@ async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
 #[tokio::test]
 async fn port_forward_specs_and_busy_ports_are_refused_before_anything_starts() {
     let harness = Harness::get();
+    let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
     write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    let name = unique("run-pf");
+    let namespaces = NamespaceWatch::start(client.clone()).await;
     let run = |spec: &str| {
         output(
             plugin("kubectl-gitops_run")
                 .args(harness.kube_args())
-                .args(["--once", "--port-forward", spec])
+                .args(["--once", "--name", &name, "--port-forward", spec])
                 .current_dir(dir.path()),
         )
     };
     let bad = run("svc/web:8080");
-    assert_eq!(bad.code, Some(1));
+    assert_eq!(bad.code, Some(1), "{bad:?}");
     assert!(
         bad.stderr.contains("resource=svc/NAME,port=LOCAL[:REMOTE]"),
         "{bad:?}"
@@ -536,15 +539,25 @@ async fn port_forward_specs_and_busy_ports_are_refused_before_anything_starts() 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
     let taken = run(&format!("resource=svc/web,port={port}:80"));
-    assert_eq!(taken.code, Some(1));
+    assert_eq!(taken.code, Some(1), "{taken:?}");
     assert!(
         taken
             .stderr
             .contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{taken:?}"
     );
-    // Nothing was started: no session objects exist.
-    assert!(!taken.stderr.contains("session "), "{taken:?}");
+    // Nothing was started: no sandbox namespace ever existed, nothing
+    // labelled with the session exists.
+    assert!(!namespaces.saw(&name).await, "no sandbox was created");
+    Footprint::expected(&name, &name, true)
+        .with_payload(dir.path(), &name, Some(&name))
+        .assert_gone(&client)
+        .await;
+    // And the port is refused before the session announces itself.
+    assert!(
+        !taken.stderr.contains("session "),
+        "nothing may be announced before the ports are checked: {taken:?}"
+    );
 }
 
 #[tokio::test]

@@ -9,12 +9,15 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use gitops::cluster::{Cluster, KubeFlags};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::discovery::{ApiCapabilities, Discovery, Scope, verbs};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 
 /// The running local control plane, as `tests/cluster/up` described it.
@@ -895,5 +898,69 @@ impl Footprint {
             },
         )
         .await;
+    }
+}
+
+/// Every namespace the API server reports while it lives: proof that a
+/// command never created one, even for a moment.
+pub struct NamespaceWatch {
+    client: kube::Client,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl NamespaceWatch {
+    /// Watches every namespace; returns once the watch is established (its
+    /// initial list done), so nothing created afterwards can be missed.
+    pub async fn start(client: kube::Client) -> NamespaceWatch {
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let api: Api<Namespace> = Api::all(client.clone());
+        let out = seen.clone();
+        let (ready, established) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut ready = Some(ready);
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
+                        out.lock()
+                            .unwrap()
+                            .insert(ns.metadata.name.unwrap_or_default());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .expect("the namespace watch is established within 30 s")
+            .expect("the namespace watch runs");
+        NamespaceWatch { client, seen }
+    }
+
+    /// Whether a namespace named `name` has been seen by now. A watch
+    /// delivers events in order, so once a namespace created now is seen,
+    /// every earlier event has been too: no guess at how long events take.
+    pub async fn saw(&self, name: &str) -> bool {
+        let marker = unique("barrier");
+        create_namespace(&self.client, &marker).await;
+        eventually(
+            "the namespace watch to catch up",
+            Duration::from_secs(30),
+            || async {
+                if self.seen.lock().unwrap().contains(&marker) {
+                    Ok(())
+                } else {
+                    Err(format!("{marker} not seen yet"))
+                }
+            },
+        )
+        .await;
+        delete_namespace(&self.client, &marker).await;
+        self.seen.lock().unwrap().contains(name)
     }
 }
