@@ -210,6 +210,7 @@ async fn port_forwards_are_recorded_in_the_lease_and_listed() {
             .args(harness.kube_args())
             .args(["-A", "-o", "json"]),
     );
+    assert_eq!(listed.code, Some(0), "{listed:?}");
     let all: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
     let me = all
         .as_array()

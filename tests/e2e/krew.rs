@@ -91,6 +91,7 @@ fn plugins_install_run_complete_and_uninstall_through_krew() {
     let sandboxes = output(&mut kubectl(&["gitops-sandbox", "list", "-A"]));
     assert_eq!(sandboxes.code, Some(0), "{sandboxes:?}");
     let plugins = output(&mut kubectl(&["plugin", "list"]));
+    assert_eq!(plugins.code, Some(0), "{plugins:?}");
     for p in PLUGINS {
         assert!(
             plugins.stdout.contains(&format!("kubectl-gitops_{p}")),
@@ -101,6 +102,7 @@ fn plugins_install_run_complete_and_uninstall_through_krew() {
     let store = krew_root.join("store/gitops-run/v0.0.0-e2e");
     assert!(store.join("LICENSE").is_file());
     let completed = output(Command::new(store.join("kubectl_complete-gitops_run")).arg("bu"));
+    assert_eq!(completed.code, Some(0), "{completed:?}");
     assert!(completed.stdout.starts_with("build\t"), "{completed:?}");
 
     for p in PLUGINS {
@@ -108,5 +110,6 @@ fn plugins_install_run_complete_and_uninstall_through_krew() {
         assert_eq!(out.code, Some(0), "{out:?}");
     }
     let after = output(&mut kubectl(&["plugin", "list"]));
+    assert_eq!(after.code, Some(0), "{after:?}");
     assert!(!after.stdout.contains("kubectl-gitops_"), "{after:?}");
 }
