@@ -281,6 +281,11 @@ pub async fn watch(
         }
         for r in rollouts.values() {
             let now = (r.ready, r.desired, r.done);
+            // A workload already rolled out (untouched by this sync) is not news.
+            if r.done && !shown.contains_key(&r.object) {
+                shown.insert(r.object.clone(), now);
+                continue;
+            }
             if shown.get(&r.object) != Some(&now) {
                 shown.insert(r.object.clone(), now);
                 report(&Event::Rollout {
