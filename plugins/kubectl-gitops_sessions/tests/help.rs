@@ -58,6 +58,12 @@ fn prune() -> Result<(), String> {
 }
 
 #[test]
+fn logs() -> Result<(), String> {
+    insta::assert_snapshot!("logs", help(&["logs"])?);
+    Ok(())
+}
+
+#[test]
 fn ui() -> Result<(), String> {
     insta::assert_snapshot!("ui", help(&["ui"])?);
     Ok(())
