@@ -33,8 +33,8 @@ async fn value(client: &Client, ns: &str, name: &str) -> Option<String> {
 
 /// A payload of the kinds a real application has, beside its ConfigMaps: a
 /// ServiceAccount, a Secret, a Service (the cluster derives its
-/// EndpointSlice) and a Deployment (the cluster derives its ReplicaSet;
-/// zero replicas, so it is healthy with no node to run pods).
+/// EndpointSlice) and a Deployment of one replica (the cluster derives its
+/// ReplicaSet and Pod; the harness's kwok nodes run it).
 fn app_objects() -> Vec<(&'static str, String)> {
     vec![
         (
@@ -53,7 +53,7 @@ fn app_objects() -> Vec<(&'static str, String)> {
         ),
         (
             "deploy.yaml",
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 0\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      serviceAccountName: web\n      containers:\n      - name: web\n        image: registry.invalid/web:1\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      serviceAccountName: web\n      containers:\n      - name: web\n        image: registry.example/web:1\n"
                 .into(),
         ),
     ]
@@ -74,7 +74,7 @@ fn assert_captured_app(fp: &Footprint, ns: &str) {
             "{kind}/{ns}/web not in {fp:#?}"
         );
     }
-    for derived in ["ReplicaSet", "EndpointSlice"] {
+    for derived in ["ReplicaSet", "Pod", "EndpointSlice"] {
         assert!(
             fp.kinds().contains(derived),
             "no {derived} derived from the payload in {fp:#?}"
