@@ -18,6 +18,7 @@ demo: ## Bring the local control plane up and run the demo on examples/hello
 test: ## Everything: harness up, unit and end-to-end tests, harness down
 	tests/cluster/up --second-cluster
 	tests/ui/setup
+	tests/cross/setup
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets; rc=$$?; tests/cluster/down; exit $$rc
 
@@ -26,6 +27,7 @@ unit: ## Unit tests only (no cluster needed)
 
 e2e: ## End-to-end tests against an already running harness (tests/cluster/up)
 	tests/ui/setup
+	tests/cross/setup
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p gitops-e2e
 
@@ -35,7 +37,7 @@ up: ## Start the local control plane (builds the peers the first time)
 down: ## Stop the local control plane and remove its state
 	tests/cluster/down
 
-dist: ## Release archives for linux/darwin × amd64/arm64 and the Krew manifests (krew/)
+dist: ## Release archives (linux, darwin: amd64, arm64; windows: amd64) and Krew manifests
 	krew/dist
 
 lint: ## rustfmt and clippy, as CI runs them
