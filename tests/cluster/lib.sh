@@ -9,7 +9,9 @@ PEERS="$HARNESS_ROOT/tests/peers"
 CACHE="${GITOPS_HARNESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-gitops/peers}"
 # Everything a running harness owns: pids, logs, certificates, data.
 STATE="${GITOPS_HARNESS_DIR:-$HARNESS_ROOT/target/harness}"
-PORT_BASE="${GITOPS_HARNESS_PORT_BASE:-36000}"
+# The ports a running harness was started with win over the default, so a
+# script that restarts a component (the restart e2e test) finds them again.
+PORT_BASE="${GITOPS_HARNESS_PORT_BASE:-$(cat "$STATE/ports" 2>/dev/null || echo 36000)}"
 
 ETCD_PORT=$((PORT_BASE + 1))
 ETCD_PEER_PORT=$((PORT_BASE + 2))

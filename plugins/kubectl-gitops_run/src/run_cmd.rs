@@ -13,7 +13,7 @@ use gitops::cluster::KubeFlags;
 use gitops::git::GitInfo;
 use gitops::portforward::ForwardSpec;
 use gitops::registry::{Credentials, RegistryOptions};
-use gitops::session::live::{self, LiveOptions};
+use gitops::session::live::{self, Forwards, LiveOptions};
 use gitops::session::{
     self, Event, Mode, Reporter, Session, SessionConfig, export, preflight, watch::DirWatcher,
 };
@@ -162,6 +162,8 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         .iter()
         .map(|s| s.parse::<ForwardSpec>())
         .collect::<Result<Vec<_>, _>>()?;
+    // A busy local port is refused before anything else happens.
+    let forwards = Forwards::bind(&forwards).await?;
     let creds = args
         .creds
         .as_deref()
@@ -242,11 +244,17 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         once: args.once,
         keep: args.keep,
         cleanup_timeout,
-        port_forwards: forwards,
         export_file: args.export_gitops.clone(),
         logs: args.logs,
     };
-    let end = live::run(session, watcher, options, gitops::process::shutdown_signal).await?;
+    let end = live::run(
+        session,
+        watcher,
+        options,
+        forwards,
+        gitops::process::shutdown_signal,
+    )
+    .await?;
     Ok(ExitCode::from(end.exit_code()))
 }
 

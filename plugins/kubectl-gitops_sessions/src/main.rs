@@ -72,6 +72,7 @@ enum Command {
         /// Delete even though its heartbeat is live (its command keeps running).
         #[arg(long)]
         force: bool,
+        /// How long Flux may take to prune what the session applied.
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
         timeout: Duration,
     },
@@ -80,6 +81,7 @@ enum Command {
         /// Only sessions stale for at least this long.
         #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
         stale_after: Duration,
+        /// How long Flux may take to prune what each session applied.
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
         timeout: Duration,
     },

@@ -162,8 +162,6 @@ pub struct LiveOptions {
     pub keep: bool,
     /// How long cleanup may take (Flux pruning included).
     pub cleanup_timeout: Duration,
-    /// `--port-forward` specs.
-    pub port_forwards: Vec<ForwardSpec>,
     /// `--export-gitops FILE`, named in the hand-over hint.
     pub export_file: Option<PathBuf>,
     /// Stream the logs of the session's pods.
@@ -196,9 +194,10 @@ impl LiveEnd {
 
 /// Aborts background tasks (port-forwards, log and event followers) when
 /// the session ends.
-struct Forwards(Vec<tokio::task::JoinHandle<()>>);
+#[derive(Default)]
+struct Background(Vec<tokio::task::JoinHandle<()>>);
 
-impl Drop for Forwards {
+impl Drop for Background {
     fn drop(&mut self) {
         for h in &self.0 {
             h.abort();
@@ -206,14 +205,33 @@ impl Drop for Forwards {
     }
 }
 
-/// Binds the `--port-forward` listeners and starts forwarding (through the
-/// API server, to the pod currently behind each spec).
-async fn start_forwards(
+/// The `--port-forward` listeners, bound before the session starts so a
+/// busy port is refused before anything else happens.
+pub struct Forwards(Vec<(tokio::net::TcpListener, ForwardSpec)>);
+
+impl Forwards {
+    /// Binds every spec's local port on 127.0.0.1.
+    pub async fn bind(specs: &[ForwardSpec]) -> Result<Forwards, SessionError> {
+        let mut listeners = Vec::new();
+        for spec in specs {
+            let listener = portforward::listen(spec)
+                .await
+                .map_err(|e| SessionError::Flag(e.to_string()))?;
+            listeners.push((listener, spec.clone()));
+        }
+        Ok(Forwards(listeners))
+    }
+}
+
+/// Starts forwarding (through the API server, to the pod currently behind
+/// each spec).
+fn start_forwards(
     session: &Session,
-    specs: &[ForwardSpec],
-) -> Result<Forwards, SessionError> {
-    if specs.is_empty() {
-        return Ok(Forwards(Vec::new()));
+    forwards: Forwards,
+    background: &mut Background,
+) -> Result<(), SessionError> {
+    if forwards.0.is_empty() {
+        return Ok(());
     }
     if session.target().kubeconfig_secret.is_some() {
         return Err(SessionError::Flag(
@@ -222,20 +240,12 @@ async fn start_forwards(
                 .into(),
         ));
     }
-    let mut listeners = Vec::new();
-    for spec in specs {
-        let listener = portforward::listen(spec)
-            .await
-            .map_err(|e| SessionError::Flag(e.to_string()))?;
-        listeners.push((listener, spec.clone()));
-    }
     let namespace = session
         .target()
         .target_namespace
         .clone()
         .unwrap_or_else(|| session.namespace().to_string());
-    let mut tasks = Vec::new();
-    for (listener, spec) in listeners {
+    for (listener, spec) in forwards.0 {
         session.report(&Event::Message {
             message: format!(
                 "forwarding 127.0.0.1:{} to {} port {}",
@@ -243,7 +253,7 @@ async fn start_forwards(
             ),
         });
         let report = session.report.clone();
-        tasks.push(tokio::spawn(portforward::serve(
+        background.0.push(tokio::spawn(portforward::serve(
             listener,
             session.client().clone(),
             namespace.clone(),
@@ -251,7 +261,7 @@ async fn start_forwards(
             move |w| report(&Event::Warning { message: w }),
         )));
     }
-    Ok(Forwards(tasks))
+    Ok(())
 }
 
 /// Runs a live session to its end: port-forwards, the sync loop on
@@ -262,15 +272,34 @@ pub async fn run<F, Fut>(
     mut session: Session,
     mut watcher: DirWatcher,
     opts: LiveOptions,
+    forwards: Forwards,
     signal: F,
 ) -> Result<LiveEnd, SessionError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut background = start_forwards(&session, &opts.port_forwards).await?;
-    let report = session.report.clone();
-    // Flux's warnings about the session's objects, as they happen.
+    let mut background = Background::default();
+    start_forwards(&session, forwards, &mut background)?;
+    // Failures the syncs report, so Flux's warning about the same thing is
+    // not printed a second time.
+    let failures: Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
+    let report: super::Reporter = {
+        let inner = session.report.clone();
+        let failures = failures.clone();
+        Arc::new(move |e: &Event| {
+            if let Event::Failed { message, .. } = e
+                && let Ok(mut f) = failures.lock()
+            {
+                f.retain(|(t, _)| t.elapsed() < Duration::from_secs(60));
+                f.push((std::time::Instant::now(), message.clone()));
+            }
+            inner(e)
+        })
+    };
+    session.set_reporter(report.clone());
+    // Flux's warnings about the session's objects, as they happen, unless
+    // a sync reports the same failure.
     {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         background.0.push(tokio::spawn(super::logs::flux_warnings(
@@ -282,7 +311,18 @@ where
         let report = report.clone();
         background.0.push(tokio::spawn(async move {
             while let Some(w) = rx.recv().await {
-                report(&Event::Warning { message: w });
+                // Give the sync that met the same failure time to report it.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let core = w.split_once(": ").map_or(w.as_str(), |(_, m)| m);
+                let core = core.split_once(": ").map_or(core, |(_, m)| m);
+                let known = failures.lock().is_ok_and(|f| {
+                    f.iter().any(|(_, m)| {
+                        m.contains(core) || core.contains(m.as_str()) || same_lines(m, core)
+                    })
+                });
+                if !known {
+                    report(&Event::Warning { message: w });
+                }
             }
         }));
     }
@@ -381,6 +421,14 @@ where
         message: handover(opts.export_file.as_deref()),
     });
     Ok(result)
+}
+
+/// Whether two messages share their first line (Flux repeats a failure's
+/// text in its event, sometimes trimmed).
+fn same_lines(a: &str, b: &str) -> bool {
+    let first = |s: &str| s.lines().next().unwrap_or_default().trim().to_string();
+    let (a, b) = (first(a), first(b));
+    !a.is_empty() && (a.contains(&b) || b.contains(&a))
 }
 
 fn handover(export: Option<&std::path::Path>) -> String {

@@ -418,6 +418,11 @@ impl Session {
         self.waiting.clone()
     }
 
+    /// Replaces the session's reporter.
+    pub fn set_reporter(&mut self, report: Reporter) {
+        self.report = report;
+    }
+
     /// Sends an event to the session's reporter.
     pub fn report(&self, event: &Event) {
         (self.report)(event)

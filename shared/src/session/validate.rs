@@ -212,6 +212,7 @@ pub fn file_for(index: &ObjectIndex, message: &str) -> Option<String> {
         let (kind, name) = key.split_once('/')?;
         let namespaced = message
             .split(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+            .map(|w| w.trim_end_matches([':', ',', ';', '.', ')']))
             .any(|w| w.starts_with(&format!("{kind}/")) && w.ends_with(&format!("/{name}")));
         (namespaced
             || message.contains(&format!("{kind}/{name} "))
@@ -253,6 +254,10 @@ mod tests {
             Some("good.yaml")
         );
         assert_eq!(file_for(&index, "unrelated"), None);
+        assert_eq!(
+            file_for(&index, "the rollout cannot succeed: ConfigMap/dev/a: pod x").as_deref(),
+            Some("good.yaml")
+        );
     }
 
     #[test]

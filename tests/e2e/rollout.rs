@@ -1,0 +1,410 @@
+//! Sessions with real workloads: Deployments scheduled by kube-scheduler
+//! onto kwok nodes, rolled out by kube-controller-manager, health-checked by
+//! Flux. Asserts on what the API server holds (and what the port-forward
+//! answers), and on the session's events for what it reports.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use gitops_e2e::{Harness, RunningSession, eventually, unique, write_tree};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
+use kube::api::{Api, ListParams};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn deployment(replicas: u32, template_labels: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n{template_labels}    spec:\n      containers:\n      - name: web\n        image: example/web:1\n        ports:\n        - name: http\n          containerPort: 8080\n        resources:\n          requests:\n            cpu: 100m\n"
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n";
+const KUSTOMIZATION: &str = "resources:\n- deployment.yaml\n- service.yaml\n";
+
+fn app(dir: &std::path::Path, replicas: u32, template_labels: &str) {
+    write_tree(
+        dir,
+        &[
+            (
+                "deploy/deployment.yaml",
+                &deployment(replicas, template_labels),
+            ),
+            ("deploy/service.yaml", SERVICE),
+            ("deploy/kustomization.yaml", KUSTOMIZATION),
+        ],
+    );
+}
+
+/// A local HTTP server that answers every request with `body`.
+fn http_server(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// GET / on 127.0.0.1:`port`: the body.
+fn get(port: u16) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&response);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|l| l.trim().parse::<usize>().ok());
+                    if len.is_some_and(|l| body.len() >= l) {
+                        return Ok(body.to_string());
+                    }
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!(
+        "incomplete answer: {}",
+        String::from_utf8_lossy(&response)
+    ))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An event already seen, or the next one matching `pred`.
+fn seen_or_wait(
+    s: &mut RunningSession,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    if let Some(e) = s.seen.iter().find(|e| pred(e)) {
+        return e.clone();
+    }
+    s.wait_for(what, WAIT, pred)
+}
+
+/// Waits for a synced event and returns the rollout events seen since the last call.
+fn synced(s: &mut RunningSession) -> Vec<serde_json::Value> {
+    let from = s.seen.len();
+    let r = s.next_sync();
+    assert!(r.is_ok(), "sync failed: {r:?}");
+    s.seen[from..]
+        .iter()
+        .filter(|e| e["event"] == "rollout")
+        .cloned()
+        .collect()
+}
+
+async fn nothing_derived_left(client: &Client, ns: &str) {
+    eventually("pods and ReplicaSets to be gone", WAIT, || async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+        let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        let e = |e: kube::Error| e.to_string();
+        let left = pods
+            .list(&ListParams::default())
+            .await
+            .map_err(e)?
+            .items
+            .len()
+            + rss
+                .list(&ListParams::default())
+                .await
+                .map_err(e)?
+                .items
+                .len()
+            + deps
+                .list(&ListParams::default())
+                .await
+                .map_err(e)?
+                .items
+                .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_nothing() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    app(dir.path(), 1, "");
+    let ns = unique("run-web");
+    let backend = http_server("hello-from-the-pod");
+    let logfile = dir.path().join("web.log");
+    std::fs::write(
+        &logfile,
+        "2026-01-02T03:04:05.000000001Z stdout F web: listening on :8080\n",
+    )
+    .unwrap();
+    // kwok plays the kubelet: the pods' port 8080 is this local server, their log this file.
+    harness.kubectl_apply(&format!(
+        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterPortForward\nmetadata:\n  name: {ns}\nspec:\n  selector:\n    matchNamespaces: [{ns}]\n  forwards:\n  - ports: [8080]\n    target:\n      address: 127.0.0.1\n      port: {backend}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\nmetadata:\n  name: {ns}\nspec:\n  selector:\n    matchNamespaces: [{ns}]\n  logs:\n  - containers: [web]\n    logsFile: {}\n    follow: true\n",
+        logfile.display()
+    ));
+    let local = free_port();
+    let forward = format!("resource=svc/web,port={local}:80");
+    let mut s = RunningSession::start(
+        &harness,
+        dir.path(),
+        &[
+            "deploy",
+            "--name",
+            &ns,
+            "--port-forward",
+            &forward,
+            "--logs",
+        ],
+    );
+    let rollouts = synced(&mut s);
+    assert!(
+        rollouts
+            .iter()
+            .any(|e| e["object"] == format!("Deployment/{ns}/web") && e["done"] == true),
+        "{rollouts:?}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(d.status.unwrap().ready_replicas, Some(1));
+
+    // The port-forward answers through the API server (kwok → the local server).
+    let body = eventually("the port-forward to answer", WAIT, || async { get(local) }).await;
+    assert_eq!(body, "hello-from-the-pod");
+    // The pod's log line, through pods/log.
+    seen_or_wait(&mut s, "a log line", |e| {
+        e["event"] == "log" && e["line"] == "web: listening on :8080"
+    });
+
+    // Scale: a rollout the session follows.
+    let first_pods: Vec<String> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    app(dir.path(), 3, "");
+    let rollouts = synced(&mut s);
+    assert!(
+        rollouts
+            .iter()
+            .any(|e| e["desired"] == 3 && e["done"] == true),
+        "{rollouts:?}"
+    );
+    assert_eq!(
+        deployments
+            .get("web")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .ready_replicas,
+        Some(3)
+    );
+    // A change of the pod template replaces the pods: logs and the forward follow.
+    app(dir.path(), 1, "        version: \"2\"\n");
+    synced(&mut s);
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("version=2"))
+        .await
+        .unwrap()
+        .items;
+    let new_pod = pods[0].metadata.name.clone().unwrap();
+    assert!(!first_pods.contains(&new_pod));
+    seen_or_wait(&mut s, "a log line of the new pod", |e| {
+        e["event"] == "log" && e["pod"] == new_pod.as_str()
+    });
+    let body = eventually(
+        "the port-forward to answer after the rollout",
+        WAIT,
+        || async { get(local) },
+    )
+    .await;
+    assert_eq!(body, "hello-from-the-pod");
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    nothing_derived_left(&client, &ns).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually("the sandbox to go", WAIT, || async {
+        match namespaces.get_opt(&ns).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err("still there".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let _ = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", harness.kubeconfig.to_str().unwrap()])
+        .args([
+            "delete",
+            "clusterportforward,clusterlogs",
+            &ns,
+            "--ignore-not-found",
+        ])
+        .output();
+}
+
+#[tokio::test]
+async fn a_crashing_pod_fails_the_sync_in_seconds_and_a_fix_recovers() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    app(dir.path(), 1, "");
+    let ns = unique("run-crash");
+    let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns]);
+    synced(&mut s);
+
+    // The new pods crash (kwok's failure stage): reported with the reason
+    // and the file well before the 2 minute health-check timeout.
+    let t = Instant::now();
+    app(dir.path(), 1, "        gitops.harness/fail: crashloop\n");
+    let failed = s.wait_for("the failure", WAIT, |e| e["event"] == "failed");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains("CrashLoopBackOff"), "{failed}");
+    assert!(
+        message.contains(&format!("Deployment/{ns}/web")),
+        "{failed}"
+    );
+    // DIR is not in a Git work tree: the packaged root is DIR itself.
+    assert_eq!(failed["file"], "deployment.yaml", "{failed}");
+    let crashing: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("gitops.harness/fail=crashloop"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        !crashing.is_empty(),
+        "the crashing pods are on the API server"
+    );
+
+    // Still watching: the fix rolls out.
+    app(dir.path(), 1, "");
+    synced(&mut s);
+    let d: Deployment = Api::namespaced(client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(d.status.unwrap().ready_replicas, Some(1));
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    nothing_derived_left(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_save_during_a_stuck_health_check_supersedes_it() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    // Pods that run but never become ready: no certain failure, Flux waits.
+    app(dir.path(), 1, "        gitops.harness/fail: unready\n");
+    let ns = unique("run-stuck");
+    let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns]);
+    s.wait_for("the health check to start", WAIT, |e| {
+        e["event"] == "rollout" && e["ready"] == 0
+    });
+    let t = Instant::now();
+    app(dir.path(), 1, "");
+    s.wait_for("the wait to be superseded", WAIT, |e| {
+        e["event"] == "superseded"
+    });
+    synced(&mut s);
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    let d: Deployment = Api::namespaced(client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(d.status.unwrap().ready_replicas, Some(1));
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    nothing_derived_left(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn the_sandbox_quota_refusal_is_reported_in_plain_words() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let sbx = unique("sbx-quota");
+    let created = gitops_e2e::output(
+        gitops_e2e::plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["create", &sbx, "--quota", "cpu=500m,pods=5"]),
+    );
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let dir = tempfile::tempdir().unwrap();
+    // 8 replicas × 100m > 500m.
+    app(dir.path(), 8, "");
+    let name = unique("run-quota");
+    let mut s = RunningSession::start(
+        &harness,
+        dir.path(),
+        &["deploy", "--name", &name, "--sandbox", &sbx],
+    );
+    let failed = s.wait_for("the quota refusal", WAIT, |e| e["event"] == "failed");
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains("exceeded quota"), "{failed}");
+    let d: Deployment = Api::namespaced(client.clone(), &sbx)
+        .get("web")
+        .await
+        .unwrap();
+    assert!(d.status.unwrap().ready_replicas.unwrap_or(0) < 8);
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    nothing_derived_left(&client, &sbx).await;
+    let deleted = gitops_e2e::output(
+        gitops_e2e::plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["delete", &sbx]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
+}
