@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,6 +31,20 @@ pub struct Rollout {
     pub problem: Option<String>,
     /// The pods it selects (`matchLabels`).
     pub selector: BTreeMap<String, String>,
+    /// The label (key, value) of its current pods (the newest ReplicaSet's
+    /// `pod-template-hash`, a StatefulSet's update revision): only those
+    /// count, not the old ones a rollout is replacing.
+    pub current: Option<(String, String)>,
+    /// Its uid (ReplicaSets point at it).
+    pub uid: String,
+    /// The labels of its pod template: a pod of an older template that
+    /// differs in them is not one of its current pods.
+    pub template_labels: BTreeMap<String, String>,
+    /// A Deployment's current revision (`deployment.kubernetes.io/revision`).
+    pub revision: Option<String>,
+    /// Its controller has seen its latest spec (before that, its status and
+    /// pods still describe the previous one).
+    pub observed: bool,
 }
 
 fn id(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
@@ -77,7 +91,32 @@ pub fn deployment(d: &Deployment) -> Rollout {
         selector: spec
             .and_then(|s| s.selector.match_labels.clone())
             .unwrap_or_default(),
+        current: None,
+        uid: d.metadata.uid.clone().unwrap_or_default(),
+        revision: d.annotations().get(REVISION).cloned(),
+        template_labels: spec
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default(),
+        observed,
     }
+}
+
+const REVISION: &str = "deployment.kubernetes.io/revision";
+
+/// The `pod-template-hash` of the ReplicaSet of a Deployment's current
+/// revision among `rss` (`None` until that ReplicaSet is seen).
+pub fn current_hash(deployment_uid: &str, revision: &str, rss: &[ReplicaSet]) -> Option<String> {
+    rss.iter()
+        .find(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == deployment_uid)
+                && rs.annotations().get(REVISION).map(String::as_str) == Some(revision)
+        })
+        .and_then(|rs| rs.labels().get("pod-template-hash").cloned())
 }
 
 /// A StatefulSet's rollout.
@@ -98,6 +137,17 @@ pub fn statefulset(s: &StatefulSet) -> Rollout {
         selector: spec
             .and_then(|s| s.selector.match_labels.clone())
             .unwrap_or_default(),
+        revision: None,
+        template_labels: spec
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default(),
+        current: st
+            .update_revision
+            .clone()
+            .map(|r| ("controller-revision-hash".to_string(), r)),
+        uid: s.metadata.uid.clone().unwrap_or_default(),
+        observed,
     }
 }
 
@@ -118,6 +168,16 @@ pub fn daemonset(d: &DaemonSet) -> Rollout {
             .as_ref()
             .and_then(|s| s.selector.match_labels.clone())
             .unwrap_or_default(),
+        current: None,
+        uid: d.metadata.uid.clone().unwrap_or_default(),
+        revision: None,
+        template_labels: d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default(),
+        observed,
     }
 }
 
@@ -181,18 +241,27 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
     None
 }
 
-fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
-    !selector.is_empty() && {
-        let labels = pod.labels();
-        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
+fn selects(r: &Rollout, pod: &Pod) -> bool {
+    let labels = pod.labels();
+    !r.selector.is_empty()
+        && r.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && r.current
+            .as_ref()
+            .is_none_or(|(k, v)| labels.get(k) == Some(v))
+        && (r.template_labels.is_empty() || {
+            let own = |k: &String| k != "pod-template-hash" && k != "controller-revision-hash";
+            labels.iter().filter(|(k, _)| own(k)).count() == r.template_labels.len()
+                && r.template_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+        })
 }
 
 /// The pods' and workloads' verdict: `Some(message)` when a workload cannot
 /// become healthy without a change.
 pub fn verdict(rollouts: &[Rollout], pods: &[Pod]) -> Option<String> {
     for r in rollouts {
-        if r.done {
+        if r.done || !r.observed {
             continue;
         }
         if let Some(p) = &r.problem {
@@ -200,7 +269,7 @@ pub fn verdict(rollouts: &[Rollout], pods: &[Pod]) -> Option<String> {
         }
         let mut problems: Vec<String> = pods
             .iter()
-            .filter(|p| selects(&r.selector, p))
+            .filter(|p| selects(r, p))
             .filter_map(pod_problem)
             .collect();
         problems.sort();
@@ -251,12 +320,20 @@ pub async fn watch(
     )
     .default_backoff()
     .map(|e| e.map(|e| Changed::Pod(objects(e))));
+    let replicasets = watcher(
+        Api::<ReplicaSet>::namespaced(client.clone(), &namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Changed::ReplicaSet(objects(e))));
     let mut all = futures::stream::select_all(vec![
         deployments.boxed(),
         statefulsets.boxed(),
         daemonsets.boxed(),
         pods.boxed(),
+        replicasets.boxed(),
     ]);
+    let mut rs_map: BTreeMap<String, ReplicaSet> = BTreeMap::new();
     let mut rollouts: BTreeMap<String, Rollout> = BTreeMap::new();
     let mut pod_map: BTreeMap<String, Pod> = BTreeMap::new();
     let mut shown: BTreeMap<String, (i32, i32, bool)> = BTreeMap::new();
@@ -268,6 +345,16 @@ pub async fn watch(
             Changed::Deployment(list) => apply(&mut rollouts, list, |d| deployment(&d)),
             Changed::StatefulSet(list) => apply(&mut rollouts, list, |s| statefulset(&s)),
             Changed::DaemonSet(list) => apply(&mut rollouts, list, |d| daemonset(&d)),
+            Changed::ReplicaSet(list) => {
+                for (deleted, rs) in list {
+                    let key = rs.name_any();
+                    if deleted {
+                        rs_map.remove(&key);
+                    } else {
+                        rs_map.insert(key, rs);
+                    }
+                }
+            }
             Changed::Pod(list) => {
                 for (deleted, pod) in list {
                     let key = pod.name_any();
@@ -296,7 +383,24 @@ pub async fn watch(
                 });
             }
         }
-        let rs: Vec<Rollout> = rollouts.values().cloned().collect();
+        let replicasets: Vec<ReplicaSet> = rs_map.values().cloned().collect();
+        let rs: Vec<Rollout> = rollouts
+            .values()
+            .cloned()
+            .map(|mut r| {
+                if r.object.starts_with("Deployment/") {
+                    // Until its newest ReplicaSet is known, no pod counts.
+                    r.current = Some((
+                        "pod-template-hash".into(),
+                        r.revision
+                            .as_deref()
+                            .and_then(|rev| current_hash(&r.uid, rev, &replicasets))
+                            .unwrap_or_default(),
+                    ));
+                }
+                r
+            })
+            .collect();
         let ps: Vec<Pod> = pod_map.values().cloned().collect();
         if let Some(v) = verdict(&rs, &ps) {
             return v;
@@ -310,6 +414,7 @@ enum Changed {
     StatefulSet(Vec<(bool, StatefulSet)>),
     DaemonSet(Vec<(bool, DaemonSet)>),
     Pod(Vec<(bool, Pod)>),
+    ReplicaSet(Vec<(bool, ReplicaSet)>),
 }
 
 /// A watcher event as `(deleted, object)` pairs (the initial list included).
@@ -427,6 +532,30 @@ mod tests {
             }]}
         }));
         assert_eq!(verdict(std::slice::from_ref(&d), &[other]), None);
+        // An old ReplicaSet's crashing pod, while a fix rolls out: not the verdict.
+        let mut fixing = d.clone();
+        fixing.current = Some(("pod-template-hash".into(), "new".into()));
+        let old = pod(serde_json::json!({
+            "metadata": {"name": "web-old", "namespace": "sbx", "labels": {"app": "web", "pod-template-hash": "old"}},
+            "status": {"containerStatuses": [{
+                "name": "app", "image": "web:1", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}
+            }]}
+        }));
+        assert_eq!(verdict(std::slice::from_ref(&fixing), &[old]), None);
+        let rss: Vec<ReplicaSet> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "web-old", "labels": {"pod-template-hash": "old"},
+              "annotations": {"deployment.kubernetes.io/revision": "1"},
+              "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u1"}]}},
+            {"metadata": {"name": "web-new", "labels": {"pod-template-hash": "new"},
+              "annotations": {"deployment.kubernetes.io/revision": "2"},
+              "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u1"}]}}
+        ]))
+        .unwrap();
+        assert_eq!(current_hash("u1", "2", &rss).as_deref(), Some("new"));
+        assert_eq!(current_hash("u1", "1", &rss).as_deref(), Some("old"));
+        assert_eq!(current_hash("u1", "3", &rss), None);
+        assert_eq!(current_hash("u2", "2", &rss), None);
         // A quota refusing the pods shows on the Deployment.
         let quota = deployment(&deploy(serde_json::json!({
             "metadata": {"name": "big", "namespace": "sbx", "generation": 1},

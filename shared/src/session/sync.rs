@@ -310,21 +310,57 @@ impl Session {
             move |o: Option<&Kustomization>| {
                 o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
                     s.last_attempted_revision.as_deref() == Some(want.as_str())
-                        && flux::condition(&s.conditions, "Ready")
-                            .is_some_and(|c| c.status != "Unknown")
+                        && flux::condition(&s.conditions, "Ready").is_some_and(|c| {
+                            // A cancelled health check is the previous revision's.
+                            c.status != "Unknown" && c.reason != "HealthCheckCanceled"
+                        })
                 })
             },
         );
         // Meanwhile, the workloads' rollouts (this cluster only): progress
         // as it happens, and a certain failure as soon as it shows.
+        // Judged only once Flux has applied this revision (it health-checks
+        // it then): before that, the workloads still show the previous one.
         let workloads = match self.workloads() {
-            Some((ns, _)) => futures::future::Either::Left(super::health::watch(
-                self.client.clone(),
-                ns,
-                name.clone(),
-                self.namespace.clone(),
-                self.report.clone(),
-            )),
+            Some((ns, _)) => {
+                let (client, session, flux_ns, report) = (
+                    self.client.clone(),
+                    name.clone(),
+                    self.namespace.clone(),
+                    self.report.clone(),
+                );
+                let (kss, want) = (kss.clone(), revision.to_string());
+                futures::future::Either::Left(async move {
+                    let health_checked = format!("for revision {want}");
+                    let applied_msg = format!("Applied revision: {want}");
+                    let applied = kubeapi::await_object(
+                        &kss,
+                        &session,
+                        limit,
+                        "",
+                        move |o: Option<&Kustomization>| {
+                            // lastAttemptedRevision is set when the reconcile
+                            // starts, before anything is applied: not a sign.
+                            o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                                // Only current conditions: a revision pushed
+                                // again may name an old "Applied revision".
+                                s.conditions.iter().any(|c| {
+                                    (c.type_ == "Reconciling"
+                                        && c.message.contains(&health_checked))
+                                        || (c.type_ == "Ready"
+                                            && c.status == "True"
+                                            && c.message.contains(&applied_msg))
+                                })
+                            })
+                        },
+                    )
+                    .await;
+                    if applied.is_err() {
+                        return std::future::pending().await;
+                    }
+                    super::health::watch(client, ns, session, flux_ns, report).await
+                })
+            }
             None => futures::future::Either::Right(std::future::pending()),
         };
         let applied = tokio::select! {
