@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta};
 use kube::{Client, ResourceExt};
 
 use super::{Event, OwnSandbox, Session, SessionError, changes};
@@ -155,17 +155,7 @@ impl Session {
             return;
         }
         let patch = serde_json::json!({"spec": {"holderIdentity": null}});
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        if let Err(e) = leases
-            .patch(
-                &self.cfg.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            tracing::debug!("cannot release the lease: {e}");
-        }
+        self.patch_lease(&patch, "release").await;
     }
 
     /// What is left in the cluster if the session stops without cleanup.

@@ -524,16 +524,21 @@ impl Session {
             status: status.to_string(),
         };
         let patch = serde_json::json!({"metadata": {"annotations": note.to_annotations()}});
+        self.patch_lease(&patch, "record the sync in").await;
+    }
+
+    /// Merge-patches the session's Lease (best effort: logged on failure).
+    pub(super) async fn patch_lease(&self, patch: &serde_json::Value, what: &str) {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
         if let Err(e) = leases
             .patch(
                 &self.cfg.name,
                 &PatchParams::default(),
-                &Patch::Merge(&patch),
+                &Patch::Merge(patch),
             )
             .await
         {
-            tracing::debug!("cannot record the sync in the lease: {e}");
+            tracing::debug!("cannot {what} the lease: {e}");
         }
     }
 }
