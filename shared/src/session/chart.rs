@@ -115,7 +115,7 @@ impl Session {
         let values_key =
             serde_json::to_string(&self.values().unwrap_or_default()).unwrap_or_default();
         let key = format!("{}:{values_key}", chart.layer.digest);
-        if self.last_ok && self.last_layer.as_deref() == Some(key.as_str()) {
+        if self.settled && self.last_layer.as_deref() == Some(key.as_str()) {
             (self.report)(&Event::Unchanged {
                 digest: chart.layer.digest,
             });
@@ -150,7 +150,7 @@ impl Session {
             Ok((digest, _)) => digest,
             Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None, false),
         };
-        self.last_ok = false;
+        self.settled = false;
         self.last_layer = Some(key);
         self.done(
             Phase::Push,
@@ -217,13 +217,14 @@ impl Session {
         self.waiting.store(false, Ordering::SeqCst);
         let status = done.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::helm_failure(&status) {
+            self.settled = true;
             self.note(revision, "Failed").await;
             // A failed upgrade leaves the previous release in place.
             return Ok(self.fail(Phase::Apply, message, None, false));
         }
         self.done(Phase::Apply, t, Some(format!("chart {version}")));
         let after = changes::helm_objects(&self.client, &release_ns, &name).await;
-        self.last_ok = true;
+        self.settled = true;
         self.last_good = Some(format!("{revision} (chart {version})"));
         self.note(revision, "Ready").await;
         (self.report)(&Event::Synced {

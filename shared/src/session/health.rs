@@ -403,6 +403,7 @@ pub async fn watch(
             .collect();
         let ps: Vec<Pod> = pod_map.values().cloned().collect();
         if let Some(v) = verdict(&rs, &ps) {
+            tracing::debug!("verdict from {rs:?}");
             return v;
         }
     }

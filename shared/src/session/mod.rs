@@ -150,8 +150,11 @@ pub struct Session {
     materialized: bool,
     objects_ready: bool,
     last_layer: Option<String>,
-    /// The last sync ended Ready and nothing was pushed since.
-    last_ok: bool,
+    /// Flux gave its verdict on what was last pushed (Ready, or a failed
+    /// apply or rollout) and nothing was pushed since: the same content again
+    /// is "unchanged", not another push. A push failure, a fetch failure or a
+    /// superseded wait leave it unsettled, so the same content is synced again.
+    settled: bool,
     /// The revision last synced Ready (what stays applied after a failure).
     last_good: Option<String>,
     /// Set while the sync waits for Flux: a newer save may supersede it.
@@ -284,7 +287,7 @@ impl Session {
             materialized: false,
             objects_ready: false,
             last_layer: None,
-            last_ok: false,
+            settled: false,
             last_good: None,
             waiting: Arc::new(AtomicBool::new(false)),
             renewer: None,

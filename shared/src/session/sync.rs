@@ -220,7 +220,7 @@ impl Session {
                 return self.fail(Phase::Build, crate::output::error_chain(&e), None, false);
             }
         };
-        if self.last_ok && self.last_layer.as_deref() == Some(built.layer.digest.as_str()) {
+        if self.settled && self.last_layer.as_deref() == Some(built.layer.digest.as_str()) {
             (self.report)(&Event::Unchanged {
                 digest: built.layer.digest,
             });
@@ -253,7 +253,7 @@ impl Session {
                 }
             };
         // What the tag points at is not confirmed applied until Flux says so.
-        self.last_ok = false;
+        self.settled = false;
         self.last_layer = Some(built.layer.digest.clone());
         self.done(Phase::Push, t, Some(pushed.digest_url.clone()));
 
@@ -331,7 +331,8 @@ impl Session {
                 );
                 let (kss, want) = (kss.clone(), revision.to_string());
                 futures::future::Either::Left(async move {
-                    let health_checked = format!("for revision {want}");
+                    // ("Building manifests for revision X" comes before the apply.)
+                    let health_checked = format!("Running health checks for revision {want}");
                     let applied_msg = format!("Applied revision: {want}");
                     let applied = kubeapi::await_object(
                         &kss,
@@ -355,8 +356,14 @@ impl Session {
                         },
                     )
                     .await;
-                    if applied.is_err() {
-                        return std::future::pending().await;
+                    match &applied {
+                        Ok(k) => tracing::debug!(
+                            "health watch starts: {:?}",
+                            k.as_ref()
+                                .and_then(|k| k.status.as_ref())
+                                .map(|s| &s.conditions)
+                        ),
+                        Err(_) => return std::future::pending().await,
                     }
                     super::health::watch(client, ns, session, flux_ns, report).await
                 })
@@ -366,6 +373,7 @@ impl Session {
         let applied = tokio::select! {
             a = applied => a?,
             failure = workloads => {
+                self.settled = true;
                 let file = validate::file_for(index, &failure);
                 self.note(revision, "Failed").await;
                 let message = format!("the rollout cannot succeed: {failure}");
@@ -375,6 +383,7 @@ impl Session {
         self.waiting.store(false, Ordering::SeqCst);
         let status = applied.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::failure(&status) {
+            self.settled = true;
             let file = validate::file_for(index, &message);
             // Applied but not healthy: the failed revision is what the cluster has now.
             let applied = flux::condition(&status.conditions, "Ready")
@@ -388,7 +397,7 @@ impl Session {
             changes::applied_events(&self.client, &self.namespace, &name, revision, sync_started)
                 .await;
         let changes = changes::changes(&before, &after, &events);
-        self.last_ok = true;
+        self.settled = true;
         self.last_good = Some(revision.to_string());
         self.note(revision, "Ready").await;
         (self.report)(&Event::Synced {
