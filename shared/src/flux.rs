@@ -282,22 +282,17 @@ pub fn failure(status: &KustomizationStatus) -> Option<String> {
         return None;
     }
     let message = ready.message.trim();
-    let explanation = if message.contains("forbidden") && message.contains("cannot") {
-        Some(forbidden_explanation(message))
-    } else {
-        match ready.reason.as_str() {
-            "BuildFailed" => {
-                Some("the manifests could not be built (kustomize build failed)".to_string())
-            }
-            "HealthCheckFailed" => {
-                Some("applied, but the workloads did not become healthy in time".to_string())
-            }
-            "ArtifactFailed" => Some("Flux could not fetch the artifact".to_string()),
-            "ReconciliationFailed" if message.contains("dry-run failed") => {
-                Some("the API server rejected an object (validation failed)".to_string())
-            }
-            _ => None,
+    if message.contains("forbidden") && message.contains("cannot") {
+        return Some(forbidden(message));
+    }
+    let explanation = match ready.reason.as_str() {
+        "BuildFailed" => Some("the manifests could not be built (kustomize build failed)"),
+        "HealthCheckFailed" => Some("applied, but the workloads did not become healthy in time"),
+        "ArtifactFailed" => Some("Flux could not fetch the artifact"),
+        "ReconciliationFailed" if message.contains("dry-run failed") => {
+            Some("the API server rejected an object (validation failed)")
         }
+        _ => None,
     };
     Some(match explanation {
         Some(e) => format!("{e}: {message}"),
@@ -305,21 +300,30 @@ pub fn failure(status: &KustomizationStatus) -> Option<String> {
     })
 }
 
-fn forbidden_explanation(message: &str) -> String {
-    // e.g. `clusterroles.rbac.authorization.k8s.io "x" is forbidden: User
-    // "system:serviceaccount:sbx:gitops-sandbox" cannot ... at the cluster scope`
+/// A refusal by RBAC, once: which object, why it is refused in a sandbox,
+/// and the API server's reason (who cannot do what). From e.g.
+/// `ClusterRole/x dry-run failed (Forbidden): clusterroles.rbac.authorization.k8s.io "x"
+/// is forbidden: User "system:serviceaccount:sbx:gitops-sandbox" cannot patch …
+/// at the cluster scope`.
+fn forbidden(message: &str) -> String {
     let object = message
-        .split(" is forbidden")
-        .next()
-        .and_then(|head| head.rsplit(['\n', ',', ';']).next())
-        .map(|s| s.trim().trim_start_matches("ClusterRole/").to_string())
+        .split_whitespace()
+        .find(|w| w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+        .map(|w| w.trim_end_matches([':', ',']).to_string())
         .unwrap_or_default();
     let scope = if message.contains("at the cluster scope") {
         "cluster-scoped objects are not allowed in a sandbox"
     } else {
         "the sandbox may only change objects in its own namespace"
     };
-    format!("not allowed: {object} ({scope})")
+    let reason = message
+        .split_once("is forbidden: ")
+        .map_or(message, |(_, r)| r)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim();
+    format!("not allowed: {object} ({scope}): {reason}")
 }
 
 /// `HelmRelease.spec` (`helm.toolkit.fluxcd.io/v2`), the fields sessions use.
@@ -472,7 +476,14 @@ mod tests {
             text.contains("cluster-scoped objects are not allowed in a sandbox"),
             "{text}"
         );
-        assert!(text.contains("sneaky"), "{text}");
+        assert_eq!(
+            text,
+            "not allowed: ClusterRole/sneaky (cluster-scoped objects are not allowed in a sandbox): \
+             User \"system:serviceaccount:dev:gitops-sandbox\" cannot patch resource \"clusterroles\" \
+             in API group \"rbac.authorization.k8s.io\" at the cluster scope"
+        );
+        // The refusal is said once.
+        assert_eq!(text.matches("cannot patch").count(), 1, "{text}");
 
         let build = status("BuildFailed", "kustomization.yaml: accumulating resources");
         assert!(
