@@ -154,8 +154,8 @@ async fn source_controller_reports_the_digest_we_printed() {
             let repo = repos.get("app").await.map_err(|e| e.to_string())?;
             let status = repo.status.unwrap_or_default();
             match condition(&status.conditions, "Ready") {
-                Some(c) if c.status == "True" => Ok(status),
-                other => Err(format!("{other:?}")),
+                Some(c) if c.status == "True" && status.artifact.is_some() => Ok(status),
+                other => Err(format!("{other:?}, artifact {:?}", status.artifact)),
             }
         },
     )
