@@ -85,7 +85,7 @@ pub fn strip_credentials(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -112,7 +112,9 @@ mod tests {
         );
     }
 
-    fn run(dir: &Path, args: &[&str]) {
+    /// Runs git in `dir` with a fixed identity; fails the test if git fails.
+    /// Shared by the crate's tests that build repositories.
+    pub(crate) fn run(dir: &Path, args: &[&str]) {
         let ok = Command::new("git")
             .arg("-C")
             .arg(dir)
