@@ -38,6 +38,7 @@ pub enum ClusterError {
 
 /// The kubectl connection flags, shared by every plugin.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Kubernetes options")]
 pub struct KubeFlags {
     /// Path to the kubeconfig file to use (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true, value_name = "FILE")]

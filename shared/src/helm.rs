@@ -34,6 +34,29 @@ pub struct ChartMeta {
     pub json: serde_json::Value,
 }
 
+/// A Helm values file, as JSON; the error in words (not the file's name).
+pub fn read_values(file: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    serde_saphyr::from_str(&text).map_err(|e| {
+        format!(
+            "not valid YAML: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        )
+    })
+}
+
+/// Deep-merges `overlay` into `base` (maps merge, everything else replaces).
+pub fn merge_values(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge_values(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
 /// Whether `dir` is a Helm chart.
 pub fn is_chart(dir: &Path) -> bool {
     dir.join("Chart.yaml").is_file()

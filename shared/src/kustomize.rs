@@ -20,6 +20,8 @@ pub fn file_in(dir: &Path) -> Option<PathBuf> {
 #[serde(rename_all = "camelCase")]
 struct Kustomization {
     #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
     resources: Vec<String>,
     #[serde(default)]
     bases: Vec<String>,
@@ -123,6 +125,81 @@ fn local_paths(k: &Kustomization) -> Vec<String> {
     out
 }
 
+fn read(file: &Path) -> Result<Kustomization, KustomizeError> {
+    let text = std::fs::read(file).map_err(|e| KustomizeError {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    serde_saphyr::from_slice(&text).map_err(|e| KustomizeError {
+        file: file.to_path_buf(),
+        message: format!(
+            "not a valid kustomization: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        ),
+    })
+}
+
+/// What a sync of a directory applies, as far as namespaces go: the
+/// manifest files it renders, and the kustomizations that set `namespace:`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Manifest files, with whether a kustomization above them sets the
+    /// namespace (then their own `metadata.namespace` does not count).
+    pub files: Vec<(PathBuf, bool)>,
+    /// Kustomization files that set `namespace:`, with the value.
+    pub namespaces: Vec<(PathBuf, String)>,
+}
+
+/// The manifest files a sync of `dir` renders: with a kustomization, its
+/// `resources`, `bases` and `components` followed transitively; without
+/// one, every YAML file below `dir` (what Flux generates a kustomization
+/// of). Remote references are left out.
+pub fn applied(dir: &Path) -> Result<Applied, KustomizeError> {
+    let mut out = Applied::default();
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![(normalize(dir), false)];
+    while let Some((d, overridden)) = todo.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        let Some(file) = file_in(&d) else {
+            let mut files: Vec<PathBuf> = walkdir::WalkDir::new(&d)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_type().is_file()
+                        && e.path()
+                            .extension()
+                            .is_some_and(|x| x == "yaml" || x == "yml")
+                        && !FILE_NAMES.iter().any(|n| e.file_name() == *n)
+                })
+                .map(|e| e.into_path())
+                .collect();
+            files.sort();
+            out.files.extend(files.into_iter().map(|f| (f, overridden)));
+            continue;
+        };
+        let k = read(&file)?;
+        let sets = k.namespace.as_deref().is_some_and(|n| !n.trim().is_empty());
+        if let Some(ns) = k.namespace.clone().filter(|_| sets) {
+            out.namespaces.push((file.clone(), ns));
+        }
+        let overridden = overridden || sets;
+        for written in k.resources.iter().chain(&k.bases).chain(&k.components) {
+            if written.trim().is_empty() || is_remote(written) {
+                continue;
+            }
+            let path = normalize(&d.join(written));
+            if path.is_dir() {
+                todo.push((path, overridden));
+            } else {
+                out.files.push((path, overridden));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every local path the kustomization of `dir` references, followed
 /// transitively through referenced directories that have one.
 pub fn references(dir: &Path) -> Result<Vec<Reference>, KustomizeError> {
@@ -136,17 +213,7 @@ pub fn references(dir: &Path) -> Result<Vec<Reference>, KustomizeError> {
         let Some(file) = file_in(&d) else {
             continue;
         };
-        let text = std::fs::read(&file).map_err(|e| KustomizeError {
-            file: file.clone(),
-            message: e.to_string(),
-        })?;
-        let k: Kustomization = serde_saphyr::from_slice(&text).map_err(|e| KustomizeError {
-            file: file.clone(),
-            message: format!(
-                "not a valid kustomization: {}",
-                e.to_string().lines().next().unwrap_or_default()
-            ),
-        })?;
+        let k = read(&file)?;
         for written in local_paths(&k) {
             let path = normalize(&d.join(&written));
             if path.is_dir() {

@@ -27,6 +27,8 @@ HC_HEALTH_PORT=$((PORT_BASE + 13))
 SCHED_PORT=$((PORT_BASE + 14))
 # kwok's kubelet-like server (logs, exec, port-forward), the nodes' daemon port.
 KWOK_PORT=$((PORT_BASE + 15))
+# A Helm repository (static files) of the pinned vcluster chart.
+CHARTS_PORT=$((PORT_BASE + 16))
 REGISTRY_PORT=$((PORT_BASE + 10))
 ETCD2_PORT=$((PORT_BASE + 21))
 ETCD2_PEER_PORT=$((PORT_BASE + 22))
@@ -56,6 +58,7 @@ helm-controller|helm-controller|github.com/fluxcd/helm-controller|helm-controlle
 flux|flux|github.com/fluxcd/flux2/v2/cmd/flux|flux
 krew|krew|sigs.k8s.io/krew/cmd/krew|krew
 kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|kwok
+vcluster-chart|vcluster|github.com/loft-sh/vcluster|repo/index.yaml
 "
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use gitops_e2e::{
     Footprint, Harness, RunningSession, output, plugin, unique, wait_namespace_gone, write_tree,
 };
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
@@ -22,8 +23,25 @@ fn chart(dir: &std::path::Path, greeting: &str) {
             ),
             ("values.yaml", &format!("greeting: {greeting}\n")),
             ("templates/cm.yaml", TEMPLATE),
+            ("templates/deployment.yaml", DEPLOYMENT),
         ],
     );
+}
+
+/// A Deployment in the chart: the release is Ready once it is rolled out.
+const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}-web\nspec:\n  replicas: {{ .Values.replicas | default 1 }}\n  selector:\n    matchLabels:\n      app: {{ .Release.Name }}-web\n  template:\n    metadata:\n      labels:\n        app: {{ .Release.Name }}-web\n    spec:\n      containers:\n      - name: web\n        image: example/web:1\n";
+
+/// (ready, available) replicas of the chart's Deployment.
+async fn rolled_out(client: &Client, ns: &str, release: &str) -> (i32, i32) {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(&format!("{release}-web"))
+        .await
+        .unwrap();
+    let s = d.status.unwrap_or_default();
+    (
+        s.ready_replicas.unwrap_or(0),
+        s.available_replicas.unwrap_or(0),
+    )
 }
 
 async fn greeting(client: &Client, ns: &str, release: &str) -> Option<String> {
@@ -50,6 +68,8 @@ async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstall
         greeting(&client, &name, &name).await.as_deref(),
         Some("hello")
     );
+    // Ready means rolled out: helm-controller waited for the Deployment.
+    assert_eq!(rolled_out(&client, &name, &name).await, (1, 1));
 
     // The session shows up with its HelmRelease's status.
     let listed = output(
@@ -68,12 +88,17 @@ async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstall
     assert_eq!(me["status"]["state"], "Ready", "{me}");
 
     // Edit values.yaml: the release is upgraded.
-    std::fs::write(dir.path().join("values.yaml"), "greeting: bonjour\n").unwrap();
+    std::fs::write(
+        dir.path().join("values.yaml"),
+        "greeting: bonjour\nreplicas: 2\n",
+    )
+    .unwrap();
     s.next_sync().unwrap();
     assert_eq!(
         greeting(&client, &name, &name).await.as_deref(),
         Some("bonjour")
     );
+    assert_eq!(rolled_out(&client, &name, &name).await, (2, 2));
 
     // A template error: the controller's words, and the previous release stays.
     std::fs::write(

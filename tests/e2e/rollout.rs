@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use gitops_e2e::{Harness, RunningSession, eventually, unique, write_tree};
+use gitops_e2e::{Harness, RunningSession, eventually, plugin, unique, write_tree};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
@@ -22,7 +22,10 @@ fn deployment(replicas: u32, template_labels: &str) -> String {
 }
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n";
+/// A bare Pod beside the Deployment, for `--port-forward resource=pod/solo`.
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: solo\n  labels:\n    app: solo\nspec:\n  containers:\n  - name: solo\n    image: example/solo:1\n    ports:\n    - containerPort: 8080\n    resources:\n      requests:\n        cpu: 50m\n";
 const KUSTOMIZATION: &str = "resources:\n- deployment.yaml\n- service.yaml\n";
+const KUSTOMIZATION_WITH_POD: &str = "resources:\n- deployment.yaml\n- service.yaml\n- pod.yaml\n";
 
 fn app(dir: &std::path::Path, replicas: u32, template_labels: &str) {
     write_tree(
@@ -34,6 +37,18 @@ fn app(dir: &std::path::Path, replicas: u32, template_labels: &str) {
             ),
             ("deploy/service.yaml", SERVICE),
             ("deploy/kustomization.yaml", KUSTOMIZATION),
+        ],
+    );
+}
+
+/// The app plus a bare Pod.
+fn app_with_pod(dir: &std::path::Path, replicas: u32, template_labels: &str) {
+    app(dir, replicas, template_labels);
+    write_tree(
+        dir,
+        &[
+            ("deploy/pod.yaml", POD),
+            ("deploy/kustomization.yaml", KUSTOMIZATION_WITH_POD),
         ],
     );
 }
@@ -176,7 +191,7 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    app(dir.path(), 1, "");
+    app_with_pod(dir.path(), 1, "");
     let ns = unique("run-web");
     let backend = http_server("hello-from-the-pod");
     let logfile = dir.path().join("web.log");
@@ -190,8 +205,11 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterPortForward\nmetadata:\n  name: {ns}\nspec:\n  selector:\n    matchNamespaces: [{ns}]\n  forwards:\n  - ports: [8080]\n    target:\n      address: 127.0.0.1\n      port: {backend}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\nmetadata:\n  name: {ns}\nspec:\n  selector:\n    matchNamespaces: [{ns}]\n  logs:\n  - containers: [web]\n    logsFile: {}\n    follow: true\n",
         logfile.display()
     ));
-    let local = free_port();
+    // One forward of each form: a Service port, a Deployment's and a Pod's container port.
+    let (local, local_deploy, local_pod) = (free_port(), free_port(), free_port());
     let forward = format!("resource=svc/web,port={local}:80");
+    let forward_deploy = format!("resource=deploy/web,port={local_deploy}:8080");
+    let forward_pod = format!("resource=pod/solo,port={local_pod}:8080");
     let mut s = RunningSession::start(
         &harness,
         dir.path(),
@@ -201,6 +219,10 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
             &ns,
             "--port-forward",
             &forward,
+            "--port-forward",
+            &forward_deploy,
+            "--port-forward",
+            &forward_pod,
             "--logs",
         ],
     );
@@ -215,13 +237,58 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
     let d = deployments.get("web").await.unwrap();
     assert_eq!(d.status.unwrap().ready_replicas, Some(1));
 
-    // The port-forward answers through the API server (kwok → the local server).
-    let body = eventually("the port-forward to answer", WAIT, || async { get(local) }).await;
-    assert_eq!(body, "hello-from-the-pod");
+    // Each port-forward answers through the API server (kwok → the local server).
+    for (port, what) in [
+        (local, "svc/web"),
+        (local_deploy, "deploy/web"),
+        (local_pod, "pod/solo"),
+    ] {
+        let body = eventually(
+            &format!("the port-forward to {what} to answer"),
+            WAIT,
+            || async { get(port) },
+        )
+        .await;
+        assert_eq!(body, "hello-from-the-pod", "{what}");
+    }
     // The pod's log line, through pods/log.
     seen_or_wait(&mut s, "a log line", |e| {
         e["event"] == "log" && e["line"] == "web: listening on :8080"
     });
+    // `gitops-sessions logs NAME` follows the same pods, from another terminal.
+    let mut logs = plugin("kubectl-gitops_sessions")
+        .args(harness.kube_args())
+        .args(["logs", &ns])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    let log_out = logs.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(log_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if log_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let logged = |rx: &std::sync::mpsc::Receiver<String>, want: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = Vec::new();
+        while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if want(&l) {
+                return l;
+            }
+            lines.push(l);
+        }
+        panic!("gitops-sessions logs printed no such line; it printed {lines:?}");
+    };
+    let line = logged(&log_rx, &|l| l.ends_with("] web: listening on :8080"));
+    assert!(line.starts_with("[web-"), "{line}");
 
     // Scale: a rollout the session follows.
     let first_pods: Vec<String> = Api::<Pod>::namespaced(client.clone(), &ns)
@@ -232,7 +299,7 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    app(dir.path(), 3, "");
+    app_with_pod(dir.path(), 3, "");
     let rollouts = synced(&mut s);
     assert!(
         rollouts
@@ -251,7 +318,7 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         Some(3)
     );
     // A change of the pod template replaces the pods: logs and the forward follow.
-    app(dir.path(), 1, "        version: \"2\"\n");
+    app_with_pod(dir.path(), 1, "        version: \"2\"\n");
     synced(&mut s);
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels("version=2"))
@@ -263,13 +330,20 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
     seen_or_wait(&mut s, "a log line of the new pod", |e| {
         e["event"] == "log" && e["pod"] == new_pod.as_str()
     });
-    let body = eventually(
-        "the port-forward to answer after the rollout",
-        WAIT,
-        || async { get(local) },
-    )
-    .await;
-    assert_eq!(body, "hello-from-the-pod");
+    for (port, what) in [(local, "svc/web"), (local_deploy, "deploy/web")] {
+        let body = eventually(
+            &format!("the port-forward to {what} to answer after the rollout"),
+            WAIT,
+            || async { get(port) },
+        )
+        .await;
+        assert_eq!(body, "hello-from-the-pod", "{what}");
+    }
+    // The other terminal's `gitops-sessions logs` follows the new pod too.
+    let line = logged(&log_rx, &|l| l.starts_with(&format!("[{new_pod}/web] ")));
+    assert!(line.ends_with("web: listening on :8080"), "{line}");
+    let _ = logs.kill();
+    let _ = logs.wait();
 
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
@@ -421,4 +495,101 @@ async fn the_sandbox_quota_refusal_is_reported_in_plain_words() {
             .args(["delete", &sbx]),
     );
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
+}
+
+/// Flux's warnings about the session's objects are shown as they happen,
+/// between syncs too: an admission policy of the cluster (not the session's)
+/// starts refusing the session's ConfigMaps, and a reconcile requested the
+/// way `flux reconcile kustomization` does it fails on the real API server.
+#[tokio::test]
+async fn flux_warnings_about_the_sessions_objects_are_shown_as_they_happen() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\ndata:\n  a: \"1\"\n",
+        )],
+    );
+    let ns = unique("run-warn");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &ns]);
+    s.next_sync().unwrap();
+
+    harness.kubectl_apply(&format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: {ns}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - apiGroups: [\"\"]\n      apiVersions: [v1]\n      operations: [CREATE, UPDATE]\n      resources: [configmaps]\n  validations:\n  - expression: \"false\"\n    message: configmaps are frozen here (test policy)\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: {ns}\nspec:\n  policyName: {ns}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels:\n        kubernetes.io/metadata.name: {ns}\n"
+    ));
+    let kubectl = |args: &[&str]| {
+        gitops_e2e::output(
+            std::process::Command::new("kubectl")
+                .args(["--kubeconfig", harness.kubeconfig.to_str().unwrap()])
+                .args(args),
+        )
+    };
+    // The policy is in force once the API server refuses a ConfigMap there.
+    eventually("the admission policy to be in force", WAIT, || async {
+        let out = kubectl(&[
+            "create",
+            "configmap",
+            "probe",
+            "-n",
+            &ns,
+            "--dry-run=server",
+        ]);
+        if out.code != Some(0) && out.stderr.contains("frozen") {
+            Ok(())
+        } else {
+            Err(format!("{out:?}"))
+        }
+    })
+    .await;
+    let requested = kubectl(&[
+        "annotate",
+        "--overwrite",
+        "-n",
+        &ns,
+        &format!("kustomization/{ns}"),
+        &format!(
+            "reconcile.fluxcd.io/requestedAt={}",
+            chrono::Utc::now().to_rfc3339()
+        ),
+    ]);
+    assert_eq!(requested.code, Some(0), "{requested:?}");
+    let warning = s.wait_for("Flux's warning", WAIT, |e| {
+        e["event"] == "warning"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("Kustomization/{ns}: ")))
+    });
+    let message = warning["message"].as_str().unwrap();
+    assert!(message.contains("frozen here"), "{message}");
+    // What was shown is what the API server holds: kustomize-controller's Warning event.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let held = events
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Kustomization,involvedObject.name={ns},type=Warning"
+        )))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        held.iter().any(|e| e
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("frozen here")
+                && message.contains(m.lines().next().unwrap_or(m).trim()))),
+        "{held:?}"
+    );
+    // The session keeps running and syncs again once the policy is gone.
+    let _ = kubectl(&[
+        "delete",
+        "validatingadmissionpolicybinding,validatingadmissionpolicy",
+        &ns,
+        "--ignore-not-found",
+    ]);
+    assert!(s.child.try_wait().unwrap().is_none(), "the session exited");
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    gitops_e2e::wait_namespace_gone(&client, &ns).await;
 }

@@ -207,6 +207,13 @@ async fn a_session_cannot_put_an_object_into_another_namespace() {
         !out.stderr.contains(&format!("ConfigMap/default/{cm}")),
         "{out:?}"
     );
+    // And it says so before the sync: the file named a namespace the sandbox replaces.
+    assert!(
+        out.stderr.contains(&format!(
+            "cm.yaml: ConfigMap/{cm} names namespace \"default\", but the sandbox applies everything into \"{sandbox}\""
+        )),
+        "{out:?}"
+    );
     assert_eq!(
         configmaps_named(&client, &cm).await,
         vec![sandbox.clone()],
@@ -471,31 +478,161 @@ async fn gc_deletes_exactly_the_expired_sandboxes() {
     }
 }
 
+/// A vcluster sandbox from the pinned vcluster chart (served by the harness
+/// as a Helm repository; `--vcluster-chart-repo` is how a mirror is used),
+/// installed by the real helm-controller: its StatefulSet is scheduled onto
+/// the kwok nodes and becomes Ready, with the storage a cluster would give it
+/// (a PersistentVolume the test makes, bound to the chart's claim). No
+/// container runs here, so the virtual cluster itself never starts: the test
+/// plays vcluster's part by writing the `vc-NAME` Secret, pointing at the
+/// harness's second API server, and a session applies into that "virtual
+/// cluster" through it. Delete removes it all.
 #[tokio::test]
-async fn vcluster_sandbox_objects_are_created_through_flux_and_deleted() {
-    // Nothing runs pods here, so the chart never becomes ready: this checks the
-    // objects Flux is given, and that delete takes them away again.
+async fn vcluster_sandbox_rolls_out_its_statefulset_and_sessions_apply_through_it() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
     let harness = Harness::get();
     let client = harness.cluster().await.client;
+    let second = harness.second_cluster().await.client;
     let name = unique("sbx-vc");
-    let out = sandbox_cli(&harness, &["create", &name, "--isolation", "vcluster"]);
-    assert_eq!(out.code, Some(0), "{out:?}");
+    // The claim the chart's volumeClaimTemplates make (data-NAME-0), pre-bound to a PV.
+    let pv = format!("{name}-data");
+    harness.kubectl_apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {pv}\nspec:\n  capacity:\n    storage: 1Gi\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: \"\"\n  claimRef:\n    namespace: {name}\n    name: data-{name}-0\n  hostPath:\n    path: /tmp/{pv}\n"
+    ));
+    let values = tempfile::tempdir().unwrap();
+    let values_file = values.path().join("vcluster.yaml");
+    std::fs::write(
+        &values_file,
+        "controlPlane:\n  statefulSet:\n    persistence:\n      volumeClaim:\n        size: 1Gi\n        storageClass: \"\"\n",
+    )
+    .unwrap();
+    let create = plugin("kubectl-gitops_sandbox")
+        .args(harness.kube_args())
+        .args(["create", &name, "--isolation", "vcluster", "--wait"])
+        .args(["--timeout", "3m", "--vcluster-version", "0.21.0"])
+        .args(["--vcluster-chart-repo", &harness.charts])
+        .arg("--vcluster-values")
+        .arg(&values_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The chart's StatefulSet, rolled out by kube-controller-manager onto kwok nodes.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &name);
+    eventually(
+        "the vcluster StatefulSet to be Ready",
+        Duration::from_secs(180),
+        || async {
+            match statefulsets.get_opt(&name).await {
+                Ok(Some(s)) => {
+                    let st = s.status.unwrap_or_default();
+                    if st.ready_replicas == Some(1) && st.available_replicas == Some(1) {
+                        Ok(())
+                    } else {
+                        Err(format!("{st:?}"))
+                    }
+                }
+                Ok(None) => Err("no StatefulSet yet".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &name)
+        .get(&format!("data-{name}-0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        claim.status.and_then(|s| s.phase).as_deref(),
+        Some("Bound"),
+        "the --vcluster-values size (1Gi) reached the chart and its claim is bound"
+    );
     let releases: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
         &name,
         &gitops::flux::helm_release_resource(),
     );
     let release = releases.get(&name).await.unwrap();
-    assert_eq!(release.data["spec"]["chart"]["spec"]["chart"], "vcluster");
     assert_eq!(
         release.data["spec"]["values"]["exportKubeConfig"]["server"],
         format!("https://{name}.{name}:443")
+    );
+    let helm_ready = eventually(
+        "the HelmRelease to be Ready",
+        Duration::from_secs(90),
+        || async {
+            let r = releases.get(&name).await.map_err(|e| e.to_string())?;
+            let conditions = r.data["status"]["conditions"].clone();
+            let ready = conditions
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                Ok(r.data["status"]["history"][0]["chartVersion"].clone())
+            } else {
+                Err(conditions.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(helm_ready, "0.21.0");
+
+    // vcluster's part: its kubeconfig Secret (here: the second API server).
+    let kubeconfig = std::fs::read(harness.second_kubeconfig.as_ref().unwrap()).unwrap();
+    Api::<Secret>::namespaced(client.clone(), &name)
+        .create(
+            &Default::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("vc-{name}")),
+                    ..Default::default()
+                },
+                data: Some(std::collections::BTreeMap::from([(
+                    "config".to_string(),
+                    k8s_openapi::ByteString(kubeconfig),
+                )])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let created = create.wait_with_output().unwrap();
+    assert_eq!(
+        created.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&created.stdout).contains("isolation vcluster"),
+        "{created:?}"
     );
     let target = target_of(&client, &name).await;
     assert_eq!(
         target.kubeconfig_secret,
         Some((format!("vc-{name}"), "config".to_string()))
     );
+
+    // A session in it applies into the "virtual cluster".
+    let dir = tempfile::tempdir().unwrap();
+    let cm = unique("in-vc");
+    write_tree(dir.path(), &[("cm.yaml", &configmap(&cm, Some("default")))]);
+    let out = run_cli(
+        &harness,
+        dir.path(),
+        &["--once", "--keep", "--sandbox", &name],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let in_vc: Api<ConfigMap> = Api::namespaced(second.clone(), "default");
+    assert!(in_vc.get_opt(&cm).await.unwrap().is_some(), "{out:?}");
+    assert!(
+        configmaps_named(&client, &cm).await.is_empty(),
+        "nothing in the host cluster"
+    );
+
     let deleted = sandbox_cli(&harness, &["delete", &name, "--wait"]);
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
     assert!(
@@ -506,6 +643,12 @@ async fn vcluster_sandbox_objects_are_created_through_flux_and_deleted() {
     );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     assert!(namespaces.get_opt(&name).await.unwrap().is_none());
+    assert!(
+        in_vc.get_opt(&cm).await.unwrap().is_none(),
+        "the kept session's objects went with the sandbox (Flux's GC, before the kubeconfig Secret)"
+    );
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let _ = pvs.delete(&pv, &Default::default()).await;
 }
 
 #[tokio::test]

@@ -39,6 +39,8 @@ pub struct Harness {
     pub flux: PathBuf,
     /// Admin kubeconfig of the second API server (`up --second-cluster`).
     pub second_kubeconfig: Option<PathBuf>,
+    /// URL of the Helm repository serving the pinned vcluster chart.
+    pub charts: String,
 }
 
 fn workspace_root() -> PathBuf {
@@ -76,6 +78,7 @@ impl Harness {
             second_kubeconfig: vars
                 .get("GITOPS_HARNESS_SECOND_KUBECONFIG")
                 .map(PathBuf::from),
+            charts: var("GITOPS_HARNESS_CHARTS"),
             dir,
         }
     }

@@ -10,7 +10,9 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
 use gitops::output::{ListFormat, serialize, table};
-use gitops::sandbox::{self, CreateOptions, DeleteOptions, Deleted, Isolation, Quota, Sandbox};
+use gitops::sandbox::{
+    self, CreateOptions, DeleteOptions, Deleted, Isolation, Quota, Sandbox, VclusterChart,
+};
 
 /// Create, list and delete isolated environments for GitOps Run sessions.
 #[derive(Parser)]
@@ -62,6 +64,20 @@ enum Command {
         /// How long --wait waits.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// The Helm repository of the vcluster chart (https://… or oci://…), e.g. a mirror.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "GITOPS_VCLUSTER_CHART_REPO",
+            default_value = sandbox::VCLUSTER_CHART_REPO
+        )]
+        vcluster_chart_repo: String,
+        /// The vcluster chart version or range (e.g. 0.21.x); default: the newest.
+        #[arg(long, value_name = "VERSION")]
+        vcluster_version: Option<String>,
+        /// A values file for the vcluster chart (YAML), e.g. persistence or resources.
+        #[arg(long, value_name = "FILE")]
+        vcluster_values: Option<PathBuf>,
     },
     /// Delete a sandbox and everything in it (Flux's garbage collection first).
     Delete {
@@ -133,6 +149,9 @@ async fn run(cli: Cli) -> Result<()> {
             target_kubeconfig,
             wait,
             timeout,
+            vcluster_chart_repo,
+            vcluster_version,
+            vcluster_values,
         } => {
             let isolation = match isolation {
                 IsolationArg::Namespace => Isolation::Namespace,
@@ -147,6 +166,16 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 None => None,
             };
+            if !matches!(isolation, Isolation::Vcluster)
+                && (vcluster_version.is_some() || vcluster_values.is_some())
+            {
+                anyhow::bail!("--vcluster-version and --vcluster-values need --isolation vcluster");
+            }
+            let values = match &vcluster_values {
+                Some(path) => gitops::helm::read_values(path)
+                    .map_err(|e| anyhow::anyhow!("--vcluster-values {}: {e}", path.display()))?,
+                None => VclusterChart::default().values,
+            };
             let options = CreateOptions {
                 isolation,
                 ttl,
@@ -154,6 +183,11 @@ async fn run(cli: Cli) -> Result<()> {
                 target_kubeconfig,
                 wait,
                 timeout,
+                vcluster: VclusterChart {
+                    repo: vcluster_chart_repo,
+                    version: vcluster_version,
+                    values,
+                },
                 ..Default::default()
             };
             let sandbox = sandbox::create(&client, &name, &options).await?;

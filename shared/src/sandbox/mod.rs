@@ -40,8 +40,29 @@ pub const SERVICE_ACCOUNT: &str = "gitops-sandbox";
 /// The Secret holding a `kubeconfig` sandbox's kubeconfig, and its key.
 pub const KUBECONFIG_SECRET: &str = "gitops-sandbox-kubeconfig";
 pub const KUBECONFIG_KEY: &str = "value";
-/// The vcluster chart repository.
+/// The vcluster chart repository (loft.sh's).
 pub const VCLUSTER_CHART_REPO: &str = "https://charts.loft.sh";
+
+/// Where a vcluster sandbox's chart comes from, and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VclusterChart {
+    /// A Helm repository: `https://…` (with an `index.yaml`) or `oci://…`.
+    pub repo: String,
+    /// A chart version or semver range (e.g. `0.21.x`); `None`: the newest.
+    pub version: Option<String>,
+    /// Chart values (the sandbox's own `exportKubeConfig.server` wins).
+    pub values: serde_json::Value,
+}
+
+impl Default for VclusterChart {
+    fn default() -> Self {
+        VclusterChart {
+            repo: VCLUSTER_CHART_REPO.into(),
+            version: None,
+            values: serde_json::Value::Object(Default::default()),
+        }
+    }
+}
 /// Annotation: the Secret (`name/key`) sessions use to reach the target cluster.
 pub const KUBECONFIG_SECRET_ANNOTATION: &str = "gitops.kubectl.dev/kubeconfig-secret";
 
@@ -166,6 +187,8 @@ pub struct CreateOptions {
     pub owner: String,
     /// Extra labels (e.g. the session that made an ephemeral sandbox).
     pub labels: BTreeMap<String, String>,
+    /// `vcluster` sandboxes: the chart.
+    pub vcluster: VclusterChart,
 }
 
 impl Default for CreateOptions {
@@ -179,6 +202,7 @@ impl Default for CreateOptions {
             timeout: Duration::from_secs(300),
             owner: labels::owner(),
             labels: BTreeMap::new(),
+            vcluster: VclusterChart::default(),
         }
     }
 }
@@ -514,29 +538,42 @@ fn validate_kubeconfig(path: &str, content: &[u8]) -> Result<(), SandboxError> {
 
 /// The HelmRepository and HelmRelease that install vcluster `name` in its namespace.
 pub fn vcluster_objects(name: &str, opts: &CreateOptions) -> (DynamicObject, DynamicObject) {
+    let chart = &opts.vcluster;
     let repo_meta = meta("loft", Some(name), name, opts);
     let mut repo = DynamicObject::new("loft", &flux::helm_repository_resource()).within(name);
     repo.metadata = repo_meta;
-    repo.data = serde_json::json!({
-        "spec": {"url": VCLUSTER_CHART_REPO, "interval": "24h"}
+    let mut repo_spec = serde_json::json!({"url": chart.repo, "interval": "24h"});
+    if chart.repo.starts_with("oci://") {
+        repo_spec["type"] = "oci".into();
+    }
+    repo.data = serde_json::json!({ "spec": repo_spec });
+    let mut values = chart.values.clone();
+    if !values.is_object() {
+        values = serde_json::Value::Object(Default::default());
+    }
+    // Sessions' Kustomizations reach the virtual cluster through the
+    // in-cluster service, not the default localhost:8443.
+    crate::helm::merge_values(
+        &mut values,
+        serde_json::json!({"exportKubeConfig": {"server": format!("https://{name}.{name}:443")}}),
+    );
+    let mut chart_spec = serde_json::json!({
+        "chart": "vcluster",
+        "sourceRef": {"kind": "HelmRepository", "name": "loft"},
+        "interval": "24h"
     });
+    if let Some(v) = &chart.version {
+        chart_spec["version"] = v.clone().into();
+    }
     let mut release = DynamicObject::new(name, &flux::helm_release_resource()).within(name);
     release.metadata = meta(name, Some(name), name, opts);
     release.data = serde_json::json!({
         "spec": {
             "interval": "10m",
             "releaseName": name,
-            "chart": {"spec": {
-                "chart": "vcluster",
-                "sourceRef": {"kind": "HelmRepository", "name": "loft"},
-                "interval": "24h"
-            }},
+            "chart": {"spec": chart_spec},
             "install": {"remediation": {"retries": 3}},
-            "values": {
-                // Sessions' Kustomizations reach the virtual cluster through the
-                // in-cluster service, not the default localhost:8443.
-                "exportKubeConfig": {"server": format!("https://{name}.{name}:443")}
-            }
+            "values": values
         }
     });
     (repo, release)

@@ -208,3 +208,40 @@ fn foreign_namespaces_are_not_sandboxes() {
     assert!(!is_sandbox(&ns));
     assert!(from_namespace(&ns, 0).is_none());
 }
+
+#[test]
+fn vcluster_chart_source_version_and_values_are_the_users_but_the_server_is_ours() {
+    let (repo, release) = vcluster_objects("dev", &opts(Isolation::Vcluster));
+    assert_eq!(repo.data["spec"]["url"], VCLUSTER_CHART_REPO);
+    assert!(repo.data["spec"].get("type").is_none());
+    assert!(
+        release.data["spec"]["chart"]["spec"]
+            .get("version")
+            .is_none()
+    );
+
+    let mut o = opts(Isolation::Vcluster);
+    o.vcluster = VclusterChart {
+        repo: "oci://mirror.example.com/charts".into(),
+        version: Some("0.21.x".into()),
+        values: serde_json::json!({
+            "controlPlane": {"statefulSet": {"persistence": {"volumeClaim": {"enabled": false}}}},
+            "exportKubeConfig": {"server": "https://elsewhere:1", "context": "mine"}
+        }),
+    };
+    let (repo, release) = vcluster_objects("dev", &o);
+    assert_eq!(repo.data["spec"]["url"], "oci://mirror.example.com/charts");
+    assert_eq!(repo.data["spec"]["type"], "oci");
+    let spec = &release.data["spec"];
+    assert_eq!(spec["chart"]["spec"]["version"], "0.21.x");
+    assert_eq!(
+        spec["values"]["controlPlane"]["statefulSet"]["persistence"]["volumeClaim"]["enabled"],
+        false
+    );
+    // What sessions need to reach the virtual cluster is not the user's to change.
+    assert_eq!(
+        spec["values"]["exportKubeConfig"]["server"],
+        "https://dev.dev:443"
+    );
+    assert_eq!(spec["values"]["exportKubeConfig"]["context"], "mine");
+}

@@ -20,14 +20,8 @@ pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionErro
             file: file.clone(),
             message,
         };
-        let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
-        let value: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| {
-            err(format!(
-                "not valid YAML: {}",
-                e.to_string().lines().next().unwrap_or_default()
-            ))
-        })?;
-        merge(&mut merged, value);
+        let value = crate::helm::read_values(file).map_err(err)?;
+        crate::helm::merge_values(&mut merged, value);
     }
     Ok(merged)
 }
@@ -235,18 +229,6 @@ impl Session {
         Ok(SyncOutcome::Ready {
             revision: revision.to_string(),
         })
-    }
-}
-
-/// Deep-merges `overlay` into `base` (maps merge, everything else replaces).
-fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
-    match (base, overlay) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, o) => *b = o,
     }
 }
 

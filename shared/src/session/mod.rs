@@ -32,7 +32,7 @@ pub mod validate;
 pub mod view;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -164,6 +164,8 @@ pub struct Session {
     started: DateTime<Utc>,
     /// The directory is a Helm chart: a HelmRelease instead of a Kustomization.
     chart: bool,
+    /// Namespace rewrites already pointed out (said once per session).
+    relocations_said: BTreeSet<String>,
 }
 
 fn session_labels(name: &str, sandbox: Option<&str>) -> BTreeMap<String, String> {
@@ -279,6 +281,7 @@ impl Session {
         });
         let session = Session {
             chart,
+            relocations_said: BTreeSet::new(),
             client,
             namespace,
             target,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
-use super::{Event, Phase, Session, SessionError, SyncOutcome, changes, validate};
+use super::{Event, Mode, Phase, Session, SessionError, SyncOutcome, changes, validate};
 use crate::flux::{
     self, Decryption, Kustomization, KustomizationSpec, LocalObjectReference, OCIRepository,
     OCIRepositoryRef, OCIRepositorySpec, SourceReference,
@@ -198,12 +198,20 @@ impl Session {
         }
         let started = Instant::now();
         let t = self.phase(Phase::Validate);
-        let index = {
+        let target = self.target.target_namespace.clone();
+        let (index, relocated) = {
             let (root, walk, dir) = (self.cfg.root.clone(), self.cfg.walk.clone(), self.dir());
-            match tokio::task::spawn_blocking(move || validate::validate_dir(&root, &dir, &walk))
-                .await
+            match tokio::task::spawn_blocking(move || {
+                validate::validate_dir(&root, &dir, &walk).map(|index| {
+                    let relocated = target
+                        .map(|t| (validate::relocated(&root, &dir, &t), t))
+                        .unwrap_or_default();
+                    (index, relocated)
+                })
+            })
+            .await
             {
-                Ok(Ok(index)) => index,
+                Ok(Ok(found)) => found,
                 Ok(Err(e)) => {
                     let file = e.file();
                     return self.fail(Phase::Validate, e.to_string(), file, false);
@@ -212,6 +220,7 @@ impl Session {
             }
         };
         self.done(Phase::Validate, t, None);
+        self.say_relocations(relocated);
 
         let t = self.phase(Phase::Build);
         let (file, built) = match registry::build(&self.cfg.root, &self.cfg.walk).await {
@@ -263,6 +272,22 @@ impl Session {
         {
             Ok(outcome) => outcome,
             Err(e) => self.fail(Phase::Apply, crate::output::error_chain(&e), None, false),
+        }
+    }
+
+    /// Points out, once per session, manifests whose namespace Flux's
+    /// `targetNamespace` replaces (a sandbox puts everything in its namespace).
+    fn say_relocations(&mut self, (found, target): (Vec<validate::Relocated>, String)) {
+        let why = if self.cfg.mode == Mode::Sandboxed {
+            "the sandbox"
+        } else {
+            "--target-namespace"
+        };
+        for r in found {
+            let message = r.message(&target, why);
+            if self.relocations_said.insert(message.clone()) {
+                (self.report)(&Event::Warning { message });
+            }
         }
     }
 

@@ -26,6 +26,7 @@ struct Head {
 #[derive(serde::Deserialize)]
 struct HeadMeta {
     name: Option<String>,
+    namespace: Option<String>,
 }
 
 /// `Kind/name` → the file (relative to the root) that defines it.
@@ -114,6 +115,90 @@ pub fn validate_dir(
         }
     }
     Ok(index)
+}
+
+/// A manifest (or a kustomization's `namespace:`) naming a namespace that
+/// the Kustomization's `targetNamespace` replaces: the object lands in the
+/// target, not where the file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relocated {
+    /// Relative to the packaged root, `/`-separated.
+    pub file: String,
+    /// `Kind/name`, or `None` when a kustomization sets the namespace.
+    pub object: Option<String>,
+    /// The namespace the file names.
+    pub named: String,
+}
+
+impl Relocated {
+    /// In plain words, with where the object goes instead and why.
+    pub fn message(&self, target: &str, why: &str) -> String {
+        match &self.object {
+            Some(o) => format!(
+                "{}: {o} names namespace {:?}, but {why} applies everything into {target:?}: it \
+                 is created there, not in {:?}",
+                self.file, self.named, self.named
+            ),
+            None => format!(
+                "{}: sets namespace {:?}, but {why} applies everything into {target:?}: its \
+                 objects are created there",
+                self.file, self.named
+            ),
+        }
+    }
+}
+
+/// What a sync of `dir` (inside `root`) would put in another namespace
+/// than the file says, because Flux's `targetNamespace` is `target`.
+/// Best effort: files that cannot be read or parsed are left to the other
+/// checks.
+pub fn relocated(root: &Path, dir: &Path, target: &str) -> Vec<Relocated> {
+    let Ok(applied) = crate::kustomize::applied(dir) else {
+        return Vec::new();
+    };
+    let rel = |p: &Path| {
+        p.strip_prefix(crate::kustomize::normalize(root))
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    let mut out: Vec<Relocated> = applied
+        .namespaces
+        .iter()
+        .filter(|(_, ns)| ns != target)
+        .map(|(file, ns)| Relocated {
+            file: rel(file),
+            object: None,
+            named: ns.clone(),
+        })
+        .collect();
+    for (file, overridden) in &applied.files {
+        if *overridden {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) else {
+            continue;
+        };
+        for head in heads {
+            let (Some(kind), Some(meta)) = (head.kind, head.metadata) else {
+                continue;
+            };
+            if let (Some(name), Some(ns)) = (meta.name, meta.namespace)
+                && !ns.is_empty()
+                && ns != target
+            {
+                out.push(Relocated {
+                    file: rel(file),
+                    object: Some(format!("{kind}/{name}")),
+                    named: ns,
+                });
+            }
+        }
+    }
+    out
 }
 
 fn has_yaml(dir: &Path) -> bool {
@@ -258,6 +343,67 @@ mod tests {
             file_for(&index, "the rollout cannot succeed: ConfigMap/dev/a: pod x").as_deref(),
             Some("good.yaml")
         );
+    }
+
+    #[test]
+    fn objects_naming_another_namespace_than_the_target_are_found() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let w = |p: &str, s: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, s).unwrap();
+        };
+        // No kustomization: every YAML file below the directory counts.
+        w(
+            "plain/cm.yaml",
+            "kind: ConfigMap\nmetadata: {name: a, namespace: prod}\n---\nkind: ConfigMap\nmetadata: {name: b}\n---\nkind: ConfigMap\nmetadata: {name: c, namespace: sbx}\n",
+        );
+        let found = relocated(root, &root.join("plain"), "sbx");
+        assert_eq!(
+            found,
+            vec![Relocated {
+                file: "plain/cm.yaml".into(),
+                object: Some("ConfigMap/a".into()),
+                named: "prod".into()
+            }]
+        );
+        let text = found[0].message("sbx", "the sandbox");
+        assert!(
+            text.starts_with("plain/cm.yaml: ConfigMap/a names namespace \"prod\""),
+            "{text}"
+        );
+        assert!(text.contains("into \"sbx\""), "{text}");
+
+        // An overlay: only what it renders; its namespace: wins over the files'.
+        w("base/kustomization.yaml", "resources:\n- deploy.yaml\n");
+        w(
+            "base/deploy.yaml",
+            "kind: Deployment\nmetadata: {name: web, namespace: staging}\n",
+        );
+        w(
+            "base/unused.yaml",
+            "kind: ConfigMap\nmetadata: {name: u, namespace: x}\n",
+        );
+        w("dev/kustomization.yaml", "resources:\n- ../base\n");
+        let found = relocated(root, &root.join("dev"), "sbx");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].object.as_deref(), Some("Deployment/web"));
+        assert_eq!(found[0].file, "base/deploy.yaml");
+        w(
+            "dev/kustomization.yaml",
+            "namespace: team-a\nresources:\n- ../base\n",
+        );
+        let found = relocated(root, &root.join("dev"), "sbx");
+        assert_eq!(
+            found,
+            vec![Relocated {
+                file: "dev/kustomization.yaml".into(),
+                object: None,
+                named: "team-a".into()
+            }]
+        );
+        assert!(relocated(root, &root.join("dev"), "team-a").is_empty());
     }
 
     #[test]
