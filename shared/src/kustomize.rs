@@ -121,7 +121,7 @@ fn local_paths(k: &Kustomization) -> Vec<String> {
         out.extend(g.envs.iter().cloned());
         out.extend(g.env.iter().cloned());
     }
-    out.retain(|r| !r.trim().is_empty() && !is_remote(r));
+    out.retain(|r| !r.trim().is_empty());
     out
 }
 
@@ -200,10 +200,23 @@ pub fn applied(dir: &Path) -> Result<Applied, KustomizeError> {
     Ok(out)
 }
 
-/// Every local path the kustomization of `dir` references, followed
-/// transitively through referenced directories that have one.
-pub fn references(dir: &Path) -> Result<Vec<Reference>, KustomizeError> {
-    let mut out = BTreeSet::new();
+/// What the kustomizations of a directory reference, followed transitively.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Local paths (files and directories).
+    pub local: Vec<Reference>,
+    /// Remote references (URLs, Git repositories): (kustomization file, as written).
+    pub remote: Vec<(PathBuf, String)>,
+    /// Every kustomization file read.
+    pub files: Vec<PathBuf>,
+}
+
+/// Every path the kustomization of `dir` references, followed transitively
+/// through referenced directories that have one.
+pub fn scan(dir: &Path) -> Result<Scan, KustomizeError> {
+    let mut local = BTreeSet::new();
+    let mut remote = BTreeSet::new();
+    let mut files = BTreeSet::new();
     let mut seen = BTreeSet::new();
     let mut todo = vec![normalize(dir)];
     while let Some(d) = todo.pop() {
@@ -214,19 +227,34 @@ pub fn references(dir: &Path) -> Result<Vec<Reference>, KustomizeError> {
             continue;
         };
         let k = read(&file)?;
+        files.insert(file.clone());
         for written in local_paths(&k) {
+            if is_remote(&written) {
+                remote.insert((file.clone(), written));
+                continue;
+            }
             let path = normalize(&d.join(&written));
             if path.is_dir() {
                 todo.push(path.clone());
             }
-            out.insert(Reference {
+            local.insert(Reference {
                 from: file.clone(),
                 written,
                 path,
             });
         }
     }
-    Ok(out.into_iter().collect())
+    Ok(Scan {
+        local: local.into_iter().collect(),
+        remote: remote.into_iter().collect(),
+        files: files.into_iter().collect(),
+    })
+}
+
+/// Every local path the kustomization of `dir` references, followed
+/// transitively through referenced directories that have one.
+pub fn references(dir: &Path) -> Result<Vec<Reference>, KustomizeError> {
+    scan(dir).map(|s| s.local)
 }
 
 /// The deepest directory holding both paths.

@@ -26,9 +26,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 impl SelectArgs {
     fn walk_options(&self) -> WalkOptions {
+        // Flux's semantics: exactly the directory given, Git's rules not applied.
         WalkOptions {
             ignore: self.ignore.clone(),
             max_file_size: self.max_file_size,
+            ..Default::default()
         }
     }
 }

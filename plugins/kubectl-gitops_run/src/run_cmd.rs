@@ -15,7 +15,8 @@ use gitops::portforward::ForwardSpec;
 use gitops::registry::{Credentials, RegistryOptions};
 use gitops::session::live::{self, Forwards, LiveOptions};
 use gitops::session::{
-    self, Event, Mode, Reporter, Session, SessionConfig, export, preflight, watch::DirWatcher,
+    self, Event, Mode, Reporter, Session, SessionConfig, export, preflight,
+    watch::{DirWatcher, WatchTarget},
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -144,9 +145,13 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
     } else {
         format!("./{}", rel.trim_end_matches('/'))
     };
+    // Sessions also follow Git's ignore rules; what the sync needs is
+    // narrowed per sync (session::packaging).
     let walk = WalkOptions {
         ignore: args.ignore.clone(),
         max_file_size: artifact::parse_size(&args.max_file_size)?,
+        git_ignore: true,
+        only: None,
     };
     let timeout = duration("timeout", &args.timeout)?;
     let cleanup_timeout = duration("cleanup-timeout", &args.cleanup_timeout)?;
@@ -233,9 +238,15 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         Arc::new(move |e: &Event| printer.print(e))
     };
     // Watch before the first sync so saves made during it are not missed.
-    let rules = IgnoreRules::new(&root, &walk.ignore)?;
-    let watcher = DirWatcher::new(&root, rules, Duration::from_millis(100))
-        .with_context(|| format!("cannot watch {}", root.display()))?;
+    // Validates the --ignore patterns before anything else happens.
+    IgnoreRules::new(&root, &walk.ignore)?;
+    let target = WatchTarget {
+        root: root.clone(),
+        dir: dir.clone(),
+        walk: walk.clone(),
+    };
+    let watcher = DirWatcher::new(target, Duration::from_millis(100))
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
     let session = tokio::select! {
         s = Session::start(cluster.client.clone(), cfg, reporter) => s?,
         _ = gitops::process::shutdown_signal() => bail!("interrupted before the session started; nothing was changed"),

@@ -16,7 +16,7 @@
 //! are kept per process while the file is unchanged, so a session that
 //! rebuilds on every save reads it once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -28,8 +28,34 @@ use std::time::SystemTime;
 pub struct GitModes {
     /// The work tree's top level, canonical (as the walk's paths are).
     toplevel: PathBuf,
+    /// Its Git directory (`.git`, or where a `.git` file points).
+    git_dir: PathBuf,
+    index: Arc<Index>,
+}
+
+/// What an index tracks.
+#[derive(Debug, Default)]
+struct Index {
     /// Tracked path (`/`-separated, relative to the top level) -> executable.
-    modes: Arc<HashMap<String, bool>>,
+    modes: HashMap<String, bool>,
+    /// Every directory holding a tracked file, at any depth.
+    dirs: HashSet<String>,
+}
+
+impl Index {
+    fn new(modes: HashMap<String, bool>) -> Index {
+        let mut dirs = HashSet::new();
+        for path in modes.keys() {
+            let mut at = path.as_str();
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                if !dirs.insert(parent.to_string()) {
+                    break;
+                }
+                at = parent;
+            }
+        }
+        Index { modes, dirs }
+    }
 }
 
 impl GitModes {
@@ -37,13 +63,26 @@ impl GitModes {
     /// when `dir` is in no work tree or its index cannot be read.
     pub fn for_dir(dir: &Path) -> Option<GitModes> {
         let (toplevel, git_dir) = discover(dir)?;
-        let modes = load(&toplevel, &git_dir)?;
-        Some(GitModes { toplevel, modes })
+        let index = load(&toplevel, &git_dir)?;
+        Some(GitModes {
+            toplevel,
+            git_dir,
+            index,
+        })
     }
 
-    /// Whether Git records `path` (canonical, under the top level) as
-    /// executable; `None` when the index does not track it.
-    pub fn executable(&self, path: &Path) -> Option<bool> {
+    /// The work tree's top level (canonical).
+    pub fn toplevel(&self) -> &Path {
+        &self.toplevel
+    }
+
+    /// The repository's Git directory.
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    /// `path` (canonical, under the top level) as the index names it.
+    fn key(&self, path: &Path) -> Option<String> {
         let relative = path.strip_prefix(&self.toplevel).ok()?;
         let mut key = String::new();
         for part in relative.components() {
@@ -55,7 +94,26 @@ impl GitModes {
             }
             key.push_str(name.to_str()?);
         }
-        self.modes.get(&key).copied()
+        Some(key)
+    }
+
+    /// Whether Git records `path` (canonical, under the top level) as
+    /// executable; `None` when the index does not track it.
+    pub fn executable(&self, path: &Path) -> Option<bool> {
+        self.index.modes.get(&self.key(path)?).copied()
+    }
+
+    /// Whether the index tracks the file at `path`, or (for a directory)
+    /// any file below it: what no `.gitignore` rule can drop.
+    pub fn tracks(&self, path: &Path, is_dir: bool) -> bool {
+        let Some(key) = self.key(path) else {
+            return false;
+        };
+        if is_dir {
+            key.is_empty() || self.index.dirs.contains(&key)
+        } else {
+            self.index.modes.contains_key(&key)
+        }
     }
 }
 
@@ -85,18 +143,18 @@ fn discover(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-type Cached = (PathBuf, u64, Option<SystemTime>, Arc<HashMap<String, bool>>);
+type Cached = (PathBuf, u64, Option<SystemTime>, Arc<Index>);
 
 /// The last index parsed, reused while its size and mtime are unchanged.
 static CACHE: Mutex<Option<Cached>> = Mutex::new(None);
 
-fn load(toplevel: &Path, git_dir: &Path) -> Option<Arc<HashMap<String, bool>>> {
+fn load(toplevel: &Path, git_dir: &Path) -> Option<Arc<Index>> {
     let index = git_dir.join("index");
     let meta = match fs::metadata(&index) {
         Ok(meta) => meta,
         // A repository before its first `git add` tracks nothing.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Some(Arc::new(HashMap::new()));
+            return Some(Arc::new(Index::default()));
         }
         Err(_) => return None,
     };
@@ -113,7 +171,7 @@ fn load(toplevel: &Path, git_dir: &Path) -> Option<Arc<HashMap<String, bool>>> {
     let bytes = fs::read(&index).ok()?;
     let modes = parse_index(&bytes, hash_len(git_dir))
         .or_else(|| ls_files(toplevel))
-        .map(Arc::new)?;
+        .map(|modes| Arc::new(Index::new(modes)))?;
     if let Ok(mut cache) = CACHE.lock() {
         *cache = Some((index, len, mtime, modes.clone()));
     }

@@ -24,8 +24,8 @@ pub use diff::{ContentMap, TreeDiff, content_of_dir, content_of_layer};
 pub use gitmodes::GitModes;
 pub use pgzip::ParallelGz;
 pub use walk::{
-    DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, SOURCEIGNORE,
-    WalkOptions, canonical_root, walk,
+    DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, SOURCEIGNORE, Scope,
+    WalkOptions, canonical_root, scope, walk,
 };
 
 /// Media type of the artifact's manifest.
@@ -253,6 +253,16 @@ pub struct Built {
     pub layer: Blob,
     /// Files and directories packaged.
     pub entries: usize,
+    /// Files packaged.
+    pub files: usize,
+}
+
+/// How many of `entries` are files.
+fn files(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+        .count()
 }
 
 /// Packages `dir` into `output` atomically: the file appears complete or
@@ -268,6 +278,7 @@ pub fn build_to_file(
         return Ok(Built {
             layer,
             entries: entries.len(),
+            files: files(&entries),
         });
     }
     let parent = match output.parent() {
@@ -287,6 +298,7 @@ pub fn build_to_file(
     Ok(Built {
         layer,
         entries: entries.len(),
+        files: files(&entries),
     })
 }
 
@@ -305,6 +317,7 @@ pub fn build_to_temp(dir: &Path, options: &WalkOptions) -> Result<(File, Built),
         Built {
             layer,
             entries: entries.len(),
+            files: files(&entries),
         },
     ))
 }

@@ -443,3 +443,105 @@ fn sizes_parse_with_units() {
     );
     assert!(parse_size("5XB").is_err());
 }
+
+/// Git's ignore rules, with `git ls-files --cached --others --exclude-standard`
+/// (what Git itself calls not ignored) as the oracle.
+#[test]
+fn with_git_rules_the_walk_keeps_exactly_what_git_does_not_ignore() {
+    let repo = tree(&[
+        (".gitignore", "target/\n*.log\n/build\n!keep.log\n"),
+        ("deploy/app.yaml", "kind: A\n"),
+        ("deploy/debug.log", "x"),
+        ("deploy/keep.log", "x"),
+        ("deploy/.gitignore", "local-*.yaml\n!local-shared.yaml\n"),
+        ("deploy/local-mine.yaml", "kind: B\n"),
+        ("deploy/local-shared.yaml", "kind: C\n"),
+        ("target/debug/app", "x"),
+        ("target/forced.yaml", "kind: D\n"),
+        ("build/out.yaml", "kind: E\n"),
+        ("src/build/gen.yaml", "kind: F\n"),
+        ("notes/private.yaml", "kind: G\n"),
+        ("node_modules/a/index.js", "x"),
+    ]);
+    let root = fs::canonicalize(repo.path()).unwrap();
+    git(&root, &["init", "-q"]);
+    fs::write(root.join(".git/info/exclude"), "notes/\nnode_modules\n").unwrap();
+    // Tracked although ignored: Git keeps it, so must we.
+    git(&root, &["add", "-f", "target/forced.yaml"]);
+    git(&root, &["add", "deploy/app.yaml"]);
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["ls-files", "--cached", "--others", "--exclude-standard"])
+        .output()
+        .unwrap();
+    let mut want: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.ends_with(".gitignore"))
+        .map(String::from)
+        .collect();
+    want.sort();
+    let options = WalkOptions {
+        git_ignore: true,
+        ..Default::default()
+    };
+    let mut got: Vec<String> = walk(&root, &options)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+        .map(|e| e.path)
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(got.contains(&"target/forced.yaml".to_string()));
+    // Without Git's rules (build/push: Flux's semantics) they are all there.
+    let all = paths(&root, &WalkOptions::default());
+    assert!(all.contains(&"target/debug/app".to_string()), "{all:?}");
+    // The watcher's single-path view agrees.
+    let rules = IgnoreRules::for_walk(&root, &options).unwrap();
+    assert!(rules.ignores(Path::new("target/debug/app"), false));
+    assert!(!rules.ignores(Path::new("target/forced.yaml"), false));
+    assert!(rules.ignores(Path::new("deploy/local-mine.yaml"), false));
+    assert!(!rules.ignores(Path::new("deploy/local-shared.yaml"), false));
+    assert!(rules.ignores(Path::new("notes"), true));
+}
+
+#[test]
+fn only_keeps_the_listed_paths_and_the_directories_leading_to_them() {
+    let repo = tree(&[
+        ("deploy/a.yaml", "kind: A\n"),
+        ("deploy/sub/b.yaml", "kind: B\n"),
+        ("base/c.yaml", "kind: C\n"),
+        ("config/app.conf", "x"),
+        ("config/other.conf", "x"),
+        ("src/main.rs", "x"),
+        ("README.md", "x"),
+    ]);
+    let options = WalkOptions {
+        only: Some(vec![
+            "deploy".into(),
+            "base".into(),
+            "config/app.conf".into(),
+        ]),
+        ..Default::default()
+    };
+    assert_eq!(
+        paths(repo.path(), &options),
+        [
+            ".",
+            "base",
+            "base/c.yaml",
+            "config",
+            "config/app.conf",
+            "deploy",
+            "deploy/a.yaml",
+            "deploy/sub",
+            "deploy/sub/b.yaml"
+        ]
+    );
+    assert_eq!(scope(Some(&["deploy".into()]), "deploy/x"), Scope::Inside);
+    assert_eq!(scope(Some(&["a/b".into()]), "a"), Scope::Above);
+    assert_eq!(scope(Some(&["a/b".into()]), "ab"), Scope::Outside);
+    assert_eq!(scope(None, "anything"), Scope::Inside);
+}

@@ -36,12 +36,21 @@ pub const SOURCEIGNORE: &str = ".sourceignore";
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 50 * 1024 * 1024;
 
 /// How to select the files of an artifact.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalkOptions {
     /// Extra gitignore patterns, added to [`DEFAULT_EXCLUDES`].
     pub ignore: Vec<String>,
     /// Largest accepted file, in bytes.
     pub max_file_size: u64,
+    /// Apply Git's ignore rules too when the root is in a Git work tree
+    /// (`.gitignore` at every level, `.git/info/exclude`, the user's
+    /// `core.excludesFile`); files the index tracks are never dropped by them.
+    /// Sessions set it; `build`/`push` keep Flux's semantics.
+    pub git_ignore: bool,
+    /// Only these paths (relative to the root, `/`-separated) and what is
+    /// below them; the directories leading to them are kept, their other
+    /// entries are not. `None`: the whole root.
+    pub only: Option<Vec<String>>,
 }
 
 impl Default for WalkOptions {
@@ -49,7 +58,128 @@ impl Default for WalkOptions {
         WalkOptions {
             ignore: Vec::new(),
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            git_ignore: false,
+            only: None,
         }
+    }
+}
+
+/// Where a path (relative, `/`-separated) stands against [`WalkOptions::only`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Packaged, with everything below it.
+    Inside,
+    /// A directory on the way to a packaged path: kept, its other entries not.
+    Above,
+    Outside,
+}
+
+/// Where `path` stands against `only`.
+pub fn scope(only: Option<&[String]>, path: &str) -> Scope {
+    let Some(only) = only else {
+        return Scope::Inside;
+    };
+    let mut above = false;
+    for o in only {
+        let o = o.trim_matches('/');
+        if o.is_empty() || path == o || path.starts_with(&format!("{o}/")) {
+            return Scope::Inside;
+        }
+        if path.is_empty() || o.starts_with(&format!("{path}/")) {
+            above = true;
+        }
+    }
+    if above { Scope::Above } else { Scope::Outside }
+}
+
+/// Git's ignore rules of a root inside a work tree, as `git check-ignore`
+/// decides: the deepest `.gitignore` first, then `.git/info/exclude`, then
+/// the user's `core.excludesFile`; a file the index tracks (or a directory
+/// holding one) is never ignored by them.
+#[derive(Clone)]
+struct GitRules {
+    index: GitModes,
+    /// `.gitignore` of each directory from the top level down to the root's
+    /// parent (outermost first); the walk adds those at and below the root.
+    above: Vec<Gitignore>,
+    /// `.git/info/exclude`, then `core.excludesFile`.
+    excludes: Vec<Gitignore>,
+}
+
+/// A path's fate under all the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    /// Git ignores it, but the index tracks it (or something below it):
+    /// kept, and below it only what the index tracks.
+    KeepTracked,
+    Drop,
+}
+
+fn matcher(root: &Path, file: &Path) -> Result<Option<Gitignore>, ArtifactError> {
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let mut builder = GitignoreBuilder::new(root);
+    if let Some(e) = builder.add(file) {
+        return Err(ArtifactError::IgnoreFile {
+            path: file.to_path_buf(),
+            reason: e.to_string(),
+        });
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| ArtifactError::IgnoreFile {
+            path: file.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+impl GitRules {
+    fn new(root: &Path) -> Result<Option<GitRules>, ArtifactError> {
+        let Some(index) = GitModes::for_dir(root) else {
+            return Ok(None);
+        };
+        let top = index.toplevel().to_path_buf();
+        let mut above = Vec::new();
+        if let Ok(rel) = root.strip_prefix(&top) {
+            let mut dir = top.clone();
+            let parts: Vec<_> = rel.components().collect();
+            for part in parts {
+                above.extend(matcher(&dir, &dir.join(".gitignore"))?);
+                dir.push(part);
+            }
+        }
+        let mut excludes = Vec::new();
+        excludes.extend(matcher(&top, &index.git_dir().join("info/exclude"))?);
+        if let Some(global) = ignore::gitignore::gitconfig_excludes_path() {
+            // A global excludes file that cannot be read is Git's problem too; skip it.
+            excludes.extend(matcher(&top, &global).ok().flatten());
+        }
+        Ok(Some(GitRules {
+            index,
+            above,
+            excludes,
+        }))
+    }
+
+    /// Whether Git's rules (with `stack`, the `.gitignore` matchers between
+    /// the root and `path`, outermost first) ignore `path`.
+    fn ignores(&self, stack: &[Gitignore], path: &Path, is_dir: bool) -> bool {
+        for rules in stack
+            .iter()
+            .rev()
+            .chain(self.above.iter().rev())
+            .chain(&self.excludes)
+        {
+            match rules.matched(path, is_dir) {
+                Match::Ignore(_) => return true,
+                Match::Whitelist(_) => return false,
+                Match::None => {}
+            }
+        }
+        false
     }
 }
 
@@ -73,11 +203,23 @@ pub enum EntryKind {
 }
 
 /// The ignore rules of a tree: the root's (defaults and `--ignore`) plus one
-/// matcher per `.sourceignore` found, innermost deciding first, as in Git.
+/// matcher per `.sourceignore` found, innermost deciding first, as in Git;
+/// with [`WalkOptions::git_ignore`], Git's own rules too, and with
+/// [`WalkOptions::only`], nothing outside those paths.
 #[derive(Clone)]
 pub struct IgnoreRules {
     root: PathBuf,
     base: Gitignore,
+    git: Option<GitRules>,
+    only: Option<Vec<String>>,
+}
+
+/// The ignore matchers of one directory: its `.sourceignore` and (with Git's
+/// rules) its `.gitignore`.
+#[derive(Default)]
+struct DirRules {
+    source: Option<Gitignore>,
+    git: Option<Gitignore>,
 }
 
 impl IgnoreRules {
@@ -100,7 +242,76 @@ impl IgnoreRules {
         Ok(IgnoreRules {
             root: root.to_path_buf(),
             base,
+            git: None,
+            only: None,
         })
+    }
+
+    /// Rules for a tree rooted at `root` (absolute, canonical) walked with `options`.
+    pub fn for_walk(root: &Path, options: &WalkOptions) -> Result<IgnoreRules, ArtifactError> {
+        let mut rules = IgnoreRules::new(root, &options.ignore)?;
+        if options.git_ignore {
+            rules.git = GitRules::new(root)?;
+        }
+        rules.only = options.only.clone();
+        Ok(rules)
+    }
+
+    /// Whether Git's rules take part (the root is in a work tree and they were asked for).
+    pub fn uses_git(&self) -> bool {
+        self.git.is_some()
+    }
+
+    /// Both matchers of a directory.
+    fn both(&self, real: &Path, logical: &Path) -> Result<DirRules, ArtifactError> {
+        Ok(DirRules {
+            source: Self::dir_rules(real, logical)?,
+            git: match self.git {
+                Some(_) => {
+                    // Read where it is, match where it appears.
+                    let file = real.join(".gitignore");
+                    if file.is_file() {
+                        matcher(logical, &file)?
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            },
+        })
+    }
+
+    /// The fate of `path` (logical, under the root; `rel` its `/`-separated
+    /// relative form) given the matchers of its ancestors and whether an
+    /// ancestor is Git-ignored (kept only for what the index tracks).
+    fn verdict(
+        &self,
+        stack: &[Gitignore],
+        git_stack: &[Gitignore],
+        in_ignored: bool,
+        path: &Path,
+        rel: &str,
+        is_dir: bool,
+    ) -> Verdict {
+        match scope(self.only.as_deref(), rel) {
+            Scope::Outside => return Verdict::Drop,
+            Scope::Above if !is_dir => return Verdict::Drop,
+            _ => {}
+        }
+        if self.is_ignored(stack, path, is_dir) {
+            return Verdict::Drop;
+        }
+        let Some(git) = &self.git else {
+            return Verdict::Keep;
+        };
+        if !(in_ignored || git.ignores(git_stack, path, is_dir)) {
+            return Verdict::Keep;
+        }
+        if git.index.tracks(path, is_dir) {
+            Verdict::KeepTracked
+        } else {
+            Verdict::Drop
+        }
     }
 
     /// The matcher of a directory's `.sourceignore`, if it has one.
@@ -141,24 +352,37 @@ impl IgnoreRules {
     }
 
     /// Whether a path relative to the root is ignored, taking every
-    /// `.sourceignore` between the root and it into account. Used by the
-    /// file watcher, which sees single paths rather than a walk.
+    /// ignore file between the root and it into account. Used by the file
+    /// watcher, which sees single paths rather than a walk.
     pub fn ignores(&self, relative: &Path, is_dir: bool) -> bool {
-        let mut stack = Vec::new();
+        let (mut stack, mut git_stack) = (Vec::new(), Vec::new());
         let mut dir = self.root.clone();
         let parts: Vec<_> = relative.components().collect();
-        if let Ok(Some(rules)) = Self::dir_rules(&dir, &dir) {
-            stack.push(rules);
-        }
+        let push = |stack: &mut Vec<Gitignore>, git_stack: &mut Vec<Gitignore>, dir: &Path| {
+            if let Ok(r) = self.both(dir, dir) {
+                stack.extend(r.source);
+                git_stack.extend(r.git);
+            }
+        };
+        push(&mut stack, &mut git_stack, &dir);
+        let mut in_ignored = false;
+        let mut rel = String::new();
         for (i, part) in parts.iter().enumerate() {
             let logical = self.root.join(parts[..=i].iter().collect::<PathBuf>());
             let last = i + 1 == parts.len();
-            if self.is_ignored(&stack, &logical, if last { is_dir } else { true }) {
-                return true;
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(&part.as_os_str().to_string_lossy());
+            let is_dir = if last { is_dir } else { true };
+            match self.verdict(&stack, &git_stack, in_ignored, &logical, &rel, is_dir) {
+                Verdict::Drop => return true,
+                Verdict::KeepTracked => in_ignored = true,
+                Verdict::Keep => {}
             }
             dir.push(part);
-            if !last && let Ok(Some(rules)) = Self::dir_rules(&dir, &dir) {
-                stack.push(rules);
+            if !last {
+                push(&mut stack, &mut git_stack, &dir);
             }
         }
         false
@@ -168,7 +392,7 @@ impl IgnoreRules {
 /// Lists the entries of the artifact for `root`, in archive order.
 pub fn walk(root: &Path, options: &WalkOptions) -> Result<Vec<Entry>, ArtifactError> {
     let root = canonical_root(root)?;
-    let rules = IgnoreRules::new(&root, &options.ignore)?;
+    let rules = IgnoreRules::for_walk(&root, options)?;
     let git = GitModes::for_dir(&root);
     let mut walker = Walker {
         root: &root,
@@ -180,9 +404,10 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Vec<Entry>, ArtifactEr
             kind: EntryKind::Dir,
         }],
         stack: Vec::new(),
+        git_stack: Vec::new(),
         active: HashSet::new(),
     };
-    walker.dir(&root, &root, "")?;
+    walker.dir(&root, &root, "", false)?;
     let entries = walker.entries;
     if !entries
         .iter()
@@ -214,6 +439,8 @@ struct Walker<'a> {
     entries: Vec<Entry>,
     /// `.sourceignore` matchers of the directories being walked.
     stack: Vec<Gitignore>,
+    /// Their `.gitignore` matchers (with Git's rules).
+    git_stack: Vec<Gitignore>,
     /// Canonical directories being walked, to catch symlink loops.
     active: HashSet<PathBuf>,
 }
@@ -221,15 +448,20 @@ struct Walker<'a> {
 impl Walker<'_> {
     /// Walks `real` (a canonical directory) that appears at `logical` (a path
     /// under the root) with archive prefix `prefix`.
-    fn dir(&mut self, real: &Path, logical: &Path, prefix: &str) -> Result<(), ArtifactError> {
+    /// `in_ignored`: the directory is Git-ignored but holds tracked files.
+    fn dir(
+        &mut self,
+        real: &Path,
+        logical: &Path,
+        prefix: &str,
+        in_ignored: bool,
+    ) -> Result<(), ArtifactError> {
         self.active.insert(real.to_path_buf());
-        let pushed = match IgnoreRules::dir_rules(real, logical)? {
-            Some(rules) => {
-                self.stack.push(rules);
-                true
-            }
-            None => false,
-        };
+        let rules = self.rules.both(real, logical)?;
+        let pushed = rules.source.is_some();
+        let git_pushed = rules.git.is_some();
+        self.stack.extend(rules.source);
+        self.git_stack.extend(rules.git);
         let mut names = Vec::new();
         let read = fs::read_dir(real).map_err(io_at(logical))?;
         for item in read {
@@ -243,10 +475,13 @@ impl Walker<'_> {
         // Byte-wise lexical order, the order Go's filepath.Walk uses.
         names.sort_unstable();
         for name in names {
-            self.entry(real, logical, prefix, &name)?;
+            self.entry(real, logical, prefix, &name, in_ignored)?;
         }
         if pushed {
             self.stack.pop();
+        }
+        if git_pushed {
+            self.git_stack.pop();
         }
         self.active.remove(real);
         Ok(())
@@ -258,6 +493,7 @@ impl Walker<'_> {
         logical_dir: &Path,
         prefix: &str,
         name: &str,
+        in_ignored: bool,
     ) -> Result<(), ArtifactError> {
         let real = real_dir.join(name);
         let logical = logical_dir.join(name);
@@ -267,6 +503,10 @@ impl Walker<'_> {
             format!("{prefix}/{name}")
         };
         let meta = fs::symlink_metadata(&real).map_err(io_at(&logical))?;
+        // Outside the packaged paths: not even looked at (it may be huge).
+        if scope(self.options.only.as_deref(), &path) == Scope::Outside {
+            return Ok(());
+        }
         let (target, meta) = if meta.file_type().is_symlink() {
             let target = self.resolve_link(&real, &logical)?;
             let meta = fs::metadata(&target).map_err(io_at(&logical))?;
@@ -274,7 +514,15 @@ impl Walker<'_> {
         } else {
             (real, meta)
         };
-        if self.rules.is_ignored(&self.stack, &logical, meta.is_dir()) {
+        let verdict = self.rules.verdict(
+            &self.stack,
+            &self.git_stack,
+            in_ignored,
+            &logical,
+            &path,
+            meta.is_dir(),
+        );
+        if verdict == Verdict::Drop {
             return Ok(());
         }
         if meta.is_dir() {
@@ -285,7 +533,7 @@ impl Walker<'_> {
                 path: path.clone(),
                 kind: EntryKind::Dir,
             });
-            return self.dir(&target, &logical, &path);
+            return self.dir(&target, &logical, &path, verdict == Verdict::KeepTracked);
         }
         if !meta.is_file() {
             // Sockets, FIFOs and devices have no place in an artifact (Flux skips them too).

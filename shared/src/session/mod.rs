@@ -24,6 +24,7 @@ pub mod export;
 pub mod health;
 pub mod live;
 pub mod logs;
+pub mod packaging;
 pub mod preflight;
 pub mod record;
 pub mod status;
@@ -166,6 +167,8 @@ pub struct Session {
     chart: bool,
     /// Namespace rewrites already pointed out (said once per session).
     relocations_said: BTreeSet<String>,
+    /// What the last sync packaged (said when it changes).
+    packaging: Option<packaging::Packaging>,
 }
 
 fn session_labels(name: &str, sandbox: Option<&str>) -> BTreeMap<String, String> {
@@ -282,6 +285,7 @@ impl Session {
         let session = Session {
             chart,
             relocations_said: BTreeSet::new(),
+            packaging: None,
             client,
             namespace,
             target,

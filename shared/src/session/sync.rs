@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
-use super::{Event, Mode, Phase, Session, SessionError, SyncOutcome, changes, validate};
+use super::{Event, Mode, Phase, Session, SessionError, SyncOutcome, changes, packaging, validate};
 use crate::flux::{
     self, Decryption, Kustomization, KustomizationSpec, LocalObjectReference, OCIRepository,
     OCIRepositoryRef, OCIRepositorySpec, SourceReference,
@@ -199,14 +199,21 @@ impl Session {
         let started = Instant::now();
         let t = self.phase(Phase::Validate);
         let target = self.target.target_namespace.clone();
-        let (index, relocated) = {
+        let (index, relocated, packaging, walk) = {
             let (root, walk, dir) = (self.cfg.root.clone(), self.cfg.walk.clone(), self.dir());
             match tokio::task::spawn_blocking(move || {
+                // Only what the sync needs: the directory and what its
+                // kustomizations reference (see `packaging`).
+                let packaging = packaging::plan(&root, &dir)?;
+                let walk = crate::artifact::WalkOptions {
+                    only: packaging.only.clone(),
+                    ..walk
+                };
                 validate::validate_dir(&root, &dir, &walk).map(|index| {
                     let relocated = target
                         .map(|t| (validate::relocated(&root, &dir, &t), t))
                         .unwrap_or_default();
-                    (index, relocated)
+                    (index, relocated, packaging, walk)
                 })
             })
             .await
@@ -223,12 +230,21 @@ impl Session {
         self.say_relocations(relocated);
 
         let t = self.phase(Phase::Build);
-        let (file, built) = match registry::build(&self.cfg.root, &self.cfg.walk).await {
+        let (file, built) = match registry::build(&self.cfg.root, &walk).await {
             Ok(b) => b,
             Err(e) => {
                 return self.fail(Phase::Build, crate::output::error_chain(&e), None, false);
             }
         };
+        if self.packaging.as_ref() != Some(&packaging) {
+            (self.report)(&Event::Message {
+                message: packaging.describe(built.files),
+            });
+            for message in packaging.remote_warnings() {
+                (self.report)(&Event::Warning { message });
+            }
+            self.packaging = Some(packaging);
+        }
         if self.settled && self.last_layer.as_deref() == Some(built.layer.digest.as_str()) {
             (self.report)(&Event::Unchanged {
                 digest: built.layer.digest,
@@ -250,7 +266,7 @@ impl Session {
             Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
         };
         let options = PushOptions {
-            walk: self.cfg.walk.clone(),
+            walk,
             registry: self.cfg.registry_options.clone(),
             ..Default::default()
         };

@@ -54,6 +54,8 @@ pub enum ValidateError {
         root: PathBuf,
         suggestion: PathBuf,
     },
+    #[error("{from} references {written}, which does not exist; nothing was pushed")]
+    MissingReference { from: String, written: String },
     #[error("{0}; nothing was pushed")]
     Kustomization(#[from] crate::kustomize::KustomizeError),
 }
@@ -71,7 +73,8 @@ impl ValidateError {
     pub fn file(&self) -> Option<String> {
         match self {
             ValidateError::Yaml(e) => e.first().map(|e| e.file.clone()),
-            ValidateError::OutsideRoot { from, .. } => Some(from.clone()),
+            ValidateError::OutsideRoot { from, .. }
+            | ValidateError::MissingReference { from, .. } => Some(from.clone()),
             _ => None,
         }
     }
