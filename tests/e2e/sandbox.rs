@@ -571,7 +571,7 @@ async fn vcluster_sandbox_rolls_out_its_statefulset_and_sessions_apply_through_i
                 .flatten()
                 .any(|c| c["type"] == "Ready" && c["status"] == "True");
             if ready {
-                Ok(r.data["status"]["history"][0]["chartVersion"].clone())
+                Ok(r.data["status"]["lastAttemptedRevision"].clone())
             } else {
                 Err(conditions.to_string())
             }
