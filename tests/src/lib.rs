@@ -382,6 +382,20 @@ impl RunningSession {
         }
     }
 
+    /// The events that arrive within `window` (none is not an error).
+    pub fn events_within(&mut self, window: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        while let Ok(e) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(e.clone());
+            got.push(e);
+        }
+        got
+    }
+
     /// Waits for the next sync to finish: `Ok(revision)` or `Err(message)`.
     pub fn next_sync(&mut self) -> Result<String, String> {
         let e = self.wait_for("a sync to finish", Duration::from_secs(90), |e| {

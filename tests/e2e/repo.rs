@@ -1,0 +1,354 @@
+//! Sessions in an application repository, as developers have them: source
+//! code and assets, Git-ignored build output (hundreds of MB in `target/`, a
+//! deep `node_modules/`), and manifests in `deploy/` on a `base/`. The
+//! session packages `deploy/` and what it references, nothing else, and only
+//! those directories' changes sync. Asserts on what the registry holds (pulled
+//! with the `flux` CLI) and what the API server holds, and compares what Flux
+//! renders from the narrowed artifact with what it renders from the whole
+//! tree pushed by `flux push artifact`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use gitops::flux::{Kustomization, OCIRepository};
+use gitops_e2e::{Harness, RunningSession, eventually, run, unique, write_tree};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, Client};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn git(dir: &Path, args: &[&str]) {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com"));
+}
+
+fn cm(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+/// A repository with 256 MiB of Git-ignored build output, a 3,000-directory
+/// `node_modules/`, 20 MiB of source assets, and deploy/ (an overlay) on base/.
+fn app_repository(root: &Path) {
+    write_tree(
+        root,
+        &[
+            (".gitignore", "/target/\nnode_modules/\n*.log\n"),
+            ("src/main.rs", "fn main() {}\n"),
+            (
+                "deploy/kustomization.yaml",
+                "resources:\n- ../base\n- app.yaml\n",
+            ),
+            ("deploy/app.yaml", &cm("app", "1")),
+            ("base/kustomization.yaml", "resources:\n- base.yaml\n"),
+            ("base/base.yaml", &cm("base", "1")),
+            ("extra/kustomization.yaml", "resources:\n- extra.yaml\n"),
+            ("extra/extra.yaml", &cm("extra", "1")),
+            ("deploy/debug.log", "not for the cluster\n"),
+        ],
+    );
+    let big = vec![0x5au8; 64 << 20];
+    std::fs::create_dir_all(root.join("target/release/deps")).unwrap();
+    for i in 0..4 {
+        std::fs::write(root.join(format!("target/release/deps/lib{i}.rlib")), &big).unwrap();
+    }
+    std::fs::create_dir_all(root.join("assets")).unwrap();
+    for i in 0..2 {
+        std::fs::write(root.join(format!("assets/video{i}.bin")), &big[..10 << 20]).unwrap();
+    }
+    for i in 0..500 {
+        let d = root.join(format!("node_modules/pkg{i}/node_modules/dep/lib/a/b"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("index.js"), "module.exports = 1;\n").unwrap();
+    }
+    git(root, &["init", "-q"]);
+    git(root, &["add", "."]);
+    git(root, &["commit", "-q", "-m", "app"]);
+}
+
+/// The files of the artifact the session's OCIRepository points at, pulled
+/// with the `flux` CLI.
+async fn artifact_files(
+    harness: &Harness,
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> BTreeSet<String> {
+    let repo = Api::<OCIRepository>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let revision = repo
+        .status
+        .and_then(|s| s.artifact)
+        .map(|a| a.revision)
+        .unwrap();
+    let digest = revision
+        .split_once('@')
+        .map(|(_, d)| d.to_string())
+        .unwrap();
+    let reference = format!("{}@{digest}", repo.spec.url);
+    let out = tempfile::tempdir().unwrap();
+    run(harness
+        .flux()
+        .args(["pull", "artifact", &reference, "--output"])
+        .arg(out.path()));
+    walkdir::WalkDir::new(out.path())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            e.path()
+                .strip_prefix(out.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+async fn value(client: &Client, ns: &str, name: &str) -> Option<String> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("value").cloned())
+}
+
+fn syncs(events: &[serde_json::Value]) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == "synced" || e["event"] == "failed" || e["event"] == "phase")
+        .count()
+}
+
+#[tokio::test]
+async fn a_session_packages_and_watches_only_deploy_and_what_it_references() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    app_repository(root);
+    let ns = unique("run-repo");
+    let mut s = RunningSession::start(&harness, root, &["deploy", "--name", &ns]);
+    s.next_sync().unwrap();
+    let said = s
+        .seen
+        .iter()
+        .find(|e| {
+            e["event"] == "message"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("packaged "))
+        })
+        .cloned()
+        .expect("what was packaged is said");
+    assert_eq!(
+        said["message"],
+        "packaged deploy/ and base/ (4 files), 1 path outside deploy/"
+    );
+    // What the registry holds: deploy/ and base/ only (not the log Git ignores).
+    let files = artifact_files(&harness, &client, &ns, &ns).await;
+    let want: BTreeSet<String> = [
+        "base/base.yaml",
+        "base/kustomization.yaml",
+        "deploy/app.yaml",
+        "deploy/kustomization.yaml",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(files, want);
+    assert_eq!(value(&client, &ns, "base").await.as_deref(), Some("1"));
+
+    // Build output, dependencies, sources and unreferenced manifests: no sync.
+    std::fs::write(root.join("target/release/deps/lib0.rlib"), b"rebuilt").unwrap();
+    std::fs::write(
+        root.join("node_modules/pkg1/node_modules/dep/lib/a/b/index.js"),
+        "module.exports = 2;\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("src/main.rs"), "fn main() { println!(); }\n").unwrap();
+    std::fs::write(root.join("extra/extra.yaml"), cm("extra", "2")).unwrap();
+    std::fs::write(root.join("deploy/debug.log"), "more\n").unwrap();
+    let quiet = s.events_within(Duration::from_secs(3));
+    assert_eq!(syncs(&quiet), 0, "{quiet:?}");
+    let revision = |client: Client, ns: String| async move {
+        Api::<Kustomization>::namespaced(client, &ns)
+            .get(&ns)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.last_applied_revision)
+    };
+    let before = revision(client.clone(), ns.clone()).await;
+
+    // base/ feeds the artifact: a save there syncs.
+    std::fs::write(root.join("base/base.yaml"), cm("base", "2")).unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &ns, "base").await.as_deref(), Some("2"));
+    assert_ne!(revision(client.clone(), ns.clone()).await, before);
+
+    // A new reference is packaged and watched from the next save on.
+    std::fs::write(
+        root.join("deploy/kustomization.yaml"),
+        "resources:\n- ../base\n- ../extra\n- app.yaml\n",
+    )
+    .unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &ns, "extra").await.as_deref(), Some("2"));
+    assert!(
+        artifact_files(&harness, &client, &ns, &ns)
+            .await
+            .contains("extra/extra.yaml")
+    );
+    std::fs::write(root.join("extra/extra.yaml"), cm("extra", "3")).unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &ns, "extra").await.as_deref(), Some("3"));
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    gitops_e2e::wait_namespace_gone(&client, &ns).await;
+}
+
+/// An overlay with a base, a component, a patch file and generator files
+/// outside it: what Flux applies from the narrowed artifact (the session's
+/// Kustomization's inventory and the objects) is what it applies from the
+/// whole tree pushed by `flux push artifact` (a Kustomization made here, not
+/// by the suite).
+#[tokio::test]
+async fn narrowing_does_not_change_what_flux_renders() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    write_tree(
+        root,
+        &[
+            (
+                "overlays/dev/kustomization.yaml",
+                "resources:\n- ../../base\ncomponents:\n- ../../components/team\npatches:\n- path: ../../patches/replicas.yaml\nconfigMapGenerator:\n- name: settings\n  files:\n  - app.conf=../../config/app.conf\n  envs:\n  - ../../config/dev.env\n",
+            ),
+            (
+                "base/kustomization.yaml",
+                "resources:\n- cm.yaml\n- ../shared/cm.yaml\n",
+            ),
+            ("base/cm.yaml", &cm("web", "base")),
+            ("shared/cm.yaml", &cm("shared", "s")),
+            (
+                "components/team/kustomization.yaml",
+                "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources:\n- team.yaml\ncommonLabels:\n  team: blue\n",
+            ),
+            ("components/team/team.yaml", &cm("team", "t")),
+            (
+                "patches/replicas.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  value: \"patched\"\n",
+            ),
+            ("config/app.conf", "mode=dev\n"),
+            ("config/dev.env", "LEVEL=debug\n"),
+            ("unrelated/broken.yaml", "kind: [not, rendered\n"),
+        ],
+    );
+    // Not valid YAML, but never packaged: the session does not even read it.
+    git(root, &["init", "-q"]);
+
+    // Flux on the whole tree, pushed by the flux CLI.
+    let stock = unique("stock");
+    let reference = format!("oci://{}/e2e/{stock}:latest", harness.registry);
+    run(harness.flux().args([
+        "push",
+        "artifact",
+        &reference,
+        &format!("--path={}", root.display()),
+        "--source=file:///e2e",
+        "--revision=main@sha1:0000000000000000000000000000000000000000",
+    ]));
+    gitops_e2e::create_namespace(&client, &stock).await;
+    harness.kubectl_apply(&format!(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: OCIRepository\nmetadata:\n  name: {stock}\n  namespace: {stock}\nspec:\n  url: oci://{}/e2e/{stock}\n  ref:\n    tag: latest\n  interval: 10m\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: {stock}\n  namespace: {stock}\nspec:\n  sourceRef:\n    kind: OCIRepository\n    name: {stock}\n  path: ./overlays/dev\n  prune: true\n  interval: 10m\n  targetNamespace: {stock}\n",
+        harness.registry
+    ));
+
+    // The session, narrowed.
+    let ns = unique("run-narrow");
+    let mut s = RunningSession::start(&harness, root, &["overlays/dev", "--name", &ns]);
+    s.next_sync().unwrap();
+    let files = artifact_files(&harness, &client, &ns, &ns).await;
+    assert!(
+        !files.iter().any(|f| f.starts_with("unrelated/")),
+        "{files:?}"
+    );
+
+    let inventory = |ns: String| {
+        let client = client.clone();
+        async move {
+            let ks = Api::<Kustomization>::namespaced(client, &ns)
+                .get(&ns)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = ks.status.unwrap_or_default();
+            let ready = gitops::flux::condition(&status.conditions, "Ready")
+                .is_some_and(|c| c.status == "True");
+            if !ready {
+                return Err(format!("{:?}", status.conditions));
+            }
+            Ok(status
+                .inventory
+                .map(|i| i.entries)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e.id.replacen(&format!("{ns}_"), "NS_", 1))
+                .collect::<BTreeSet<String>>())
+        }
+    };
+    let theirs = eventually("the stock Kustomization to be Ready", WAIT, || {
+        inventory(stock.clone())
+    })
+    .await;
+    let ours = eventually("the session's inventory", WAIT, || inventory(ns.clone())).await;
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.len(), 4, "{ours:?}");
+    // And the objects themselves: same data.
+    for name in ["web", "shared", "team"] {
+        assert_eq!(
+            value(&client, &ns, name).await,
+            value(&client, &stock, name).await,
+            "{name}"
+        );
+    }
+    let settings = |ns: String| {
+        let client = client.clone();
+        async move {
+            Api::<ConfigMap>::namespaced(client, &ns)
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|c| {
+                    c.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("settings-"))
+                })
+                .and_then(|c| c.data)
+        }
+    };
+    assert_eq!(settings(ns.clone()).await, settings(stock.clone()).await);
+    assert!(settings(ns.clone()).await.is_some());
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    let _ = run(Command::new("kubectl")
+        .args(["--kubeconfig", harness.kubeconfig.to_str().unwrap()])
+        .args(["delete", "namespace", &stock, "--wait=false"]));
+}
