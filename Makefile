@@ -49,3 +49,4 @@ bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/bench/artifact-build
 	tests/bench/session-latency
 	tests/bench/sessions-list
+	tests/bench/app-repo
