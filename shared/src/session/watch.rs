@@ -346,7 +346,16 @@ impl DirWatcher {
                     .collect();
                 // What decides what is packaged changed: plan again.
                 let replan = events.iter().any(|e| {
-                    (e.kind.is_create() || e.kind.is_remove())
+                    use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind};
+                    let dir_event = matches!(
+                        e.kind,
+                        EventKind::Create(CreateKind::Folder)
+                            | EventKind::Remove(RemoveKind::Folder)
+                    ) || ((e.kind.is_create()
+                        || e.kind.is_remove()
+                        || matches!(e.kind, EventKind::Modify(ModifyKind::Name(_))))
+                        && e.paths.iter().any(|p| p.is_dir() || i.watched.contains(p)));
+                    dir_event
                         || e.paths.iter().any(|p| {
                             p.file_name()
                                 .and_then(|n| n.to_str())
@@ -531,6 +540,24 @@ mod tests {
         let paths = next(&mut w, 5).await.expect("a change in other/").unwrap();
         assert!(
             paths.iter().any(|p| p.ends_with("other/cm.yaml")),
+            "{paths:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_directory_is_watched_and_its_files_count() {
+        let (_t, root) = app_repo();
+        let mut w = DirWatcher::new(target(&root, "base"), Duration::from_millis(50)).unwrap();
+        assert_eq!(w.watching(), (2, false));
+        std::fs::create_dir_all(root.join("base/more/deeper")).unwrap();
+        next(&mut w, 5).await.expect("the new directory").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.drain();
+        assert_eq!(w.watching(), (4, false));
+        std::fs::write(root.join("base/more/deeper/cm.yaml"), "kind: ConfigMap\n").unwrap();
+        let paths = next(&mut w, 5).await.expect("a change below it").unwrap();
+        assert!(
+            paths.iter().any(|p| p.ends_with("deeper/cm.yaml")),
             "{paths:?}"
         );
     }
