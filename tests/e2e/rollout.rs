@@ -593,3 +593,54 @@ async fn flux_warnings_about_the_sessions_objects_are_shown_as_they_happen() {
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
     gitops_e2e::wait_namespace_gone(&client, &ns).await;
 }
+
+/// The session says "synced" as soon as the revision's workloads are
+/// healthy, judged from the objects as they change (not at Flux's next
+/// health poll): a Deployment added by a save is rolled out by then, on the
+/// API server.
+#[tokio::test]
+async fn a_deployment_added_by_a_save_is_rolled_out_when_synced_is_said() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    app(dir.path(), 1, "");
+    let ns = unique("run-add");
+    let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns]);
+    synced(&mut s);
+    let api = deployment(2, "")
+        .replace("name: web", "name: api")
+        .replace("app: web", "app: api");
+    write_tree(
+        dir.path(),
+        &[
+            ("deploy/api.yaml", &api),
+            (
+                "deploy/kustomization.yaml",
+                "resources:\n- deployment.yaml\n- service.yaml\n- api.yaml\n",
+            ),
+        ],
+    );
+    let rollouts = synced(&mut s);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = deployments.get("api").await.unwrap();
+    let st = d.status.unwrap();
+    assert_eq!(st.observed_generation, d.metadata.generation);
+    assert_eq!(
+        (
+            st.updated_replicas,
+            st.ready_replicas,
+            st.available_replicas
+        ),
+        (Some(2), Some(2), Some(2)),
+        "{rollouts:?}"
+    );
+    assert!(
+        rollouts
+            .iter()
+            .any(|e| e["object"] == format!("Deployment/{ns}/api") && e["done"] == true),
+        "{rollouts:?}"
+    );
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    nothing_derived_left(&client, &ns).await;
+}

@@ -280,18 +280,112 @@ pub fn verdict(rollouts: &[Rollout], pods: &[Pod]) -> Option<String> {
     None
 }
 
+/// What the watch of a sync's workloads concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A workload cannot become healthy without a change: why.
+    Failed(String),
+    /// Every object of the revision is healthy by kstatus's rules (the
+    /// workloads rolled out, the bare pods Ready), seen as it happened.
+    Healthy,
+}
+
+/// Kinds that kstatus counts as healthy once applied (no status to wait
+/// for), by `group/Kind`. A Service counts only if not a LoadBalancer (the
+/// caller checks).
+const CURRENT_WHEN_APPLIED: &[&str] = &[
+    "/ConfigMap",
+    "/Secret",
+    "/ServiceAccount",
+    "/Service",
+    "/LimitRange",
+    "/ResourceQuota",
+    "rbac.authorization.k8s.io/Role",
+    "rbac.authorization.k8s.io/RoleBinding",
+    "rbac.authorization.k8s.io/ClusterRole",
+    "rbac.authorization.k8s.io/ClusterRoleBinding",
+    "networking.k8s.io/NetworkPolicy",
+    "scheduling.k8s.io/PriorityClass",
+];
+
+/// Kinds whose health this watch judges itself.
+const JUDGED: &[&str] = &[
+    "apps/Deployment",
+    "apps/StatefulSet",
+    "apps/DaemonSet",
+    "/Pod",
+];
+
+/// The workloads (`Kind/namespace/name`) whose health decides a revision,
+/// when this watch can judge all of it: every inventory entry (Flux's
+/// `namespace_name_group_Kind`) is of a kind that is healthy once applied,
+/// or a workload in `namespace`. `None`: Flux's own health check decides.
+pub fn judgeable(
+    entries: &[String],
+    namespace: &str,
+) -> Option<std::collections::BTreeSet<String>> {
+    let mut workloads = std::collections::BTreeSet::new();
+    for id in entries {
+        let parts: Vec<&str> = id.split('_').collect();
+        let [ns, name, group, kind] = parts[..] else {
+            return None;
+        };
+        let gk = format!("{group}/{kind}");
+        if JUDGED.contains(&gk.as_str()) {
+            if ns != namespace {
+                return None;
+            }
+            workloads.insert(format!("{kind}/{ns}/{name}"));
+        } else if !CURRENT_WHEN_APPLIED.contains(&gk.as_str()) {
+            return None;
+        }
+    }
+    Some(workloads)
+}
+
+/// Whether every workload the manifests define (`Kind/name` keys of the
+/// files, before kustomize's name prefixes or suffixes) has one in
+/// `workloads` (`Kind/namespace/name`) whose name contains it.
+pub fn covers(workloads: &std::collections::BTreeSet<String>, local: &[String]) -> bool {
+    local.iter().all(|key| {
+        let Some((kind, name)) = key.split_once('/') else {
+            return true;
+        };
+        if !JUDGED.iter().any(|gk| gk.ends_with(&format!("/{kind}"))) {
+            return true;
+        }
+        workloads.iter().any(|w| {
+            w.split_once('/').is_some_and(|(k, rest)| {
+                k == kind && rest.split_once('/').is_some_and(|(_, n)| n.contains(name))
+            })
+        })
+    })
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+        || status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Watches the workloads a session applies (Flux labels them with the
 /// Kustomization's name and namespace) and their pods in `namespace`;
 /// reports rollout progress as it changes; returns once a workload is
-/// certain to fail, with why. Never returns while all is well (the
-/// Kustomization's Ready decides success).
+/// certain to fail, with why, or — when `expect` names every workload
+/// whose health decides the revision — once all of them are healthy.
+/// Otherwise never returns while all is well (the Kustomization's Ready
+/// decides success).
 pub async fn watch(
     client: Client,
     namespace: String,
     session: String,
     flux_namespace: String,
     report: super::Reporter,
-) -> String {
+    expect: Option<std::collections::BTreeSet<String>>,
+    changed: std::collections::BTreeSet<String>,
+) -> Outcome {
     let selector = format!(
         "kustomize.toolkit.fluxcd.io/name={session},kustomize.toolkit.fluxcd.io/namespace={flux_namespace}"
     );
@@ -368,8 +462,9 @@ pub async fn watch(
         }
         for r in rollouts.values() {
             let now = (r.ready, r.desired, r.done);
-            // A workload already rolled out (untouched by this sync) is not news.
-            if r.done && !shown.contains_key(&r.object) {
+            // A workload already rolled out and untouched by this sync is
+            // not news (one it created or changed is, however quick).
+            if r.done && !shown.contains_key(&r.object) && !changed.contains(&r.object) {
                 shown.insert(r.object.clone(), now);
                 continue;
             }
@@ -404,7 +499,20 @@ pub async fn watch(
         let ps: Vec<Pod> = pod_map.values().cloned().collect();
         if let Some(v) = verdict(&rs, &ps) {
             tracing::debug!("verdict from {rs:?}");
-            return v;
+            return Outcome::Failed(v);
+        }
+        if let Some(expect) = &expect {
+            let healthy = expect.iter().all(|id| match id.split_once('/') {
+                Some(("Pod", rest)) => rest
+                    .split_once('/')
+                    .and_then(|(_, name)| pod_map.get(name))
+                    .is_some_and(pod_ready),
+                _ => rollouts.get(id).is_some_and(|r| r.done && r.observed),
+            });
+            if healthy {
+                tracing::debug!("healthy: {expect:?}");
+                return Outcome::Healthy;
+            }
         }
     }
     std::future::pending().await
@@ -445,6 +553,40 @@ fn apply<K: ResourceExt>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revision_is_judged_here_only_when_every_kind_is_known() {
+        let inv = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let judged = judgeable(
+            &inv(&[
+                "dev_web_apps_Deployment",
+                "dev_web__Service",
+                "dev_cfg__ConfigMap",
+                "dev_solo__Pod",
+                "dev_r_rbac.authorization.k8s.io_Role",
+            ]),
+            "dev",
+        )
+        .unwrap();
+        assert_eq!(
+            judged,
+            ["Deployment/dev/web", "Pod/dev/solo"]
+                .map(String::from)
+                .into()
+        );
+        // A Job, a custom resource, a workload in another namespace: Flux decides.
+        assert_eq!(judgeable(&inv(&["dev_j_batch_Job"]), "dev"), None);
+        assert_eq!(judgeable(&inv(&["dev_x_example.com_Widget"]), "dev"), None);
+        assert_eq!(judgeable(&inv(&["prod_web_apps_Deployment"]), "dev"), None);
+        assert_eq!(judgeable(&inv(&["garbage"]), "dev"), None);
+
+        // The files' workloads must all be in the inventory (prefixes allowed).
+        let w: std::collections::BTreeSet<String> =
+            ["Deployment/dev/team-web"].map(String::from).into();
+        assert!(covers(&w, &["Deployment/web".into(), "ConfigMap/x".into()]));
+        assert!(!covers(&w, &["Deployment/api".into()]));
+        assert!(!covers(&w, &["StatefulSet/web".into()]));
+    }
 
     fn deploy(json: serde_json::Value) -> Deployment {
         serde_json::from_value(json).unwrap()

@@ -371,6 +371,7 @@ impl Session {
                     self.report.clone(),
                 );
                 let (kss, want) = (kss.clone(), revision.to_string());
+                let local: Vec<String> = index.keys().cloned().collect();
                 futures::future::Either::Left(async move {
                     // ("Building manifests for revision X" comes before the apply.)
                     let health_checked = format!("Running health checks for revision {want}");
@@ -397,33 +398,83 @@ impl Session {
                         },
                     )
                     .await;
-                    match &applied {
-                        Ok(k) => tracing::debug!(
-                            "health watch starts: {:?}",
-                            k.as_ref()
-                                .and_then(|k| k.status.as_ref())
-                                .map(|s| &s.conditions)
-                        ),
+                    let applied = match applied {
+                        Ok(k) => k,
                         Err(_) => return std::future::pending().await,
+                    };
+                    tracing::debug!(
+                        "health watch starts: {:?}",
+                        applied
+                            .as_ref()
+                            .and_then(|k| k.status.as_ref())
+                            .map(|s| &s.conditions)
+                    );
+                    // Flux has written the revision's inventory by now: when
+                    // this watch can judge all of it, it says "healthy" as
+                    // soon as it is, not at Flux's next health poll (5 s).
+                    let inventory: Vec<String> = applied
+                        .as_ref()
+                        .and_then(|k| k.status.as_ref())
+                        .and_then(|s| s.inventory.as_ref())
+                        .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
+                        .unwrap_or_default();
+                    let mut expect = if inventory.is_empty() {
+                        None
+                    } else {
+                        super::health::judgeable(&inventory, &ns)
+                    };
+                    // Every workload the files define is in that inventory
+                    // (else it may still be the previous revision's).
+                    if let Some(e) = &expect
+                        && !super::health::covers(e, &local)
+                    {
+                        expect = None;
                     }
-                    super::health::watch(client, ns, session, flux_ns, report).await
+                    if expect.is_some()
+                        && inventory.iter().any(|id| id.ends_with("__Service"))
+                        && !no_load_balancers(&client, &ns, &session, &flux_ns).await
+                    {
+                        expect = None;
+                    }
+                    // What this revision created or changed (its change-set
+                    // event comes before the health check).
+                    let events =
+                        changes::applied_events(&client, &flux_ns, &session, &want, sync_started)
+                            .await;
+                    let changed = changes::parse_change_set(&events)
+                        .into_iter()
+                        .filter(|(_, a)| *a != changes::Action::Deleted)
+                        .map(|(o, _)| o)
+                        .collect();
+                    let outcome =
+                        super::health::watch(client, ns, session, flux_ns, report, expect, changed)
+                            .await;
+                    (outcome, applied, events)
                 })
             }
             None => futures::future::Either::Right(std::future::pending()),
         };
-        let applied = tokio::select! {
-            a = applied => a?,
-            failure = workloads => {
-                self.settled = true;
-                let file = validate::file_for(index, &failure);
-                self.note(revision, "Failed").await;
-                let message = format!("the rollout cannot succeed: {failure}");
-                return Ok(self.fail(Phase::Apply, message, file, true));
+        let (applied, early) = tokio::select! {
+            a = applied => (a?, None),
+            (outcome, seen, events) = workloads => match outcome {
+                super::health::Outcome::Failed(failure) => {
+                    self.settled = true;
+                    let file = validate::file_for(index, &failure);
+                    self.note(revision, "Failed").await;
+                    let message = format!("the rollout cannot succeed: {failure}");
+                    return Ok(self.fail(Phase::Apply, message, file, true));
+                }
+                // Healthy before Flux's health check says so: Flux's Ready
+                // follows at its next poll (a failure then is shown as its
+                // warning event).
+                super::health::Outcome::Healthy => (seen, Some(events)),
             }
         };
         self.waiting.store(false, Ordering::SeqCst);
         let status = applied.and_then(|o| o.status).unwrap_or_default();
-        if let Some(message) = flux::failure(&status) {
+        if early.is_some() {
+            tracing::debug!("healthy before Flux's health check reported it");
+        } else if let Some(message) = flux::failure(&status) {
             self.settled = true;
             let file = validate::file_for(index, &message);
             // Applied but not healthy: the failed revision is what the cluster has now.
@@ -434,9 +485,19 @@ impl Session {
         }
         self.done(Phase::Apply, t, None);
         let after = status.inventory.map(|i| i.entries).unwrap_or_default();
-        let events =
-            changes::applied_events(&self.client, &self.namespace, &name, revision, sync_started)
-                .await;
+        let events = match early {
+            Some(events) => events,
+            None => {
+                changes::applied_events(
+                    &self.client,
+                    &self.namespace,
+                    &name,
+                    revision,
+                    sync_started,
+                )
+                .await
+            }
+        };
         let changes = changes::changes(&before, &after, &events);
         self.settled = true;
         self.last_good = Some(revision.to_string());
@@ -449,5 +510,31 @@ impl Session {
         Ok(SyncOutcome::Ready {
             revision: revision.to_string(),
         })
+    }
+}
+
+/// Whether none of the Services the session applied in `namespace` is a
+/// LoadBalancer (those are healthy only once they have an address, which
+/// Flux's health check waits for).
+async fn no_load_balancers(
+    client: &kube::Client,
+    namespace: &str,
+    session: &str,
+    flux_ns: &str,
+) -> bool {
+    use k8s_openapi::api::core::v1::Service;
+    let selector = format!(
+        "kustomize.toolkit.fluxcd.io/name={session},kustomize.toolkit.fluxcd.io/namespace={flux_ns}"
+    );
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    match api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => list
+            .items
+            .iter()
+            .all(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer")),
+        Err(_) => false,
     }
 }
