@@ -362,6 +362,29 @@ pub fn covers(workloads: &std::collections::BTreeSet<String>, local: &[String]) 
     })
 }
 
+/// A change-set line's object (`Kind/namespace/name`, or `Kind/name` when
+/// cluster-scoped) as an inventory id (`namespace_name_group_Kind`), the
+/// group taken from the kinds this module knows (`?` for others, which
+/// [`judgeable`] leaves to Flux).
+pub fn inventory_id(object: &str) -> String {
+    let parts: Vec<&str> = object.split('/').collect();
+    let (kind, ns, name) = match parts[..] {
+        [kind, ns, name] => (kind, ns, name),
+        [kind, name] => (kind, "", name),
+        _ => return format!("?_?_?_{object}"),
+    };
+    let group = [CURRENT_WHEN_APPLIED, JUDGED]
+        .concat()
+        .iter()
+        .find_map(|gk| {
+            gk.split_once('/')
+                .filter(|(_, k)| *k == kind)
+                .map(|(g, _)| g.to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    format!("{ns}_{name}_{group}_{kind}")
+}
+
 fn pod_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
     status.and_then(|s| s.phase.as_deref()) == Some("Succeeded")
@@ -579,6 +602,17 @@ mod tests {
         assert_eq!(judgeable(&inv(&["dev_x_example.com_Widget"]), "dev"), None);
         assert_eq!(judgeable(&inv(&["prod_web_apps_Deployment"]), "dev"), None);
         assert_eq!(judgeable(&inv(&["garbage"]), "dev"), None);
+
+        assert_eq!(
+            inventory_id("Deployment/dev/web"),
+            "dev_web_apps_Deployment"
+        );
+        assert_eq!(inventory_id("ConfigMap/dev/c"), "dev_c__ConfigMap");
+        assert_eq!(
+            inventory_id("ClusterRole/view-x"),
+            "_view-x_rbac.authorization.k8s.io_ClusterRole"
+        );
+        assert_eq!(judgeable(&[inventory_id("Widget/dev/w")], "dev"), None);
 
         // The files' workloads must all be in the inventory (prefixes allowed).
         let w: std::collections::BTreeSet<String> =

@@ -409,54 +409,66 @@ impl Session {
                             .and_then(|k| k.status.as_ref())
                             .map(|s| &s.conditions)
                     );
-                    // Flux has written the revision's inventory by now: when
-                    // this watch can judge all of it, it says "healthy" as
-                    // soon as it is, not at Flux's next health poll (5 s).
-                    let inventory: Vec<String> = applied
+                    // What this revision created or changed (its change-set
+                    // event comes before the health check), on top of the
+                    // inventory Flux holds then (the previous revision's, or
+                    // this one's), minus what it deleted: the revision's
+                    // objects. When this watch can judge all of them, it
+                    // says "healthy" as soon as they are, not at Flux's next
+                    // health poll (5 s).
+                    let events =
+                        changes::applied_events(&client, &flux_ns, &session, &want, sync_started)
+                            .await;
+                    let set = changes::parse_change_set(&events);
+                    let changed: std::collections::BTreeSet<String> = set
+                        .iter()
+                        .filter(|(_, a)| *a != changes::Action::Deleted)
+                        .map(|(o, _)| o.clone())
+                        .collect();
+                    let deleted: std::collections::BTreeSet<String> = set
+                        .iter()
+                        .filter(|(_, a)| *a == changes::Action::Deleted)
+                        .map(|(o, _)| o.clone())
+                        .collect();
+                    let mut objects: Vec<String> = applied
                         .as_ref()
                         .and_then(|k| k.status.as_ref())
                         .and_then(|s| s.inventory.as_ref())
                         .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
                         .unwrap_or_default();
-                    let mut expect = if inventory.is_empty() {
+                    objects.retain(|id| !deleted.contains(&changes::display_id(id)));
+                    objects.extend(changed.iter().map(|o| super::health::inventory_id(o)));
+                    objects.sort();
+                    objects.dedup();
+                    let mut expect = if objects.is_empty() {
                         None
                     } else {
-                        super::health::judgeable(&inventory, &ns)
+                        super::health::judgeable(&objects, &ns)
                     };
-                    // Every workload the files define is in that inventory
-                    // (else it may still be the previous revision's).
+                    // Every workload the files define is among them.
                     if let Some(e) = &expect
                         && !super::health::covers(e, &local)
                     {
                         expect = None;
                     }
                     if expect.is_some()
-                        && inventory.iter().any(|id| id.ends_with("__Service"))
+                        && objects.iter().any(|id| id.ends_with("__Service"))
                         && !no_load_balancers(&client, &ns, &session, &flux_ns).await
                     {
                         expect = None;
                     }
-                    // What this revision created or changed (its change-set
-                    // event comes before the health check).
-                    let events =
-                        changes::applied_events(&client, &flux_ns, &session, &want, sync_started)
-                            .await;
-                    let changed = changes::parse_change_set(&events)
-                        .into_iter()
-                        .filter(|(_, a)| *a != changes::Action::Deleted)
-                        .map(|(o, _)| o)
-                        .collect();
+                    tracing::debug!("the revision's objects: {objects:?}; judged here: {expect:?}");
                     let outcome =
                         super::health::watch(client, ns, session, flux_ns, report, expect, changed)
                             .await;
-                    (outcome, applied, events)
+                    (outcome, applied, events, objects)
                 })
             }
             None => futures::future::Either::Right(std::future::pending()),
         };
         let (applied, early) = tokio::select! {
             a = applied => (a?, None),
-            (outcome, seen, events) = workloads => match outcome {
+            (outcome, seen, events, objects) = workloads => match outcome {
                 super::health::Outcome::Failed(failure) => {
                     self.settled = true;
                     let file = validate::file_for(index, &failure);
@@ -467,7 +479,7 @@ impl Session {
                 // Healthy before Flux's health check says so: Flux's Ready
                 // follows at its next poll (a failure then is shown as its
                 // warning event).
-                super::health::Outcome::Healthy => (seen, Some(events)),
+                super::health::Outcome::Healthy => (seen, Some((events, objects))),
             }
         };
         self.waiting.store(false, Ordering::SeqCst);
@@ -484,9 +496,19 @@ impl Session {
             return Ok(self.fail(Phase::Apply, message, file, applied));
         }
         self.done(Phase::Apply, t, None);
-        let after = status.inventory.map(|i| i.entries).unwrap_or_default();
+        let after = match &early {
+            // Flux's status gets this revision's inventory after its health check.
+            Some((_, objects)) => objects
+                .iter()
+                .map(|id| flux::InventoryEntry {
+                    id: id.clone(),
+                    v: String::new(),
+                })
+                .collect(),
+            None => status.inventory.map(|i| i.entries).unwrap_or_default(),
+        };
         let events = match early {
-            Some(events) => events,
+            Some((events, _)) => events,
             None => {
                 changes::applied_events(
                     &self.client,
