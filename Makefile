@@ -50,3 +50,4 @@ bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/bench/session-latency
 	tests/bench/sessions-list
 	tests/bench/app-repo
+	tests/bench/workload-latency
