@@ -362,6 +362,10 @@ impl Session {
         // as it happens, and a certain failure as soon as it shows.
         // Judged only once Flux has applied this revision (it health-checks
         // it then): before that, the workloads still show the previous one.
+        // Whether the watch below judges this revision itself: 0 not known
+        // yet, 1 yes, 2 no (then Flux's Ready decides alone).
+        let judging = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let judging_w = judging.clone();
         let workloads = match self.workloads() {
             Some((ns, _)) => {
                 let (client, session, flux_ns, report) = (
@@ -458,6 +462,7 @@ impl Session {
                         expect = None;
                     }
                     tracing::debug!("the revision's objects: {objects:?}; judged here: {expect:?}");
+                    judging_w.store(if expect.is_some() { 1 } else { 2 }, Ordering::SeqCst);
                     let outcome =
                         super::health::watch(client, ns, session, flux_ns, report, expect, changed)
                             .await;
@@ -466,9 +471,30 @@ impl Session {
             }
             None => futures::future::Either::Right(std::future::pending()),
         };
+        tokio::pin!(workloads);
         let (applied, early) = tokio::select! {
-            a = applied => (a?, None),
-            (outcome, seen, events, objects) = workloads => match outcome {
+            a = applied => {
+                let a = a?;
+                // Flux's health check was as quick: give the watch, which
+                // judges the same, a moment to say so (and show the rollouts).
+                let failed = a
+                    .as_ref()
+                    .and_then(|k| k.status.as_ref())
+                    .and_then(flux::failure)
+                    .is_some();
+                let grace = if failed || judging.load(Ordering::SeqCst) == 2 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(1500)
+                };
+                match tokio::time::timeout(grace, &mut workloads).await {
+                    Ok((super::health::Outcome::Healthy, _, events, objects)) => {
+                        (a, Some((events, objects)))
+                    }
+                    _ => (a, None),
+                }
+            }
+            (outcome, seen, events, objects) = &mut workloads => match outcome {
                 super::health::Outcome::Failed(failure) => {
                     self.settled = true;
                     let file = validate::file_for(index, &failure);
