@@ -277,11 +277,7 @@ mod tests {
     fn overlays_reference_bases_components_patches_and_generator_files() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
-        let w = |p: &str, s: &str| {
-            let p = root.join(p);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, s).unwrap();
-        };
+        let w = |p: &str, s: &str| crate::testutil::write_tree(root, &[(p, s)]);
         w(
             "overlays/dev/kustomization.yaml",
             "resources:\n- ../../base\n- https://example.com/x.yaml\n- github.com/org/repo//dir\ncomponents:\n- ../../components/mon\npatches:\n- path: patch.yaml\n- patch: |-\n    inline\nconfigMapGenerator:\n- name: c\n  files:\n  - app.conf=../../config/app.conf\n  envs:\n  - dev.env\n",

@@ -45,3 +45,18 @@ pub fn install_crypto_provider() {
     // An error only means a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Helpers for the unit tests.
+    use std::path::Path;
+
+    /// Writes `(path, content)` files under `root`, making directories.
+    pub fn write_tree(root: &Path, files: &[(&str, &str)]) {
+        for (p, s) in files {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, s).unwrap();
+        }
+    }
+}

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gitops::labels;
-use gitops_e2e::{Harness, eventually, output, run, unique, write_tree};
+use gitops_e2e::{Harness, eventually, git, output, run, unique, write_tree};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::ListParams;
@@ -114,17 +114,6 @@ impl Wine {
             .find(|p| p.file_name().is_some_and(|n| n != "Public") && p.is_dir())
             .unwrap_or_else(|| panic!("no user profile in {}: {SETUP}", users.display()))
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    run(Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com"));
 }
 
 fn cm(name: &str, eol: &str) -> String {

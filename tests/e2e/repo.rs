@@ -13,22 +13,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use gitops::flux::{Kustomization, OCIRepository};
-use gitops_e2e::{Harness, RunningSession, eventually, run, unique, write_tree};
+use gitops_e2e::{Harness, RunningSession, eventually, git, run, unique, write_tree};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn git(dir: &Path, args: &[&str]) {
-    run(Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com"));
-}
 
 fn cm(name: &str, value: &str) -> String {
     format!(

@@ -237,6 +237,18 @@ pub fn run(cmd: &mut Command) -> String {
     stdout
 }
 
+/// Runs `git -C dir args…` with a fixed author; panics if it fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com"));
+}
+
 /// A name unique to this test run: `<prefix>-<pid><counter>`, DNS-1123 safe.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

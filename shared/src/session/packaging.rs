@@ -155,11 +155,7 @@ mod tests {
 
     fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
-        for (p, s) in files {
-            let p = t.path().join(p);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, s).unwrap();
-        }
+        crate::testutil::write_tree(t.path(), files);
         t
     }
 

@@ -352,11 +352,7 @@ mod tests {
     fn objects_naming_another_namespace_than_the_target_are_found() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
-        let w = |p: &str, s: &str| {
-            let p = root.join(p);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, s).unwrap();
-        };
+        let w = |p: &str, s: &str| crate::testutil::write_tree(root, &[(p, s)]);
         // No kustomization: every YAML file below the directory counts.
         w(
             "plain/cm.yaml",
