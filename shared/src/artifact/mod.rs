@@ -25,7 +25,7 @@ pub use gitmodes::GitModes;
 pub use pgzip::ParallelGz;
 pub use walk::{
     DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, SOURCEIGNORE, Scope,
-    WalkOptions, canonical_root, scope, walk,
+    WalkOptions, canonical_root, dirs, scope, walk,
 };
 
 /// Media type of the artifact's manifest.

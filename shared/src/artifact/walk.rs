@@ -392,10 +392,40 @@ impl IgnoreRules {
 /// Lists the entries of the artifact for `root`, in archive order.
 pub fn walk(root: &Path, options: &WalkOptions) -> Result<Vec<Entry>, ArtifactError> {
     let root = canonical_root(root)?;
-    let rules = IgnoreRules::for_walk(&root, options)?;
-    let git = GitModes::for_dir(&root);
+    let entries = walk_with(&root, options, false)?;
+    if !entries
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::File { .. }))
+    {
+        return Err(ArtifactError::Empty(root));
+    }
+    Ok(entries)
+}
+
+/// The directories of the artifact for `root` (canonical), as paths on disk:
+/// what a watcher of it watches. Files are not looked at.
+pub fn dirs(root: &Path, options: &WalkOptions) -> Result<Vec<PathBuf>, ArtifactError> {
+    Ok(walk_with(root, options, true)?
+        .into_iter()
+        .map(|e| {
+            if e.path == "." {
+                root.to_path_buf()
+            } else {
+                root.join(&e.path)
+            }
+        })
+        .collect())
+}
+
+fn walk_with(
+    root: &Path,
+    options: &WalkOptions,
+    dirs_only: bool,
+) -> Result<Vec<Entry>, ArtifactError> {
+    let rules = IgnoreRules::for_walk(root, options)?;
+    let git = GitModes::for_dir(root);
     let mut walker = Walker {
-        root: &root,
+        root,
         rules: &rules,
         git: git.as_ref(),
         options,
@@ -406,16 +436,10 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Vec<Entry>, ArtifactEr
         stack: Vec::new(),
         git_stack: Vec::new(),
         active: HashSet::new(),
+        dirs_only,
     };
-    walker.dir(&root, &root, "", false)?;
-    let entries = walker.entries;
-    if !entries
-        .iter()
-        .any(|e| matches!(e.kind, EntryKind::File { .. }))
-    {
-        return Err(ArtifactError::Empty(root));
-    }
-    Ok(entries)
+    walker.dir(root, root, "", false)?;
+    Ok(walker.entries)
 }
 
 /// Checks that `root` exists and is a directory, and returns it canonical.
@@ -443,6 +467,9 @@ struct Walker<'a> {
     git_stack: Vec<Gitignore>,
     /// Canonical directories being walked, to catch symlink loops.
     active: HashSet<PathBuf>,
+    /// Directories only (for a watcher): files, and links that do not
+    /// resolve, are passed over.
+    dirs_only: bool,
 }
 
 impl Walker<'_> {
@@ -502,18 +529,26 @@ impl Walker<'_> {
         } else {
             format!("{prefix}/{name}")
         };
-        let meta = fs::symlink_metadata(&real).map_err(io_at(&logical))?;
         // Outside the packaged paths: not even looked at (it may be huge).
         if scope(self.options.only.as_deref(), &path) == Scope::Outside {
             return Ok(());
         }
+        let meta = fs::symlink_metadata(&real).map_err(io_at(&logical))?;
         let (target, meta) = if meta.file_type().is_symlink() {
-            let target = self.resolve_link(&real, &logical)?;
-            let meta = fs::metadata(&target).map_err(io_at(&logical))?;
-            (target, meta)
+            let resolved = self
+                .resolve_link(&real, &logical)
+                .and_then(|t| fs::metadata(&t).map(|m| (t, m)).map_err(io_at(&logical)));
+            match resolved {
+                Ok(found) => found,
+                Err(_) if self.dirs_only => return Ok(()),
+                Err(e) => return Err(e),
+            }
         } else {
             (real, meta)
         };
+        if self.dirs_only && !meta.is_dir() {
+            return Ok(());
+        }
         let verdict = self.rules.verdict(
             &self.stack,
             &self.git_stack,

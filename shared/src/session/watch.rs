@@ -83,31 +83,14 @@ fn plan(target: &WatchTarget) -> (Option<IgnoreRules>, Vec<PathBuf>) {
     };
     match IgnoreRules::for_walk(&target.root, &options) {
         Ok(rules) => {
-            let dirs = watched_dirs(&target.root, &rules);
+            // The artifact's own walk, directories only (one pass, each
+            // ignore file read once).
+            let dirs = crate::artifact::dirs(&target.root, &options)
+                .unwrap_or_else(|_| vec![target.root.clone(), target.dir.clone()]);
             (Some(rules), dirs)
         }
         Err(_) => (None, vec![target.dir.clone()]),
     }
-}
-
-/// Every directory the rules keep (the packaged ones and those leading to
-/// them), without descending into ignored or unpackaged ones.
-fn watched_dirs(root: &Path, rules: &IgnoreRules) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(true)
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(|e| {
-            e.file_type().is_dir()
-                && e.path()
-                    .strip_prefix(root)
-                    .is_ok_and(|rel| !rules.ignores(rel, true))
-        });
-    for e in walker.filter_map(Result::ok) {
-        out.push(e.into_path());
-    }
-    out
 }
 
 /// What delivers file events: the OS's notifications, or polling once
@@ -229,7 +212,8 @@ impl Inner {
         }
     }
 
-    /// Replaces the OS's notifications with polling (the same directories).
+    /// Replaces the OS's notifications with polling; the caller then
+    /// watches its directories again.
     fn fall_back(
         &mut self,
         debounce: Duration,
@@ -246,10 +230,10 @@ impl Inner {
             return false;
         };
         say(Err(limit_message()));
-        let dirs: Vec<PathBuf> = std::mem::take(&mut self.watched).into_iter().collect();
+        // The caller watches its directories again, through polling.
+        self.watched.clear();
         self.backend = backend;
         self.limit = None;
-        self.set(dirs, debounce, raw, say);
         // Saves between the last event and the switch: sync once to be sure.
         say(Ok(Vec::new()));
         true
