@@ -20,7 +20,7 @@ test: ## Everything: harness up, unit and end-to-end tests, harness down
 	tests/ui/setup
 	tests/cross/setup
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --all-targets; rc=$$?; tests/cluster/down; exit $$rc
+	$(CARGO) test --no-fail-fast --workspace --all-targets; rc=$$?; tests/cluster/down; exit $$rc
 
 unit: ## Unit tests only (no cluster needed)
 	$(CARGO) test --workspace --lib --bins

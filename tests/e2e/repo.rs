@@ -185,7 +185,24 @@ async fn a_session_packages_and_watches_only_deploy_and_what_it_references() {
     std::fs::write(root.join("base/base.yaml"), cm("base", "2")).unwrap();
     s.next_sync().unwrap();
     assert_eq!(value(&client, &ns, "base").await.as_deref(), Some("2"));
-    assert_ne!(revision(client.clone(), ns.clone()).await, before);
+    // The session says "synced" as soon as the change is applied and healthy;
+    // Flux records the revision when its reconcile ends, a moment later.
+    eventually(
+        "Flux to record the new revision",
+        Duration::from_secs(30),
+        || {
+            let (client, ns, before) = (client.clone(), ns.clone(), before.clone());
+            async move {
+                let now = revision(client, ns).await;
+                if now != before {
+                    Ok(())
+                } else {
+                    Err(format!("{now:?}"))
+                }
+            }
+        },
+    )
+    .await;
 
     // A new reference is packaged and watched from the next save on.
     std::fs::write(
