@@ -3,7 +3,9 @@
 //!   `build` gives the Linux digest byte for byte, a `--once` session against
 //!   the harness that cleans up, `gitops-sessions -A` through
 //!   `%USERPROFILE%\.kube\config`, Docker credentials from
-//!   `%USERPROFILE%\.docker\config.json` through a helper `.exe`;
+//!   `%USERPROFILE%\.docker\config.json` through a helper `.exe`; a live
+//!   session that syncs each save (Windows' directory change notifications,
+//!   as Wine delivers them) and cleans up on Ctrl+C;
 //! - the darwin binaries (arm64 and x86_64) inspected, never run (no macOS
 //!   here): architecture, minimum macOS, a valid ad-hoc code signature (arm64),
 //!   libSystem and the stub SDK's frameworks only, every undefined symbol
@@ -20,7 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gitops::labels;
-use gitops_e2e::{Harness, eventually, git, output, run, unique, write_tree};
+use gitops_e2e::{Harness, RunningSession, eventually, git, output, run, unique, write_tree};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::ListParams;
@@ -363,6 +365,74 @@ async fn a_windows_session_syncs_against_the_harness_is_listed_and_cleans_up() {
             .args(["delete", &name]),
     );
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
+    assert_nothing_left(&client, &name).await;
+}
+
+/// The value of a ConfigMap, if it exists.
+async fn value(client: &Client, ns: &str, name: &str) -> Result<Option<String>, String> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| e.to_string())
+        .map(|cm| cm.and_then(|cm| cm.data?.get("value").cloned()))
+}
+
+/// The inner loop on Windows: the `.exe` watches DIR through Windows'
+/// directory change notifications (`ReadDirectoryChangesW`, which Wine
+/// serves from inotify), so a save and a new subdirectory each land on the
+/// API server; Ctrl+C (SIGINT, which Wine turns into the console's
+/// CTRL_C_EVENT) removes everything the session created and exits 0.
+#[tokio::test]
+async fn a_windows_session_syncs_each_save_and_cleans_up_on_ctrl_c() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let wine = Wine::get();
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app/live.yaml", &cm("live", "\r\n"))]);
+    let name = unique("win-live");
+    let mut s = RunningSession::spawn(
+        wine.plugin("kubectl-gitops_run")
+            .args(["--kubeconfig", &win(&harness.kubeconfig)])
+            .args(["--context", &harness.context])
+            .args(["-o", "json", "--name", &name])
+            .arg(win(dir.path())),
+    );
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "live").await, Ok(Some("1".into())));
+
+    // A save of a watched file.
+    std::fs::write(
+        dir.path().join("app/live.yaml"),
+        cm("live", "\r\n").replace("\"1\"", "\"2\""),
+    )
+    .unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "live").await, Ok(Some("2".into())));
+
+    // A directory made after the session started is watched too.
+    write_tree(dir.path(), &[("app/new/later.yaml", &cm("later", "\n"))]);
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "later").await, Ok(Some("1".into())));
+    std::fs::write(
+        dir.path().join("app/new/later.yaml"),
+        cm("later", "\n").replace("\"1\"", "\"3\""),
+    )
+    .unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "later").await, Ok(Some("3".into())));
+
+    s.signal("INT");
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{:?}",
+        s.seen
+    );
+    assert!(
+        s.seen.iter().any(|e| e["event"] == "cleaned"),
+        "{:?}",
+        s.seen
+    );
     assert_nothing_left(&client, &name).await;
 }
 

@@ -334,12 +334,19 @@ pub struct RunningSession {
 impl RunningSession {
     /// Starts `kubectl-gitops_run` with `args` (plus `-o json`) in `dir`.
     pub fn start(harness: &Harness, dir: &Path, args: &[&str]) -> RunningSession {
-        use std::io::BufRead;
-        let mut child = plugin("kubectl-gitops_run")
-            .args(harness.kube_args())
+        let mut cmd = plugin("kubectl-gitops_run");
+        cmd.args(harness.kube_args())
             .args(["-o", "json"])
             .args(args)
-            .current_dir(dir)
+            .current_dir(dir);
+        RunningSession::spawn(&mut cmd)
+    }
+
+    /// Starts a session from a prepared command (which must pass `-o json`),
+    /// e.g. the Windows binary under Wine.
+    pub fn spawn(cmd: &mut Command) -> RunningSession {
+        use std::io::BufRead;
+        let mut child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
