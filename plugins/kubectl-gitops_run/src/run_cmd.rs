@@ -245,7 +245,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         dir: dir.clone(),
         walk: walk.clone(),
     };
-    let watcher = DirWatcher::new(target, Duration::from_millis(100))
+    let watcher = DirWatcher::new(target, gitops::session::watch::QUIET)
         .with_context(|| format!("cannot watch {}", dir.display()))?;
     let session = tokio::select! {
         s = Session::start(cluster.client.clone(), cfg, reporter) => s?,

@@ -1,15 +1,19 @@
-//! Watching the session's directory: inotify (through `notify`), debounced,
-//! filtered by the artifact's ignore rules and editors' temporary files.
+//! Watching the session's directory: the OS's notifications (through
+//! `notify`: inotify, FSEvents, ReadDirectoryChangesW), filtered by the
+//! artifact's ignore rules and editors' temporary files, and coalesced.
+//!
+//! Coalescing starts at the first event: a batch ends once the directory has
+//! been quiet for a short window (an editor's save is several events within
+//! a millisecond or two: rename to a backup, create, write, close), or at a
+//! cap while writes keep coming. A trailing debounce would add its whole
+//! window to every save's latency; this adds only the quiet window.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use notify::RecursiveMode;
-use notify_debouncer_full::{
-    DebounceEventResult, RecommendedCache, new_debouncer, new_debouncer_opt,
-};
+use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::artifact::{IgnoreRules, WalkOptions};
@@ -96,22 +100,22 @@ fn plan(target: &WatchTarget) -> (Option<IgnoreRules>, Vec<PathBuf>) {
 /// What delivers file events: the OS's notifications, or polling once
 /// the OS's limit on watches is reached.
 enum Backend {
-    Native(notify_debouncer_full::Debouncer<notify::RecommendedWatcher, RecommendedCache>),
-    Poll(notify_debouncer_full::Debouncer<notify::PollWatcher, RecommendedCache>),
+    Native(notify::RecommendedWatcher),
+    Poll(notify::PollWatcher),
 }
 
 impl Backend {
     fn watch(&mut self, dir: &Path) -> notify::Result<()> {
         match self {
-            Backend::Native(d) => d.watch(dir, RecursiveMode::NonRecursive),
-            Backend::Poll(d) => d.watch(dir, RecursiveMode::NonRecursive),
+            Backend::Native(w) => w.watch(dir, RecursiveMode::NonRecursive),
+            Backend::Poll(w) => w.watch(dir, RecursiveMode::NonRecursive),
         }
     }
 
     fn unwatch(&mut self, dir: &Path) {
         let _ = match self {
-            Backend::Native(d) => d.unwatch(dir),
-            Backend::Poll(d) => d.unwatch(dir),
+            Backend::Native(w) => w.unwatch(dir),
+            Backend::Poll(w) => w.unwatch(dir),
         };
     }
 }
@@ -119,7 +123,13 @@ impl Backend {
 /// How often the polling fallback looks.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-type Raw = std::sync::mpsc::Sender<DebounceEventResult>;
+/// How long the directory must stay quiet for a batch of events to end.
+pub const QUIET: Duration = Duration::from_millis(15);
+
+/// How many quiet windows a batch may last while events keep coming.
+const BATCH_CAP: u32 = 10;
+
+type Raw = std::sync::mpsc::Sender<notify::Result<notify::Event>>;
 
 struct Inner {
     rules: Option<IgnoreRules>,
@@ -129,31 +139,49 @@ struct Inner {
     limit: Option<usize>,
 }
 
-fn native(debounce: Duration, raw: Raw) -> notify::Result<Backend> {
-    let d = new_debouncer(
-        debounce,
-        Some(debounce / 4),
-        move |r: DebounceEventResult| {
-            let _ = raw.send(r);
-        },
-    )?;
-    Ok(Backend::Native(d))
+fn native(raw: Raw) -> notify::Result<Backend> {
+    let w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+        let _ = raw.send(r);
+    })?;
+    Ok(Backend::Native(w))
 }
 
-fn polling(debounce: Duration, raw: Raw) -> notify::Result<Backend> {
-    let d = new_debouncer_opt::<_, notify::PollWatcher, _>(
-        debounce,
-        Some(debounce / 4),
-        move |r: DebounceEventResult| {
+fn polling(raw: Raw) -> notify::Result<Backend> {
+    let w = notify::PollWatcher::new(
+        move |r: notify::Result<notify::Event>| {
             let _ = raw.send(r);
         },
-        RecommendedCache::new(),
         // Contents, not only mtime: it has a resolution of seconds there.
         notify::Config::default()
             .with_poll_interval(POLL_INTERVAL)
             .with_compare_contents(true),
     )?;
-    Ok(Backend::Poll(d))
+    Ok(Backend::Poll(w))
+}
+
+/// The events that arrive from the first one until `quiet` passes without
+/// another (or `quiet * BATCH_CAP` since the first); `None` once the
+/// senders are gone and nothing is left.
+fn next_batch(
+    raw: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>,
+    quiet: Duration,
+) -> Option<Vec<notify::Result<notify::Event>>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let first = raw.recv().ok()?;
+    let cap = Instant::now() + quiet * BATCH_CAP;
+    let mut batch = vec![first];
+    loop {
+        let wait = quiet.min(cap.saturating_duration_since(Instant::now()));
+        if wait.is_zero() {
+            return Some(batch);
+        }
+        match raw.recv_timeout(wait) {
+            Ok(r) => batch.push(r),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                return Some(batch);
+            }
+        }
+    }
 }
 
 fn limit_message() -> String {
@@ -171,13 +199,7 @@ fn limit_message() -> String {
 impl Inner {
     /// Watches `dirs` (and no others). On the OS's limit, switches to
     /// polling and says so.
-    fn set(
-        &mut self,
-        dirs: Vec<PathBuf>,
-        debounce: Duration,
-        raw: &Raw,
-        say: &dyn Fn(Result<Vec<PathBuf>, String>),
-    ) {
+    fn set(&mut self, dirs: Vec<PathBuf>, raw: &Raw, say: &dyn Fn(Result<Vec<PathBuf>, String>)) {
         let want: BTreeSet<PathBuf> = dirs.into_iter().collect();
         for gone in self.watched.difference(&want).cloned().collect::<Vec<_>>() {
             self.backend.unwatch(&gone);
@@ -201,8 +223,8 @@ impl Inner {
                     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
                         && matches!(self.backend, Backend::Native(_)) =>
                 {
-                    if self.fall_back(debounce, raw, say) {
-                        self.set(want.into_iter().collect(), debounce, raw, say);
+                    if self.fall_back(raw, say) {
+                        self.set(want.into_iter().collect(), raw, say);
                     }
                     return;
                 }
@@ -214,16 +236,11 @@ impl Inner {
 
     /// Replaces the OS's notifications with polling; the caller then
     /// watches its directories again.
-    fn fall_back(
-        &mut self,
-        debounce: Duration,
-        raw: &Raw,
-        say: &dyn Fn(Result<Vec<PathBuf>, String>),
-    ) -> bool {
+    fn fall_back(&mut self, raw: &Raw, say: &dyn Fn(Result<Vec<PathBuf>, String>)) -> bool {
         if matches!(self.backend, Backend::Poll(_)) {
             return false;
         }
-        let Ok(backend) = polling(debounce, raw.clone()) else {
+        let Ok(backend) = polling(raw.clone()) else {
             say(Err(
                 "cannot poll for changes either; saves are not seen".into()
             ));
@@ -241,7 +258,7 @@ impl Inner {
 }
 
 /// Changes under the directories that feed the session's artifact,
-/// debounced and filtered by its rules. A change to a kustomization file
+/// coalesced (see the module's notes) and filtered by its rules. A change to a kustomization file
 /// (or a new directory) re-plans what is watched.
 pub struct DirWatcher {
     rx: mpsc::UnboundedReceiver<Result<Vec<PathBuf>, String>>,
@@ -250,25 +267,25 @@ pub struct DirWatcher {
 
 impl DirWatcher {
     /// Starts watching what `target`'s syncs package.
-    pub fn new(target: WatchTarget, debounce: Duration) -> Result<DirWatcher, notify::Error> {
-        Self::with_limit(target, debounce, None)
+    pub fn new(target: WatchTarget, quiet: Duration) -> Result<DirWatcher, notify::Error> {
+        Self::with_limit(target, quiet, None)
     }
 
     /// As [`DirWatcher::new`], acting as if the OS allowed only `limit`
     /// watches (tests of the polling fallback).
     pub fn with_limit(
         target: WatchTarget,
-        debounce: Duration,
+        quiet: Duration,
         limit: Option<usize>,
     ) -> Result<DirWatcher, notify::Error> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (tx, rx) = mpsc::unbounded_channel();
-        let (raw_tx, raw_rx) = std::sync::mpsc::channel::<DebounceEventResult>();
+        let (raw_tx, raw_rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
         let (rules, dirs) = plan(&target);
         let inner = Arc::new(Mutex::new(Inner {
             rules,
             watched: BTreeSet::new(),
-            backend: native(debounce, raw_tx.clone())?,
+            backend: native(raw_tx.clone())?,
             limit,
         }));
         let say = {
@@ -278,7 +295,7 @@ impl DirWatcher {
             }
         };
         if let Ok(mut i) = inner.lock() {
-            i.set(dirs, debounce, &raw_tx, &say);
+            i.set(dirs, &raw_tx, &say);
             tracing::debug!(
                 "watching {} directories ({}) in {:?}",
                 i.watched.len(),
@@ -292,33 +309,38 @@ impl DirWatcher {
         }
         let manager = inner.clone();
         std::thread::spawn(move || {
-            while let Ok(result) = raw_rx.recv() {
-                let events = match result {
-                    Ok(events) => events,
-                    Err(errors) => {
-                        let limit = errors
-                            .iter()
-                            .any(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch));
-                        if limit && let Ok(mut i) = manager.lock() {
-                            let (_, dirs) = plan(&target);
-                            if i.fall_back(debounce, &raw_tx, &say) {
-                                i.set(dirs, debounce, &raw_tx, &say);
-                            }
-                            continue;
-                        }
-                        let text = errors
-                            .iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        say(Err(text));
-                        continue;
+            while let Some(batch) = next_batch(&raw_rx, quiet) {
+                let mut events = Vec::new();
+                let mut errors = Vec::new();
+                for r in batch {
+                    match r {
+                        Ok(e) => events.push(e),
+                        Err(e) => errors.push(e),
                     }
-                };
+                }
+                if errors
+                    .iter()
+                    .any(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch))
+                    && let Ok(mut i) = manager.lock()
+                {
+                    let (_, dirs) = plan(&target);
+                    if i.fall_back(&raw_tx, &say) {
+                        i.set(dirs, &raw_tx, &say);
+                    }
+                    continue;
+                }
+                if !errors.is_empty() {
+                    let text = errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    say(Err(text));
+                }
                 let Ok(mut i) = manager.lock() else {
                     return;
                 };
-                let paths: Vec<PathBuf> = events
+                let mut paths: BTreeSet<PathBuf> = events
                     .iter()
                     .filter(|e| !e.kind.is_access() && !e.kind.is_other())
                     .flat_map(|e| e.paths.iter())
@@ -328,31 +350,38 @@ impl DirWatcher {
                     })
                     .cloned()
                     .collect();
+                // The OS dropped events (its queue overflowed): anything may
+                // have changed.
+                let rescan = events.iter().any(|e| e.need_rescan());
+                if rescan {
+                    paths.insert(target.dir.clone());
+                }
                 // What decides what is packaged changed: plan again.
-                let replan = events.iter().any(|e| {
-                    use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind};
-                    let dir_event = matches!(
-                        e.kind,
-                        EventKind::Create(CreateKind::Folder)
-                            | EventKind::Remove(RemoveKind::Folder)
-                    ) || ((e.kind.is_create()
-                        || e.kind.is_remove()
-                        || matches!(e.kind, EventKind::Modify(ModifyKind::Name(_))))
-                        && e.paths.iter().any(|p| p.is_dir() || i.watched.contains(p)));
-                    dir_event
-                        || e.paths.iter().any(|p| {
-                            p.file_name()
-                                .and_then(|n| n.to_str())
-                                .is_some_and(|n| crate::kustomize::FILE_NAMES.contains(&n))
-                        })
-                });
+                let replan = rescan
+                    || events.iter().any(|e| {
+                        use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind};
+                        let dir_event = matches!(
+                            e.kind,
+                            EventKind::Create(CreateKind::Folder)
+                                | EventKind::Remove(RemoveKind::Folder)
+                        ) || ((e.kind.is_create()
+                            || e.kind.is_remove()
+                            || matches!(e.kind, EventKind::Modify(ModifyKind::Name(_))))
+                            && e.paths.iter().any(|p| p.is_dir() || i.watched.contains(p)));
+                        dir_event
+                            || e.paths.iter().any(|p| {
+                                p.file_name()
+                                    .and_then(|n| n.to_str())
+                                    .is_some_and(|n| crate::kustomize::FILE_NAMES.contains(&n))
+                            })
+                    });
                 if replan {
                     let (rules, dirs) = plan(&target);
                     i.rules = rules;
-                    i.set(dirs, debounce, &raw_tx, &say);
+                    i.set(dirs, &raw_tx, &say);
                 }
                 drop(i);
-                if !paths.is_empty() && tx.send(Ok(paths)).is_err() {
+                if !paths.is_empty() && tx.send(Ok(paths.into_iter().collect())).is_err() {
                     return;
                 }
             }
@@ -404,6 +433,45 @@ mod tests {
         for f in ["app.yaml", "kustomization.yml", "swap.yaml", "README.md"] {
             assert!(!is_editor_temp(f), "{f}");
         }
+    }
+
+    fn event(path: &str) -> notify::Result<notify::Event> {
+        Ok(notify::Event::new(notify::EventKind::Any).add_path(PathBuf::from(path)))
+    }
+
+    #[test]
+    fn a_save_is_one_batch_that_ends_one_quiet_window_after_its_last_event() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let quiet = Duration::from_millis(40);
+        // An editor's save: a few events a millisecond apart.
+        for p in ["a~", "a", "a", "a"] {
+            tx.send(event(p)).unwrap();
+        }
+        let start = Instant::now();
+        let batch = next_batch(&rx, quiet).unwrap();
+        let took = start.elapsed();
+        assert_eq!(batch.len(), 4);
+        assert!(took >= quiet, "{took:?}");
+    }
+
+    #[test]
+    fn writes_that_keep_coming_are_cut_at_the_cap_and_nothing_is_lost() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let quiet = Duration::from_millis(20);
+        let writer = std::thread::spawn(move || {
+            for _ in 0..40 {
+                tx.send(event("big")).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let first = next_batch(&rx, quiet).unwrap();
+        assert!(first.len() < 40, "cut at the cap");
+        writer.join().unwrap();
+        let mut total = first.len();
+        while let Some(b) = next_batch(&rx, quiet) {
+            total += b.len();
+        }
+        assert_eq!(total, 40);
     }
 
     #[test]
