@@ -13,6 +13,22 @@ use kube::{Client, Config};
 
 use crate::duration;
 
+/// What the API server's logs and audit events see as the client, as
+/// kubectl's `kubectl/v1.36.0 (linux/amd64)`, so a platform team can tell
+/// the sessions' requests apart.
+pub fn user_agent() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!(
+        "kubectl-gitops/v{} ({}/{arch})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS
+    )
+}
+
 /// Errors resolving or reaching the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -142,6 +158,9 @@ impl KubeFlags {
                 (config, None)
             }
         };
+        if let Ok(agent) = http::HeaderValue::from_str(&user_agent()) {
+            config.headers.push((http::header::USER_AGENT, agent));
+        }
         if let Some(user) = &self.impersonate {
             config.auth_info.impersonate = Some(user.clone());
         }

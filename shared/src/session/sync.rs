@@ -549,12 +549,13 @@ impl Session {
         let changes = changes::changes(&before, &after, &events);
         self.settled = true;
         self.last_good = Some(revision.to_string());
-        self.note(revision, "Ready").await;
         (self.report)(&Event::Synced {
             revision: revision.to_string(),
             changes,
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
+        // Bookkeeping after the user is told.
+        self.note(revision, "Ready").await;
         Ok(SyncOutcome::Ready {
             revision: revision.to_string(),
         })
