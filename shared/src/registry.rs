@@ -268,6 +268,9 @@ pub struct Registry {
     client: Client,
     auth: RegistryAuth,
     reference: ArtifactRef,
+    /// Logged in for pushing (the client keeps the token): a session's
+    /// later pushes reuse it, and the client's kept-alive connections.
+    pushing: std::sync::atomic::AtomicBool,
 }
 
 /// Retry delays for transient failures (connection refused, 5xx, 429).
@@ -360,7 +363,13 @@ impl Registry {
             client: Client::new(config),
             auth,
             reference: reference.clone(),
+            pushing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The repository this client is bound to.
+    pub fn reference(&self) -> &ArtifactRef {
+        &self.reference
     }
 
     fn classify(&self, err: OciDistributionError) -> RegistryError {
@@ -740,6 +749,17 @@ pub async fn upload(
     options: &RegistryOptions,
     artifact: &Upload<'_>,
 ) -> Result<(String, Vec<String>), RegistryError> {
+    upload_with(None, reference, options, artifact).await
+}
+
+/// As [`upload`], through `kept` when given (a session's client, reused
+/// across pushes: its connections and token).
+pub async fn upload_with(
+    kept: Option<&Registry>,
+    reference: &ArtifactRef,
+    options: &RegistryOptions,
+    artifact: &Upload<'_>,
+) -> Result<(String, Vec<String>), RegistryError> {
     if reference.digest.is_some() {
         return Err(RegistryError::BadReference {
             input: reference.to_string(),
@@ -758,20 +778,55 @@ pub async fn upload(
         artifact.annotations,
     );
     let digest = artifact::sha256_digest(&manifest);
-    let registry = Registry::new(reference, options);
-    registry.login(RegistryOperation::Push).await?;
-    let mut uploaded = Vec::new();
-    if !registry.blob_exists(&artifact.layer.digest).await? {
+    let registry = match kept {
+        Some(r) => r,
+        None => &Registry::new(reference, options),
+    };
+    use std::sync::atomic::Ordering;
+    if !registry.pushing.load(Ordering::SeqCst) {
+        registry.login(RegistryOperation::Push).await?;
+        registry.pushing.store(true, Ordering::SeqCst);
+    }
+    match upload_blobs(registry, artifact, &config, &manifest).await {
+        // A kept token that expired: log in again, once.
+        Err(RegistryError::Unauthorized { .. }) if kept.is_some() => {
+            registry.pushing.store(false, Ordering::SeqCst);
+            registry.login(RegistryOperation::Push).await?;
+            registry.pushing.store(true, Ordering::SeqCst);
+            upload_blobs(registry, artifact, &config, &manifest).await
+        }
+        other => other,
+    }
+    .map(|uploaded| (digest, uploaded))
+}
+
+async fn upload_blobs(
+    registry: &Registry,
+    artifact: &Upload<'_>,
+    config: &Blob,
+    manifest: &[u8],
+) -> Result<Vec<String>, RegistryError> {
+    // The two blobs at once; each is checked first (a blob already there is
+    // not sent again).
+    let layer = async {
+        if registry.blob_exists(&artifact.layer.digest).await? {
+            return Ok::<_, RegistryError>(None);
+        }
         registry.push_file(artifact.file, artifact.layer).await?;
-        uploaded.push(artifact.layer.digest.clone());
-    }
-    if !registry.blob_exists(&config.digest).await? {
+        Ok(Some(artifact.layer.digest.clone()))
+    };
+    let config_blob = async {
+        if registry.blob_exists(&config.digest).await? {
+            return Ok::<_, RegistryError>(None);
+        }
         registry.push_bytes(artifact.config, &config.digest).await?;
-        uploaded.push(config.digest.clone());
-    }
+        Ok(Some(config.digest.clone()))
+    };
+    let (layer, config_blob) = futures::try_join!(layer, config_blob)?;
+    let uploaded = [layer, config_blob].into_iter().flatten().collect();
     // The tag moves only now, when every blob it needs is in place.
-    registry.push_manifest(&manifest).await?;
-    Ok((digest, uploaded))
+    registry.push_manifest(manifest).await?;
+    Ok(uploaded)
 }
 
 /// The config blob: source-controller does not read it; an empty JSON object.
@@ -809,6 +864,18 @@ pub async fn push_built(
     reference: &ArtifactRef,
     options: &PushOptions,
 ) -> Result<Pushed, RegistryError> {
+    push_built_with(None, dir, file, built, reference, options).await
+}
+
+/// As [`push_built`], through `kept` when given (see [`upload_with`]).
+pub async fn push_built_with(
+    kept: Option<&Registry>,
+    dir: &Path,
+    file: &std::fs::File,
+    built: &artifact::Built,
+    reference: &ArtifactRef,
+    options: &PushOptions,
+) -> Result<Pushed, RegistryError> {
     let (source, revision) = match (&options.source, &options.revision) {
         (Some(s), Some(r)) => (s.clone(), r.clone()),
         (s, r) => {
@@ -826,7 +893,8 @@ pub async fn push_built(
         (ANNOTATION_REVISION, revision.as_str()),
         (ANNOTATION_SOURCE, source.as_str()),
     ];
-    let (digest, uploaded) = upload(
+    let (digest, uploaded) = upload_with(
+        kept,
         reference,
         &options.registry,
         &Upload {

@@ -2,7 +2,7 @@
 through its `-o json` events, the stock Flux loop a skilled user scripts, and
 the real peers' own accounts (the controllers' metrics and logs, the API
 server's audit log) of what each save cost."""
-import datetime, json, os, pathlib, queue, re, signal, subprocess, sys, threading, time, urllib.request
+import atexit, json, os, pathlib, queue, re, signal, subprocess, sys, threading, time, urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATE = pathlib.Path(os.environ.get("GITOPS_HARNESS_DIR", ROOT / "target/harness"))
@@ -91,6 +91,8 @@ class Session:
         self.events = queue.Queue()
         threading.Thread(target=lambda: [self.events.put(json.loads(l)) for l in self.proc.stdout],
                          daemon=True).start()
+        # A benchmark that fails still stops its sessions (they clean up).
+        atexit.register(self.stop)
 
     def synced(self, timeout=120):
         """Waits for the next `synced`: (monotonic time, revision)."""
@@ -113,8 +115,9 @@ class Session:
         return 0.0
 
     def stop(self):
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=120)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=120)
 
 
 class Stock:

@@ -141,6 +141,8 @@ enum OwnSandbox {
 pub struct Session {
     client: Client,
     cfg: SessionConfig,
+    /// The registry client of the session's pushes (made at the first).
+    registry: Option<crate::registry::Registry>,
     /// Where its Flux objects and Lease live.
     namespace: String,
     target: Target,
@@ -283,6 +285,7 @@ impl Session {
             cfg.root.join(rel)
         });
         let session = Session {
+            registry: None,
             chart,
             relocations_said: BTreeSet::new(),
             packaging: None,

@@ -270,13 +270,32 @@ impl Session {
             registry: self.cfg.registry_options.clone(),
             ..Default::default()
         };
-        let pushed =
-            match registry::push_built(&self.cfg.root, &file, &built, &reference, &options).await {
-                Ok(p) => p,
-                Err(e) => {
-                    return self.fail(Phase::Push, crate::output::error_chain(&e), None, false);
-                }
-            };
+        // One client for the session's pushes: kept-alive connections, one login.
+        if self
+            .registry
+            .as_ref()
+            .is_none_or(|r| r.reference() != &reference)
+        {
+            self.registry = Some(registry::Registry::new(
+                &reference,
+                &self.cfg.registry_options,
+            ));
+        }
+        let pushed = match registry::push_built_with(
+            self.registry.as_ref(),
+            &self.cfg.root,
+            &file,
+            &built,
+            &reference,
+            &options,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return self.fail(Phase::Push, crate::output::error_chain(&e), None, false);
+            }
+        };
         // What the tag points at is not confirmed applied until Flux says so.
         self.settled = false;
         self.last_layer = Some(built.layer.digest.clone());
@@ -317,7 +336,20 @@ impl Session {
         let name = self.cfg.name.clone();
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let kss: Api<Kustomization> = Api::namespaced(self.client.clone(), &self.namespace);
-        let before = match kss.get_opt(&name).await? {
+        let sync_started = chrono::Utc::now();
+        // The reconcile request and the read of what Flux holds now go
+        // together (Flux changes its inventory only after its health check).
+        let requested = self.objects_ready;
+        let (current, request) = if requested {
+            let (c, r) = futures::join!(
+                kss.get_opt(&name),
+                flux::request_reconcile(&repos, &name)
+            );
+            (c?, Some(r))
+        } else {
+            (kss.get_opt(&name).await?, None)
+        };
+        let before = match current {
             Some(ks) => ks
                 .status
                 .and_then(|s| s.inventory)
@@ -329,12 +361,17 @@ impl Session {
                 Vec::new()
             }
         };
-        if !self.objects_ready {
-            self.ensure_objects().await?;
-        }
-        let sync_started = chrono::Utc::now();
         self.waiting.store(true, Ordering::SeqCst);
-        flux::request_reconcile(&repos, &name).await?;
+        match request {
+            Some(Ok(_)) if self.objects_ready => {}
+            // Not made yet, or gone: (re)apply, then ask.
+            _ => {
+                if !self.objects_ready {
+                    self.ensure_objects().await?;
+                }
+                flux::request_reconcile(&repos, &name).await?;
+            }
+        }
 
         if let Some(failed) = self.fetch_phase(revision, "artifact").await? {
             return Ok(failed);
