@@ -2,7 +2,7 @@
 through its `-o json` events, the stock Flux loop a skilled user scripts, and
 the real peers' own accounts (the controllers' metrics and logs, the API
 server's audit log) of what each save cost."""
-import atexit, json, os, pathlib, queue, re, signal, subprocess, sys, threading, time, urllib.request
+import atexit, datetime, json, os, pathlib, queue, re, signal, subprocess, sys, threading, time, urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATE = pathlib.Path(os.environ.get("GITOPS_HARNESS_DIR", ROOT / "target/harness"))
@@ -48,21 +48,32 @@ def reconcile_seconds():
     return out
 
 
+def _ts(value):
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def kustomize_seconds(namespace, name, revision):
     """kustomize-controller's own time for the reconcile that applied
-    `revision` (its log: 'Reconciliation finished in ...')."""
+    `revision`, from its log: from the reconcile's start (its end, 'Reconciliation
+    finished in D', minus D) to 'server-side apply completed'. What comes after
+    (health checks, the status) is not counted: the floor is the least time
+    before anyone can know the revision is applied."""
     units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+    applied = {}
     with open(LOGS / "kustomize-controller.log", errors="replace") as f:
         for line in f:
-            if revision not in line or '"Reconciliation finished in' not in line:
+            if revision not in line:
                 continue
             e = json.loads(line)
             if e.get("namespace") != namespace or e.get("name") != name or e.get("revision") != revision:
                 continue
-            total = 0.0
-            for value, unit in re.findall(r"([\d.]+)(ns|µs|us|ms|s|m)(?![a-z])", e["msg"].split(",")[0]):
-                total += float(value) * units[unit]
-            return total
+            rid = e.get("reconcileID")
+            if e.get("msg") == "server-side apply completed":
+                applied.setdefault(rid, _ts(e["ts"]))
+            elif e.get("msg", "").startswith("Reconciliation finished in") and rid in applied:
+                took = sum(float(v) * units[u] for v, u in
+                           re.findall(r"([\d.]+)(ns|µs|us|ms|s|m)(?![a-z])", e["msg"].split(",")[0]))
+                return applied[rid] - (_ts(e["ts"]) - took)
     return None
 
 

@@ -136,14 +136,111 @@ pub async fn applied_events(
     since: chrono::DateTime<chrono::Utc>,
 ) -> Vec<String> {
     let events: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().fields(&format!(
-        "involvedObject.kind=Kustomization,involvedObject.name={kustomization}"
-    ));
-    let Ok(list) = events.list(&params).await else {
+    let Ok(list) = events.list(&events_of(kustomization)).await else {
         return Vec::new();
     };
+    for_revision(list.items, revision, since)
+}
+
+fn events_of(kustomization: &str) -> ListParams {
+    ListParams::default().fields(&format!(
+        "involvedObject.kind=Kustomization,involvedObject.name={kustomization}"
+    ))
+}
+
+/// A Kustomization's events as they are made, watched from before a sync
+/// asks Flux to reconcile: its change-set event is at hand when the
+/// controller says it is checking health, without a list then.
+pub struct EventsFeed {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<KubeEvent>>>,
+    synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    client: Client,
+    namespace: String,
+    kustomization: String,
+}
+
+impl EventsFeed {
+    pub fn start(client: &Client, namespace: &str, kustomization: &str) -> EventsFeed {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let synced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let api: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
+        let config = watcher::Config::default().fields(&format!(
+            "involvedObject.kind=Kustomization,involvedObject.name={kustomization}"
+        ));
+        let (s, y) = (seen.clone(), synced.clone());
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(api, config));
+            while let Some(e) = stream.next().await {
+                match e {
+                    Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => {
+                        if let Ok(mut v) = s.lock() {
+                            v.push(ev);
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        y.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        EventsFeed {
+            seen,
+            synced,
+            task,
+            client: client.clone(),
+            namespace: namespace.to_string(),
+            kustomization: kustomization.to_string(),
+        }
+    }
+
+    fn matching(&self, revision: &str, since: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+        let seen = self.seen.lock().map(|v| v.clone()).unwrap_or_default();
+        for_revision(seen, revision, since)
+    }
+
+    /// The change-set messages for `revision`: from the watch when they are
+    /// there, else (not arrived yet, or no change to report) from a list.
+    pub async fn applied(
+        &self,
+        revision: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<String> {
+        if self.synced.load(std::sync::atomic::Ordering::SeqCst) {
+            let found = self.matching(revision, since);
+            if !found.is_empty() {
+                return found;
+            }
+        }
+        applied_events(
+            &self.client,
+            &self.namespace,
+            &self.kustomization,
+            revision,
+            since,
+        )
+        .await
+    }
+}
+
+impl Drop for EventsFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The change-set messages among `events` for `revision` (tagged with it,
+/// or, untagged, made since `since`).
+fn for_revision(
+    events: Vec<KubeEvent>,
+    revision: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
     let since_ms = since.timestamp_millis() - 1000;
-    list.items
+    events
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("Progressing"))
         .filter(|e| {

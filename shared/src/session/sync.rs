@@ -337,14 +337,16 @@ impl Session {
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let kss: Api<Kustomization> = Api::namespaced(self.client.clone(), &self.namespace);
         let sync_started = chrono::Utc::now();
+        let feed = std::sync::Arc::new(changes::EventsFeed::start(
+            &self.client,
+            &self.namespace,
+            &name,
+        ));
         // The reconcile request and the read of what Flux holds now go
         // together (Flux changes its inventory only after its health check).
         let requested = self.objects_ready;
         let (current, request) = if requested {
-            let (c, r) = futures::join!(
-                kss.get_opt(&name),
-                flux::request_reconcile(&repos, &name)
-            );
+            let (c, r) = futures::join!(kss.get_opt(&name), flux::request_reconcile(&repos, &name));
             (c?, Some(r))
         } else {
             (kss.get_opt(&name).await?, None)
@@ -411,7 +413,7 @@ impl Session {
                     self.namespace.clone(),
                     self.report.clone(),
                 );
-                let (kss, want) = (kss.clone(), revision.to_string());
+                let (kss, want, feed) = (kss.clone(), revision.to_string(), feed.clone());
                 let local: Vec<String> = index.keys().cloned().collect();
                 futures::future::Either::Left(async move {
                     // ("Building manifests for revision X" comes before the apply.)
@@ -457,9 +459,7 @@ impl Session {
                     // objects. When this watch can judge all of them, it
                     // says "healthy" as soon as they are, not at Flux's next
                     // health poll (5 s).
-                    let events =
-                        changes::applied_events(&client, &flux_ns, &session, &want, sync_started)
-                            .await;
+                    let events = feed.applied(&want, sync_started).await;
                     let set = changes::parse_change_set(&events);
                     let changed: std::collections::BTreeSet<String> = set
                         .iter()
@@ -572,17 +572,9 @@ impl Session {
         };
         let events = match early {
             Some((events, _)) => events,
-            None => {
-                changes::applied_events(
-                    &self.client,
-                    &self.namespace,
-                    &name,
-                    revision,
-                    sync_started,
-                )
-                .await
-            }
+            None => feed.applied(revision, sync_started).await,
         };
+        drop(feed);
         let changes = changes::changes(&before, &after, &events);
         self.settled = true;
         self.last_good = Some(revision.to_string());
