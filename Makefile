@@ -51,3 +51,4 @@ bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/bench/sessions-list
 	tests/bench/app-repo
 	tests/bench/workload-latency
+	tests/bench/many-sessions
