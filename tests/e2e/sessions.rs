@@ -68,7 +68,27 @@ async fn sessions_in_both_modes_are_listed_with_their_status() {
     s1.next_sync().unwrap();
     s2.next_sync().unwrap();
 
-    let list = sessions_json(&harness, &["-A"]);
+    // A session says synced first and then writes the sync's note (revision,
+    // last_sync) to its Lease: wait for both notes on the API server.
+    let list = eventually("both sessions' sync notes", Duration::from_secs(30), || {
+        let list = sessions_json(&harness, &["-A"]);
+        let noted = |name: &str| {
+            list.iter().any(|s| {
+                s["name"] == name
+                    && s.get("last_sync").is_some()
+                    && s["revision"].as_str().is_some_and(|r| !r.is_empty())
+            })
+        };
+        let done = noted(&sbx) && noted(&cluster);
+        async move {
+            if done {
+                Ok(list)
+            } else {
+                Err(format!("{list:#?}"))
+            }
+        }
+    })
+    .await;
     let one = find(&list, &sbx);
     assert_eq!(
         (
