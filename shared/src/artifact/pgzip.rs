@@ -171,14 +171,101 @@ impl<W: Write> Drop for ParallelGz<W> {
     }
 }
 
-/// Deflates one chunk: raw deflate, primed with `dict`, ending with a sync
-/// flush (or the final block for the last chunk).
-fn compress(dict: &[u8], data: &[u8], last: bool) -> io::Result<Done> {
-    let mut c = Compress::new(Compression::default(), false);
-    if !dict.is_empty() {
-        c.set_dictionary(dict).map_err(io::Error::other)?;
+/// Bytes judged at a time for whether deflate can shrink them.
+const PROBE: usize = 64 * 1024;
+/// Order-0 entropy (bits per byte) from which a probe is stored, not
+/// deflated: random-looking data (already compressed, encrypted, binary
+/// noise) costs deflate its full match search for no gain.
+const STORED_ENTROPY: f64 = 7.9;
+/// The largest stored block deflate allows.
+const MAX_STORED: usize = 65_535;
+
+/// Whether `data` looks incompressible: its byte histogram's entropy.
+fn incompressible(data: &[u8]) -> bool {
+    if data.len() < 4096 {
+        return false;
     }
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits >= STORED_ENTROPY
+}
+
+/// Deflates one chunk: raw deflate, primed with `dict`, ending with a sync
+/// flush (or the final block for the last chunk). Runs of 64 KiB probes that
+/// look incompressible go out as stored blocks instead; the choice depends
+/// only on the bytes, so the output stays reproducible.
+fn compress(dict: &[u8], data: &[u8], last: bool) -> io::Result<Done> {
     let mut out = Vec::with_capacity(data.len() / 2 + 1024);
+    // Runs of (start, end, stored) over the chunk.
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for start in (0..data.len()).step_by(PROBE) {
+        let end = (start + PROBE).min(data.len());
+        let stored = incompressible(&data[start..end]);
+        match runs.last_mut() {
+            Some(run) if run.2 == stored => run.1 = end,
+            _ => runs.push((start, end, stored)),
+        }
+    }
+    if runs.is_empty() {
+        runs.push((0, 0, false));
+    }
+    let count = runs.len();
+    for (i, &(start, end, stored)) in runs.iter().enumerate() {
+        let final_run = last && i + 1 == count;
+        if stored {
+            write_stored(&mut out, &data[start..end], final_run);
+        } else {
+            // The window before this run: the chunk's own bytes, topped up
+            // from the previous chunk's dictionary.
+            let own = &data[start.saturating_sub(WINDOW)..start];
+            let mut window = Vec::with_capacity(WINDOW);
+            if own.len() < WINDOW {
+                window.extend_from_slice(&dict[dict.len().saturating_sub(WINDOW - own.len())..]);
+            }
+            window.extend_from_slice(own);
+            deflate(&mut out, &window, &data[start..end], final_run)?;
+        }
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(data);
+    Ok(Done {
+        compressed: out,
+        crc: crc.finalize(),
+        len: data.len() as u64,
+    })
+}
+
+/// Stored blocks for `data`, at a byte boundary (every run ends on one).
+fn write_stored(out: &mut Vec<u8>, data: &[u8], last: bool) {
+    let mut pieces = data.chunks(MAX_STORED).peekable();
+    while let Some(piece) = pieces.next() {
+        let final_block = last && pieces.peek().is_none();
+        let len = piece.len() as u16;
+        out.push(u8::from(final_block));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(piece);
+    }
+}
+
+/// Raw deflate of `data` primed with `window`, ending with a sync flush, or
+/// with the final block when `last`.
+fn deflate(out: &mut Vec<u8>, window: &[u8], data: &[u8], last: bool) -> io::Result<()> {
+    let mut c = Compress::new(Compression::default(), false);
+    if !window.is_empty() {
+        c.set_dictionary(window).map_err(io::Error::other)?;
+    }
     let flush = if last {
         FlushCompress::Finish
     } else {
@@ -190,7 +277,7 @@ fn compress(dict: &[u8], data: &[u8], last: bool) -> io::Result<Done> {
             out.reserve(out.capacity().max(4096));
         }
         let status = c
-            .compress_vec(&data[consumed..], &mut out, flush)
+            .compress_vec(&data[consumed..], out, flush)
             .map_err(io::Error::other)?;
         let all_in = c.total_in() as usize == data.len();
         let room_left = out.capacity() > out.len();
@@ -200,13 +287,7 @@ fn compress(dict: &[u8], data: &[u8], last: bool) -> io::Result<Done> {
             Status::Ok | Status::BufError => continue,
         }
     }
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(data);
-    Ok(Done {
-        compressed: out,
-        crc: crc.finalize(),
-        len: data.len() as u64,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -270,5 +351,47 @@ mod tests {
             ours * 100 <= single * 102,
             "ours {ours} vs single stream {single}"
         );
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_runs_are_stored_and_still_round_trip() {
+        // Text and noise interleaved in 64 KiB pieces, across chunk edges.
+        let mut data = Vec::new();
+        for k in 0..9u64 {
+            if k % 2 == 0 {
+                data.extend(sample(PROBE));
+            } else {
+                data.extend(noise(PROBE + 100, k));
+            }
+        }
+        for threads in [1, 3] {
+            let gz = gzip(&data, threads, 5000);
+            assert_eq!(gunzip(&gz), data);
+            // Stored noise costs 5 bytes per 64 KiB; deflated it would grow too.
+            assert!(gz.len() < data.len(), "{} vs {}", gz.len(), data.len());
+        }
+        assert_eq!(gzip(&data, 1, 1 << 20), gzip(&data, 4, 77));
+        assert!(incompressible(&noise(PROBE, 7)));
+        assert!(!incompressible(&sample(PROBE)));
+    }
+
+    #[test]
+    fn a_last_chunk_of_noise_ends_the_stream() {
+        for len in [PROBE, CHUNK + MAX_STORED + 3, 2 * CHUNK] {
+            let data = noise(len, 11);
+            assert_eq!(gunzip(&gzip(&data, 2, 4096)), data, "len {len}");
+        }
     }
 }
