@@ -389,8 +389,19 @@ impl RunningSession {
                         return e;
                     }
                 }
-                Err(_) => panic!(
-                    "timed out after {timeout:?} waiting for {what}; events so far:\n{}",
+                Err(e) => panic!(
+                    "{} after {:?} waiting for {what} (the session: {}); events so far:\n{}",
+                    if e == std::sync::mpsc::RecvTimeoutError::Timeout {
+                        "timed out"
+                    } else {
+                        "output ended"
+                    },
+                    timeout.saturating_sub(left),
+                    match self.child.try_wait() {
+                        Ok(Some(status)) => format!("exited, {status}"),
+                        Ok(None) => "still running".to_string(),
+                        Err(e) => format!("unknown: {e}"),
+                    },
                     self.seen
                         .iter()
                         .map(|e| e.to_string())
