@@ -25,18 +25,15 @@ pub mod ui;
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Start-up shared by the plugins: the TLS crypto provider, and the default
-/// SIGPIPE behaviour so `kubectl gitops-sessions | head` ends quietly like
-/// any Unix tool instead of panicking on a closed pipe.
+/// Start-up shared by the plugins: the TLS crypto provider.
+///
+/// SIGPIPE stays ignored (Rust's default): a write to a peer that went away
+/// (an API server or registry killed mid-request) must be an error the
+/// session handles, never a signal that kills it before it cleans up. A
+/// closed stdout (`kubectl gitops-sessions | head`) is handled where stdout
+/// is written: see [`output::stdout`].
 pub fn init_process() {
     install_crypto_provider();
-    #[cfg(unix)]
-    #[allow(unsafe_code)]
-    // SAFETY: setting a signal disposition to SIG_DFL at start-up, before any
-    // thread exists, has no memory-safety implications.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
 }
 
 /// Installs the process-wide TLS crypto provider (ring) used by both the

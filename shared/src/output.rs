@@ -35,9 +35,63 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// Writes to stdout, flushed. Errors are returned, so a caller that must
+/// clean up (a live session) can; most callers use [`outln!`](crate::outln)
+/// or [`out!`](crate::out), which end the process on a closed pipe.
+pub fn try_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    out.flush()
+}
+
+/// Writes to stdout for a one-shot command. When the reader has gone away
+/// (`| head` has read enough) the process ends quietly with status 0, as
+/// the output it still had was not wanted; any other write error is
+/// reported and ends the process with status 1. Never panics, unlike
+/// `println!`.
+pub fn stdout(args: std::fmt::Arguments<'_>) {
+    if let Err(e) = try_stdout(args) {
+        std::process::exit(stdout_failure(&e));
+    }
+}
+
+/// The exit status for a failed write to stdout, reporting it unless the
+/// reader simply went away.
+fn stdout_failure(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        0
+    } else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+        1
+    }
+}
+
+/// Writes a line to stderr, ignoring a closed stderr (a status line nobody
+/// can read is not worth ending a session over). Never panics, unlike
+/// `eprintln!`.
+pub fn stderr_line(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// `println!` for the plugins' stdout: see [`output::stdout`](crate::output::stdout).
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for the plugins' stdout: see [`output::stdout`](crate::output::stdout).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*)) };
+}
+
 /// Prints `error: …` to stderr and gives the exit code for a failed command.
 pub fn report(err: &(dyn std::error::Error + 'static)) -> std::process::ExitCode {
-    eprintln!("error: {}", error_chain(err));
+    stderr_line(&format!("error: {}", error_chain(err)));
     std::process::ExitCode::FAILURE
 }
 
@@ -52,6 +106,13 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("push failed")]
     struct Push(#[source] std::io::Error);
+
+    #[test]
+    fn a_closed_pipe_ends_quietly_other_errors_fail() {
+        let gone = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert_eq!(stdout_failure(&gone), 0);
+        assert_eq!(stdout_failure(&std::io::Error::other("disk full")), 1);
+    }
 
     #[test]
     fn chains_skip_repeated_causes() {

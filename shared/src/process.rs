@@ -5,6 +5,9 @@
 //! calls with no memory-safety obligations beyond valid arguments.
 #![allow(unsafe_code)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
+
 /// Who is running this command: `user@host`.
 pub fn owner() -> String {
     format!("{}@{}", user(), host())
@@ -39,9 +42,41 @@ pub fn is_alive(pid: u32) -> bool {
     os_is_alive(pid)
 }
 
-/// Resolves when the user asks the command to stop: Ctrl+C, SIGTERM (Unix),
-/// or the console window closing / Ctrl+Break (Windows).
+static OUTPUT_CLOSED: AtomicBool = AtomicBool::new(false);
+static OUTPUT_CLOSED_NOTIFY: Notify = Notify::const_new();
+
+/// Records that the reader of this process's output went away (the other
+/// end of `| jq` exited): a live session then ends as on Ctrl+C, cleaning up
+/// what it created, instead of syncing on with no one to see it.
+pub fn output_closed() {
+    OUTPUT_CLOSED.store(true, Ordering::SeqCst);
+    OUTPUT_CLOSED_NOTIFY.notify_waiters();
+}
+
+async fn wait_output_closed() {
+    loop {
+        let notified = OUTPUT_CLOSED_NOTIFY.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a call in between is not missed.
+        notified.as_mut().enable();
+        if OUTPUT_CLOSED.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Resolves when the user asks the command to stop: Ctrl+C, SIGTERM or
+/// SIGHUP (Unix), the console window closing / Ctrl+Break (Windows), or the
+/// reader of its output going away ([`output_closed`]).
 pub async fn shutdown_signal() {
+    tokio::select! {
+        _ = os_shutdown_signal() => {}
+        _ = wait_output_closed() => {}
+    }
+}
+
+async fn os_shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

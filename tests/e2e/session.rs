@@ -172,6 +172,35 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
     assert_nothing_left(&client, &footprint).await;
 }
 
+/// `kubectl gitops-run -o json | jq …` and jq exits: the session's next
+/// event finds the pipe closed. It ends as on Ctrl+C and cleans up, rather
+/// than dying on SIGPIPE (leaving its objects behind) or syncing unseen.
+#[tokio::test]
+async fn a_session_whose_output_reader_goes_away_ends_and_cleans_up() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("a.yaml", &cm("a", "1"))]);
+    let name = unique("run-pipe");
+    let mut cmd = plugin("kubectl-gitops_run");
+    cmd.args(harness.kube_args())
+        .args(["-o", "json", "--name", &name])
+        .current_dir(dir.path());
+    let mut s = RunningSession::spawn_reading_until(&mut cmd, |e| e["event"] == "synced");
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "a").await.as_deref(), Some("1"));
+    let footprint = Footprint::capture(&client, &name).await;
+    assert!(
+        footprint.has("ConfigMap", Some(&name), "a"),
+        "{footprint:#?}"
+    );
+
+    // A save makes the session write an event into the closed pipe.
+    std::fs::write(dir.path().join("a.yaml"), cm("a", "2")).unwrap();
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    assert_nothing_left(&client, &footprint).await;
+}
+
 #[tokio::test]
 async fn cluster_mode_applies_into_the_namespace_and_once_reports_the_result() {
     let harness = Harness::get();

@@ -435,3 +435,24 @@ async fn status_tells_run_gitops_and_snowflake_apart() {
         .output();
     delete_namespace(&client, &gitops_ns).await;
 }
+
+/// `kubectl gitops-sessions -A | head -c1`: a reader that goes away ends the
+/// listing quietly with status 0, like any Unix tool: no panic, no message,
+/// no death by SIGPIPE.
+#[tokio::test]
+async fn a_closed_stdout_ends_the_listing_quietly() {
+    let harness = Harness::get();
+    let mut child = plugin("kubectl-gitops_sessions")
+        .args(harness.kube_args())
+        .args(["-A", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the listing is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -44,7 +44,7 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
         .spawn()
         .unwrap();
     // Keep reading the server's stdout for the whole test: closing the pipe
-    // would end it with SIGPIPE at its next line, as for any Unix tool.
+    // would end it, quietly, at its next line, as for any Unix tool.
     let mut stdout = std::io::BufReader::new(ui.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();

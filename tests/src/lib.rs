@@ -345,6 +345,16 @@ impl RunningSession {
     /// Starts a session from a prepared command (which must pass `-o json`),
     /// e.g. the Windows binary under Wine.
     pub fn spawn(cmd: &mut Command) -> RunningSession {
+        RunningSession::spawn_reading_until(cmd, |_| false)
+    }
+
+    /// Like [`RunningSession::spawn`], but stops reading the session's
+    /// stdout, closing the pipe, right after the first event for which
+    /// `last` holds: the session's next write finds its reader gone.
+    pub fn spawn_reading_until(
+        cmd: &mut Command,
+        last: fn(&serde_json::Value) -> bool,
+    ) -> RunningSession {
         use std::io::BufRead;
         let mut child = cmd
             .stdout(std::process::Stdio::piped())
@@ -358,10 +368,11 @@ impl RunningSession {
                 .lines()
                 .map_while(Result::ok)
             {
-                if let Ok(v) = serde_json::from_str(&line)
-                    && tx.send(v).is_err()
-                {
-                    break;
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let stop = last(&v);
+                    if tx.send(v).is_err() || stop {
+                        break;
+                    }
                 }
             }
         });

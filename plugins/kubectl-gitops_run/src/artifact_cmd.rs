@@ -105,7 +105,7 @@ pub async fn build(args: BuildArgs) -> Result<ExitCode> {
             built.layer.size,
             args.output.display()
         );
-        println!("{}", built.layer.digest);
+        gitops::outln!("{}", built.layer.digest);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -145,7 +145,7 @@ pub async fn push(args: PushArgs) -> Result<ExitCode> {
     };
     let pushed = registry::push(&args.dir, &reference, &options).await?;
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&pushed)?),
+        Format::Json => gitops::outln!("{}", serde_json::to_string_pretty(&pushed)?),
         Format::Text => {
             let reused = if pushed.uploaded.is_empty() {
                 " (all blobs already in the registry)".to_string()
@@ -157,7 +157,7 @@ pub async fn push(args: PushArgs) -> Result<ExitCode> {
                 pushed.reference, pushed.entries, pushed.layer.size
             );
             eprintln!("revision {}", pushed.revision);
-            println!("{}", pushed.digest_url);
+            gitops::outln!("{}", pushed.digest_url);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -188,7 +188,7 @@ pub async fn diff(args: DiffArgs) -> Result<ExitCode> {
     )
     .await?;
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&diff)?),
+        Format::Json => gitops::outln!("{}", serde_json::to_string_pretty(&diff)?),
         Format::Text => {
             for (mark, paths) in [
                 ("+", &diff.added),
@@ -196,7 +196,7 @@ pub async fn diff(args: DiffArgs) -> Result<ExitCode> {
                 ("~", &diff.changed),
             ] {
                 for p in paths {
-                    println!("{mark} {p}");
+                    gitops::outln!("{mark} {p}");
                 }
             }
             if diff.is_empty() {

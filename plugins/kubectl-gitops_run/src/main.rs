@@ -95,13 +95,13 @@ async fn main() -> ExitCode {
 
 async fn check(kube: &KubeFlags) -> Result<()> {
     let cluster = kube.connect().await?;
-    println!(
+    gitops::outln!(
         "context:   {}",
         cluster.context.as_deref().unwrap_or("(in-cluster)")
     );
-    println!("server:    {}", cluster.server);
-    println!("namespace: {}", cluster.namespace);
+    gitops::outln!("server:    {}", cluster.server);
+    gitops::outln!("namespace: {}", cluster.namespace);
     gitops::flux::check_installed(&cluster.client, &cluster.server).await?;
-    println!("flux:      OCIRepository and Kustomization v1 APIs are served");
+    gitops::outln!("flux:      OCIRepository and Kustomization v1 APIs are served");
     Ok(())
 }

@@ -289,7 +289,7 @@ impl Printer {
     fn out(&self, text: &str) {
         match self.spinner.lock().ok().and_then(|s| s.clone()) {
             Some(pb) => pb.println(text),
-            None => eprintln!("{text}"),
+            None => gitops::output::stderr_line(text),
         }
     }
 
@@ -297,13 +297,18 @@ impl Printer {
         let pb = self.spinner.lock().ok().and_then(|mut s| s.take());
         match pb {
             Some(pb) => pb.finish_with_message(text.to_string()),
-            None => eprintln!("{text}"),
+            None => gitops::output::stderr_line(text),
         }
     }
 
     fn print(&self, event: &Event) {
         if self.format == Format::Json {
-            println!("{}", serde_json::to_string(event).unwrap_or_default());
+            let line = serde_json::to_string(event).unwrap_or_default();
+            // The reader went away (`| jq` exited): end the session as on
+            // Ctrl+C so it cleans up, rather than dying or syncing unseen.
+            if gitops::output::try_stdout(format_args!("{line}\n")).is_err() {
+                gitops::process::output_closed();
+            }
             return;
         }
         match event {

@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> Result<()> {
                     )
                 })
                 .unwrap_or_default();
-            println!(
+            gitops::outln!(
                 "sandbox {} created (isolation {}, namespace {}{expires})",
                 sandbox.name,
                 sandbox.isolation.as_str(),
@@ -215,16 +215,18 @@ async fn run(cli: Cli) -> Result<()> {
             Deleted::NotFound => eprintln!("sandbox {name} not found; nothing to delete"),
             Deleted::Removed(objects) => {
                 for o in &objects {
-                    println!("deleted {o}");
+                    gitops::outln!("deleted {o}");
                 }
-                println!("sandbox {name} deleted");
+                gitops::outln!("sandbox {name} deleted");
             }
         },
         Command::List { all, output } => {
             let owner = gitops::labels::owner();
             let sandboxes = sandbox::list(&client, (!all).then_some(owner.as_str())).await?;
             match output {
-                ListFormat::Json | ListFormat::Yaml => print!("{}", serialize(&sandboxes, output)),
+                ListFormat::Json | ListFormat::Yaml => {
+                    gitops::out!("{}", serialize(&sandboxes, output))
+                }
                 ListFormat::Table | ListFormat::Wide => {
                     if sandboxes.is_empty() {
                         eprintln!(
@@ -236,7 +238,7 @@ async fn run(cli: Cli) -> Result<()> {
                             }
                         );
                     } else {
-                        print!("{}", render(&sandboxes, output == ListFormat::Wide));
+                        gitops::out!("{}", render(&sandboxes, output == ListFormat::Wide));
                     }
                 }
             }
@@ -252,10 +254,10 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await?;
             if deleted.is_empty() {
-                println!("no expired sandboxes");
+                gitops::outln!("no expired sandboxes");
             }
             for name in deleted {
-                println!("sandbox {name} expired and was deleted");
+                gitops::outln!("sandbox {name} expired and was deleted");
             }
         }
     }

@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::List(args)) => list(&client, namespace, args).await,
         Some(Command::Describe { name }) => {
             let s = admin::find(&client, namespace.as_deref(), &name).await?;
-            print!("{}", admin::describe(&client, &s).await?.render(Utc::now()));
+            gitops::out!("{}", admin::describe(&client, &s).await?.render(Utc::now()));
             Ok(())
         }
         Some(Command::Delete {
@@ -158,9 +158,9 @@ async fn run(cli: Cli) -> Result<()> {
             let s = admin::find(&client, namespace.as_deref(), &name).await?;
             let removed = admin::delete(&client, &s, force, timeout).await?;
             for r in &removed {
-                println!("removed {r}");
+                gitops::outln!("removed {r}");
             }
-            println!("session {} deleted", s.name);
+            gitops::outln!("session {} deleted", s.name);
             Ok(())
         }
         Some(Command::Prune {
@@ -169,13 +169,13 @@ async fn run(cli: Cli) -> Result<()> {
         }) => {
             let pruned = admin::prune(&client, namespace.as_deref(), stale_after, timeout).await?;
             if pruned.is_empty() {
-                println!("no stale sessions");
+                gitops::outln!("no stale sessions");
             }
             for p in pruned {
                 for r in &p.removed {
-                    println!("removed {r}");
+                    gitops::outln!("removed {r}");
                 }
-                println!("session {} deleted", p.name);
+                gitops::outln!("session {} deleted", p.name);
             }
             Ok(())
         }
@@ -196,15 +196,15 @@ async fn run(cli: Cli) -> Result<()> {
                 tx,
             ));
             while let Some(l) = rx.recv().await {
-                println!("[{}/{}] {}", l.pod, l.container, l.line);
+                gitops::outln!("[{}/{}] {}", l.pod, l.container, l.line);
             }
             Ok(())
         }
         Some(Command::Status { output }) => status(&client, output).await,
         Some(Command::Ui { port, no_open }) => {
             gitops::ui::serve(client, port, |url| {
-                println!("serving the sessions page at {url}");
-                println!("(only this machine can reach it; the token in the URL is required. Ctrl+C to stop)");
+                gitops::outln!("serving the sessions page at {url}");
+                gitops::outln!("(only this machine can reach it; the token in the URL is required. Ctrl+C to stop)");
                 if !no_open {
                     let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
                     let _ = std::process::Command::new(opener)
@@ -287,7 +287,7 @@ async fn list(client: &Client, namespace: Option<String>, args: ListArgs) -> Res
         );
         return Ok(());
     }
-    print!("{}", render(&sessions, &args, true));
+    gitops::out!("{}", render(&sessions, &args, true));
     if !args.watch {
         return Ok(());
     }
@@ -315,11 +315,11 @@ async fn list(client: &Client, namespace: Option<String>, args: ListArgs) -> Res
             .collect();
         for (k, gone) in &last {
             if !now.contains_key(k) {
-                println!("{} deleted", gone.name);
+                gitops::outln!("{} deleted", gone.name);
             }
         }
         if !changed.is_empty() {
-            print!("{}", render(&changed, &args, false));
+            gitops::out!("{}", render(&changed, &args, false));
         }
         last = now;
     }
@@ -328,9 +328,9 @@ async fn list(client: &Client, namespace: Option<String>, args: ListArgs) -> Res
 async fn status(client: &Client, output: ListFormat) -> Result<()> {
     let st = cluster_status(client).await?;
     if matches!(output, ListFormat::Json | ListFormat::Yaml) {
-        print!("{}", serialize(&st, output));
+        gitops::out!("{}", serialize(&st, output));
     } else {
-        print!("{}", st.render());
+        gitops::out!("{}", st.render());
     }
     Ok(())
 }
