@@ -76,6 +76,13 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Resolves when the user asks the command to stop (as
+/// [`shutdown_signal`], without the output's reader going away): what
+/// interrupts a cleanup, which a closed output must not.
+pub async fn interrupt_signal() {
+    os_shutdown_signal().await;
+}
+
 async fn os_shutdown_signal() {
     #[cfg(unix)]
     {

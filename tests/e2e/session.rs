@@ -186,7 +186,14 @@ async fn a_session_whose_output_reader_goes_away_ends_and_cleans_up() {
     cmd.args(harness.kube_args())
         .args(["-o", "json", "--name", &name])
         .current_dir(dir.path());
-    let mut s = RunningSession::spawn_reading_until(&mut cmd, |e| e["event"] == "synced");
+    // Read up to the last line of the first sync ("watching … for changes",
+    // after `synced`): the session writes nothing more until the save.
+    let mut s = RunningSession::spawn_reading_until(&mut cmd, |e| {
+        e["event"] == "message"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("watching "))
+    });
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name, "a").await.as_deref(), Some("1"));
     let footprint = Footprint::capture(&client, &name).await;

@@ -264,6 +264,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         options,
         forwards,
         gitops::process::shutdown_signal,
+        gitops::process::interrupt_signal,
     )
     .await?;
     Ok(ExitCode::from(end.exit_code()))

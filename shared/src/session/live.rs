@@ -266,18 +266,23 @@ fn start_forwards(
 
 /// Runs a live session to its end: port-forwards, the sync loop on
 /// `watcher`'s changes, then cleanup (or `--keep`). `signal` makes a future
-/// that resolves on the user's stop request; a second one during cleanup
-/// leaves what remains and says what it is.
-pub async fn run<F, Fut>(
+/// that resolves on a stop request (the user's, or the output's reader
+/// going away); `interrupt` one that resolves on the user's own request
+/// only: one during cleanup leaves what remains and says what it is. A
+/// closed output must not cut the cleanup it started short.
+pub async fn run<F, Fut, G, GFut>(
     mut session: Session,
     mut watcher: DirWatcher,
     opts: LiveOptions,
     forwards: Forwards,
     signal: F,
+    interrupt: G,
 ) -> Result<LiveEnd, SessionError>
 where
-    F: Fn() -> Fut,
+    F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
+    G: FnOnce() -> GFut,
+    GFut: Future<Output = ()>,
 {
     let mut background = Background::default();
     start_forwards(&session, forwards, &mut background)?;
@@ -406,7 +411,7 @@ where
     let leftovers = session.leftovers();
     tokio::select! {
         r = session.cleanup(opts.cleanup_timeout) => { r?; }
-        _ = signal() => {
+        _ = interrupt() => {
             report(&Event::Message {
                 message: format!(
                     "interrupted; left in the cluster: {}. The session's heartbeat stops now, so \
