@@ -230,22 +230,39 @@ pub struct InventoryEntry {
     pub v: String,
 }
 
+/// A reconcile request, as [`request_reconcile`] made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileRequest {
+    /// The annotation's value, which the controller echoes in
+    /// `status.lastHandledReconcileAt` once handled.
+    pub at: String,
+    /// The object's `resourceVersion` right after the request: while it is
+    /// unchanged, no controller has touched the object since.
+    pub resource_version: Option<String>,
+}
+
 /// Asks the controller to reconcile `name` now, the way `flux reconcile`
-/// does: a new value of [`RECONCILE_REQUESTED_AT`]. Returns the value, which
-/// the controller echoes in `status.lastHandledReconcileAt` once handled.
-pub async fn request_reconcile<K>(api: &kube::Api<K>, name: &str) -> Result<String, kube::Error>
+/// does: a new value of [`RECONCILE_REQUESTED_AT`].
+pub async fn request_reconcile<K>(
+    api: &kube::Api<K>,
+    name: &str,
+) -> Result<ReconcileRequest, kube::Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let patch = serde_json::json!({"metadata": {"annotations": {RECONCILE_REQUESTED_AT: &now}}});
-    api.patch(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(now)
+    let patched = api
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(ReconcileRequest {
+        at: now,
+        resource_version: patched.meta().resource_version.clone(),
+    })
 }
 
 /// `HelmRelease` (`helm.toolkit.fluxcd.io/v2`), used untyped.

@@ -181,7 +181,7 @@ impl Session {
         let before = changes::helm_objects(&self.client, &release_ns, &name).await;
         // Values may have changed too: apply the HelmRelease every sync.
         self.ensure_release().await?;
-        flux::request_reconcile(&repos, &name).await?;
+        self.source_request = Some(flux::request_reconcile(&repos, &name).await?);
 
         if let Some(failed) = self.fetch_phase(revision, "chart").await? {
             return Ok(failed);

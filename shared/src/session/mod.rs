@@ -162,6 +162,8 @@ pub struct Session {
     last_good: Option<String>,
     /// Set while the sync waits for Flux: a newer save may supersede it.
     waiting: Arc<AtomicBool>,
+    /// The last reconcile request made of the session's OCIRepository.
+    source_request: Option<crate::flux::ReconcileRequest>,
     renewer: Option<tokio::task::JoinHandle<()>>,
     report: Reporter,
     started: DateTime<Utc>,
@@ -300,6 +302,7 @@ impl Session {
             settled: false,
             last_good: None,
             waiting: Arc::new(AtomicBool::new(false)),
+            source_request: None,
             renewer: None,
             report,
             started: Utc::now(),

@@ -14,6 +14,38 @@ use crate::flux::{
 use crate::kubeapi;
 use crate::registry::{self, ArtifactRef, PushOptions};
 
+/// How long source-controller gets to fetch a pushed revision.
+const FETCH_LIMIT: Duration = Duration::from_secs(60);
+/// How long after a reconcile request an OCIRepository nobody has touched
+/// is said to be stalled (source-controller starts on a request within
+/// milliseconds when it runs; a busy one within a few seconds).
+const SOURCE_STALL: Duration = Duration::from_secs(8);
+
+/// The warning for an OCIRepository that nothing has touched since `asked`
+/// (its `resourceVersion` is still the one the request left and the
+/// request is not handled), or `None` when source-controller has started.
+fn untouched_source(
+    asked: &flux::ReconcileRequest,
+    resource_version: Option<&str>,
+    last_handled: Option<&str>,
+    namespace: &str,
+    name: &str,
+) -> Option<String> {
+    let untouched = asked.resource_version.is_some()
+        && resource_version == asked.resource_version.as_deref()
+        && last_handled != Some(asked.at.as_str());
+    untouched.then(|| {
+        format!(
+            "source-controller has not started on OCIRepository {namespace}/{name} {}s after the \
+             reconcile request: it is not running or not reconciling this namespace (Flux \
+             installs it as Deployment source-controller in flux-system: `kubectl -n \
+             flux-system get deploy source-controller`); still waiting, up to {}s",
+            SOURCE_STALL.as_secs(),
+            FETCH_LIMIT.as_secs()
+        )
+    })
+}
+
 impl Session {
     pub(super) fn phase(&self, phase: Phase) -> Instant {
         (self.report)(&Event::PhaseStarted { phase });
@@ -119,10 +151,10 @@ impl Session {
         let t = self.phase(Phase::Fetch);
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let want = revision.to_string();
-        let fetched = kubeapi::await_object(
+        let wait = kubeapi::await_object(
             &repos,
             &self.cfg.name,
-            Duration::from_secs(60),
+            FETCH_LIMIT,
             format!("source-controller to fetch {revision}"),
             move |o: Option<&OCIRepository>| {
                 o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
@@ -134,8 +166,23 @@ impl Session {
                         })
                 })
             },
-        )
-        .await?;
+        );
+        // Meanwhile, a word when source-controller has not started on it.
+        let fetched = {
+            tokio::pin!(wait);
+            let stall = tokio::time::sleep(SOURCE_STALL);
+            tokio::pin!(stall);
+            let mut checked = false;
+            loop {
+                tokio::select! {
+                    r = &mut wait => break r?,
+                    () = &mut stall, if !checked => {
+                        checked = true;
+                        self.warn_if_source_untouched(&repos).await;
+                    }
+                }
+            }
+        };
         let status = fetched.and_then(|o| o.status).unwrap_or_default();
         if status
             .artifact
@@ -150,6 +197,32 @@ impl Session {
         }
         self.done(Phase::Fetch, t, None);
         Ok(None)
+    }
+
+    /// Says so when nothing has touched the OCIRepository since the
+    /// session's reconcile request ([`SOURCE_STALL`] ago): source-controller
+    /// is not running, or not reconciling it. The wait goes on, so the sync
+    /// completes by itself when the controller comes back.
+    async fn warn_if_source_untouched(&self, repos: &Api<OCIRepository>) {
+        let Some(asked) = self.source_request.as_ref() else {
+            return;
+        };
+        let Ok(Some(repo)) = repos.get_opt(&self.cfg.name).await else {
+            return;
+        };
+        let handled = repo
+            .status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref());
+        if let Some(message) = untouched_source(
+            asked,
+            repo.metadata.resource_version.as_deref(),
+            handled,
+            &self.namespace,
+            &self.cfg.name,
+        ) {
+            (self.report)(&Event::Warning { message });
+        }
     }
 
     async fn ensure_objects(&mut self) -> Result<(), SessionError> {
@@ -365,13 +438,13 @@ impl Session {
         };
         self.waiting.store(true, Ordering::SeqCst);
         match request {
-            Some(Ok(_)) if self.objects_ready => {}
+            Some(Ok(r)) if self.objects_ready => self.source_request = Some(r),
             // Not made yet, or gone: (re)apply, then ask.
             _ => {
                 if !self.objects_ready {
                     self.ensure_objects().await?;
                 }
-                flux::request_reconcile(&repos, &name).await?;
+                self.source_request = Some(flux::request_reconcile(&repos, &name).await?);
             }
         }
 
@@ -614,5 +687,43 @@ async fn no_load_balancers(
             .iter()
             .all(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer")),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked() -> flux::ReconcileRequest {
+        flux::ReconcileRequest {
+            at: "2026-12-03T10:00:00.000000001Z".into(),
+            resource_version: Some("41".into()),
+        }
+    }
+
+    #[test]
+    fn an_untouched_source_names_source_controller_and_where_it_runs() {
+        let w = untouched_source(&asked(), Some("41"), None, "dev", "web").unwrap();
+        assert!(w.contains("source-controller has not started on OCIRepository dev/web"));
+        assert!(w.contains("kubectl -n flux-system get deploy source-controller"));
+        assert!(w.contains("still waiting"));
+    }
+
+    #[test]
+    fn a_source_the_controller_touched_or_handled_is_not_stalled() {
+        // Status written since the request.
+        assert_eq!(untouched_source(&asked(), Some("42"), None, "d", "w"), None);
+        // The request handled (and nothing written after, by chance).
+        let handled = Some("2026-12-03T10:00:00.000000001Z");
+        assert_eq!(
+            untouched_source(&asked(), Some("41"), handled, "d", "w"),
+            None
+        );
+        // No version to compare: no guess.
+        let blind = flux::ReconcileRequest {
+            resource_version: None,
+            ..asked()
+        };
+        assert_eq!(untouched_source(&blind, None, None, "d", "w"), None);
     }
 }
