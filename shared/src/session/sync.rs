@@ -46,6 +46,54 @@ fn untouched_source(
     })
 }
 
+/// How long after source-controller fetched a revision a Kustomization
+/// that kustomize-controller has not started on is said to be stalled.
+const APPLY_STALL: Duration = Duration::from_secs(8);
+
+/// The warning for a Kustomization that kustomize-controller has not
+/// started on `revision` (it sets `lastAttemptedRevision` and a condition
+/// naming the revision as it starts), or `None` when it has.
+fn unstarted_kustomization(
+    status: Option<&flux::KustomizationStatus>,
+    revision: &str,
+    namespace: &str,
+    name: &str,
+) -> Option<String> {
+    let started = status.is_some_and(|s| {
+        s.last_attempted_revision.as_deref() == Some(revision)
+            || s.conditions.iter().any(|c| c.message.contains(revision))
+    });
+    (!started).then(|| {
+        format!(
+            "kustomize-controller has not started on Kustomization {namespace}/{name} {}s after \
+             source-controller fetched {revision}: it is not running, or still busy with this \
+             Kustomization's previous revision (Flux installs it as Deployment \
+             kustomize-controller in flux-system: `kubectl -n flux-system get deploy \
+             kustomize-controller`); still waiting",
+            APPLY_STALL.as_secs()
+        )
+    })
+}
+
+/// Warns once, [`APPLY_STALL`] from now, if kustomize-controller has not
+/// started on `revision`; never resolves (the apply wait decides the end).
+async fn warn_if_kustomization_unstarted(
+    kss: Api<Kustomization>,
+    name: String,
+    namespace: String,
+    revision: String,
+    report: super::Reporter,
+) -> std::convert::Infallible {
+    tokio::time::sleep(APPLY_STALL).await;
+    if let Ok(Some(ks)) = kss.get_opt(&name).await
+        && let Some(message) =
+            unstarted_kustomization(ks.status.as_ref(), &revision, &namespace, &name)
+    {
+        report(&Event::Warning { message });
+    }
+    std::future::pending().await
+}
+
 impl Session {
     pub(super) fn phase(&self, phase: Phase) -> Instant {
         (self.report)(&Event::PhaseStarted { phase });
@@ -470,6 +518,22 @@ impl Session {
                 })
             },
         );
+        // Meanwhile, a word when kustomize-controller has not started on it.
+        let applied = {
+            let stall = warn_if_kustomization_unstarted(
+                kss.clone(),
+                name.clone(),
+                self.namespace.clone(),
+                revision.to_string(),
+                self.report.clone(),
+            );
+            async move {
+                tokio::select! {
+                    r = applied => r,
+                    never = stall => match never {},
+                }
+            }
+        };
         // Meanwhile, the workloads' rollouts (this cluster only): progress
         // as it happens, and a certain failure as soon as it shows.
         // Judged only once Flux has applied this revision (it health-checks
@@ -707,6 +771,42 @@ mod tests {
         assert!(w.contains("source-controller has not started on OCIRepository dev/web"));
         assert!(w.contains("kubectl -n flux-system get deploy source-controller"));
         assert!(w.contains("still waiting"));
+    }
+
+    #[test]
+    fn a_kustomization_not_started_on_the_revision_names_kustomize_controller() {
+        let rev = "latest@sha256:abc";
+        let w = unstarted_kustomization(None, rev, "dev", "web").unwrap();
+        assert!(w.contains("kustomize-controller has not started on Kustomization dev/web"));
+        assert!(w.contains("kubectl -n flux-system get deploy kustomize-controller"));
+        // Still on the previous revision.
+        let old = flux::KustomizationStatus {
+            last_attempted_revision: Some("latest@sha256:old".into()),
+            ..Default::default()
+        };
+        assert!(unstarted_kustomization(Some(&old), rev, "d", "w").is_some());
+        // Started: the attempted revision, or a condition naming it.
+        let attempted = flux::KustomizationStatus {
+            last_attempted_revision: Some(rev.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            unstarted_kustomization(Some(&attempted), rev, "d", "w"),
+            None
+        );
+        let building = flux::KustomizationStatus {
+            conditions: vec![flux::Condition {
+                type_: "Reconciling".into(),
+                status: "True".into(),
+                message: format!("Building manifests for revision {rev}"),
+                ..Default::default()
+            }],
+            ..old
+        };
+        assert_eq!(
+            unstarted_kustomization(Some(&building), rev, "d", "w"),
+            None
+        );
     }
 
     #[test]
