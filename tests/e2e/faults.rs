@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gitops_e2e::{Footprint, Harness, RunningSession, run, unique, write_tree};
+use gitops_e2e::{
+    Footprint, Harness, OwnRegistry, RunningSession, free_port, output, plugin, run, unique,
+    write_tree,
+};
 
 fn cm(value: &str) -> String {
     format!(
@@ -67,8 +70,12 @@ fn expect_not_started(s: &mut RunningSession, saved: Instant, controller: &str, 
     );
 }
 
+/// The tests that stop shared components run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn stopped_flux_controllers_are_named_within_seconds_and_the_session_recovers() {
+    let _serial = SERIAL.lock().await;
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
@@ -114,4 +121,190 @@ async fn stopped_flux_controllers_are_named_within_seconds_and_the_session_recov
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(90)), Some(0));
     footprint.assert_gone(&client).await;
+}
+
+#[tokio::test]
+async fn ctrl_c_with_the_api_server_down_retries_then_says_what_is_left_and_how_to_remove_it() {
+    let _serial = SERIAL.lock().await;
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    let name = unique("run-apidown");
+    let mut s = RunningSession::start(
+        &harness,
+        dir.path(),
+        &["--name", &name, "--cleanup-timeout", "8s"],
+    );
+    s.next_sync().unwrap();
+    let footprint = Footprint::capture(&client, &name).await;
+
+    stop(&harness, "kube-apiserver");
+    let stopped = Instant::now();
+    s.signal("INT");
+    let retrying = s.wait_for("the cleanup retrying", Duration::from_secs(30), |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot finish the cleanup yet"))
+    });
+    assert!(
+        retrying["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--cleanup-timeout"),
+        "{retrying}"
+    );
+    let code = s.wait_exit(Duration::from_secs(60));
+    let took = stopped.elapsed();
+    assert_eq!(code, Some(1), "{:#?}", s.seen);
+    // Bounded by --cleanup-timeout (8 s), plus the stop itself.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let left = s
+        .seen
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.contains("could not finish the cleanup"))
+        .unwrap_or_else(|| panic!("no leftover report: {:#?}", s.seen))
+        .to_string();
+    for what in [
+        format!("{name}/kustomization/{name}"),
+        format!("{name}/ocirepository/{name}"),
+        format!("{name}/lease/{name}"),
+        format!("kubectl gitops-sessions delete {name} -n {name}"),
+    ] {
+        assert!(left.contains(&what), "{what} not in: {left}");
+    }
+
+    // Back up: the command it named removes everything.
+    restart_missing(&harness);
+    let client = harness.cluster().await.client;
+    let out = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["delete", &name, "-n", &name]),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    footprint.assert_gone(&client).await;
+}
+
+/// Mounts a tmpfs of `size` on `dir` (the registry's storage): a real
+/// "no space left on device" for the real registry.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for the registry's storage needs root: {out:?}"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_registry_out_of_space_mid_push_tags_nothing_retries_and_recovers() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let storage = tempfile::tempdir().unwrap();
+    let data = storage.path().join("data");
+    let _tmpfs = Tmpfs::mount(&data, "6m");
+    let port = free_port();
+    let _registry = OwnRegistry::start(storage.path(), port);
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    let name = unique("run-diskfull");
+    let reg = format!("oci://127.0.0.1:{port}");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name, "--registry", &reg]);
+    let first = s.next_sync().unwrap();
+
+    // The disk fills up; the next save carries 3 MiB that do not fit.
+    let filler = data.join("filler");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "dd if=/dev/zero of={} bs=64k 2>/dev/null; true",
+        filler.display()
+    )));
+    let noise: String = (0..3 * 1024 * 1024 / 64)
+        .map(|i| format!("{:063x}\n", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        .collect();
+    std::fs::write(dir.path().join("noise.txt"), &noise).unwrap();
+    std::fs::write(dir.path().join("app.yaml"), cm("2")).unwrap();
+    let err = s.next_sync().unwrap_err();
+    assert!(
+        err.contains("storage") || err.contains("space"),
+        "says the registry is out of space: {err}"
+    );
+    // No tag points at a partial artifact: the tag is still the first revision's.
+    let repos = catalog(port);
+    let digest = first.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap();
+    assert_eq!(tag_digest(port, &name), digest, "repositories: {repos}");
+    assert_eq!(value(&client, &name).await.as_deref(), Some("1"));
+
+    // Space is freed: the session retries by itself and syncs the save.
+    std::fs::remove_file(&filler).unwrap();
+    let second = s.next_sync().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(value(&client, &name).await.as_deref(), Some("2"));
+    assert_eq!(tag_digest(port, &name), second.rsplit_once('@').unwrap().1);
+
+    let footprint = Footprint::capture(&client, &name).await;
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(90)), Some(0));
+    footprint.assert_gone(&client).await;
+}
+
+async fn value(client: &kube::Client, ns: &str) -> Option<String> {
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), ns);
+    cms.get_opt("app")
+        .await
+        .unwrap()
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("value").cloned())
+}
+
+/// The registry's list of repositories (for messages).
+fn catalog(port: u16) -> String {
+    run(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/v2/_catalog")]))
+}
+
+/// The manifest digest the registry serves for the session's tag, asked
+/// of the registry itself.
+fn tag_digest(port: u16, name: &str) -> String {
+    let catalog =
+        run(Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/v2/_catalog")]));
+    let v: serde_json::Value = serde_json::from_str(&catalog).unwrap();
+    let repo = v["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .find(|r| r.contains(name))
+        .unwrap_or_else(|| panic!("no repository for {name}: {catalog}"))
+        .to_string();
+    let headers = run(Command::new("curl").args([
+        "-sfI",
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://127.0.0.1:{port}/v2/{repo}/manifests/latest"),
+    ]));
+    headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("docker-content-digest:")
+                .map(|d| d.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest header: {headers}"))
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use gitops::session::lease_is_live;
 use gitops_e2e::{
-    Footprint, Harness, NamespaceWatch, RunningSession, create_namespace, delete_namespace,
-    eventually, output, plugin, unique, write_tree,
+    Footprint, Harness, NamespaceWatch, OwnRegistry, RunningSession, create_namespace,
+    delete_namespace, eventually, output, plugin, unique, write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -329,71 +329,6 @@ async fn a_cluster_role_in_a_sandboxed_session_is_refused_in_plain_words() {
         Footprint::expected(&name, &name, true).with_payload(dir.path(), &name, Some(&name));
     assert!(expected.has("ClusterRole", None, &role), "{expected:#?}");
     assert_nothing_left(&client, &expected).await;
-}
-
-/// A registry of our own (the real docker-registry), to stop and restart.
-struct OwnRegistry {
-    child: std::process::Child,
-    port: u16,
-    config: std::path::PathBuf,
-}
-
-impl OwnRegistry {
-    fn start(dir: &Path, port: u16) -> OwnRegistry {
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Self::spawn(&config);
-        let r = OwnRegistry {
-            child,
-            port,
-            config,
-        };
-        r.wait_ready();
-        r
-    }
-
-    fn spawn(config: &Path) -> std::process::Child {
-        std::process::Command::new("docker-registry")
-            .arg("serve")
-            .arg(config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian's package) must be installed: tests/cluster/up installs it")
-    }
-
-    fn wait_ready(&self) {
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("docker-registry did not start on port {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.child = Self::spawn(&self.config);
-        self.wait_ready();
-    }
-}
-
-impl Drop for OwnRegistry {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test]

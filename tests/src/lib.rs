@@ -322,6 +322,80 @@ pub async fn delete_namespace(client: &Client, name: &str) {
     let _ = api.delete(name, &DeleteParams::default()).await;
 }
 
+/// A registry of our own (the real docker-registry), to stop and restart.
+pub struct OwnRegistry {
+    child: std::process::Child,
+    pub port: u16,
+    config: std::path::PathBuf,
+}
+
+impl OwnRegistry {
+    /// Starts one storing under `dir/data`, on `port`.
+    pub fn start(dir: &Path, port: u16) -> OwnRegistry {
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Self::spawn(&config);
+        let r = OwnRegistry {
+            child,
+            port,
+            config,
+        };
+        r.wait_ready();
+        r
+    }
+
+    fn spawn(config: &Path) -> std::process::Child {
+        std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian's package) must be installed: tests/cluster/up installs it")
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("docker-registry did not start on port {}", self.port);
+    }
+
+    /// Stops it (SIGKILL).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again with the same storage.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.config);
+        self.wait_ready();
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("its address").port()
+}
+
 /// A `kubectl gitops-run` session running as a child process with `-o json`,
 /// its events read as they come.
 pub struct RunningSession {

@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// following the new pods of every rollout.
     #[arg(long)]
     logs: bool,
+    /// Watch DIR by polling every second instead of the OS's file events
+    /// (automatic on network, VM-shared and FUSE filesystems).
+    #[arg(long)]
+    poll: bool,
     /// How long Flux may take to apply and health-check a sync.
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     timeout: String,
@@ -245,7 +249,12 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         dir: dir.clone(),
         walk: walk.clone(),
     };
-    let watcher = DirWatcher::new(target, gitops::session::watch::QUIET)
+    let backing = if args.poll {
+        gitops::session::watch::Backing::Poll
+    } else {
+        gitops::session::watch::Backing::Auto
+    };
+    let watcher = DirWatcher::start(target, gitops::session::watch::QUIET, backing, None)
         .with_context(|| format!("cannot watch {}", dir.display()))?;
     let session = tokio::select! {
         s = Session::start(cluster.client.clone(), cfg, reporter) => s?,

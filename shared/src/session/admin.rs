@@ -6,10 +6,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event as KubeEvent;
 use kube::Client;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
+use super::record::{self, lease_is_live};
 use super::view::{self, Filter, Heartbeat, SessionView, ago};
 use super::{SessionError, cleanup, validate_name};
 use crate::flux::{self, Condition, Kustomization, OCIRepository};
@@ -50,18 +53,37 @@ pub fn own_sandbox(s: &SessionView) -> Option<&str> {
 
 /// Removes a session's objects in the safe order. A live session (its
 /// command still runs and renews the heartbeat) is refused unless `force`.
+/// The session's Lease is claimed first (see [`super::lease`]): its command,
+/// if it still runs, stops syncing; without `force` the claim holds only if
+/// the Lease is still the one judged not live, so a session that came back
+/// to life meanwhile is left alone ([`SessionError::CameBack`]).
 pub async fn delete(
     client: &Client,
     s: &SessionView,
     force: bool,
     timeout: Duration,
 ) -> Result<Vec<String>, SessionError> {
-    if s.heartbeat == Heartbeat::Live && !force {
-        return Err(SessionError::Live {
-            name: s.name.clone(),
-            pid: s.pid.clone(),
-            host: s.host.clone(),
-        });
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &s.namespace);
+    if let Some(current) = leases.get_opt(&s.name).await? {
+        let me = crate::process::owner();
+        let live = lease_is_live(&current, Utc::now())
+            && !record::holder_process_gone(&current, &me)
+            && super::lease::removed_by(&current) != Some(me.as_str());
+        if live && !force {
+            let r = record::Record::of(&current);
+            let holder = record::holder(&current);
+            return Err(SessionError::Live {
+                name: s.name.clone(),
+                pid: r.pid,
+                host: holder
+                    .rsplit_once('@')
+                    .map_or(s.host.clone(), |(_, h)| h.to_string()),
+            });
+        }
+        let precondition = (!force).then(|| current.resource_version()).flatten();
+        if !super::lease::claim(&leases, &s.name, &me, precondition.as_deref()).await? {
+            return Err(SessionError::CameBack(s.name.clone()));
+        }
     }
     cleanup(client, &s.namespace, &s.name, own_sandbox(s), timeout).await
 }
@@ -104,7 +126,12 @@ pub async fn prune(
         if current.heartbeat != Heartbeat::Stale {
             continue;
         }
-        let removed = delete(client, &current, false, timeout).await?;
+        // Another prune got there first, or the session came back to life.
+        let removed = match delete(client, &current, false, timeout).await {
+            Ok(removed) => removed,
+            Err(SessionError::CameBack(_) | SessionError::Live { .. }) => continue,
+            Err(e) => return Err(e),
+        };
         pruned.push(Pruned {
             name: current.name,
             namespace: current.namespace,

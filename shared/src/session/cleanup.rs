@@ -27,7 +27,7 @@ pub fn owned_by(meta: &ObjectMeta, session: &str) -> bool {
 
 /// Removes a session's objects in the safe order: the HelmRelease or
 /// Kustomization first, with Flux's uninstall/pruning awaited; then the
-/// source, Secrets, the Lease and the ephemeral sandbox. Only objects
+/// source, Secrets, the ephemeral sandbox and the Lease. Only objects
 /// labelled with the session are touched.
 pub async fn cleanup(
     client: &Client,
@@ -93,13 +93,8 @@ pub async fn cleanup(
             removed.push(format!("secret/{}", secret.name_any()));
         }
     }
-    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    if let Some(lease) = leases.get_opt(session).await?
-        && owned_by(&lease.metadata, session)
-        && kubeapi::delete(&leases, session).await?
-    {
-        removed.push(format!("lease/{session}"));
-    }
+    // The sandbox before the Lease (which may live in it): a session of the
+    // same name starting meanwhile sees it terminating and waits for it.
     if let Some(sb) = ephemeral_sandbox
         && sandbox::namespace(client, sb)
             .await?
@@ -113,11 +108,55 @@ pub async fn cleanup(
             removed.push(format!("sandbox/{sb} (namespace {sb})"));
         }
     }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    if let Some(lease) = leases.get_opt(session).await?
+        && owned_by(&lease.metadata, session)
+        && kubeapi::delete(&leases, session).await?
+    {
+        removed.push(format!("lease/{session}"));
+    }
     Ok(removed)
 }
 
+/// Whether any of a session's Flux objects (its applier or its source)
+/// still exists and is not being deleted.
+pub async fn remains(
+    client: &Client,
+    namespace: &str,
+    session: &str,
+) -> Result<bool, SessionError> {
+    let alive = |meta: &ObjectMeta| owned_by(meta, session) && meta.deletion_timestamp.is_none();
+    let kss: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
+    if kss
+        .get_opt(session)
+        .await?
+        .is_some_and(|o| alive(&o.metadata))
+    {
+        return Ok(true);
+    }
+    let repos: Api<OCIRepository> = Api::namespaced(client.clone(), namespace);
+    if repos
+        .get_opt(session)
+        .await?
+        .is_some_and(|o| alive(&o.metadata))
+    {
+        return Ok(true);
+    }
+    if flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await? {
+        let releases: Api<flux::HelmRelease> = Api::namespaced(client.clone(), namespace);
+        if releases
+            .get_opt(session)
+            .await?
+            .is_some_and(|o| alive(&o.metadata))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl Session {
-    fn stop_heartbeat(&mut self) {
+    pub(super) fn stop_heartbeat(&mut self) {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }

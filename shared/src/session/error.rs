@@ -64,6 +64,11 @@ pub enum SessionError {
     #[error("sessions named {0} exist in several namespaces ({1}); choose one with -n")]
     Ambiguous(String, String),
     #[error(
+        "session {0} changed while it was being removed (its command renewed it, or another \
+         `gitops-sessions prune` or `delete` is removing it); it was left alone"
+    )]
+    CameBack(String),
+    #[error(
         "session {name} is running (pid {pid} on {host}); stop it with Ctrl+C where it runs, or pass --force"
     )]
     Live {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::lease::Lost;
 use super::watch::DirWatcher;
 use super::{Event, Session, SessionError, SyncOutcome};
 use crate::portforward::{self, ForwardSpec};
@@ -179,14 +180,22 @@ pub enum LiveEnd {
     Stopped,
     /// A second stop during cleanup: these are left in the cluster.
     Interrupted(Vec<String>),
+    /// The cleanup could not finish in time (the API server unreachable):
+    /// these may be left in the cluster.
+    CleanupFailed(Vec<String>),
+    /// The session stopped syncing: it no longer holds its Lease.
+    Lost(Lost),
 }
 
 impl LiveEnd {
-    /// The process exit code: 0, 1 for a failed `--once`, 130 when interrupted.
+    /// The process exit code: 0, 1 for a failed `--once`, a cleanup that
+    /// could not finish or a session taken by someone else, 130 when
+    /// interrupted. A session removed by `gitops-sessions prune` or
+    /// `delete` ends with 0: what it made is gone, as after Ctrl+C.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LiveEnd::Ready | LiveEnd::Stopped => 0,
-            LiveEnd::Failed => 1,
+            LiveEnd::Ready | LiveEnd::Stopped | LiveEnd::Lost(Lost::Removed { .. }) => 0,
+            LiveEnd::Failed | LiveEnd::CleanupFailed(_) | LiveEnd::Lost(_) => 1,
             LiveEnd::Interrupted(_) => 130,
         }
     }
@@ -355,7 +364,15 @@ where
         }));
     }
     let dir = session.dir();
-    let stop = signal();
+    // The user's stop, or the session losing its Lease (removed by
+    // `gitops-sessions`, taken over): either ends the loop.
+    let mut lost = session.lost();
+    let stop = async move {
+        tokio::select! {
+            _ = signal() => {}
+            _ = lost.wait_for(Option::is_some) => {}
+        }
+    };
     tokio::pin!(stop);
     let keep = opts.keep;
     let end = sync_loop(
@@ -379,6 +396,10 @@ where
         },
     )
     .await;
+    let lost = session.lost().borrow().clone();
+    if let Some(why) = lost {
+        return lost_lease(&mut session, why, &opts, &report, interrupt).await;
+    }
     let result = match &end {
         LoopEnd::Once(o) if o.is_ready() => LiveEnd::Ready,
         LoopEnd::Once(_) => LiveEnd::Failed,
@@ -408,24 +429,159 @@ where
     report(&Event::Message {
         message: "stopping: removing what the session created (Ctrl+C again to leave it)".into(),
     });
-    let leftovers = session.leftovers();
-    tokio::select! {
-        r = session.cleanup(opts.cleanup_timeout) => { r?; }
-        _ = interrupt() => {
-            report(&Event::Message {
-                message: format!(
-                    "interrupted; left in the cluster: {}. The session's heartbeat stops now, so \
-                     `kubectl gitops-sessions prune` removes it once it is stale.",
-                    if leftovers.is_empty() { "nothing".to_string() } else { leftovers.join(", ") }
-                ),
-            });
-            return Ok(LiveEnd::Interrupted(leftovers));
-        }
+    if let Some(end) = clean_up(&mut session, &opts, &report, interrupt).await? {
+        return Ok(end);
     }
     report(&Event::Message {
         message: handover(opts.export_file.as_deref()),
     });
     Ok(result)
+}
+
+/// The session no longer holds its Lease: it stops syncing. Removed by
+/// `gitops-sessions`: that command removes what the session made. Taken
+/// over: the new holder syncs it; its objects are left to it. The Lease
+/// deleted by hand: nobody else holds the session, so it cleans up.
+async fn lost_lease<G, GFut>(
+    session: &mut Session,
+    why: Lost,
+    opts: &LiveOptions,
+    report: &super::Reporter,
+    interrupt: G,
+) -> Result<LiveEnd, SessionError>
+where
+    G: FnOnce() -> GFut,
+    GFut: Future<Output = ()>,
+{
+    session.stop_heartbeat();
+    match &why {
+        Lost::Removed { .. } => report(&Event::Message {
+            message: format!(
+                "stopped: {why}; that command removes what the session made, so this one leaves it to it"
+            ),
+        }),
+        Lost::TakenOver { .. } => report(&Event::Warning {
+            message: format!(
+                "stopped syncing: {why}; its objects are left to it (nothing was removed)"
+            ),
+        }),
+        Lost::Deleted => {
+            let (client, namespace) = (session.client().clone(), session.namespace().to_string());
+            if !super::cleanup::remains(&client, &namespace, session.name()).await? {
+                // `gitops-sessions prune` or `delete` ran to its end while
+                // this process was suspended (or offline).
+                report(&Event::Message {
+                    message: "stopped: the session was removed meanwhile (by `kubectl \
+                              gitops-sessions prune` or `delete`); nothing of it is left in the \
+                              cluster"
+                        .into(),
+                });
+                return Ok(LiveEnd::Lost(Lost::Removed {
+                    by: "gitops-sessions".into(),
+                }));
+            }
+            report(&Event::Warning {
+                message: format!("stopped syncing: {why}; removing what is left of the session"),
+            });
+            if let Some(end) = clean_up(session, opts, report, interrupt).await? {
+                return Ok(end);
+            }
+        }
+    }
+    Ok(LiveEnd::Lost(why))
+}
+
+/// Whether a failed cleanup is worth another try: anything but the API
+/// server's refusal of the request itself (a 4xx other than 429).
+fn retryable(e: &SessionError) -> bool {
+    !matches!(e, SessionError::Kube(kube::Error::Api(s)) if s.code < 500 && s.code != 429)
+}
+
+/// Removes what the session made, retrying (for at most the cleanup
+/// timeout) while the API server cannot be reached. `Some(end)` when it
+/// did not finish: interrupted by the user, or out of time; what is left
+/// and the command that removes it later have been said.
+async fn clean_up<G, GFut>(
+    session: &mut Session,
+    opts: &LiveOptions,
+    report: &super::Reporter,
+    interrupt: G,
+) -> Result<Option<LiveEnd>, SessionError>
+where
+    G: FnOnce() -> GFut,
+    GFut: Future<Output = ()>,
+{
+    let leftovers = session.leftovers();
+    let limit = opts.cleanup_timeout;
+    let name = session.name().to_string();
+    let namespace = session.namespace().to_string();
+    let attempts = async {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut pause = Duration::from_secs(1);
+        let mut said = false;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = match tokio::time::timeout(left, session.cleanup(left)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(format!(
+                        "it did not finish within --cleanup-timeout {}",
+                        crate::duration::human(limit)
+                    ));
+                }
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !retryable(&e) || left <= pause {
+                return Err(e.to_string());
+            }
+            if !said {
+                said = true;
+                report(&Event::Warning {
+                    message: format!(
+                        "cannot finish the cleanup yet ({e}); retrying for up to {} \
+                         (--cleanup-timeout)",
+                        crate::duration::human(left)
+                    ),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    };
+    let said_left = |list: &[String]| {
+        if list.is_empty() {
+            "nothing".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    tokio::select! {
+        r = attempts => match r {
+            Ok(()) => Ok(None),
+            Err(why) => {
+                report(&Event::Message {
+                    message: format!(
+                        "could not finish the cleanup: {why}. Left in the cluster: {}. Once the \
+                         cluster can be reached, remove them with `kubectl gitops-sessions delete \
+                         {name} -n {namespace}`",
+                        said_left(&leftovers)
+                    ),
+                });
+                Ok(Some(LiveEnd::CleanupFailed(leftovers)))
+            }
+        },
+        _ = interrupt() => {
+            report(&Event::Message {
+                message: format!(
+                    "interrupted; left in the cluster: {}. The session's heartbeat stops now, so \
+                     `kubectl gitops-sessions prune` removes it once it is stale.",
+                    said_left(&leftovers)
+                ),
+            });
+            Ok(Some(LiveEnd::Interrupted(leftovers)))
+        }
+    }
 }
 
 /// Whether two messages share their first line (Flux repeats a failure's

@@ -22,6 +22,7 @@ mod error;
 pub mod events;
 pub mod export;
 pub mod health;
+pub mod lease;
 pub mod live;
 pub mod logs;
 pub mod packaging;
@@ -43,7 +44,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use sha2::Digest as _;
 
@@ -165,6 +166,11 @@ pub struct Session {
     /// The last reconcile request made of the session's OCIRepository.
     source_request: Option<crate::flux::ReconcileRequest>,
     renewer: Option<tokio::task::JoinHandle<()>>,
+    /// The resourceVersion of the (stale) Lease seen at start, `None` when
+    /// there was none: the first write of the Lease is conditional on it.
+    lease_seen: Option<String>,
+    /// Set once the session no longer holds its Lease (see [`lease`]).
+    lost: Arc<tokio::sync::watch::Sender<Option<lease::Lost>>>,
     report: Reporter,
     started: DateTime<Utc>,
     /// The directory is a Helm chart: a HelmRelease instead of a Kustomization.
@@ -182,6 +188,30 @@ fn session_labels(name: &str, sandbox: Option<&str>) -> BTreeMap<String, String>
         l.insert(labels::SANDBOX.into(), s.into());
     }
     l
+}
+
+/// Waits (at most two minutes) until the Lease of a session that someone
+/// is removing is gone, saying so.
+async fn await_removal(
+    leases: &Api<Lease>,
+    existing: &Lease,
+    report: &Reporter,
+) -> Result<(), SessionError> {
+    let name = existing.name_any();
+    let by = lease::removed_by(existing).unwrap_or_default();
+    report(&Event::Message {
+        message: format!("waiting for {by} to finish removing the last run of session {name}"),
+    });
+    let uid = existing.uid().unwrap_or_default();
+    kubeapi::await_object(
+        leases,
+        &name,
+        Duration::from_secs(120),
+        format!("{by} to finish removing the last run of session {name}"),
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    )
+    .await?;
+    Ok(())
 }
 
 fn now_micro() -> MicroTime {
@@ -270,16 +300,25 @@ impl Session {
             }
         };
         let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-        if let Some(existing) = leases.get_opt(&cfg.name).await?
-            && lease_is_live(&existing, Utc::now())
-            && !record::holder_process_gone(&existing, &cfg.owner)
-        {
-            return Err(SessionError::AlreadyRunning {
-                name: cfg.name.clone(),
-                holder: record::holder(&existing).to_string(),
-                pid: record::Record::of(&existing).pid,
-            });
-        }
+        let lease_seen = match leases.get_opt(&cfg.name).await? {
+            Some(existing) if lease::removed_by(&existing).is_some() => {
+                // A stale run of this session is being pruned: let it go first.
+                await_removal(&leases, &existing, &report).await?;
+                None
+            }
+            Some(existing)
+                if lease_is_live(&existing, Utc::now())
+                    && !record::holder_process_gone(&existing, &cfg.owner) =>
+            {
+                return Err(SessionError::AlreadyRunning {
+                    name: cfg.name.clone(),
+                    holder: record::holder(&existing).to_string(),
+                    pid: record::Record::of(&existing).pid,
+                });
+            }
+            Some(existing) => existing.resource_version(),
+            None => None,
+        };
         let rel = cfg.path.trim_start_matches("./");
         let chart = crate::helm::is_chart(&if rel.is_empty() {
             cfg.root.clone()
@@ -304,6 +343,8 @@ impl Session {
             waiting: Arc::new(AtomicBool::new(false)),
             source_request: None,
             renewer: None,
+            lease_seen,
+            lost: Arc::new(tokio::sync::watch::channel(None).0),
             report,
             started: Utc::now(),
             cfg,
@@ -331,40 +372,69 @@ impl Session {
         if self.materialized {
             return Ok(());
         }
-        if self.own_sandbox == OwnSandbox::ToCreate {
-            let name = self.cfg.name.clone();
-            let namespaces: Api<Namespace> = Api::all(self.client.clone());
-            if let Some(ns) = namespaces.get_opt(&name).await?
-                && ns.metadata.deletion_timestamp.is_some()
-            {
-                // The last run's sandbox is still being deleted: let it go first.
-                let uid = ns.uid().unwrap_or_default();
-                kubeapi::await_object(
-                    &namespaces,
-                    &name,
-                    Duration::from_secs(120),
-                    format!("the previous sandbox {name} to be deleted"),
-                    kube::runtime::wait::conditions::is_deleted(&uid),
-                )
-                .await?;
-            }
-            // From here on a stop removes the sandbox, made or half-made.
-            self.own_sandbox = OwnSandbox::Made;
-            if sandbox::get(&self.client, &name).await?.is_none() {
-                let options = CreateOptions {
-                    owner: self.cfg.owner.clone(),
-                    // A safety net: `gitops-sandbox gc` removes it if cleanup never runs.
-                    ttl: Some(Duration::from_secs(24 * 3600)),
-                    labels: BTreeMap::from([(labels::SESSION.to_string(), name.clone())]),
-                    ..Default::default()
-                };
-                match sandbox::create(&self.client, &name, &options).await {
-                    Ok(_) | Err(sandbox::SandboxError::AlreadyExists(_)) => {}
-                    Err(e) => return Err(e.into()),
+        // Made at the first sync; again if a removal of the last run of this
+        // session was under way (its sandbox then goes first).
+        let make_sandbox = self.own_sandbox != OwnSandbox::None;
+        let mut attempts = 0;
+        loop {
+            if make_sandbox {
+                let name = self.cfg.name.clone();
+                let namespaces: Api<Namespace> = Api::all(self.client.clone());
+                if let Some(ns) = namespaces.get_opt(&name).await?
+                    && ns.metadata.deletion_timestamp.is_some()
+                {
+                    // The last run's sandbox is still being deleted: let it go first.
+                    let uid = ns.uid().unwrap_or_default();
+                    kubeapi::await_object(
+                        &namespaces,
+                        &name,
+                        Duration::from_secs(120),
+                        format!("the previous sandbox {name} to be deleted"),
+                        kube::runtime::wait::conditions::is_deleted(&uid),
+                    )
+                    .await?;
+                }
+                // From here on a stop removes the sandbox, made or half-made.
+                self.own_sandbox = OwnSandbox::Made;
+                if sandbox::get(&self.client, &name).await?.is_none() {
+                    let options = CreateOptions {
+                        owner: self.cfg.owner.clone(),
+                        // A safety net: `gitops-sandbox gc` removes it if cleanup never runs.
+                        ttl: Some(Duration::from_secs(24 * 3600)),
+                        labels: BTreeMap::from([(labels::SESSION.to_string(), name.clone())]),
+                        ..Default::default()
+                    };
+                    match sandbox::create(&self.client, &name, &options).await {
+                        Ok(_) | Err(sandbox::SandboxError::AlreadyExists(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
+            let Some(current) = self.write_lease().await? else {
+                break;
+            };
+            attempts += 1;
+            let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+            match current {
+                None => self.lease_seen = None,
+                Some(l) if lease::removed_by(&l).is_some() && attempts < 4 => {
+                    await_removal(&leases, &l, &self.report).await?;
+                    self.lease_seen = None;
+                }
+                Some(l)
+                    if attempts >= 4
+                        || (lease_is_live(&l, Utc::now())
+                            && !record::holder_process_gone(&l, &self.cfg.owner)) =>
+                {
+                    return Err(SessionError::AlreadyRunning {
+                        name: self.cfg.name.clone(),
+                        holder: record::holder(&l).to_string(),
+                        pid: record::Record::of(&l).pid,
+                    });
+                }
+                Some(l) => self.lease_seen = l.resource_version(),
+            }
         }
-        self.write_lease().await?;
         if let Some(key) = &self.cfg.decryption_key {
             let name = format!("{}-sops", self.cfg.name);
             let secret = Secret {
@@ -474,9 +544,13 @@ impl Session {
         }
     }
 
-    async fn write_lease(&self) -> Result<(), kube::Error> {
+    /// Writes the session's Lease: replaces the stale one seen (only if it
+    /// has not changed since), or creates it. `Ok(Some(current))` when that
+    /// condition failed: someone else wrote or removed it meanwhile.
+    async fn write_lease(&self) -> Result<Option<Option<Lease>>, kube::Error> {
         let mut meta = self.meta(&self.cfg.name);
         meta.annotations = Some(self.record().to_annotations());
+        meta.resource_version = self.lease_seen.clone();
         let now = now_micro();
         let seconds = i32::try_from(self.cfg.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let lease = Lease {
@@ -490,35 +564,73 @@ impl Session {
             }),
         };
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        kubeapi::apply(&leases, &self.cfg.name, &lease)
-            .await
-            .map(|_| ())
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        let written = match &self.lease_seen {
+            Some(_) => leases.replace(&self.cfg.name, &params, &lease).await,
+            None => leases.create(&params, &lease).await,
+        };
+        match written {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                Ok(Some(leases.get_opt(&self.cfg.name).await?))
+            }
+            Err(e) => Err(e),
+        }
     }
 
+    /// The signal that the session no longer holds its Lease.
+    pub fn lost(&self) -> tokio::sync::watch::Receiver<Option<lease::Lost>> {
+        self.lost.subscribe()
+    }
+
+    /// Renews the heartbeat at a third of the lease, while the Lease is
+    /// still the session's own; says when the API server is unreachable and
+    /// when it is back, and when a suspension longer than the lease ended.
     fn spawn_renewer(&self) -> tokio::task::JoinHandle<()> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = self.cfg.name.clone();
-        let every = (self.cfg.lease_duration / 3).max(Duration::from_secs(1));
+        let owner = self.cfg.owner.clone();
+        let pid = std::process::id().to_string();
+        let duration = self.cfg.lease_duration;
+        let every = (duration / 3).max(Duration::from_secs(1));
         let report = self.report.clone();
+        let lost = self.lost.clone();
         tokio::spawn(async move {
             let mut failing = false;
+            let mut renewed = Utc::now();
             loop {
                 tokio::time::sleep(every).await;
-                let patch = serde_json::json!({"spec": {"renewTime": now_micro()}});
-                match leases
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) if failing => {
+                let gap = lease::gap(renewed, Utc::now(), duration);
+                match lease::renew(&leases, &name, &owner, &pid).await {
+                    lease::Renewed::Held => {
+                        renewed = Utc::now();
+                        if let Some(gap) = gap {
+                            report(&Event::Warning {
+                                message: format!(
+                                    "resumed after {} without a heartbeat (longer than the \
+                                     session's lease, {}); nobody took the session meanwhile, \
+                                     so it holds its Lease again",
+                                    crate::duration::human(gap),
+                                    crate::duration::human(duration)
+                                ),
+                            });
+                        } else if failing {
+                            report(&Event::Warning {
+                                message:
+                                    "reconnected to the API server; the session's heartbeat is back"
+                                        .into(),
+                            });
+                        }
                         failing = false;
-                        report(&Event::Warning {
-                            message:
-                                "reconnected to the API server; the session's heartbeat is back"
-                                    .into(),
-                        });
                     }
-                    Ok(_) => {}
-                    Err(e) if !failing => {
+                    lease::Renewed::Lost(why) => {
+                        lost.send_replace(Some(why));
+                        return;
+                    }
+                    lease::Renewed::Unknown(e) if !failing => {
                         failing = true;
                         report(&Event::Warning {
                             message: format!(
@@ -526,7 +638,7 @@ impl Session {
                             ),
                         });
                     }
-                    Err(_) => {}
+                    lease::Renewed::Unknown(_) => {}
                 }
             }
         })

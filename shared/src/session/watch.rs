@@ -97,6 +97,94 @@ fn plan(target: &WatchTarget) -> (Option<IgnoreRules>, Vec<PathBuf>) {
     }
 }
 
+/// Filesystems whose changes made elsewhere (another machine, the VM's
+/// host, a FUSE daemon's backend) never reach the kernel's notifications:
+/// network and host-shared filesystems, and FUSE.
+const UNNOTIFIED_FS: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "virtiofs",
+    "vboxsf",
+    "vmhgfs",
+    "afs",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "drvfs",
+    "fuse",
+    "fuseblk",
+];
+
+/// The type of the filesystem that `dir` (canonical) is on, from a
+/// `/proc/self/mountinfo` text: the longest mount point that contains it.
+pub fn fs_type(mountinfo: &str, dir: &Path) -> Option<String> {
+    let unescape = |s: &str| {
+        // Octal escapes of space, tab, newline and backslash.
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('\\') {
+            out.push_str(&rest[..i]);
+            let code = rest
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok());
+            match code {
+                Some(c) => {
+                    out.push(char::from(c));
+                    rest = &rest[i + 4..];
+                }
+                None => {
+                    out.push('\\');
+                    rest = &rest[i + 1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let point = unescape(mount.split(' ').nth(4)?);
+            let fs = fs.split(' ').next()?.to_string();
+            dir.starts_with(&point).then_some((point.len(), fs))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
+}
+
+/// Why `dir` must be watched by polling (its filesystem does not report
+/// every change to the kernel's notifications), or `None`.
+pub fn needs_polling(dir: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let fs = fs_type(&info, dir)?;
+    let base = fs.split('.').next().unwrap_or(&fs);
+    UNNOTIFIED_FS.contains(&base).then(|| {
+        format!(
+            "{} is on a {fs} filesystem, which does not report changes made through another \
+             machine or the host; watching by polling every {}s instead",
+            dir.display(),
+            POLL_INTERVAL.as_secs()
+        )
+    })
+}
+
+/// How a session's directory is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backing {
+    /// The OS's notifications, unless the filesystem does not deliver them
+    /// (then polling, said).
+    #[default]
+    Auto,
+    /// Polling, whatever the filesystem (`--poll`).
+    Poll,
+}
+
 /// What delivers file events: the OS's notifications, or polling once
 /// the OS's limit on watches is reached.
 enum Backend {
@@ -119,6 +207,9 @@ impl Backend {
         };
     }
 }
+
+/// How often a deleted or moved-away directory is looked for.
+const VANISHED_POLL: Duration = Duration::from_millis(250);
 
 /// How often the polling fallback looks.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -263,12 +354,14 @@ impl Inner {
 pub struct DirWatcher {
     rx: mpsc::UnboundedReceiver<Result<Vec<PathBuf>, String>>,
     inner: Arc<Mutex<Inner>>,
+    /// Warnings met while draining changes, said at the next `changed`.
+    pending: std::collections::VecDeque<String>,
 }
 
 impl DirWatcher {
     /// Starts watching what `target`'s syncs package.
     pub fn new(target: WatchTarget, quiet: Duration) -> Result<DirWatcher, notify::Error> {
-        Self::with_limit(target, quiet, None)
+        Self::start(target, quiet, Backing::Auto, None)
     }
 
     /// As [`DirWatcher::new`], acting as if the OS allowed only `limit`
@@ -278,22 +371,48 @@ impl DirWatcher {
         quiet: Duration,
         limit: Option<usize>,
     ) -> Result<DirWatcher, notify::Error> {
+        Self::start(target, quiet, Backing::Auto, limit)
+    }
+
+    /// Starts watching what `target`'s syncs package, by the OS's
+    /// notifications or by polling (`backing`, and the filesystem's type).
+    pub fn start(
+        target: WatchTarget,
+        quiet: Duration,
+        backing: Backing,
+        limit: Option<usize>,
+    ) -> Result<DirWatcher, notify::Error> {
         let started = Instant::now();
         let (tx, rx) = mpsc::unbounded_channel();
         let (raw_tx, raw_rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
         let (rules, dirs) = plan(&target);
-        let inner = Arc::new(Mutex::new(Inner {
-            rules,
-            watched: BTreeSet::new(),
-            backend: native(raw_tx.clone())?,
-            limit,
-        }));
         let say = {
             let tx = tx.clone();
             move |m: Result<Vec<PathBuf>, String>| {
                 let _ = tx.send(m);
             }
         };
+        let poll = match backing {
+            Backing::Poll => Some(format!(
+                "watching {} by polling every {}s (--poll)",
+                target.dir.display(),
+                POLL_INTERVAL.as_secs()
+            )),
+            Backing::Auto => needs_polling(&target.dir),
+        };
+        let backend = match &poll {
+            Some(why) => {
+                say(Err(why.clone()));
+                polling(raw_tx.clone())?
+            }
+            None => native(raw_tx.clone())?,
+        };
+        let inner = Arc::new(Mutex::new(Inner {
+            rules,
+            watched: BTreeSet::new(),
+            backend,
+            limit,
+        }));
         if let Ok(mut i) = inner.lock() {
             i.set(dirs, &raw_tx, &say);
             tracing::debug!(
@@ -336,6 +455,39 @@ impl DirWatcher {
                         .collect::<Vec<_>>()
                         .join("; ");
                     say(Err(text));
+                }
+                // The directory itself was deleted or moved away: nothing
+                // to sync (an empty artifact would prune everything); wait
+                // for it to come back.
+                if !target.dir.is_dir() {
+                    say(Err(format!(
+                        "{} was deleted or moved away; what was last synced stays applied. \
+                         Waiting for it to come back (Ctrl+C to stop and clean up)",
+                        target.dir.display()
+                    )));
+                    while !target.dir.is_dir() {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        std::thread::sleep(VANISHED_POLL);
+                    }
+                    // Events of its return are for the old watches: drop them.
+                    while raw_rx.try_recv().is_ok() {}
+                    let Ok(mut i) = manager.lock() else {
+                        return;
+                    };
+                    let (rules, dirs) = plan(&target);
+                    i.rules = rules;
+                    for old in std::mem::take(&mut i.watched) {
+                        i.backend.unwatch(&old);
+                    }
+                    i.set(dirs, &raw_tx, &say);
+                    drop(i);
+                    say(Err(format!("{} is back; syncing it", target.dir.display())));
+                    if tx.send(Ok(vec![target.dir.clone()])).is_err() {
+                        return;
+                    }
+                    continue;
                 }
                 let Ok(mut i) = manager.lock() else {
                     return;
@@ -386,7 +538,11 @@ impl DirWatcher {
                 }
             }
         });
-        Ok(DirWatcher { rx, inner })
+        Ok(DirWatcher {
+            rx,
+            inner,
+            pending: Default::default(),
+        })
     }
 
     /// How many directories are watched, and whether by polling.
@@ -398,14 +554,21 @@ impl DirWatcher {
 
     /// The next batch of relevant changed paths (or a watcher error).
     pub async fn changed(&mut self) -> Option<Result<Vec<PathBuf>, String>> {
+        if let Some(w) = self.pending.pop_front() {
+            return Some(Err(w));
+        }
         self.rx.recv().await
     }
 
-    /// Drops changes already queued (e.g. those a sync has just packaged).
+    /// Drops changes already queued (e.g. those a sync has just packaged);
+    /// warnings among them are kept for [`DirWatcher::changed`].
     pub fn drain(&mut self) -> bool {
         let mut any = false;
-        while let Ok(Ok(_)) = self.rx.try_recv() {
-            any = true;
+        while let Ok(r) = self.rx.try_recv() {
+            match r {
+                Ok(_) => any = true,
+                Err(w) => self.pending.push_back(w),
+            }
         }
         any
     }
@@ -647,5 +810,111 @@ mod tests {
             paths.iter().any(|p| p.ends_with("base/cm.yaml")),
             "{paths:?}"
         );
+    }
+
+    #[test]
+    fn the_filesystem_of_a_directory_is_its_longest_mount_point() {
+        let info = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                    27 1 8:1 / / rw,relatime - ext4 /dev/vda rw\n\
+                    40 27 0:50 / /home/ann/My\\040Share rw - cifs //nas/share rw\n\
+                    41 27 0:51 / /mnt/c rw - 9p drvfs rw\n\
+                    42 27 0:52 / /home/ann/remote rw - fuse.sshfs ann@box: rw\n";
+        let fs = |d: &str| fs_type(info, Path::new(d));
+        assert_eq!(fs("/home/ann/app/deploy").as_deref(), Some("ext4"));
+        assert_eq!(fs("/home/ann/My Share/app").as_deref(), Some("cifs"));
+        assert_eq!(fs("/mnt/c/Users/ann/app").as_deref(), Some("9p"));
+        assert_eq!(fs("/home/ann/remote/app").as_deref(), Some("fuse.sshfs"));
+        // A prefix of a name is not its mount point.
+        assert_eq!(fs("/mnt/cdrom").as_deref(), Some("ext4"));
+    }
+
+    #[test]
+    fn a_local_directory_is_watched_by_notifications() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = canonical_root(dir.path()).unwrap();
+        // The machine's temporary directory is local (ext4, tmpfs, overlay).
+        assert_eq!(needs_polling(&root), None);
+    }
+
+    #[tokio::test]
+    async fn poll_is_said_and_sees_saves() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = canonical_root(dir.path()).unwrap();
+        std::fs::write(root.join("a.yaml"), "kind: ConfigMap\n").unwrap();
+        let mut w = DirWatcher::start(
+            target(&root, ""),
+            Duration::from_millis(50),
+            Backing::Poll,
+            None,
+        )
+        .unwrap();
+        let said = next(&mut w, 5).await.expect("a message").unwrap_err();
+        assert!(
+            said.contains("polling") && said.contains("--poll"),
+            "{said}"
+        );
+        assert!(w.watching().1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(root.join("a.yaml"), "kind: ConfigMap\nmetadata: {}\n").unwrap();
+        let paths = loop {
+            let batch = next(&mut w, 5).await.expect("a change").unwrap();
+            if !batch.is_empty() {
+                break batch;
+            }
+        };
+        assert!(paths.iter().any(|p| p.ends_with("a.yaml")), "{paths:?}");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_directory_is_said_not_synced_and_its_return_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = canonical_root(dir.path()).unwrap();
+        std::fs::create_dir(root.join("deploy")).unwrap();
+        std::fs::write(root.join("deploy/a.yaml"), "kind: ConfigMap\n").unwrap();
+        let mut w = DirWatcher::new(target(&root, "deploy"), Duration::from_millis(50)).unwrap();
+        std::fs::rename(root.join("deploy"), root.join("moved")).unwrap();
+        // Only words until it is back: never a change to sync.
+        let said = loop {
+            match next(&mut w, 5).await.expect("a message") {
+                Ok(paths) => assert!(
+                    paths.is_empty() || root.join("deploy").is_dir(),
+                    "{paths:?}"
+                ),
+                Err(m) => break m,
+            }
+        };
+        assert!(said.contains("deleted or moved away"), "{said}");
+        assert!(next(&mut w, 1).await.is_none(), "nothing while it is away");
+        std::fs::rename(root.join("moved"), root.join("deploy")).unwrap();
+        let back = next(&mut w, 5).await.expect("its return").unwrap_err();
+        assert!(back.contains("is back"), "{back}");
+        let paths = next(&mut w, 5).await.expect("a sync").unwrap();
+        assert_eq!(paths, vec![root.join("deploy")]);
+        // Watched again: a save in it is seen.
+        std::fs::write(
+            root.join("deploy/a.yaml"),
+            "kind: ConfigMap\nmetadata: {}\n",
+        )
+        .unwrap();
+        let paths = next(&mut w, 5).await.expect("a save").unwrap();
+        assert!(paths.iter().any(|p| p.ends_with("a.yaml")), "{paths:?}");
+    }
+
+    #[tokio::test]
+    async fn a_synced_root_moved_away_is_noticed_too() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = canonical_root(parent.path()).unwrap().join("app");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a.yaml"), "kind: ConfigMap\n").unwrap();
+        // Only the root itself is watched: its parent is not.
+        let mut w = DirWatcher::new(target(&root, ""), Duration::from_millis(50)).unwrap();
+        std::fs::rename(&root, root.with_file_name("gone")).unwrap();
+        let said = loop {
+            match next(&mut w, 5).await.expect("a message") {
+                Ok(_) => continue,
+                Err(m) => break m,
+            }
+        };
+        assert!(said.contains("deleted or moved away"), "{said}");
     }
 }
