@@ -101,11 +101,58 @@ pub fn read_chart(dir: &Path) -> Result<ChartMeta, ChartError> {
             "`version` {version:?} is not a semantic version (e.g. 0.1.0)"
         )));
     }
+    missing_dependencies(dir, &json).map_err(invalid)?;
     Ok(ChartMeta {
         name,
         version,
         json,
     })
+}
+
+/// Every dependency in `Chart.yaml` must be vendored in `charts/` (as
+/// `NAME-VERSION.tgz` or a `NAME/` directory): helm-controller installs the
+/// chart as pushed and never fetches dependencies. Conditions do not help:
+/// Helm refuses a chart whose dependencies are missing.
+fn missing_dependencies(dir: &Path, chart: &serde_json::Value) -> Result<(), String> {
+    let Some(deps) = chart["dependencies"].as_array() else {
+        return Ok(());
+    };
+    let vendored: Vec<String> = std::fs::read_dir(dir.join("charts"))
+        .map(|r| {
+            r.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let missing: Vec<String> = deps
+        .iter()
+        .filter_map(|d| {
+            let name = d["name"].as_str()?;
+            let found = vendored.iter().any(|f| {
+                f == name
+                    || f.strip_prefix(name)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .is_some_and(|v| {
+                            v.ends_with(".tgz") && v.starts_with(|c: char| c.is_ascii_digit())
+                        })
+            });
+            (!found).then(|| {
+                let version = d["version"].as_str().unwrap_or("any version");
+                match d["repository"].as_str().filter(|r| !r.is_empty()) {
+                    Some(repo) => format!("{name} {version} (from {repo})"),
+                    None => format!("{name} {version}"),
+                }
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "depends on {}, missing from charts/; run `helm dependency build {}` first (nothing was pushed)",
+        missing.join(", "),
+        dir.display()
+    ))
 }
 
 /// `1.2.3` → `1.2.3-dev.g<hash>`; `1.2.3-rc.1+b` → `1.2.3-rc.1.dev.g<hash>+b`.
@@ -325,5 +372,24 @@ mod tests {
         std::fs::write(dir.path().join("values.yaml"), "greeting: hello\n").unwrap();
         let (_, changed) = package(dir.path(), &WalkOptions::default(), Vec::new()).unwrap();
         assert_ne!(changed.version, packaged.version);
+    }
+
+    #[test]
+    fn dependencies_must_be_vendored_in_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        chart(dir.path(), "0.1.0");
+        let with_deps = "apiVersion: v2\nname: demo\nversion: 0.1.0\ndependencies:\n\
+                         - name: redis\n  version: 17.x\n  repository: https://charts.example.com\n\
+                         - name: common\n  version: 2.0.0\n";
+        std::fs::write(dir.path().join("Chart.yaml"), with_deps).unwrap();
+        let err = read_chart(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("redis 17.x (from https://charts.example.com), common 2.0.0")
+                && err.contains("helm dependency build"),
+            "{err}"
+        );
+        std::fs::create_dir_all(dir.path().join("charts/common")).unwrap();
+        std::fs::write(dir.path().join("charts/redis-17.3.1.tgz"), "x").unwrap();
+        assert!(read_chart(dir.path()).is_ok());
     }
 }

@@ -323,3 +323,175 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
     );
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
 }
+
+/// Runs `cmd` as the unprivileged user `nobody` (setpriv, util-linux).
+fn as_nobody(cmd: &mut std::process::Command) -> std::process::Command {
+    let mut wrapped = std::process::Command::new("setpriv");
+    wrapped
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("HOME", "/tmp");
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_created() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let namespaces = NamespaceWatch::start(client.clone()).await;
+    let mut names = Vec::new();
+    let refuse = |files: &[(&str, &str)], extra: &[&str], expect: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        write_tree(dir.path(), files);
+        let name = unique("run-bad");
+        let mut args = vec!["--name", name.as_str()];
+        args.extend_from_slice(extra);
+        let out = run_once(&harness, dir.path(), &args);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        for e in expect {
+            assert!(out.stderr.contains(e), "{e:?} not said: {out:?}");
+        }
+        name
+    };
+
+    // A file name with a newline in it: named, escaped.
+    names.push(refuse(
+        &[("cm.yaml", &cm("a")), ("evil\nname.yaml", &cm("b"))],
+        &[],
+        &["control character", "evil\\nname.yaml"],
+    ));
+
+    // A kustomization that is not YAML, and one naming a missing resource.
+    names.push(refuse(
+        &[
+            ("kustomization.yaml", "resources: [cm.yaml\n"),
+            ("cm.yaml", &cm("a")),
+        ],
+        &[],
+        &["kustomization.yaml"],
+    ));
+    names.push(refuse(
+        &[
+            ("kustomization.yaml", "resources:\n- cm.yaml\n- gone.yaml\n"),
+            ("cm.yaml", &cm("a")),
+        ],
+        &[],
+        &["gone.yaml", "does not exist"],
+    ));
+
+    // A SOPS-encrypted manifest and no key.
+    let sops = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sops/secret.sops.yaml"),
+    )
+    .unwrap();
+    names.push(refuse(
+        &[("secret.sops.yaml", &sops), ("cm.yaml", &cm("a"))],
+        &[],
+        &[
+            "secret.sops.yaml",
+            "age recipient age1",
+            "--decryption-key-file",
+        ],
+    ));
+
+    // A chart: --values that is not YAML, and dependencies not in charts/.
+    let chart = "apiVersion: v2\nname: app\nversion: 0.1.0\n";
+    let deps = "apiVersion: v2\nname: app\nversion: 0.1.0\ndependencies:\n- name: redis\n  version: 17.x\n  repository: https://charts.example.com\n";
+    let template = (
+        "templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n",
+    );
+    let values = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(values.path(), "replicas: [1\n").unwrap();
+    let values_arg = values.path().display().to_string();
+    names.push(refuse(
+        &[("Chart.yaml", chart), template],
+        &["--values", &values_arg],
+        &["--values", &values_arg],
+    ));
+    names.push(refuse(
+        &[("Chart.yaml", deps), template],
+        &[],
+        &["redis 17.x", "charts/", "helm dependency build"],
+    ));
+
+    // Nothing reached the cluster or the registry.
+    for name in &names {
+        assert!(
+            !namespaces.saw(name).await,
+            "{name}: a namespace was created"
+        );
+        assert!(registry_tags(&harness, name).is_none(), "{name}: pushed");
+    }
+}
+
+#[tokio::test]
+async fn a_home_directory_an_unreadable_directory_and_the_root_are_refused() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let namespaces = NamespaceWatch::start(client.clone()).await;
+
+    // `/` and the home directory: refused before walking them.
+    let home = tempfile::tempdir().unwrap();
+    write_tree(home.path(), &[("cm.yaml", &cm("a"))]);
+    for (dir, what) in [
+        (std::path::PathBuf::from("/"), "the root of the filesystem"),
+        (home.path().to_path_buf(), "your home directory"),
+    ] {
+        let started = std::time::Instant::now();
+        let mut session = plugin("kubectl-gitops_run");
+        session
+            .args(harness.kube_args())
+            .arg("--once")
+            .arg(&dir)
+            .env("HOME", home.path());
+        let mut build = plugin("kubectl-gitops_run");
+        build
+            .args(["build", "-o", "/dev/null"])
+            .arg(&dir)
+            .env("HOME", home.path());
+        for cmd in [&mut session, &mut build] {
+            let out = output(cmd);
+            assert_eq!(out.code, Some(1), "{out:?}");
+            assert!(out.stderr.contains(what), "{out:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "walked {dir:?}?"
+        );
+    }
+
+    // A directory the user cannot read (as a user other than root).
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("app");
+    write_tree(&dir, &[("cm.yaml", &cm("a")), ("secret/cm.yaml", &cm("b"))]);
+    let chmod = |p: &std::path::Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod(base.path(), 0o755);
+    chmod(&dir, 0o755);
+    chmod(&dir.join("cm.yaml"), 0o644);
+    chmod(&dir.join("secret"), 0o700);
+    let kubeconfig = base.path().join("kubeconfig");
+    std::fs::copy(&harness.kubeconfig, &kubeconfig).unwrap();
+    chmod(&kubeconfig, 0o644);
+    let name = unique("run-unreadable");
+    let out = output(&mut as_nobody(
+        plugin("kubectl-gitops_run")
+            .args(["--kubeconfig", &kubeconfig.display().to_string()])
+            .args(["--context", &harness.context, "--once", "--name", &name])
+            .arg(&dir),
+    ));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("secret") && out.stderr.to_lowercase().contains("permission denied"),
+        "{out:?}"
+    );
+    assert!(!namespaces.saw(&name).await);
+    assert!(registry_tags(&harness, &name).is_none());
+}

@@ -89,7 +89,14 @@ pub struct BuildArgs {
     select: SelectArgs,
 }
 
+/// The directory to package, refused when it is `/` or the home directory.
+fn packaged(dir: &std::path::Path) -> Result<()> {
+    artifact::refuse_too_broad(&artifact::canonical_root(dir)?)?;
+    Ok(())
+}
+
 pub async fn build(args: BuildArgs) -> Result<ExitCode> {
+    packaged(&args.dir)?;
     let options = args.select.walk_options();
     let (dir, output) = (args.dir.clone(), args.output.clone());
     let built =
@@ -143,6 +150,7 @@ pub async fn push(args: PushArgs) -> Result<ExitCode> {
         source: args.source.clone(),
         revision: args.revision.clone(),
     };
+    packaged(&args.dir)?;
     let pushed = registry::push(&args.dir, &reference, &options).await?;
     match args.output {
         Format::Json => gitops::outln!("{}", serde_json::to_string_pretty(&pushed)?),
@@ -179,6 +187,7 @@ pub struct DiffArgs {
 }
 
 pub async fn diff(args: DiffArgs) -> Result<ExitCode> {
+    packaged(&args.dir)?;
     let reference: ArtifactRef = args.reference.parse()?;
     let diff = registry::diff(
         &args.dir,

@@ -129,6 +129,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         .or(args.path.clone())
         .unwrap_or_else(|| PathBuf::from("."));
     let dir = artifact::canonical_root(&dir)?;
+    artifact::refuse_too_broad(&dir)?;
     let root = match &args.root_dir {
         Some(r) => artifact::canonical_root(r)?,
         None => GitInfo::for_dir(&dir)

@@ -25,7 +25,7 @@ pub use gitmodes::GitModes;
 pub use pgzip::ParallelGz;
 pub use walk::{
     DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, SOURCEIGNORE, Scope,
-    WalkOptions, canonical_root, dirs, scope, walk,
+    WalkOptions, canonical_root, dirs, refuse_too_broad, scope, walk,
 };
 
 /// Media type of the artifact's manifest.
@@ -56,6 +56,18 @@ pub enum ArtifactError {
     },
     #[error("{}: file name is not valid UTF-8; rename it or ignore it", .0.display())]
     NonUtf8Name(PathBuf),
+    #[error(
+        "{}: file name contains a control character (a newline, tab or similar), which Flux and \
+         kustomize do not handle; rename it or ignore it (--ignore)",
+        .0.display().to_string().escape_debug()
+    )]
+    ControlCharName(PathBuf),
+    #[error(
+        "refusing to package {} ({what}): point the command at the directory of your manifests, \
+         e.g. ./deploy",
+        .path.display()
+    )]
+    TooBroad { path: PathBuf, what: &'static str },
     #[error(
         "{path}: symlink points outside the directory (to {target}); only links inside it are followed"
     )]

@@ -545,3 +545,33 @@ fn only_keeps_the_listed_paths_and_the_directories_leading_to_them() {
     assert_eq!(scope(Some(&["a/b".into()]), "ab"), Scope::Outside);
     assert_eq!(scope(None, "anything"), Scope::Inside);
 }
+
+#[test]
+fn control_characters_in_names_are_refused_unless_ignored() {
+    let dir = tree(&[
+        ("cm.yaml", "kind: ConfigMap\n"),
+        ("a\tb.yaml", "kind: ConfigMap\n"),
+    ]);
+    let err = walk(dir.path(), &WalkOptions::default()).unwrap_err();
+    assert!(matches!(err, ArtifactError::ControlCharName(_)), "{err}");
+    assert!(err.to_string().contains("a\\tb.yaml"), "{err}");
+    let options = WalkOptions {
+        ignore: vec!["a*b.yaml".into()],
+        ..Default::default()
+    };
+    assert!(walk(dir.path(), &options).is_ok());
+}
+
+#[test]
+fn the_filesystem_root_and_the_home_directory_are_too_broad() {
+    assert!(matches!(
+        refuse_too_broad(Path::new("/")),
+        Err(ArtifactError::TooBroad { .. })
+    ));
+    let dir = tree(&[("cm.yaml", "kind: ConfigMap\n")]);
+    assert!(refuse_too_broad(&canonical_root(dir.path()).unwrap()).is_ok());
+    if let Some(home) = std::env::var_os("HOME").and_then(|h| fs::canonicalize(h).ok()) {
+        let err = refuse_too_broad(&home).unwrap_err();
+        assert!(err.to_string().contains("home directory"), "{err}");
+    }
+}

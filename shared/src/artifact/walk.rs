@@ -443,6 +443,31 @@ fn walk_with(
 }
 
 /// Checks that `root` exists and is a directory, and returns it canonical.
+/// Refuses a directory (canonical) that is the filesystem's root or the
+/// user's home directory: packaging or watching it all is never meant.
+pub fn refuse_too_broad(dir: &Path) -> Result<(), ArtifactError> {
+    if dir.parent().is_none() {
+        return Err(ArtifactError::TooBroad {
+            path: dir.to_path_buf(),
+            what: "the root of the filesystem",
+        });
+    }
+    let home = ["HOME", "USERPROFILE"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .filter(|h| !h.is_empty())
+        .filter_map(|h| fs::canonicalize(h).ok());
+    for h in home {
+        if h == dir {
+            return Err(ArtifactError::TooBroad {
+                path: dir.to_path_buf(),
+                what: "your home directory",
+            });
+        }
+    }
+    Ok(())
+}
+
 pub fn canonical_root(root: &Path) -> Result<PathBuf, ArtifactError> {
     let meta = fs::metadata(root).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => ArtifactError::NoSuchDir(root.to_path_buf()),
@@ -559,6 +584,9 @@ impl Walker<'_> {
         );
         if verdict == Verdict::Drop {
             return Ok(());
+        }
+        if !self.dirs_only && name.chars().any(char::is_control) {
+            return Err(ArtifactError::ControlCharName(logical));
         }
         if meta.is_dir() {
             if self.active.contains(&target) {

@@ -322,6 +322,7 @@ impl Session {
         let target = self.target.target_namespace.clone();
         let (index, relocated, packaging, walk) = {
             let (root, walk, dir) = (self.cfg.root.clone(), self.cfg.walk.clone(), self.dir());
+            let decrypts = self.cfg.decryption_key.is_some();
             match tokio::task::spawn_blocking(move || {
                 // Only what the sync needs: the directory and what its
                 // kustomizations reference (see `packaging`).
@@ -330,7 +331,7 @@ impl Session {
                     only: packaging.only.clone(),
                     ..walk
                 };
-                validate::validate_dir(&root, &dir, &walk).map(|index| {
+                validate::validate_dir(&root, &dir, &walk, decrypts).map(|index| {
                     let relocated = target
                         .map(|t| (validate::relocated(&root, &dir, &t), t))
                         .unwrap_or_default();

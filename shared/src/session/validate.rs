@@ -21,6 +21,79 @@ pub struct YamlError {
 struct Head {
     kind: Option<String>,
     metadata: Option<HeadMeta>,
+    sops: Option<SopsMeta>,
+}
+
+/// The `sops:` metadata of an encrypted file: whose keys open it.
+#[derive(serde::Deserialize, Default)]
+struct SopsMeta {
+    mac: Option<String>,
+    #[serde(default)]
+    age: Option<Vec<SopsKey>>,
+    #[serde(default)]
+    pgp: Option<Vec<SopsKey>>,
+    #[serde(default)]
+    kms: Option<Vec<SopsKey>>,
+    #[serde(default)]
+    gcp_kms: Option<Vec<SopsKey>>,
+    #[serde(default)]
+    azure_kv: Option<Vec<SopsKey>>,
+    #[serde(default)]
+    hc_vault: Option<Vec<SopsKey>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct SopsKey {
+    recipient: Option<String>,
+    fp: Option<String>,
+    arn: Option<String>,
+    resource_id: Option<String>,
+    vault_url: Option<String>,
+    vault_address: Option<String>,
+}
+
+impl SopsMeta {
+    /// The keys it is encrypted for, in words.
+    fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut add =
+            |what: &str, list: &Option<Vec<SopsKey>>, id: fn(&SopsKey) -> Option<&String>| {
+                for k in list.iter().flatten() {
+                    if let Some(id) = id(k) {
+                        keys.push(format!("{what} {id}"));
+                    }
+                }
+            };
+        add("age recipient", &self.age, |k| k.recipient.as_ref());
+        add("PGP key", &self.pgp, |k| k.fp.as_ref());
+        add("AWS KMS key", &self.kms, |k| k.arn.as_ref());
+        add("GCP KMS key", &self.gcp_kms, |k| k.resource_id.as_ref());
+        add("Azure Key Vault", &self.azure_kv, |k| k.vault_url.as_ref());
+        add("Vault", &self.hc_vault, |k| k.vault_address.as_ref());
+        keys
+    }
+}
+
+/// A SOPS-encrypted manifest and the keys that open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encrypted {
+    /// Relative to the packaged root.
+    pub file: String,
+    pub keys: Vec<String>,
+}
+
+fn encrypted_list(files: &[Encrypted]) -> String {
+    files
+        .iter()
+        .map(|f| {
+            if f.keys.is_empty() {
+                format!("  {}", f.file)
+            } else {
+                format!("  {} (for {})", f.file, f.keys.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(serde::Deserialize)]
@@ -58,6 +131,13 @@ pub enum ValidateError {
     MissingReference { from: String, written: String },
     #[error("{0}; nothing was pushed")]
     Kustomization(#[from] crate::kustomize::KustomizeError),
+    #[error(
+        "SOPS-encrypted manifests, and no key to decrypt them: pass --decryption-key-file with \
+         the age key they are encrypted for (e.g. ~/.config/sops/age/keys.txt), so Flux can \
+         decrypt them; nothing was pushed:\n{}",
+        encrypted_list(.0)
+    )]
+    NoDecryptionKey(Vec<Encrypted>),
 }
 
 fn list(errors: &[YamlError]) -> String {
@@ -73,6 +153,7 @@ impl ValidateError {
     pub fn file(&self) -> Option<String> {
         match self {
             ValidateError::Yaml(e) => e.first().map(|e| e.file.clone()),
+            ValidateError::NoDecryptionKey(files) => files.first().map(|f| f.file.clone()),
             ValidateError::OutsideRoot { from, .. }
             | ValidateError::MissingReference { from, .. } => Some(from.clone()),
             _ => None,
@@ -88,8 +169,12 @@ pub fn validate_dir(
     root: &Path,
     dir: &Path,
     options: &WalkOptions,
+    decrypts: bool,
 ) -> Result<ObjectIndex, ValidateError> {
-    let index = validate(root, options).map_err(ValidateError::Yaml)?;
+    let (index, encrypted) = scan(root, options).map_err(ValidateError::Yaml)?;
+    if !decrypts && !encrypted.is_empty() {
+        return Err(ValidateError::NoDecryptionKey(encrypted));
+    }
     let rel = |p: &Path| {
         p.strip_prefix(root)
             .unwrap_or(p)
@@ -218,13 +303,22 @@ fn has_yaml(dir: &Path) -> bool {
 
 /// Parses every `.yaml`/`.yml` file the artifact would hold.
 pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<YamlError>> {
+    scan(root, options).map(|(index, _)| index)
+}
+
+/// [`validate`], also listing the SOPS-encrypted manifests.
+fn scan(
+    root: &Path,
+    options: &WalkOptions,
+) -> Result<(ObjectIndex, Vec<Encrypted>), Vec<YamlError>> {
     let entries = match walk(root, options) {
         Ok(e) => e,
         // Packaging errors are reported by the build that follows.
-        Err(_) => return Ok(ObjectIndex::new()),
+        Err(_) => return Ok((ObjectIndex::new(), Vec::new())),
     };
     let mut errors = Vec::new();
     let mut index = ObjectIndex::new();
+    let mut encrypted = Vec::new();
     for entry in entries {
         let EntryKind::File { source, .. } = &entry.kind else {
             continue;
@@ -239,6 +333,14 @@ pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<Y
             Ok(_) => {
                 if let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) {
                     for head in heads {
+                        if let Some(sops) = head.sops.as_ref().filter(|s| s.mac.is_some())
+                            && !encrypted.iter().any(|e: &Encrypted| e.file == entry.path)
+                        {
+                            encrypted.push(Encrypted {
+                                file: entry.path.clone(),
+                                keys: sops.keys(),
+                            });
+                        }
                         if let (Some(kind), Some(name)) =
                             (head.kind, head.metadata.and_then(|m| m.name))
                         {
@@ -273,7 +375,7 @@ pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<Y
         }
     }
     if errors.is_empty() {
-        Ok(index)
+        Ok((index, encrypted))
     } else {
         Err(errors)
     }
@@ -430,7 +532,8 @@ mod tests {
         std::fs::create_dir_all(root.join("deploy")).unwrap();
         std::fs::create_dir_all(t.path().join("base")).unwrap();
         std::fs::write(root.join("README.md"), "hi").unwrap();
-        let err = validate_dir(&root, &root.join("deploy"), &WalkOptions::default()).unwrap_err();
+        let err =
+            validate_dir(&root, &root.join("deploy"), &WalkOptions::default(), false).unwrap_err();
         assert!(matches!(err, ValidateError::Empty(_)), "{err}");
 
         std::fs::write(
@@ -438,7 +541,8 @@ mod tests {
             "resources:\n- ../../base\n",
         )
         .unwrap();
-        let err = validate_dir(&root, &root.join("deploy"), &WalkOptions::default()).unwrap_err();
+        let err =
+            validate_dir(&root, &root.join("deploy"), &WalkOptions::default(), false).unwrap_err();
         let text = err.to_string();
         assert!(
             text.starts_with("deploy/kustomization.yaml references ../../base"),
@@ -460,6 +564,31 @@ mod tests {
             "kind: ConfigMap\nmetadata: {name: a}\n",
         )
         .unwrap();
-        assert!(validate_dir(&root, &root.join("deploy"), &WalkOptions::default()).is_ok());
+        assert!(validate_dir(&root, &root.join("deploy"), &WalkOptions::default(), false).is_ok());
+    }
+
+    #[test]
+    fn sops_files_without_a_key_are_named_with_their_recipients() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  k: ENC[AES256_GCM,data:x]\n\
+             sops:\n  age:\n  - recipient: age1abc\n    enc: x\n  mac: ENC[x]\n  version: 3.8.1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("cm.yaml"),
+            "kind: ConfigMap\nmetadata: {name: c}\n",
+        )
+        .unwrap();
+        let err = validate_dir(dir.path(), dir.path(), &WalkOptions::default(), false).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("s.yaml (for age recipient age1abc)")
+                && text.contains("--decryption-key-file"),
+            "{text}"
+        );
+        assert_eq!(err.file().as_deref(), Some("s.yaml"));
+        assert!(validate_dir(dir.path(), dir.path(), &WalkOptions::default(), true).is_ok());
     }
 }
