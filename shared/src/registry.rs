@@ -599,10 +599,18 @@ fn classify(reference: &ArtifactRef, err: OciDistributionError) -> RegistryError
 }
 
 fn server_error(registry: String, code: u16, message: String) -> RegistryError {
-    let lower = message.to_lowercase();
-    if lower.contains("no space left") || lower.contains("disk full") || lower.contains("quota") {
+    let lower = message.to_lowercase().replace(' ', "");
+    // In words, or as the Go errno the filesystem driver of the CNCF
+    // distribution registry reports ("Err":28 is ENOSPC, 122 EDQUOT).
+    if lower.contains("nospaceleft")
+        || lower.contains("diskfull")
+        || lower.contains("quota")
+        || lower.contains("\"err\":28}")
+        || lower.contains("\"err\":122}")
+    {
         return RegistryError::StorageFull { registry };
     }
+    let message = registry_errors(&message).unwrap_or(message);
     if code >= 500 {
         RegistryError::Server {
             registry,
@@ -612,6 +620,25 @@ fn server_error(registry: String, code: u16, message: String) -> RegistryError {
     } else {
         RegistryError::Other { registry, message }
     }
+}
+
+/// The `code: message` pairs of an OCI distribution error body
+/// (`{"errors":[{"code","message","detail"}]}`), without the detail.
+fn registry_errors(body: &str) -> Option<String> {
+    let start = body.find('{')?;
+    let v: serde_json::Value = serde_json::from_str(body[start..].trim()).ok()?;
+    let list: Vec<String> = v["errors"]
+        .as_array()?
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["code"].as_str().unwrap_or("UNKNOWN"),
+                e["message"].as_str().unwrap_or("no message")
+            )
+        })
+        .collect();
+    (!list.is_empty()).then(|| list.join("; "))
 }
 
 /// The innermost cause of an error, which is where the useful words are.
@@ -1232,6 +1259,22 @@ mod push_tests {
 
     fn manifest_puts(log: &[String]) -> usize {
         log.iter().filter(|l| l.contains("/manifests/")).count()
+    }
+
+    #[test]
+    fn the_distribution_registrys_errno_for_a_full_disk_is_storage_full() {
+        // What Debian's docker-registry answers when its disk is full.
+        let body = r#"{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":{"DriverName":"filesystem","Enclosed":{"Op":"write","Path":"/var/lib/docker-registry/docker/registry/v2/repositories/app/_uploads/x/startedat","Err":28}}}]}"#;
+        let err = server_error("r".into(), 500, body.into());
+        assert!(matches!(err, RegistryError::StorageFull { .. }), "{err}");
+        // Other server errors: the registry's own words, not its JSON.
+        let other =
+            r#"{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":{"Err":5}}]}"#;
+        let err = server_error("r".into(), 500, other.into()).to_string();
+        assert!(
+            err.contains("UNKNOWN: unknown error") && !err.contains("detail"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -19,12 +19,18 @@ fn cm(value: &str) -> String {
 }
 
 /// Stops a component the harness started (SIGTERM, as a Deployment's pod
-/// is stopped) and waits until its process is gone.
+/// is stopped; the API server, whose graceful stop waits for its
+/// clients, as by a crash) and waits until its process is gone.
 fn stop(harness: &Harness, component: &str) {
     let pid = std::fs::read_to_string(harness.dir.join(format!("pids/{component}.pid")))
         .unwrap_or_else(|e| panic!("{component} is not running under the harness: {e}"));
     let pid = pid.trim();
-    run(Command::new("kill").args(["-TERM", pid]));
+    let signal = if component == "kube-apiserver" {
+        "-KILL"
+    } else {
+        "-TERM"
+    };
+    run(Command::new("kill").args([signal, pid]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while Path::new(&format!("/proc/{pid}")).exists() {
         assert!(
@@ -215,6 +221,7 @@ impl Drop for Tmpfs {
 
 #[tokio::test]
 async fn a_registry_out_of_space_mid_push_tags_nothing_retries_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let storage = tempfile::tempdir().unwrap();

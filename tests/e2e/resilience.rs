@@ -40,8 +40,17 @@ fn said(s: &RunningSession, needle: &str) -> bool {
         .any(|e| e["message"].as_str().is_some_and(|m| m.contains(needle)))
 }
 
-/// Waits for a warning or message containing `needle`.
+/// Waits for a warning or message containing `needle` (or finds it among
+/// those already seen).
 fn expect_said(s: &mut RunningSession, needle: &str, within: Duration) -> String {
+    if let Some(m) = s
+        .seen
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.contains(needle))
+    {
+        return m.to_string();
+    }
     let e = s.wait_for(&format!("{needle:?} said"), within, |e| {
         e["message"].as_str().is_some_and(|m| m.contains(needle))
     });
@@ -341,7 +350,11 @@ async fn a_directory_moved_away_keeps_what_was_applied_and_its_return_syncs() {
 
     // Deleted outright, then made again.
     std::fs::remove_dir_all(&dir).unwrap();
-    expect_said(&mut s, "deleted or moved away", Duration::from_secs(10));
+    s.wait_for("the deletion said", Duration::from_secs(10), |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deleted or moved away"))
+    });
     assert_eq!(value(&client, &name).await.as_deref(), Some("2"));
     write_tree(&dir, &[("app.yaml", &cm("3"))]);
     s.next_sync().unwrap();
