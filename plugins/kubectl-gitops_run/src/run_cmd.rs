@@ -152,6 +152,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         max_file_size: artifact::parse_size(&args.max_file_size)?,
         git_ignore: true,
         only: None,
+        keep: Vec::new(),
     };
     let timeout = duration("timeout", &args.timeout)?;
     let cleanup_timeout = duration("cleanup-timeout", &args.cleanup_timeout)?;

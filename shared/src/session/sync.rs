@@ -325,11 +325,13 @@ impl Session {
             match tokio::task::spawn_blocking(move || {
                 // Only what the sync needs: the directory and what its
                 // kustomizations reference (see `packaging`).
-                let packaging = packaging::plan(&root, &dir)?;
+                let mut packaging = packaging::plan(&root, &dir)?;
                 let walk = crate::artifact::WalkOptions {
                     only: packaging.only.clone(),
+                    keep: packaging.keep.clone(),
                     ..walk
                 };
+                packaging.check_ignored(&root, &walk)?;
                 validate::validate_dir(&root, &dir, &walk).map(|index| {
                     let relocated = target
                         .map(|t| (validate::relocated(&root, &dir, &t), t))

@@ -56,6 +56,18 @@ pub enum ValidateError {
     },
     #[error("{from} references {written}, which does not exist; nothing was pushed")]
     MissingReference { from: String, written: String },
+    #[error(
+        "{from} references {written}, which the artifact leaves out ({dropped}: {rule}); the \
+         render needs it: {advice}; nothing was pushed"
+    )]
+    IgnoredReference {
+        from: String,
+        written: String,
+        /// What the rule drops: the path or a directory above it.
+        dropped: String,
+        rule: String,
+        advice: String,
+    },
     #[error("{0}; nothing was pushed")]
     Kustomization(#[from] crate::kustomize::KustomizeError),
 }
@@ -74,7 +86,8 @@ impl ValidateError {
         match self {
             ValidateError::Yaml(e) => e.first().map(|e| e.file.clone()),
             ValidateError::OutsideRoot { from, .. }
-            | ValidateError::MissingReference { from, .. } => Some(from.clone()),
+            | ValidateError::MissingReference { from, .. }
+            | ValidateError::IgnoredReference { from, .. } => Some(from.clone()),
             _ => None,
         }
     }
