@@ -226,8 +226,8 @@ async fn a_session_packages_and_watches_only_deploy_and_what_it_references() {
     gitops_e2e::wait_namespace_gone(&client, &ns).await;
 }
 
-/// An overlay with a base, a component, a patch file and generator files
-/// outside it: what Flux applies from the narrowed artifact (the session's
+/// An overlay with a base, a component, a patch file, generator files and
+/// a transformer configuration outside it: what Flux applies from the narrowed artifact (the session's
 /// Kustomization's inventory and the objects) is what it applies from the
 /// whole tree pushed by `flux push artifact` (a Kustomization made here, not
 /// by the suite).
@@ -242,7 +242,11 @@ async fn narrowing_does_not_change_what_flux_renders() {
         &[
             (
                 "overlays/dev/kustomization.yaml",
-                "resources:\n- ../../base\ncomponents:\n- ../../components/team\npatches:\n- path: ../../patches/replicas.yaml\nconfigMapGenerator:\n- name: settings\n  files:\n  - app.conf=../../config/app.conf\n  envs:\n  - ../../config/dev.env\n",
+                "resources:\n- ../../base\ncomponents:\n- ../../components/team\npatches:\n- path: ../../patches/replicas.yaml\nconfigMapGenerator:\n- name: settings\n  files:\n  - app.conf=../../config/app.conf\n  envs:\n  - ../../config/dev.env\ntransformers:\n- ../../transformers/labels.yaml\n",
+            ),
+            (
+                "transformers/labels.yaml",
+                "apiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: env\nlabels:\n  env: dev\nfieldSpecs:\n- path: metadata/labels\n  create: true\n",
             ),
             (
                 "base/kustomization.yaml",
@@ -351,6 +355,24 @@ async fn narrowing_does_not_change_what_flux_renders() {
     };
     assert_eq!(settings(ns.clone()).await, settings(stock.clone()).await);
     assert!(settings(ns.clone()).await.is_some());
+    // The transformer outside the overlay was applied, as Flux does on the whole tree.
+    let labels = |ns: String| {
+        let client = client.clone();
+        async move {
+            Api::<ConfigMap>::namespaced(client, &ns)
+                .get("web")
+                .await
+                .unwrap()
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get("env")
+                .cloned()
+        }
+    };
+    assert_eq!(labels(ns.clone()).await.as_deref(), Some("dev"));
+    assert_eq!(labels(ns.clone()).await, labels(stock.clone()).await);
+    assert!(files.contains("transformers/labels.yaml"), "{files:?}");
 
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
