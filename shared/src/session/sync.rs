@@ -688,12 +688,29 @@ impl Session {
         let status = applied.and_then(|o| o.status).unwrap_or_default();
         if early.is_some() {
             tracing::debug!("healthy before Flux's health check reported it");
-        } else if let Some(message) = flux::failure(&status) {
+        } else if let Some(mut message) = flux::failure(&status) {
             self.settled = true;
-            let file = validate::file_for(index, &message);
             // Applied but not healthy: the failed revision is what the cluster has now.
             let applied = flux::condition(&status.conditions, "Ready")
                 .is_some_and(|c| c.reason == "HealthCheckFailed");
+            // Timed out: pods that run but are not ready are why, in words.
+            if applied && let Some((ns, _)) = self.workloads() {
+                let why = super::health::explain_unready(
+                    self.client.clone(),
+                    &ns,
+                    &name,
+                    &self.namespace,
+                )
+                .await;
+                if let Some(why) = why {
+                    message = format!(
+                        "applied, but the workloads did not become healthy within --timeout \
+                         ({}s): {why}",
+                        self.cfg.timeout.as_secs()
+                    );
+                }
+            }
+            let file = validate::file_for(index, &message);
             self.note(revision, "Failed").await;
             return Ok(self.fail(Phase::Apply, message, file, applied));
         }
