@@ -211,7 +211,7 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
             }
             "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" | "ErrImageNeverPull" => {
                 return Some(format!(
-                    "pod {name} container {}: {reason}: image {:?}{}",
+                    "pod {name} container {} cannot pull its image {:?}: {reason}{}",
                     c.name,
                     c.image,
                     if message.is_empty() {
@@ -835,7 +835,9 @@ mod tests {
         }));
         let v = verdict(std::slice::from_ref(&d), &[pull]).unwrap();
         assert!(
-            v.contains("ImagePullBackOff: image \"nope:1\" (not found)"),
+            v.ends_with(
+                "container app cannot pull its image \"nope:1\": ImagePullBackOff (not found)"
+            ),
             "{v}"
         );
         let pending = pod(serde_json::json!({
