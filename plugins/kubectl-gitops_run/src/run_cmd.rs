@@ -469,14 +469,13 @@ mod tests {
             printer.print(e);
         }
         // `|` keeps the indentation visible (insta trims what is common).
-        let out = lines
+        lines
             .lock()
             .unwrap()
             .iter()
             .map(|l| format!("|{l}"))
             .collect::<Vec<_>>()
-            .join("\n");
-        out
+            .join("\n")
     }
 
     #[test]
