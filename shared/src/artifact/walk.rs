@@ -296,6 +296,14 @@ impl IgnoreRules {
         Ok(rules)
     }
 
+    /// The same rules without [`WalkOptions::keep`].
+    pub fn without_keep(&self) -> IgnoreRules {
+        IgnoreRules {
+            keep: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// Whether Git's rules take part (the root is in a work tree and they were asked for).
     pub fn uses_git(&self) -> bool {
         self.git.is_some()

@@ -158,13 +158,7 @@ impl Packaging {
         let Ok(rules) = IgnoreRules::for_walk(root, walk) else {
             return Ok(());
         };
-        let without = WalkOptions {
-            keep: Vec::new(),
-            ..walk.clone()
-        };
-        let git_only = IgnoreRules::for_walk(root, &without)
-            .ok()
-            .filter(IgnoreRules::uses_git);
+        let git_only = rules.uses_git().then(|| rules.without_keep());
         let mut seen = std::collections::BTreeSet::new();
         for r in &self.referenced {
             if !seen.insert(r.path.clone()) {
