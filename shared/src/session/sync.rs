@@ -703,10 +703,11 @@ impl Session {
                 )
                 .await;
                 if let Some(why) = why {
+                    // kustomize-controller waits at least 30 s, whatever --timeout says.
                     message = format!(
-                        "applied, but the workloads did not become healthy within --timeout \
-                         ({}s): {why}",
-                        self.cfg.timeout.as_secs()
+                        "applied, but the workloads did not become healthy within Flux's \
+                         health check timeout ({}s): {why}",
+                        self.cfg.timeout.as_secs().max(30)
                     );
                 }
             }
