@@ -1,5 +1,7 @@
 //! What a `kustomization.yaml` references on disk: resources, components,
-//! bases, patches and generator files given as local paths. Used to check,
+//! bases, CRDs, patches, generator files, transformer/generator/validator
+//! configurations, replacements, `configurations` and the OpenAPI schema,
+//! given as local paths. Used to check,
 //! before anything is pushed, that an overlay only reaches files the
 //! artifact holds.
 
@@ -39,6 +41,23 @@ struct Kustomization {
     config_map_generator: Vec<Generator>,
     #[serde(default)]
     secret_generator: Vec<Generator>,
+    /// Files (or directories with a kustomization) of transformer,
+    /// generator and validator configurations; inline ones are YAML text.
+    #[serde(default)]
+    transformers: Vec<serde_json::Value>,
+    #[serde(default)]
+    generators: Vec<serde_json::Value>,
+    #[serde(default)]
+    validators: Vec<serde_json::Value>,
+    /// `- path: file` or inline `source`/`targets`.
+    #[serde(default)]
+    replacements: Vec<serde_json::Value>,
+    /// Transformer configuration files (name references, var references).
+    #[serde(default)]
+    configurations: Vec<String>,
+    /// `path:` to an OpenAPI schema file, or `version:`.
+    #[serde(default)]
+    openapi: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -102,13 +121,27 @@ fn local_paths(k: &Kustomization) -> Vec<String> {
     out.extend(k.bases.iter().cloned());
     out.extend(k.components.iter().cloned());
     out.extend(k.crds.iter().cloned());
-    // Strategic-merge patches may be inline YAML; a path is one line.
-    for p in &k.patches_strategic_merge {
+    out.extend(k.configurations.iter().cloned());
+    // Strategic-merge patches and plugin configurations may be inline YAML;
+    // a path is one line.
+    for p in k
+        .patches_strategic_merge
+        .iter()
+        .chain(&k.transformers)
+        .chain(&k.generators)
+        .chain(&k.validators)
+    {
         if let Some(s) = p.as_str().filter(|s| !s.contains('\n')) {
             out.push(s.to_string());
         }
     }
-    for p in k.patches.iter().chain(&k.patches_json6902) {
+    for p in k
+        .patches
+        .iter()
+        .chain(&k.patches_json6902)
+        .chain(&k.replacements)
+        .chain(&k.openapi)
+    {
         if let Some(s) = p.get("path").and_then(|v| v.as_str()) {
             out.push(s.to_string());
         }
@@ -319,5 +352,50 @@ mod tests {
             common_ancestor(Path::new("/x/app/deploy"), Path::new("/x/base")),
             PathBuf::from("/x")
         );
+    }
+
+    #[test]
+    fn plugin_configurations_replacements_configurations_and_openapi_are_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let w = |p: &str, s: &str| crate::testutil::write_tree(root, &[(p, s)]);
+        w(
+            "app/kustomization.yaml",
+            "resources:\n- cm.yaml\ncrds:\n- ../crds/widget.yaml\ntransformers:\n- ../shared/labels.yaml\n- ../plugins/prefix\n- |-\n  apiVersion: builtin\n  kind: NamespaceTransformer\n  metadata:\n    name: inline\n  namespace: x\ngenerators:\n- ../shared/gen.yaml\nvalidators:\n- ../shared/check.yaml\nreplacements:\n- path: ../shared/replace.yaml\n- source:\n    kind: ConfigMap\n    name: cm\n  targets: []\nconfigurations:\n- ../shared/namereference.yaml\nopenapi:\n  path: ../shared/schema.json\n",
+        );
+        w(
+            "plugins/prefix/kustomization.yaml",
+            "resources:\n- prefix.yaml\n",
+        );
+        let refs = references(&root.join("app")).unwrap();
+        let paths: Vec<String> = refs
+            .iter()
+            .map(|r| {
+                r.path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/")
+            })
+            .collect();
+        for want in [
+            "app/cm.yaml",
+            "crds/widget.yaml",
+            "shared/labels.yaml",
+            "plugins/prefix",
+            "plugins/prefix/prefix.yaml",
+            "shared/gen.yaml",
+            "shared/check.yaml",
+            "shared/replace.yaml",
+            "shared/namereference.yaml",
+            "shared/schema.json",
+        ] {
+            assert!(paths.contains(&want.to_string()), "{want} in {paths:?}");
+        }
+        // Inline configurations are not paths.
+        assert_eq!(paths.len(), 10, "{paths:?}");
+        // `openapi: {version: ...}` names no file.
+        w("other/kustomization.yaml", "openapi:\n  version: v1.20.4\n");
+        assert_eq!(references(&root.join("other")).unwrap(), vec![]);
     }
 }

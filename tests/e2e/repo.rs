@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gitops::flux::{Kustomization, OCIRepository};
 use gitops_e2e::{Harness, RunningSession, eventually, git, run, unique, write_tree};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -226,8 +226,8 @@ async fn a_session_packages_and_watches_only_deploy_and_what_it_references() {
     gitops_e2e::wait_namespace_gone(&client, &ns).await;
 }
 
-/// An overlay with a base, a component, a patch file and generator files
-/// outside it: what Flux applies from the narrowed artifact (the session's
+/// An overlay with a base, a component, a patch file, generator files and
+/// a transformer configuration outside it: what Flux applies from the narrowed artifact (the session's
 /// Kustomization's inventory and the objects) is what it applies from the
 /// whole tree pushed by `flux push artifact` (a Kustomization made here, not
 /// by the suite).
@@ -242,7 +242,11 @@ async fn narrowing_does_not_change_what_flux_renders() {
         &[
             (
                 "overlays/dev/kustomization.yaml",
-                "resources:\n- ../../base\ncomponents:\n- ../../components/team\npatches:\n- path: ../../patches/replicas.yaml\nconfigMapGenerator:\n- name: settings\n  files:\n  - app.conf=../../config/app.conf\n  envs:\n  - ../../config/dev.env\n",
+                "resources:\n- ../../base\ncomponents:\n- ../../components/team\npatches:\n- path: ../../patches/replicas.yaml\nconfigMapGenerator:\n- name: settings\n  files:\n  - app.conf=../../config/app.conf\n  envs:\n  - ../../config/dev.env\ntransformers:\n- ../../transformers/labels.yaml\n",
+            ),
+            (
+                "transformers/labels.yaml",
+                "apiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: env\nlabels:\n  env: dev\nfieldSpecs:\n- path: metadata/labels\n  create: true\n",
             ),
             (
                 "base/kustomization.yaml",
@@ -351,10 +355,106 @@ async fn narrowing_does_not_change_what_flux_renders() {
     };
     assert_eq!(settings(ns.clone()).await, settings(stock.clone()).await);
     assert!(settings(ns.clone()).await.is_some());
+    // The transformer outside the overlay was applied, as Flux does on the whole tree.
+    let labels = |ns: String| {
+        let client = client.clone();
+        async move {
+            Api::<ConfigMap>::namespaced(client, &ns)
+                .get("web")
+                .await
+                .unwrap()
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get("env")
+                .cloned()
+        }
+    };
+    assert_eq!(labels(ns.clone()).await.as_deref(), Some("dev"));
+    assert_eq!(labels(ns.clone()).await, labels(stock.clone()).await);
+    assert!(files.contains("transformers/labels.yaml"), "{files:?}");
 
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
     let _ = run(Command::new("kubectl")
         .args(["--kubeconfig", harness.kubeconfig.to_str().unwrap()])
         .args(["delete", "namespace", &stock, "--wait=false"]));
+}
+
+/// A `secretGenerator` on a `.env` that Git ignores (as it should: it holds
+/// a password): the file exists, so the reference check passes, and Git's
+/// rules would leave it out of the artifact, breaking Flux's render after
+/// the push. A file a kustomization references by name is packaged; the
+/// first sync says so, and the Secret is in the cluster with the file's data.
+#[tokio::test]
+async fn a_git_ignored_env_file_of_a_secret_generator_is_packaged() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    write_tree(
+        root,
+        &[
+            (".gitignore", ".env\n*.log\n"),
+            (
+                "deploy/kustomization.yaml",
+                "resources:\n- app.yaml\nsecretGenerator:\n- name: db\n  envs:\n  - .env\ngeneratorOptions:\n  disableNameSuffixHash: true\n",
+            ),
+            ("deploy/app.yaml", &cm("app", "1")),
+            ("deploy/.env", "PASSWORD=s3cret\nUSER=app\n"),
+            ("deploy/debug.log", "not for the cluster\n"),
+        ],
+    );
+    git(root, &["init", "-q"]);
+    git(root, &["add", "."]);
+    git(root, &["commit", "-q", "-m", "app"]);
+    let ns = unique("run-dotenv");
+    let mut s = RunningSession::start(&harness, root, &["deploy", "--name", &ns]);
+    s.next_sync().unwrap();
+    let said = s
+        .seen
+        .iter()
+        .find_map(|e| {
+            e["message"]
+                .as_str()
+                .filter(|m| e["event"] == "message" && m.starts_with("packaged "))
+                .map(String::from)
+        })
+        .expect("what was packaged is said");
+    assert_eq!(
+        said,
+        "packaged deploy/ (3 files); packaged deploy/.env, which Git ignores (`.env` in \
+         .gitignore), because deploy/kustomization.yaml references it"
+    );
+    let files = artifact_files(&harness, &client, &ns, &ns).await;
+    assert!(files.contains("deploy/.env"), "{files:?}");
+    // What nothing references still follows Git's rules.
+    assert!(!files.contains("deploy/debug.log"), "{files:?}");
+    let data = |client: Client, ns: String| async move {
+        Api::<Secret>::namespaced(client, &ns)
+            .get_opt("db")
+            .await
+            .unwrap()
+            .and_then(|s| s.data)
+            .map(|d| {
+                d.into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+    };
+    let got = data(client.clone(), ns.clone()).await;
+    let want: std::collections::BTreeMap<String, String> =
+        [("PASSWORD", "s3cret"), ("USER", "app")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+    assert_eq!(got, Some(want));
+    // And it is watched: a save of the ignored file syncs.
+    std::fs::write(root.join("deploy/.env"), "PASSWORD=changed\nUSER=app\n").unwrap();
+    s.next_sync().unwrap();
+    let got = data(client.clone(), ns.clone()).await.unwrap_or_default();
+    assert_eq!(got.get("PASSWORD").map(String::as_str), Some("changed"));
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    gitops_e2e::wait_namespace_gone(&client, &ns).await;
 }

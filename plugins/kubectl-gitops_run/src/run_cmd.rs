@@ -157,6 +157,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         max_file_size: artifact::parse_size(&args.max_file_size)?,
         git_ignore: true,
         only: None,
+        keep: Vec::new(),
     };
     let timeout = duration("timeout", &args.timeout)?;
     let cleanup_timeout = duration("cleanup-timeout", &args.cleanup_timeout)?;
@@ -286,6 +287,8 @@ struct Printer {
     format: Format,
     tty: bool,
     spinner: Arc<Mutex<Option<ProgressBar>>>,
+    /// Lines written, instead of stderr (tests).
+    captured: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Printer {
@@ -294,10 +297,27 @@ impl Printer {
             format,
             tty: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             spinner: Arc::new(Mutex::new(None)),
+            captured: None,
+        }
+    }
+
+    /// Keeps the line (tests); `false` when it is to be written.
+    fn capture(&self, text: &str) -> bool {
+        match &self.captured {
+            Some(lines) => {
+                if let Ok(mut l) = lines.lock() {
+                    l.push(text.to_string());
+                }
+                true
+            }
+            None => false,
         }
     }
 
     fn out(&self, text: &str) {
+        if self.capture(text) {
+            return;
+        }
         match self.spinner.lock().ok().and_then(|s| s.clone()) {
             Some(pb) => pb.println(text),
             None => gitops::output::stderr_line(text),
@@ -305,6 +325,9 @@ impl Printer {
     }
 
     fn finish_spinner(&self, text: &str) {
+        if self.capture(text) {
+            return;
+        }
         let pb = self.spinner.lock().ok().and_then(|mut s| s.take());
         match pb {
             Some(pb) => pb.finish_with_message(text.to_string()),
@@ -436,5 +459,76 @@ fn short(revision: &str) -> String {
     match revision.split_once("@sha256:") {
         Some((tag, digest)) => format!("{tag}@sha256:{}…", &digest[..digest.len().min(12)]),
         None => revision.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitops::session::{Action, Change, Phase};
+
+    fn text(events: &[Event]) -> String {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let printer = Printer {
+            format: Format::Text,
+            tty: false,
+            spinner: Arc::new(Mutex::new(None)),
+            captured: Some(lines.clone()),
+        };
+        for e in events {
+            printer.print(e);
+        }
+        // `|` keeps the indentation visible (insta trims what is common).
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| format!("|{l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn rollouts_print_as_plain_lines() {
+        let rollout = |ready, done| Event::Rollout {
+            object: "Deployment/NS/web".into(),
+            ready,
+            desired: 3,
+            done,
+        };
+        insta::assert_snapshot!(text(&[
+            Event::PhaseStarted { phase: Phase::Apply },
+            rollout(1, false),
+            rollout(3, true),
+            Event::PhaseDone {
+                phase: Phase::Apply,
+                elapsed_ms: 2100,
+                detail: None,
+            },
+            Event::Synced {
+                revision: "latest@sha256:0123456789abcdef".into(),
+                changes: vec![Change {
+                    object: "Deployment/NS/web".into(),
+                    action: Action::Configured,
+                }],
+                elapsed_ms: 2500,
+            },
+            rollout(0, false),
+            Event::Failed {
+                phase: Phase::Apply,
+                message: "the rollout cannot succeed: Deployment/NS/web: pod web-abc is running but not ready (readiness probe failing)".into(),
+                file: Some("deploy/web.yaml".into()),
+                last_good: Some("latest@sha256:0123456789abcdef".into()),
+            },
+        ]), @r"
+        |    Deployment/NS/web 1/3 ready
+        |    Deployment/NS/web rolled out (3/3 ready)
+        |  ✓ applied and healthy (2100 ms)
+        |    Deployment/NS/web configured
+        |  synced latest@sha256:0123456789abcdef in 2500 ms
+        |    Deployment/NS/web 0/3 ready
+        |  ✗ applied and healthy failed (deploy/web.yaml): the rollout cannot succeed: Deployment/NS/web: pod web-abc is running but not ready (readiness probe failing)
+        |    latest@sha256:0123456789ab… stays applied; fix it and save again
+        ");
     }
 }

@@ -24,8 +24,8 @@ pub use diff::{ContentMap, TreeDiff, content_of_dir, content_of_layer};
 pub use gitmodes::GitModes;
 pub use pgzip::ParallelGz;
 pub use walk::{
-    DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, SOURCEIGNORE, Scope,
-    WalkOptions, canonical_root, dirs, refuse_too_broad, scope, walk,
+    DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, IgnoredBy, IgnoredKind,
+    SOURCEIGNORE, Scope, WalkOptions, canonical_root, dirs, refuse_too_broad, scope, walk,
 };
 
 /// Media type of the artifact's manifest.

@@ -575,3 +575,89 @@ fn the_filesystem_root_and_the_home_directory_are_too_broad() {
         assert!(err.to_string().contains("home directory"), "{err}");
     }
 }
+
+#[test]
+fn keep_beats_gits_rules_but_not_sourceignore_and_names_the_rule() {
+    let repo = tree(&[
+        (".gitignore", ".env\nsecrets/\n"),
+        ("deploy/.env", "PASSWORD=x\n"),
+        ("deploy/other.env", "x\n"),
+        ("secrets/db.env", "x\n"),
+        ("secrets/unused.env", "x\n"),
+        ("deploy/.sourceignore", "drafts/\n"),
+        ("deploy/drafts/d.yaml", "kind: D\n"),
+    ]);
+    let root = fs::canonicalize(repo.path()).unwrap();
+    git(&root, &["init", "-q"]);
+    let plain = WalkOptions {
+        git_ignore: true,
+        ..Default::default()
+    };
+    let dropped = paths(&root, &plain);
+    assert!(!dropped.contains(&"deploy/.env".to_string()), "{dropped:?}");
+    let keep = WalkOptions {
+        keep: vec!["deploy/.env".into(), "secrets/db.env".into()],
+        ..plain.clone()
+    };
+    let kept = paths(&root, &keep);
+    for want in [
+        "deploy/.env",
+        "secrets",
+        "secrets/db.env",
+        "deploy/other.env",
+    ] {
+        assert!(kept.contains(&want.to_string()), "{want} in {kept:?}");
+    }
+    // The ignored directory leading to a kept file brings nothing else.
+    assert!(
+        !kept.contains(&"secrets/unused.env".to_string()),
+        "{kept:?}"
+    );
+    // The watcher agrees.
+    let rules = IgnoreRules::for_walk(&root, &keep).unwrap();
+    assert!(!rules.ignores(Path::new("deploy/.env"), false));
+    assert!(rules.ignores(Path::new("secrets/unused.env"), false));
+    assert_eq!(rules.rule_for(Path::new("deploy/.env"), false), None);
+    // Why each is left out, in words.
+    let plain_rules = IgnoreRules::for_walk(&root, &plain).unwrap();
+    assert_eq!(
+        plain_rules.rule_for(Path::new("deploy/.env"), false),
+        Some(IgnoredBy {
+            path: "deploy/.env".into(),
+            rule: "`.env` in .gitignore".into(),
+            by: IgnoredKind::Git,
+        })
+    );
+    assert_eq!(
+        plain_rules.rule_for(Path::new("secrets/db.env"), false),
+        Some(IgnoredBy {
+            path: "secrets".into(),
+            rule: "`secrets/` in .gitignore".into(),
+            by: IgnoredKind::Git,
+        })
+    );
+    let sourceignored = WalkOptions {
+        keep: vec!["deploy/drafts/d.yaml".into()],
+        ignore: vec!["*.env".into()],
+        ..plain
+    };
+    let rules = IgnoreRules::for_walk(&root, &sourceignored).unwrap();
+    assert_eq!(
+        rules.rule_for(Path::new("deploy/drafts/d.yaml"), false),
+        Some(IgnoredBy {
+            path: "deploy/drafts".into(),
+            rule: "`drafts/` in deploy/.sourceignore".into(),
+            by: IgnoredKind::SourceIgnore,
+        })
+    );
+    assert_eq!(
+        rules
+            .rule_for(Path::new("deploy/other.env"), false)
+            .map(|b| (b.rule, b.by)),
+        Some(("`*.env` (--ignore)".into(), IgnoredKind::Flag))
+    );
+    assert_eq!(
+        rules.rule_for(Path::new("logo.png"), false).map(|b| b.by),
+        Some(IgnoredKind::Default)
+    );
+}

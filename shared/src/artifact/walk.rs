@@ -51,6 +51,12 @@ pub struct WalkOptions {
     /// below them; the directories leading to them are kept, their other
     /// entries are not. `None`: the whole root.
     pub only: Option<Vec<String>>,
+    /// Paths (relative to the root, `/`-separated) that a kustomization
+    /// references by name: Git's ignore rules never drop them (nor the
+    /// directories leading to them), as they never drop tracked files; the
+    /// render needs them. `.sourceignore`, `--ignore` and Flux's default
+    /// exclusions still apply.
+    pub keep: Vec<String>,
 }
 
 impl Default for WalkOptions {
@@ -60,6 +66,7 @@ impl Default for WalkOptions {
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             git_ignore: false,
             only: None,
+            keep: Vec::new(),
         }
     }
 }
@@ -183,6 +190,30 @@ impl GitRules {
     }
 }
 
+/// Why a path is left out of an artifact: the first directory (or the path
+/// itself) that a rule drops, and the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredBy {
+    /// What the rule drops: the path or a directory above it (relative).
+    pub path: String,
+    /// The rule in words: `` `.env` in deploy/.gitignore ``.
+    pub rule: String,
+    pub by: IgnoredKind,
+}
+
+/// Where the rule that leaves a path out comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoredKind {
+    /// A `.sourceignore` file.
+    SourceIgnore,
+    /// An `--ignore` pattern.
+    Flag,
+    /// One of [`DEFAULT_EXCLUDES`].
+    Default,
+    /// Git's ignore rules (sessions only).
+    Git,
+}
+
 /// One entry of an artifact, in archive order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -212,6 +243,7 @@ pub struct IgnoreRules {
     base: Gitignore,
     git: Option<GitRules>,
     only: Option<Vec<String>>,
+    keep: Vec<String>,
 }
 
 /// The ignore matchers of one directory: its `.sourceignore` and (with Git's
@@ -244,6 +276,7 @@ impl IgnoreRules {
             base,
             git: None,
             only: None,
+            keep: Vec::new(),
         })
     }
 
@@ -254,7 +287,21 @@ impl IgnoreRules {
             rules.git = GitRules::new(root)?;
         }
         rules.only = options.only.clone();
+        rules.keep = options
+            .keep
+            .iter()
+            .map(|k| k.trim_matches('/').to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
         Ok(rules)
+    }
+
+    /// The same rules without [`WalkOptions::keep`].
+    pub fn without_keep(&self) -> IgnoreRules {
+        IgnoreRules {
+            keep: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// Whether Git's rules take part (the root is in a work tree and they were asked for).
@@ -307,10 +354,127 @@ impl IgnoreRules {
         if !(in_ignored || git.ignores(git_stack, path, is_dir)) {
             return Verdict::Keep;
         }
-        if git.index.tracks(path, is_dir) {
+        if self.keep.iter().any(|k| k == rel) {
+            // Referenced by name: kept, with what is below it.
+            return Verdict::Keep;
+        }
+        let leads_to_kept = is_dir && self.keep.iter().any(|k| k.starts_with(&format!("{rel}/")));
+        if leads_to_kept || git.index.tracks(path, is_dir) {
             Verdict::KeepTracked
         } else {
             Verdict::Drop
+        }
+    }
+
+    /// The rule that leaves a path (relative to the root) out of the
+    /// artifact, in words (`` `.env` in .gitignore ``), if one does; `git`
+    /// tells whether it is one of Git's rules (which [`WalkOptions::keep`]
+    /// overrides). Paths outside [`WalkOptions::only`] are not asked about.
+    pub fn rule_for(&self, relative: &Path, is_dir: bool) -> Option<IgnoredBy> {
+        let (mut stack, mut git_stack) = (Vec::new(), Vec::new());
+        let mut dir = self.root.clone();
+        let parts: Vec<_> = relative.components().collect();
+        let push = |stack: &mut Vec<Gitignore>, git_stack: &mut Vec<Gitignore>, dir: &Path| {
+            if let Ok(r) = self.both(dir, dir) {
+                stack.extend(r.source);
+                git_stack.extend(r.git);
+            }
+        };
+        push(&mut stack, &mut git_stack, &dir);
+        let mut in_ignored = false;
+        let mut rel = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            let logical = self.root.join(parts[..=i].iter().collect::<PathBuf>());
+            let last = i + 1 == parts.len();
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(&part.as_os_str().to_string_lossy());
+            let is_dir = if last { is_dir } else { true };
+            match self.verdict(&stack, &git_stack, in_ignored, &logical, &rel, is_dir) {
+                Verdict::Drop => {
+                    return Some(self.explain(&stack, &git_stack, &logical, &rel, is_dir));
+                }
+                Verdict::KeepTracked => in_ignored = true,
+                Verdict::Keep => {}
+            }
+            dir.push(part);
+            if !last {
+                push(&mut stack, &mut git_stack, &dir);
+            }
+        }
+        None
+    }
+
+    /// Which rule drops `path` (known dropped).
+    fn explain(
+        &self,
+        stack: &[Gitignore],
+        git_stack: &[Gitignore],
+        path: &Path,
+        rel: &str,
+        is_dir: bool,
+    ) -> IgnoredBy {
+        let at = |glob: &ignore::gitignore::Glob, what: &str, by: IgnoredKind| IgnoredBy {
+            path: rel.to_string(),
+            rule: match glob.from() {
+                Some(file) => format!(
+                    "`{}` in {}",
+                    glob.original(),
+                    file.strip_prefix(&self.root)
+                        .unwrap_or(file)
+                        .to_string_lossy()
+                        .replace('\\', "/")
+                ),
+                None => format!("`{}` {what}", glob.original()),
+            },
+            by,
+        };
+        for rules in stack.iter().rev() {
+            match rules.matched(path, is_dir) {
+                Match::Ignore(glob) => {
+                    return at(glob, "in .sourceignore", IgnoredKind::SourceIgnore);
+                }
+                Match::Whitelist(_) => break,
+                Match::None => {}
+            }
+        }
+        if let Match::Ignore(glob) = self.base.matched(path, is_dir) {
+            return if DEFAULT_EXCLUDES.contains(&glob.original()) {
+                at(
+                    glob,
+                    "(one of Flux's default exclusions)",
+                    IgnoredKind::Default,
+                )
+            } else {
+                at(glob, "(--ignore)", IgnoredKind::Flag)
+            };
+        }
+        if let Some(git) = &self.git {
+            for rules in git_stack
+                .iter()
+                .rev()
+                .chain(git.above.iter().rev())
+                .chain(&git.excludes)
+            {
+                match rules.matched(path, is_dir) {
+                    Match::Ignore(glob) => {
+                        return at(glob, "(Git's ignore rules)", IgnoredKind::Git);
+                    }
+                    Match::Whitelist(_) => break,
+                    Match::None => {}
+                }
+            }
+            return IgnoredBy {
+                path: rel.to_string(),
+                rule: "Git's ignore rules".into(),
+                by: IgnoredKind::Git,
+            };
+        }
+        IgnoredBy {
+            path: rel.to_string(),
+            rule: "the ignore rules".into(),
+            by: IgnoredKind::SourceIgnore,
         }
     }
 

@@ -2,7 +2,10 @@
 //! rollout progress per workload, and — as soon as it is visible — why a
 //! rollout cannot succeed (a pod in CrashLoopBackOff, an image that cannot
 //! be pulled, no node that fits, a quota that refuses the pods), in words
-//! taken from the pods, the workloads' conditions and their events.
+//! taken from the pods, the workloads' conditions and their events. A pod
+//! that runs but never becomes ready (a failing readiness probe) may still
+//! become ready: it is named once the Deployment's progress deadline passes
+//! or Flux's health check times out ([`explain_unready`]).
 //!
 //! The rules are pure functions of the objects (tested on fixtures); the
 //! watch feeds them from the API server.
@@ -11,8 +14,8 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
+use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
@@ -208,7 +211,7 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
             }
             "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" | "ErrImageNeverPull" => {
                 return Some(format!(
-                    "pod {name} container {}: {reason}: image {:?}{}",
+                    "pod {name} container {} cannot pull its image {:?}: {reason}{}",
                     c.name,
                     c.image,
                     if message.is_empty() {
@@ -241,6 +244,159 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
     None
 }
 
+/// Why a pod that runs is not ready, when its containers all run but some
+/// are not ready (`ContainersNotReady`): a failing readiness probe.
+/// `probe_failures`: the latest `Unhealthy` event message of each pod.
+pub fn unready_problem(pod: &Pod, probe_failures: &BTreeMap<String, String>) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")?;
+    if ready.status != "False" {
+        return None;
+    }
+    let containers: Vec<_> = status.container_statuses.iter().flatten().collect();
+    let unready: Vec<&str> = containers
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| c.name.as_str())
+        .collect();
+    let running = containers
+        .iter()
+        .filter(|c| !c.ready)
+        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+    if unready.is_empty() || !running {
+        return None;
+    }
+    let name = pod.name_any();
+    let probed = pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .any(|c| unready.contains(&c.name.as_str()) && c.readiness_probe.is_some())
+    });
+    let why = match probe_failures.get(&name) {
+        Some(m) => {
+            let m = m.trim();
+            let m = m
+                .strip_prefix("Readiness probe failed:")
+                .unwrap_or(m)
+                .trim();
+            format!("readiness probe failing: {m}")
+        }
+        None if probed => "readiness probe failing".to_string(),
+        None => format!("container {} not ready", unready.join(", ")),
+    };
+    Some(format!("pod {name} is running but not ready ({why})"))
+}
+
+/// The workloads that have not rolled out and whose pods run but are not
+/// ready, in words (`Deployment/ns/web: pod web-abc is running but not
+/// ready (readiness probe failing: …)`).
+pub fn unready_verdict(
+    rollouts: &[Rollout],
+    pods: &[Pod],
+    probe_failures: &BTreeMap<String, String>,
+) -> Option<String> {
+    for r in rollouts.iter().filter(|r| !r.done) {
+        let mut problems: Vec<String> = pods
+            .iter()
+            .filter(|p| selects(r, p))
+            .filter_map(|p| unready_problem(p, probe_failures))
+            .collect();
+        problems.sort();
+        if let Some(first) = problems.first() {
+            return Some(format!("{}: {first}", r.object));
+        }
+    }
+    None
+}
+
+/// Deployments: which pods count is known once their newest ReplicaSet is
+/// (until then, none does).
+fn with_current(rollouts: impl Iterator<Item = Rollout>, rss: &[ReplicaSet]) -> Vec<Rollout> {
+    rollouts
+        .map(|mut r| {
+            if r.object.starts_with("Deployment/") {
+                r.current = Some((
+                    "pod-template-hash".into(),
+                    r.revision
+                        .as_deref()
+                        .and_then(|rev| current_hash(&r.uid, rev, rss))
+                        .unwrap_or_default(),
+                ));
+            }
+            r
+        })
+        .collect()
+}
+
+/// Why the session's workloads in `namespace` are not healthy, when their
+/// pods run but are not ready (asked when Flux's health check timed out):
+/// the readiness probe's failure from the pod's `Unhealthy` events, if any.
+pub async fn explain_unready(
+    client: Client,
+    namespace: &str,
+    session: &str,
+    flux_namespace: &str,
+) -> Option<String> {
+    let selector = format!(
+        "kustomize.toolkit.fluxcd.io/name={session},kustomize.toolkit.fluxcd.io/namespace={flux_namespace}"
+    );
+    let labelled = ListParams::default().labels(&selector);
+    let all = ListParams::default();
+    let (d, st, ds, rs, po, ev) = (
+        Api::<Deployment>::namespaced(client.clone(), namespace),
+        Api::<StatefulSet>::namespaced(client.clone(), namespace),
+        Api::<DaemonSet>::namespaced(client.clone(), namespace),
+        Api::<ReplicaSet>::namespaced(client.clone(), namespace),
+        Api::<Pod>::namespaced(client.clone(), namespace),
+        Api::<KubeEvent>::namespaced(client, namespace),
+    );
+    let unhealthy = ListParams::default().fields("reason=Unhealthy");
+    let (deployments, statefulsets, daemonsets, rss, pods, events) = futures::join!(
+        d.list(&labelled),
+        st.list(&labelled),
+        ds.list(&labelled),
+        rs.list(&all),
+        po.list(&all),
+        ev.list(&unhealthy),
+    );
+    let mut rollouts: Vec<Rollout> = Vec::new();
+    rollouts.extend(deployments.ok()?.items.iter().map(deployment));
+    rollouts.extend(statefulsets.ok()?.items.iter().map(statefulset));
+    rollouts.extend(daemonsets.ok()?.items.iter().map(daemonset));
+    let rollouts = with_current(rollouts.into_iter(), &rss.ok()?.items);
+    let pods = pods.ok()?.items;
+    let probe_failures = probe_failures(events.map(|e| e.items).unwrap_or_default());
+    unready_verdict(&rollouts, &pods, &probe_failures)
+}
+
+/// The latest readiness probe failure of each pod, from `Unhealthy` events.
+fn probe_failures(mut events: Vec<KubeEvent>) -> BTreeMap<String, String> {
+    let when = |e: &KubeEvent| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+    };
+    events.sort_by_key(when);
+    events
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Pod"))
+        .filter_map(|e| {
+            let message = e.message?;
+            message
+                .starts_with("Readiness probe")
+                .then(|| (e.involved_object.name.unwrap_or_default(), message))
+        })
+        .collect()
+}
+
 fn selects(r: &Rollout, pod: &Pod) -> bool {
     let labels = pod.labels();
     !r.selector.is_empty()
@@ -265,6 +421,14 @@ pub fn verdict(rollouts: &[Rollout], pods: &[Pod]) -> Option<String> {
             continue;
         }
         if let Some(p) = &r.problem {
+            // Past its progress deadline with pods that run but are not
+            // ready: the readiness probe is why.
+            if p.starts_with("ProgressDeadlineExceeded")
+                && let Some(unready) =
+                    unready_verdict(std::slice::from_ref(r), pods, &BTreeMap::new())
+            {
+                return Some(format!("{unready}; {p}"));
+            }
             return Some(format!("{}: {p}", r.object));
         }
         let mut problems: Vec<String> = pods
@@ -502,23 +666,7 @@ pub async fn watch(
             }
         }
         let replicasets: Vec<ReplicaSet> = rs_map.values().cloned().collect();
-        let rs: Vec<Rollout> = rollouts
-            .values()
-            .cloned()
-            .map(|mut r| {
-                if r.object.starts_with("Deployment/") {
-                    // Until its newest ReplicaSet is known, no pod counts.
-                    r.current = Some((
-                        "pod-template-hash".into(),
-                        r.revision
-                            .as_deref()
-                            .and_then(|rev| current_hash(&r.uid, rev, &replicasets))
-                            .unwrap_or_default(),
-                    ));
-                }
-                r
-            })
-            .collect();
+        let rs = with_current(rollouts.values().cloned(), &replicasets);
         let ps: Vec<Pod> = pod_map.values().cloned().collect();
         if let Some(v) = verdict(&rs, &ps) {
             tracing::debug!("verdict from {rs:?}");
@@ -687,7 +835,9 @@ mod tests {
         }));
         let v = verdict(std::slice::from_ref(&d), &[pull]).unwrap();
         assert!(
-            v.contains("ImagePullBackOff: image \"nope:1\" (not found)"),
+            v.ends_with(
+                "container app cannot pull its image \"nope:1\": ImagePullBackOff (not found)"
+            ),
             "{v}"
         );
         let pending = pod(serde_json::json!({
@@ -744,6 +894,94 @@ mod tests {
         assert!(
             v.starts_with("Deployment/sbx/big: pods \"big-1\" is forbidden: exceeded quota"),
             "{v}"
+        );
+    }
+
+    #[test]
+    fn pods_that_run_but_are_never_ready_are_named_with_the_probe() {
+        let d = deployment(&deploy(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sbx", "generation": 1},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}
+        })));
+        let unready = |probe: bool| {
+            pod(serde_json::json!({
+                "metadata": {"name": "web-abc", "namespace": "sbx", "labels": {"app": "web"}},
+                "spec": {"containers": [if probe {
+                    serde_json::json!({"name": "app", "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}})
+                } else {
+                    serde_json::json!({"name": "app"})
+                }]},
+                "status": {
+                    "phase": "Running",
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+                    "containerStatuses": [{
+                        "name": "app", "image": "web:1", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"running": {}}
+                    }]
+                }
+            }))
+        };
+        // Not a certain failure: it may become ready yet.
+        assert_eq!(verdict(std::slice::from_ref(&d), &[unready(true)]), None);
+        let none = BTreeMap::new();
+        assert_eq!(
+            unready_verdict(std::slice::from_ref(&d), &[unready(true)], &none).as_deref(),
+            Some(
+                "Deployment/sbx/web: pod web-abc is running but not ready (readiness probe failing)"
+            )
+        );
+        assert_eq!(
+            unready_verdict(std::slice::from_ref(&d), &[unready(false)], &none).as_deref(),
+            Some(
+                "Deployment/sbx/web: pod web-abc is running but not ready (container app not ready)"
+            )
+        );
+        let events: Vec<KubeEvent> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "web-abc"},
+             "reason": "Unhealthy", "lastTimestamp": "2025-01-01T00:00:01Z",
+             "message": "Readiness probe failed: HTTP probe failed with statuscode: 500"},
+            {"metadata": {"name": "e0"}, "involvedObject": {"kind": "Pod", "name": "web-abc"},
+             "reason": "Unhealthy", "lastTimestamp": "2025-01-01T00:00:00Z",
+             "message": "Readiness probe failed: connection refused"},
+            {"metadata": {"name": "e2"}, "involvedObject": {"kind": "Pod", "name": "web-abc"},
+             "reason": "Unhealthy", "lastTimestamp": "2025-01-01T00:00:02Z",
+             "message": "Liveness probe failed: timeout"}
+        ]))
+        .unwrap();
+        let failures = probe_failures(events);
+        assert_eq!(
+            unready_verdict(std::slice::from_ref(&d), &[unready(true)], &failures).as_deref(),
+            Some(
+                "Deployment/sbx/web: pod web-abc is running but not ready (readiness probe failing: HTTP probe failed with statuscode: 500)"
+            )
+        );
+        // Rolled out, or a pod still starting: nothing to say.
+        let mut done = d.clone();
+        done.done = true;
+        assert_eq!(unready_verdict(&[done], &[unready(true)], &none), None);
+        let waiting = pod(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "sbx", "labels": {"app": "web"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "app", "image": "web:1", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+        }));
+        assert_eq!(
+            unready_verdict(std::slice::from_ref(&d), &[waiting], &none),
+            None
+        );
+        // Past the progress deadline, the Deployment's own reason says why.
+        let late = deployment(&deploy(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sbx", "generation": 1},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 1, "conditions": [{"type": "Progressing", "status": "False",
+                "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-1\" has timed out progressing."}]}
+        })));
+        assert_eq!(
+            verdict(&[late], &[unready(true)]).as_deref(),
+            Some(
+                "Deployment/sbx/web: pod web-abc is running but not ready (readiness probe failing); ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing."
+            )
         );
     }
 }

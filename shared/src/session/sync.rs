@@ -326,11 +326,13 @@ impl Session {
             match tokio::task::spawn_blocking(move || {
                 // Only what the sync needs: the directory and what its
                 // kustomizations reference (see `packaging`).
-                let packaging = packaging::plan(&root, &dir)?;
+                let mut packaging = packaging::plan(&root, &dir)?;
                 let walk = crate::artifact::WalkOptions {
                     only: packaging.only.clone(),
+                    keep: packaging.keep.clone(),
                     ..walk
                 };
+                packaging.check_ignored(&root, &walk)?;
                 validate::validate_dir(&root, &dir, &walk, decrypts).map(|index| {
                     let relocated = target
                         .map(|t| (validate::relocated(&root, &dir, &t), t))
@@ -687,12 +689,30 @@ impl Session {
         let status = applied.and_then(|o| o.status).unwrap_or_default();
         if early.is_some() {
             tracing::debug!("healthy before Flux's health check reported it");
-        } else if let Some(message) = flux::failure(&status) {
+        } else if let Some(mut message) = flux::failure(&status) {
             self.settled = true;
-            let file = validate::file_for(index, &message);
             // Applied but not healthy: the failed revision is what the cluster has now.
             let applied = flux::condition(&status.conditions, "Ready")
                 .is_some_and(|c| c.reason == "HealthCheckFailed");
+            // Timed out: pods that run but are not ready are why, in words.
+            if applied && let Some((ns, _)) = self.workloads() {
+                let why = super::health::explain_unready(
+                    self.client.clone(),
+                    &ns,
+                    &name,
+                    &self.namespace,
+                )
+                .await;
+                if let Some(why) = why {
+                    // kustomize-controller waits at least 30 s, whatever --timeout says.
+                    message = format!(
+                        "applied, but the workloads did not become healthy within Flux's \
+                         health check timeout ({}s): {why}",
+                        self.cfg.timeout.as_secs().max(30)
+                    );
+                }
+            }
+            let file = validate::file_for(index, &message);
             self.note(revision, "Failed").await;
             return Ok(self.fail(Phase::Apply, message, file, applied));
         }

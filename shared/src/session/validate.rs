@@ -129,6 +129,18 @@ pub enum ValidateError {
     },
     #[error("{from} references {written}, which does not exist; nothing was pushed")]
     MissingReference { from: String, written: String },
+    #[error(
+        "{from} references {written}, which the artifact leaves out ({dropped}: {rule}); the \
+         render needs it: {advice}; nothing was pushed"
+    )]
+    IgnoredReference {
+        from: String,
+        written: String,
+        /// What the rule drops: the path or a directory above it.
+        dropped: String,
+        rule: String,
+        advice: String,
+    },
     #[error("{0}; nothing was pushed")]
     Kustomization(#[from] crate::kustomize::KustomizeError),
     #[error(
@@ -155,7 +167,8 @@ impl ValidateError {
             ValidateError::Yaml(e) => e.first().map(|e| e.file.clone()),
             ValidateError::NoDecryptionKey(files) => files.first().map(|f| f.file.clone()),
             ValidateError::OutsideRoot { from, .. }
-            | ValidateError::MissingReference { from, .. } => Some(from.clone()),
+            | ValidateError::MissingReference { from, .. }
+            | ValidateError::IgnoredReference { from, .. } => Some(from.clone()),
             _ => None,
         }
     }

@@ -69,8 +69,8 @@ pub struct WatchTarget {
 /// rules: the ignore patterns themselves are bad; the sync says so, and
 /// every change counts meanwhile).
 fn plan(target: &WatchTarget) -> (Option<IgnoreRules>, Vec<PathBuf>) {
-    let only = super::packaging::plan(&target.root, &target.dir)
-        .map(|p| p.only)
+    let (only, keep) = super::packaging::plan(&target.root, &target.dir)
+        .map(|p| (p.only, p.keep))
         .unwrap_or_else(|_| {
             // A kustomization that cannot be read: the sync says why; watch
             // the directory so that its fix is seen.
@@ -79,10 +79,11 @@ fn plan(target: &WatchTarget) -> (Option<IgnoreRules>, Vec<PathBuf>) {
                 .strip_prefix(&target.root)
                 .map(|r| r.to_string_lossy().replace('\\', "/"))
                 .unwrap_or_default();
-            (!rel.is_empty()).then(|| vec![rel])
+            ((!rel.is_empty()).then(|| vec![rel]), Vec::new())
         });
     let options = WalkOptions {
         only,
+        keep,
         ..target.walk.clone()
     };
     match IgnoreRules::for_walk(&target.root, &options) {
