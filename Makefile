@@ -52,3 +52,4 @@ bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/bench/app-repo
 	tests/bench/workload-latency
 	tests/bench/many-sessions
+	tests/bench/soak

@@ -22,6 +22,12 @@ AGENT = "kubectl-gitops/"
 
 
 def release_binary(name="kubectl-gitops_run"):
+    """The plugin, built as released; GITOPS_BENCH_PROFILE=debug takes the
+    debug build instead (a quick look, not numbers to report)."""
+    if os.environ.get("GITOPS_BENCH_PROFILE") == "debug":
+        print(f"==> building {name} (debug: numbers not representative)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "-q", "-p", name], cwd=ROOT, check=True)
+        return ROOT / "target/debug" / name
     print(f"==> building {name} (release)", file=sys.stderr)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", name], cwd=ROOT, check=True)
     return ROOT / "target/release" / name
