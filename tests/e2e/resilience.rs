@@ -57,6 +57,29 @@ fn expect_said(s: &mut RunningSession, needle: &str, within: Duration) -> String
     e["message"].as_str().unwrap_or_default().to_string()
 }
 
+/// A session on a one-ConfigMap directory (value "1") with a 3 s lease,
+/// after its first sync.
+fn started(harness: &Harness, prefix: &str) -> (tempfile::TempDir, String, RunningSession) {
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    let name = unique(prefix);
+    let mut s = RunningSession::start(
+        harness,
+        dir.path(),
+        &["--name", &name, "--lease-duration", "3s"],
+    );
+    s.next_sync().unwrap();
+    (dir, name, s)
+}
+
+/// Ctrl+C, exit 0, and everything the session made gone.
+async fn stop_clean(client: &Client, name: &str, mut s: RunningSession) {
+    let footprint = Footprint::capture(client, name).await;
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    footprint.assert_gone(client).await;
+}
+
 fn sessions(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
     output(
         plugin("kubectl-gitops_sessions")
@@ -69,15 +92,7 @@ fn sessions(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
 async fn a_lease_taken_over_stops_the_session_without_touching_its_objects() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
-    let name = unique("run-takeover");
-    let mut s = RunningSession::start(
-        &harness,
-        dir.path(),
-        &["--name", &name, "--lease-duration", "3s"],
-    );
-    s.next_sync().unwrap();
+    let (dir, name, mut s) = started(&harness, "run-takeover");
     let footprint = Footprint::capture(&client, &name).await;
 
     // Someone else's command takes the session (what a second `gitops-run`
@@ -131,15 +146,7 @@ async fn a_lease_taken_over_stops_the_session_without_touching_its_objects() {
 async fn a_deleted_lease_stops_the_session_and_it_removes_what_is_left() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
-    let name = unique("run-leasegone");
-    let mut s = RunningSession::start(
-        &harness,
-        dir.path(),
-        &["--name", &name, "--lease-duration", "3s"],
-    );
-    s.next_sync().unwrap();
+    let (_dir, name, mut s) = started(&harness, "run-leasegone");
     let footprint = Footprint::capture(&client, &name).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
     leases.delete(&name, &Default::default()).await.unwrap();
@@ -157,15 +164,7 @@ async fn a_deleted_lease_stops_the_session_and_it_removes_what_is_left() {
 async fn a_suspended_session_resumes_holds_its_lease_again_and_syncs_what_changed() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
-    let name = unique("run-suspend");
-    let mut s = RunningSession::start(
-        &harness,
-        dir.path(),
-        &["--name", &name, "--lease-duration", "3s"],
-    );
-    s.next_sync().unwrap();
+    let (dir, name, mut s) = started(&harness, "run-suspend");
     let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
 
     // A laptop lid closed for longer than the lease; a save made meanwhile.
@@ -197,25 +196,14 @@ async fn a_suspended_session_resumes_holds_its_lease_again_and_syncs_what_change
         s.child.id().to_string()
     );
 
-    let footprint = Footprint::capture(&client, &name).await;
-    s.signal("INT");
-    assert_eq!(s.wait_exit(WAIT), Some(0));
-    footprint.assert_gone(&client).await;
+    stop_clean(&client, &name, s).await;
 }
 
 #[tokio::test]
 async fn a_session_pruned_while_suspended_says_so_and_exits_cleanly() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
-    let name = unique("run-pruned");
-    let mut s = RunningSession::start(
-        &harness,
-        dir.path(),
-        &["--name", &name, "--lease-duration", "3s"],
-    );
-    s.next_sync().unwrap();
+    let (_dir, name, mut s) = started(&harness, "run-pruned");
     let footprint = Footprint::capture(&client, &name).await;
     s.signal("STOP");
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -360,10 +348,7 @@ async fn a_directory_moved_away_keeps_what_was_applied_and_its_return_syncs() {
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name).await.as_deref(), Some("3"));
 
-    let footprint = Footprint::capture(&client, &name).await;
-    s.signal("INT");
-    assert_eq!(s.wait_exit(WAIT), Some(0));
-    footprint.assert_gone(&client).await;
+    stop_clean(&client, &name, s).await;
 }
 
 /// A FUSE mount (Debian's bindfs) of a directory: changes made to the

@@ -371,39 +371,13 @@ impl IgnoreRules {
     /// tells whether it is one of Git's rules (which [`WalkOptions::keep`]
     /// overrides). Paths outside [`WalkOptions::only`] are not asked about.
     pub fn rule_for(&self, relative: &Path, is_dir: bool) -> Option<IgnoredBy> {
-        let (mut stack, mut git_stack) = (Vec::new(), Vec::new());
-        let mut dir = self.root.clone();
-        let parts: Vec<_> = relative.components().collect();
-        let push = |stack: &mut Vec<Gitignore>, git_stack: &mut Vec<Gitignore>, dir: &Path| {
-            if let Ok(r) = self.both(dir, dir) {
-                stack.extend(r.source);
-                git_stack.extend(r.git);
-            }
-        };
-        push(&mut stack, &mut git_stack, &dir);
-        let mut in_ignored = false;
-        let mut rel = String::new();
-        for (i, part) in parts.iter().enumerate() {
-            let logical = self.root.join(parts[..=i].iter().collect::<PathBuf>());
-            let last = i + 1 == parts.len();
-            if !rel.is_empty() {
-                rel.push('/');
-            }
-            rel.push_str(&part.as_os_str().to_string_lossy());
-            let is_dir = if last { is_dir } else { true };
-            match self.verdict(&stack, &git_stack, in_ignored, &logical, &rel, is_dir) {
-                Verdict::Drop => {
-                    return Some(self.explain(&stack, &git_stack, &logical, &rel, is_dir));
-                }
-                Verdict::KeepTracked => in_ignored = true,
-                Verdict::Keep => {}
-            }
-            dir.push(part);
-            if !last {
-                push(&mut stack, &mut git_stack, &dir);
-            }
-        }
-        None
+        self.first_dropped(
+            relative,
+            is_dir,
+            |stack, git_stack, logical, rel, is_dir| {
+                self.explain(stack, git_stack, logical, rel, is_dir)
+            },
+        )
     }
 
     /// Which rule drops `path` (known dropped).
@@ -519,6 +493,19 @@ impl IgnoreRules {
     /// ignore file between the root and it into account. Used by the file
     /// watcher, which sees single paths rather than a walk.
     pub fn ignores(&self, relative: &Path, is_dir: bool) -> bool {
+        self.first_dropped(relative, is_dir, |_, _, _, _, _| ())
+            .is_some()
+    }
+
+    /// Walks the ignore files from the root down to `relative` and calls
+    /// `dropped` with the stacks in force where the first component that a
+    /// rule drops is met (`None`: nothing drops it).
+    fn first_dropped<T>(
+        &self,
+        relative: &Path,
+        is_dir: bool,
+        dropped: impl FnOnce(&[Gitignore], &[Gitignore], &Path, &str, bool) -> T,
+    ) -> Option<T> {
         let (mut stack, mut git_stack) = (Vec::new(), Vec::new());
         let mut dir = self.root.clone();
         let parts: Vec<_> = relative.components().collect();
@@ -540,7 +527,9 @@ impl IgnoreRules {
             rel.push_str(&part.as_os_str().to_string_lossy());
             let is_dir = if last { is_dir } else { true };
             match self.verdict(&stack, &git_stack, in_ignored, &logical, &rel, is_dir) {
-                Verdict::Drop => return true,
+                Verdict::Drop => {
+                    return Some(dropped(&stack, &git_stack, &logical, &rel, is_dir));
+                }
                 Verdict::KeepTracked => in_ignored = true,
                 Verdict::Keep => {}
             }
@@ -549,7 +538,7 @@ impl IgnoreRules {
                 push(&mut stack, &mut git_stack, &dir);
             }
         }
-        false
+        None
     }
 }
 
