@@ -458,3 +458,58 @@ async fn a_git_ignored_env_file_of_a_secret_generator_is_packaged() {
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
     gitops_e2e::wait_namespace_gone(&client, &ns).await;
 }
+
+/// The user's global excludes file (`core.excludesFile` in ~/.gitconfig)
+/// counts as `git check-ignore` counts it: what it matches stays out of the
+/// artifact unless Git tracks it. Checked in Flux's inventory.
+#[tokio::test]
+async fn the_users_global_git_excludes_file_applies_but_never_to_tracked_files() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let home = tempfile::tempdir().unwrap();
+    let excludes = home.path().join("global-ignore");
+    std::fs::write(&excludes, "local-*.yaml\n").unwrap();
+    std::fs::write(
+        home.path().join(".gitconfig"),
+        format!("[core]\n\texcludesFile = {}\n", excludes.display()),
+    )
+    .unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    write_tree(
+        repo.path(),
+        &[
+            ("deploy/app.yaml", &cm("kept", "1")),
+            ("deploy/local-dev.yaml", &cm("leak", "1")),
+            ("deploy/local-tracked.yaml", &cm("tracked", "1")),
+        ],
+    );
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-f", "deploy/local-tracked.yaml"]);
+    let name = unique("run-excludes");
+    let mut s = RunningSession::spawn(
+        gitops_e2e::plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["-o", "json", "--name", &name, "deploy"])
+            .current_dir(repo.path())
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME"),
+    );
+    s.next_sync().unwrap();
+    let kss: Api<Kustomization> = Api::namespaced(client.clone(), &name);
+    let ks = kss.get(&name).await.unwrap();
+    let ids: Vec<String> = ks
+        .status
+        .and_then(|s| s.inventory)
+        .map(|i| i.entries.into_iter().map(|e| e.id).collect())
+        .unwrap_or_default();
+    let has = |cm: &str| {
+        ids.iter()
+            .any(|id| id == &format!("{name}_{cm}__ConfigMap"))
+    };
+    assert!(has("kept") && has("tracked") && !has("leak"), "{ids:?}");
+    assert_eq!(value(&client, &name, "leak").await, None);
+    let footprint = gitops_e2e::Footprint::capture(&client, &name).await;
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    footprint.assert_gone(&client).await;
+}

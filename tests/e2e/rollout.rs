@@ -790,3 +790,31 @@ async fn image_pull_and_unschedulable_are_reported_with_the_file() {
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
     nothing_derived_left(&client, &ns).await;
 }
+
+/// What the README's quick start and `make demo` sync: examples/hello
+/// (ConfigMap, Deployment mounting it, Service) rolls out on the harness.
+#[tokio::test]
+async fn examples_hello_rolls_out_and_leaves_nothing() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
+    for f in std::fs::read_dir(&example).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    let ns = unique("run-hello");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &ns]);
+    s.next_sync().unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let web = deployments.get("web").await.unwrap();
+    let status = web.status.unwrap_or_default();
+    let want = web.spec.and_then(|s| s.replicas).unwrap_or(1);
+    assert_eq!(status.available_replicas, Some(want), "{status:?}");
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+    assert!(services.get_opt("web").await.unwrap().is_some());
+    let footprint = gitops_e2e::Footprint::capture(&client, &ns).await;
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    footprint.assert_gone(&client).await;
+}
