@@ -130,6 +130,55 @@ async fn stopped_flux_controllers_are_named_within_seconds_and_the_session_recov
 }
 
 #[tokio::test]
+async fn a_stopped_helm_controller_is_named_within_seconds_and_the_chart_session_recovers() {
+    let _serial = SERIAL.lock().await;
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let chart = |greeting: &str| {
+        write_tree(
+            dir.path(),
+            &[
+                (
+                    "Chart.yaml",
+                    "apiVersion: v2\nname: hello\nversion: 0.1.0\n",
+                ),
+                ("values.yaml", &format!("greeting: {greeting}\n")),
+                (
+                    "templates/cm.yaml",
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\ndata:\n  greeting: {{ .Values.greeting | quote }}\n",
+                ),
+            ],
+        )
+    };
+    chart("hi");
+    let name = unique("run-helmdown");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    s.next_sync().unwrap();
+
+    stop(&harness, "helm-controller");
+    let saved = Instant::now();
+    chart("hello");
+    expect_not_started(
+        &mut s,
+        saved,
+        "helm-controller",
+        &format!("HelmRelease {name}/{name}"),
+    );
+    restart_missing(&harness);
+    s.next_sync().unwrap();
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &name);
+    let got = cms.get(&format!("{name}-cm")).await.unwrap().data.unwrap()["greeting"].clone();
+    assert_eq!(got, "hello");
+
+    let footprint = Footprint::capture(&client, &name).await;
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(90)), Some(0));
+    footprint.assert_gone(&client).await;
+}
+
+#[tokio::test]
 async fn ctrl_c_with_the_api_server_down_retries_then_says_what_is_left_and_how_to_remove_it() {
     let _serial = SERIAL.lock().await;
     let harness = Harness::get();

@@ -192,6 +192,13 @@ impl Session {
         flux::request_reconcile(&releases, &name).await?;
         let want = version.to_string();
         let limit = self.cfg.timeout + Duration::from_secs(30);
+        let stall = super::sync::warn_if_release_unstarted(
+            releases.clone(),
+            name.clone(),
+            self.namespace.clone(),
+            version.to_string(),
+            self.report.clone(),
+        );
         let done = kubeapi::await_object(
             &releases,
             &name,
@@ -206,8 +213,12 @@ impl Session {
                             .is_some_and(|c| c.status != "Unknown")
                 })
             },
-        )
-        .await?;
+        );
+        // Meanwhile, a word when helm-controller has not started on it.
+        let done = tokio::select! {
+            r = done => r?,
+            never = stall => match never {},
+        };
         self.waiting.store(false, Ordering::SeqCst);
         let status = done.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::helm_failure(&status) {

@@ -94,6 +94,50 @@ async fn warn_if_kustomization_unstarted(
     std::future::pending().await
 }
 
+/// The warning for a HelmRelease that helm-controller has not started on
+/// chart `version` (it records the version in `lastAttemptedRevision` or a
+/// condition as it starts), or `None` when it has.
+pub(super) fn unstarted_release(
+    status: Option<&flux::HelmReleaseStatus>,
+    version: &str,
+    namespace: &str,
+    name: &str,
+) -> Option<String> {
+    let started = status.is_some_and(|s| {
+        s.last_attempted_revision
+            .as_deref()
+            .is_some_and(|r| r.starts_with(version))
+            || s.conditions.iter().any(|c| c.message.contains(version))
+    });
+    (!started).then(|| {
+        format!(
+            "helm-controller has not started on HelmRelease {namespace}/{name} {}s after \
+             source-controller fetched chart {version}: it is not running, or still busy with \
+             this release's previous version (Flux installs it as Deployment helm-controller in \
+             flux-system: `kubectl -n flux-system get deploy helm-controller`); still waiting",
+            APPLY_STALL.as_secs()
+        )
+    })
+}
+
+/// Warns once, [`APPLY_STALL`] from now, if helm-controller has not
+/// started on chart `version`; never resolves (the release wait decides).
+pub(super) async fn warn_if_release_unstarted(
+    releases: Api<flux::HelmRelease>,
+    name: String,
+    namespace: String,
+    version: String,
+    report: super::Reporter,
+) -> std::convert::Infallible {
+    tokio::time::sleep(APPLY_STALL).await;
+    if let Ok(Some(hr)) = releases.get_opt(&name).await
+        && let Some(message) = unstarted_release(hr.status.as_ref(), &version, &namespace, &name)
+    {
+        report(&Event::Warning { message });
+    }
+    std::future::pending().await
+}
+
 impl Session {
     pub(super) fn phase(&self, phase: Phase) -> Instant {
         (self.report)(&Event::PhaseStarted { phase });
@@ -846,5 +890,25 @@ mod tests {
             ..asked()
         };
         assert_eq!(untouched_source(&blind, None, None, "d", "w"), None);
+    }
+
+    #[test]
+    fn a_release_not_started_on_the_chart_version_names_helm_controller() {
+        let w = unstarted_release(None, "0.1.0-dev.gabc", "dev", "web").unwrap();
+        assert!(w.contains("helm-controller has not started on HelmRelease dev/web"));
+        assert!(w.contains("kubectl -n flux-system get deploy helm-controller"));
+        let old = flux::HelmReleaseStatus {
+            last_attempted_revision: Some("0.1.0-dev.gold".into()),
+            ..Default::default()
+        };
+        assert!(unstarted_release(Some(&old), "0.1.0-dev.gabc", "d", "w").is_some());
+        let attempted = flux::HelmReleaseStatus {
+            last_attempted_revision: Some("0.1.0-dev.gabc+sha256.x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            unstarted_release(Some(&attempted), "0.1.0-dev.gabc", "d", "w"),
+            None
+        );
     }
 }
