@@ -301,8 +301,13 @@ impl Session {
         };
         let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
         let lease_seen = match leases.get_opt(&cfg.name).await? {
-            Some(existing) if lease::removed_by(&existing).is_some() => {
-                // A stale run of this session is being pruned: let it go first.
+            Some(existing)
+                if lease::removed_by(&existing).is_some()
+                    && lease_is_live(&existing, Utc::now()) =>
+            {
+                // A stale run of this session is being pruned: let it go
+                // first. (A claim that went stale is a remover that died:
+                // taken over like any stale Lease.)
                 await_removal(&leases, &existing, &report).await?;
                 None
             }
@@ -417,7 +422,11 @@ impl Session {
             let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
             match current {
                 None => self.lease_seen = None,
-                Some(l) if lease::removed_by(&l).is_some() && attempts < 4 => {
+                Some(l)
+                    if lease::removed_by(&l).is_some()
+                        && lease_is_live(&l, Utc::now())
+                        && attempts < 4 =>
+                {
                     await_removal(&leases, &l, &self.report).await?;
                     self.lease_seen = None;
                 }
