@@ -18,8 +18,10 @@
 //! | `owner` | `user@host` that created it |
 //!
 //! `spec.holderIdentity` is `user@host` while the command runs (empty once
-//! it stopped with `--keep`); `spec.renewTime` + `leaseDurationSeconds`
-//! decide whether the heartbeat is live.
+//! it stopped with `--keep`, `removing:<user@host>` once `gitops-sessions`
+//! claimed it to remove the session; see [`super::lease`]);
+//! `spec.renewTime` + `leaseDurationSeconds` decide whether the heartbeat
+//! is live.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
