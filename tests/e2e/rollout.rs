@@ -368,6 +368,30 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         .output();
 }
 
+/// Waits for the next failed sync and checks it came within `within` of
+/// `since`, says each of `says` and names `file`; returns the event.
+fn failure(
+    s: &mut RunningSession,
+    what: &str,
+    since: Instant,
+    within: Duration,
+    says: &[&str],
+    file: &str,
+) -> serde_json::Value {
+    let failed = s.wait_for(what, WAIT, |e| e["event"] == "failed");
+    assert!(
+        since.elapsed() < within,
+        "{what} took {:?}",
+        since.elapsed()
+    );
+    let message = failed["message"].as_str().unwrap_or_default();
+    for needle in says {
+        assert!(message.contains(needle), "{needle:?} not in {failed}");
+    }
+    assert_eq!(failed["file"], file, "{failed}");
+    failed
+}
+
 #[tokio::test]
 async fn a_crashing_pod_fails_the_sync_in_seconds_and_a_fix_recovers() {
     let harness = Harness::get();
@@ -382,20 +406,15 @@ async fn a_crashing_pod_fails_the_sync_in_seconds_and_a_fix_recovers() {
     // and the file well before the 2 minute health-check timeout.
     let t = Instant::now();
     app(dir.path(), 1, "        gitops.harness/fail: crashloop\n");
-    let failed = s.wait_for("the failure", WAIT, |e| e["event"] == "failed");
-    assert!(
-        t.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t.elapsed()
-    );
-    let message = failed["message"].as_str().unwrap();
-    assert!(message.contains("CrashLoopBackOff"), "{failed}");
-    assert!(
-        message.contains(&format!("Deployment/{ns}/web")),
-        "{failed}"
-    );
     // DIR is not in a Git work tree: the packaged root is DIR itself.
-    assert_eq!(failed["file"], "deployment.yaml", "{failed}");
+    failure(
+        &mut s,
+        "the failure",
+        t,
+        Duration::from_secs(20),
+        &["CrashLoopBackOff", &format!("Deployment/{ns}/web")],
+        "deployment.yaml",
+    );
     let crashing: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels("gitops.harness/fail=crashloop"))
         .await
@@ -731,22 +750,17 @@ async fn image_pull_and_unschedulable_are_reported_with_the_file() {
 
     let t = Instant::now();
     app(dir.path(), 1, "        gitops.harness/fail: imagepull\n");
-    let failed = s.wait_for("the image pull failure", WAIT, |e| e["event"] == "failed");
-    assert!(
-        t.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        t.elapsed()
+    failure(
+        &mut s,
+        "the image pull failure",
+        t,
+        Duration::from_secs(15),
+        &[
+            &format!("Deployment/{ns}/web: pod web-"),
+            "container web cannot pull its image \"example/web:1\": ImagePullBackOff",
+        ],
+        "deployment.yaml",
     );
-    let message = failed["message"].as_str().unwrap();
-    assert!(
-        message.contains(&format!("Deployment/{ns}/web: pod web-")),
-        "{failed}"
-    );
-    assert!(
-        message.contains("container web cannot pull its image \"example/web:1\": ImagePullBackOff"),
-        "{failed}"
-    );
-    assert_eq!(failed["file"], "deployment.yaml", "{failed}");
 
     // The image fixed, and a Deployment no node can hold.
     let t = Instant::now();
@@ -761,20 +775,18 @@ async fn image_pull_and_unschedulable_are_reported_with_the_file() {
             ),
         ],
     );
-    let failed = s.wait_for("the scheduling failure", WAIT, |e| e["event"] == "failed");
-    assert!(
-        t.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        t.elapsed()
+    failure(
+        &mut s,
+        "the scheduling failure",
+        t,
+        Duration::from_secs(15),
+        &[
+            &format!("Deployment/{ns}/big: pod big-"),
+            "cannot be scheduled: 0/",
+            "Insufficient cpu",
+        ],
+        "big.yaml",
     );
-    let message = failed["message"].as_str().unwrap();
-    assert!(
-        message.contains(&format!("Deployment/{ns}/big: pod big-")),
-        "{failed}"
-    );
-    assert!(message.contains("cannot be scheduled: 0/"), "{failed}");
-    assert!(message.contains("Insufficient cpu"), "{failed}");
-    assert_eq!(failed["file"], "big.yaml", "{failed}");
     let pending: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels("app=big"))
         .await
