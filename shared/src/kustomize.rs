@@ -306,6 +306,21 @@ pub fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// What `dir`'s kustomizations reference, relative to `root`.
+    fn referenced(root: &Path, dir: &str) -> Vec<String> {
+        references(&root.join(dir))
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/")
+            })
+            .collect()
+    }
+
     #[test]
     fn overlays_reference_bases_components_patches_and_generator_files() {
         let t = tempfile::tempdir().unwrap();
@@ -318,17 +333,7 @@ mod tests {
         w("base/kustomization.yaml", "resources:\n- deploy.yaml\n");
         w("base/deploy.yaml", "kind: ConfigMap\n");
         w("components/mon/kustomization.yaml", "kind: Component\n");
-        let refs = references(&root.join("overlays/dev")).unwrap();
-        let paths: Vec<String> = refs
-            .iter()
-            .map(|r| {
-                r.path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/")
-            })
-            .collect();
+        let paths = referenced(root, "overlays/dev");
         for want in [
             "base",
             "base/deploy.yaml",
@@ -367,17 +372,7 @@ mod tests {
             "plugins/prefix/kustomization.yaml",
             "resources:\n- prefix.yaml\n",
         );
-        let refs = references(&root.join("app")).unwrap();
-        let paths: Vec<String> = refs
-            .iter()
-            .map(|r| {
-                r.path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/")
-            })
-            .collect();
+        let paths = referenced(root, "app");
         for want in [
             "app/cm.yaml",
             "crds/widget.yaml",
