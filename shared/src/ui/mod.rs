@@ -68,7 +68,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Rendered sections of the pages, by element id.
-type Sections = BTreeMap<String, String>;
+pub(crate) type Sections = BTreeMap<String, String>;
 
 struct App {
     client: Client,
@@ -98,14 +98,24 @@ fn unauthorised() -> Response {
 
 /// Which tab of the navigation is the current page.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Tab {
+pub(crate) enum Tab {
     Sessions,
     Sandboxes,
     None,
 }
 
 fn page(app: &App, title: &str, tab: Tab, body: &str) -> Html<String> {
-    let token = &app.token;
+    let mode = app
+        .sections
+        .borrow()
+        .get("cluster-mode")
+        .cloned()
+        .unwrap_or_default();
+    Html(page_html(&app.token, title, tab, &mode, body))
+}
+
+/// A whole page: header (navigation, cluster mode, connection), the body, the script.
+pub(crate) fn page_html(token: &str, title: &str, tab: Tab, mode: &str, body: &str) -> String {
     let current = |t: Tab| {
         if t == tab {
             " aria-current=\"page\""
@@ -113,13 +123,7 @@ fn page(app: &App, title: &str, tab: Tab, body: &str) -> Html<String> {
             ""
         }
     };
-    let mode = app
-        .sections
-        .borrow()
-        .get("cluster-mode")
-        .cloned()
-        .unwrap_or_default();
-    Html(format!(
+    format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\">\
@@ -133,7 +137,7 @@ fn page(app: &App, title: &str, tab: Tab, body: &str) -> Html<String> {
         current(Tab::Sessions),
         current(Tab::Sandboxes),
         t = esc(title),
-    ))
+    )
 }
 
 #[derive(Deserialize)]
@@ -163,11 +167,17 @@ async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Resp
             s.get("session-counts").cloned().unwrap_or_default(),
         )
     };
+    let body = index_body(&message(q.msg), &counts, &rows);
+    page(&app, "Sessions", Tab::Sessions, &body).into_response()
+}
+
+/// The sessions list: counters, filters, the table.
+pub(crate) fn index_body(msg: &str, counts: &str, rows: &str) -> String {
     let headers: String = render::COLUMNS
         .iter()
         .map(|h| format!("<th scope=\"col\">{h}</th>"))
         .collect();
-    let body = format!(
+    format!(
         "{msg}<div id=\"session-counts\" class=\"tiles\" aria-label=\"Session counts\">{counts}</div>\
          <form class=\"filters\" role=\"search\" aria-label=\"Filter sessions\" onsubmit=\"return false\">\
          <label>Namespace <select id=\"filter-namespace\"><option value=\"\">all namespaces</option></select></label>\
@@ -178,9 +188,7 @@ async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Resp
          <p class=\"muted small\"><span id=\"shown-count\">0</span> shown</p>\
          <div class=\"table-wrap\"><table class=\"sessions cards\"><caption class=\"visually-hidden\">GitOps Run sessions</caption><thead><tr>{headers}</tr></thead>\
          <tbody id=\"sessions-body\">{rows}</tbody></table></div>",
-        msg = message(q.msg),
-    );
-    page(&app, "Sessions", Tab::Sessions, &body).into_response()
+    )
 }
 
 /// The SSE frame of one section.
@@ -258,11 +266,19 @@ async fn session_page(
         Ok(s) => s,
         Err(e) => return error_page(&app, &e),
     };
-    let t = &app.token;
-    let loading = "<p class=\"muted\">Loading…</p>";
+    let body = session_body(&s, &app.token, &Sections::new());
+    page(&app, &name, Tab::None, &body).into_response()
+}
+
+/// A session's page: head, tabs (overview sections, logs); `sections`
+/// fills sections already rendered (the rest say Loading… until pushed).
+pub(crate) fn session_body(s: &view::SessionView, token: &str, sections: &Sections) -> String {
     let section = |id: &str, title: &str, extra: &str| {
+        let content = sections
+            .get(id)
+            .map_or("<p class=\"muted\">Loading…</p>", String::as_str);
         format!(
-            "<section class=\"card\" aria-labelledby=\"h-{id}\"><h2 id=\"h-{id}\">{title}</h2>{extra}<div id=\"{id}\" aria-live=\"off\">{loading}</div></section>"
+            "<section class=\"card\" aria-labelledby=\"h-{id}\"><h2 id=\"h-{id}\">{title}</h2>{extra}<div id=\"{id}\" aria-live=\"off\">{content}</div></section>"
         )
     };
     let body = format!(
@@ -271,7 +287,7 @@ async fn session_page(
          <button role=\"tab\" id=\"tab-overview\" aria-controls=\"panel-overview\" aria-selected=\"true\">Overview</button>\
          <button role=\"tab\" id=\"tab-logs\" aria-controls=\"panel-logs\" aria-selected=\"false\" tabindex=\"-1\">Logs</button></div>\
          <div id=\"panel-overview\" role=\"tabpanel\" aria-labelledby=\"tab-overview\" tabindex=\"0\">\
-         <div class=\"grid\">{summary}{history}</div>{objects}<div class=\"grid\">{conditions}{events}</div>\
+         <div class=\"grid\">{summary}{history}</div><div class=\"grid wide-left\">{objects}{events}</div>{conditions}\
          <div id=\"watch-errors\"></div><div id=\"actions\" class=\"actions\">{actions}</div></div>\
          <div id=\"panel-logs\" role=\"tabpanel\" aria-labelledby=\"tab-logs\" tabindex=\"0\" hidden>\
          <section class=\"card logs\" aria-labelledby=\"h-logs\"><h2 id=\"h-logs\">Pod logs</h2>\
@@ -284,20 +300,19 @@ async fn session_page(
          <button type=\"button\" id=\"log-clear\">Clear</button></form>\
          <p id=\"log-status\" class=\"muted small\" role=\"status\">not connected</p>\
          <div id=\"log-lines\" class=\"log\" role=\"log\" aria-label=\"Log lines\" tabindex=\"0\"></div></section></div>",
-        head = render::session_head(Some(&s)),
+        head = render::session_head(Some(s)),
         summary = section("summary", "Session", ""),
         history = section("history", "Sync history", ""),
         objects = section("objects", "Applied objects", ""),
         conditions = section("conditions", "Flux conditions", ""),
         events = section("events", "Recent events", ""),
-        actions = render::session_actions(Some(&s), t),
+        actions = render::session_actions(Some(s), token),
     );
-    let body = format!(
+    format!(
         "<div id=\"session-page\" data-namespace=\"{}\" data-name=\"{}\">{body}</div>",
-        esc(&ns),
-        esc(&name)
-    );
-    page(&app, &name, Tab::None, &body).into_response()
+        esc(&s.namespace),
+        esc(&s.name)
+    )
 }
 
 type Change = (&'static str, Result<bool, String>);
@@ -384,9 +399,9 @@ impl WatchState {
     }
 }
 
-fn items<K: Clone>(s: &Store<K>) -> Vec<K>
+fn items<K>(s: &Store<K>) -> Vec<K>
 where
-    K: Resource + 'static,
+    K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     s.state().iter().map(|o| (**o).clone()).collect()
@@ -592,13 +607,16 @@ struct SessionStores {
     repos: Store<OCIRepository>,
     hrs: Option<Store<HelmRelease>>,
     events: Vec<Store<KubeEvent>>,
-    workloads: Option<(
-        Store<Deployment>,
-        Store<StatefulSet>,
-        Store<DaemonSet>,
-        Store<Pod>,
-    )>,
+    workloads: Option<WorkloadStores>,
 }
+
+/// The watched workloads of a session: Deployments, StatefulSets, DaemonSets, Pods.
+type WorkloadStores = (
+    Store<Deployment>,
+    Store<StatefulSet>,
+    Store<DaemonSet>,
+    Store<Pod>,
+);
 
 /// Renders a session's page sections from what its watches hold.
 fn session_sections(st: &SessionStores, name: &str, state: &WatchState, token: &str) -> Sections {
@@ -978,6 +996,12 @@ async fn sandboxes(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> 
         .get("sandboxes-body")
         .cloned()
         .unwrap_or_default();
+    let body = sandboxes_body(&message(q.msg), &rows);
+    page(&app, "Sandboxes", Tab::Sandboxes, &body).into_response()
+}
+
+/// The sandboxes table.
+pub(crate) fn sandboxes_body(msg: &str, rows: &str) -> String {
     let headers: String = [
         "Name",
         "Isolation",
@@ -991,13 +1015,11 @@ async fn sandboxes(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> 
     .iter()
     .map(|h| format!("<th scope=\"col\">{h}</th>"))
     .collect();
-    let body = format!(
+    format!(
         "{msg}<div class=\"table-wrap\"><table class=\"sandboxes cards\"><caption class=\"visually-hidden\">Sandboxes</caption><thead><tr>{headers}\
          <th scope=\"col\"><span class=\"visually-hidden\">Actions</span></th></tr></thead>\
          <tbody id=\"sandboxes-body\">{rows}</tbody></table></div>",
-        msg = message(q.msg),
-    );
-    page(&app, "Sandboxes", Tab::Sandboxes, &body).into_response()
+    )
 }
 
 async fn delete_sandbox(
@@ -1089,7 +1111,7 @@ mod tests {
         let t = std::time::Instant::now();
         let s = hub_sections(
             &leases,
-            &[gitops.clone()],
+            std::slice::from_ref(&gitops),
             &[],
             &[],
             &[],

@@ -30,7 +30,7 @@ pub const PHASES: [(&str, &str); 5] = [
     ("apply", "Apply + health"),
 ];
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -186,11 +186,10 @@ pub fn cluster_mode(mode: ClusterMode, live: usize, gitops_namespaces: usize) ->
 }
 
 /// The columns of the sessions table (the CLI's, in words).
-pub const COLUMNS: [&str; 11] = [
+pub const COLUMNS: [&str; 10] = [
     "Name",
     "Namespace",
     "Mode",
-    "Sandbox",
     "Source",
     "Revision",
     "Status",
@@ -218,8 +217,15 @@ pub fn session_row(s: &SessionView, token: &str) -> String {
     let cells = [
         format!("<a class=\"name\" href=\"{href}\">{}</a>", esc(&s.name)),
         esc(&s.namespace),
-        dash(&s.mode),
-        dash(s.sandbox.as_deref().unwrap_or_default()),
+        format!(
+            "{}{}",
+            dash(&s.mode),
+            s.sandbox
+                .as_deref()
+                .filter(|b| *b != s.namespace)
+                .map(|b| format!("<br><span class=\"muted small\">sandbox {}</span>", esc(b)))
+                .unwrap_or_default()
+        ),
         format!(
             "<span class=\"path\" title=\"{0}\">{0}</span>",
             esc(&s.source)
@@ -229,7 +235,22 @@ pub fn session_row(s: &SessionView, token: &str) -> String {
             esc(&s.revision),
             esc(&short_revision(&s.revision))
         ),
-        status_badge(s),
+        format!(
+            "{}{}",
+            badge(
+                status_tone(&s.status.state),
+                &s.status.state,
+                &s.status.message
+            ),
+            if s.status.reason.is_empty() || s.status.state != "Failed" {
+                String::new()
+            } else {
+                format!(
+                    "<br><span class=\"muted small\">{}</span>",
+                    esc(&s.status.reason)
+                )
+            }
+        ),
         time(s.last_sync),
         heartbeat(s, false),
         dash(&if s.host.is_empty() {
@@ -500,7 +521,8 @@ pub fn sync_history(history: &[SyncEntry], last_sync: Option<DateTime<Utc>>) -> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub name: String,
-    pub phase: String,
+    /// `Ready`, a waiting container's reason (`CrashLoopBackOff`), or the phase.
+    pub state: String,
     pub ready: bool,
     pub restarts: i32,
     /// Why it is not ready (a certain failure first, else what keeps it).
@@ -568,11 +590,22 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
     let failing = problem.is_some();
     PodInfo {
         name: pod.name_any(),
-        phase: if pod.metadata.deletion_timestamp.is_some() {
+        state: if pod.metadata.deletion_timestamp.is_some() {
             "Terminating".into()
+        } else if ready {
+            "Ready".into()
         } else {
             status
-                .and_then(|s| s.phase.clone())
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| {
+                    c.iter().find_map(|c| {
+                        c.state
+                            .as_ref()
+                            .and_then(|s| s.waiting.as_ref())
+                            .and_then(|w| w.reason.clone())
+                    })
+                })
+                .or_else(|| status.and_then(|s| s.phase.clone()))
                 .unwrap_or_else(|| "Pending".into())
         },
         ready,
@@ -828,7 +861,7 @@ pub fn objects(tree: &[(String, Vec<ObjectNode>)], elsewhere: bool) -> String {
                         out,
                         "<li class=\"pod\" data-pod=\"{name}\" data-tone=\"{}\"><span class=\"pod-name\">{name}</span> {} {}{}</li>",
                         tone.class(),
-                        badge(tone, if p.ready { "Ready" } else { &p.phase }, ""),
+                        badge(tone, &p.state, ""),
                         if p.restarts > 0 {
                             format!(
                                 "<span class=\"restarts\">{} restart{}</span>",
@@ -861,7 +894,7 @@ pub fn conditions(conditions: &[(&str, Condition)]) -> String {
         return "<p class=\"muted\">No conditions yet.</p>".into();
     }
     let mut out = String::from(
-        "<div class=\"scroll\"><table class=\"plain\"><caption class=\"visually-hidden\">Conditions of the session's Flux objects</caption><thead><tr><th scope=\"col\">Object</th><th scope=\"col\">Type</th><th scope=\"col\">Status</th><th scope=\"col\">Reason</th><th scope=\"col\">Message</th><th scope=\"col\">Since</th></tr></thead><tbody>",
+        "<div class=\"scroll\"><table class=\"plain cards\"><caption class=\"visually-hidden\">Conditions of the session's Flux objects</caption><thead><tr><th scope=\"col\">Object</th><th scope=\"col\">Type</th><th scope=\"col\">Status</th><th scope=\"col\">Reason</th><th scope=\"col\">Message</th><th scope=\"col\">Since</th></tr></thead><tbody>",
     );
     for (kind, c) in conditions {
         // Stalled/Reconciling are abnormal-true conditions, like kstatus.
@@ -886,7 +919,7 @@ pub fn conditions(conditions: &[(&str, Condition)]) -> String {
             .and_then(|t| crate::duration::parse_time(Some(t)));
         let _ = write!(
             out,
-            "<tr><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"msg-cell\">{}</td><td>{}</td></tr>",
+            "<tr><td data-label=\"Object\">{kind}</td><td data-label=\"Type\">{}</td><td data-label=\"Status\">{}</td><td data-label=\"Reason\">{}</td><td data-label=\"Message\" class=\"msg-cell\">{}</td><td data-label=\"Since\">{}</td></tr>",
             esc(&c.type_),
             badge(tone, &c.status, ""),
             esc(&c.reason),

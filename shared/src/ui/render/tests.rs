@@ -50,7 +50,12 @@ fn rows_escape_what_the_cluster_says_and_carry_text_badges() {
     assert!(row.contains("href=\"/session/ns-web/web?token=tok\""));
     // Status: a symbol and words, not colour alone.
     assert!(row.contains("class=\"badge bad\""));
-    assert!(row.contains("✕</span> Failed (HealthCheckFailed)"), "{row}");
+    assert!(
+        row.contains(
+            "✕</span> Failed</span><br><span class=\"muted small\">HealthCheckFailed</span>"
+        ),
+        "{row}"
+    );
     assert!(row.contains("class=\"hb stale\""));
     assert!(row.contains(">stale</span>"));
     // Times are machine-readable, for the page to tick.
@@ -242,6 +247,7 @@ fn the_objects_tree_groups_by_kind_with_health_and_reasons() {
         "{worker:?}"
     );
     assert_eq!(worker.pods[0].restarts, 4);
+    assert_eq!(worker.pods[0].state, "CrashLoopBackOff");
     assert_eq!(by("api").tone, Tone::Ok);
     assert_eq!(by("api").health, "1/1 ready");
     assert_eq!(tree[2].1[0].health, "applied");
@@ -356,4 +362,231 @@ fn sandboxes_show_expiry_and_quota() {
     assert!(html.contains("ann@laptop"));
     let later = crate::duration::parse_time(Some("2030-01-02T00:00:00Z")).unwrap();
     assert!(sandbox_rows(&[sb], &quotas, later, "tok").contains("expired"));
+}
+
+/// Writes the pages, filled from fixtures, to `$UI_PREVIEW_DIR` to look at
+/// the design without a cluster (`cargo test -p kubectl-gitops --lib
+/// preview -- --ignored`).
+#[test]
+#[ignore]
+fn preview() {
+    use crate::ui::{Tab, index_body, page_html, sandboxes_body, session_body};
+    let Ok(dir) = std::env::var("UI_PREVIEW_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let now = Utc::now();
+    let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+    let mut sessions: Vec<SessionView> = [
+        ("checkout", "Ready", Heartbeat::Live),
+        ("payments-api", "Reconciling", Heartbeat::Live),
+        ("search", "Failed", Heartbeat::Live),
+        ("old-experiment", "Ready", Heartbeat::Stale),
+        ("docs-site", "Ready", Heartbeat::Kept),
+        ("inventory", "Pending", Heartbeat::Live),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (n, st, hb))| {
+        let mut s = session(n, st, *hb);
+        s.last_sync = ago(20 + 40 * i as i64);
+        s.started = ago(600 + 900 * i as i64);
+        s.heartbeat_at = ago(if *hb == Heartbeat::Live { 3 } else { 400 });
+        s
+    })
+    .collect();
+    sessions[2].status.message = "Deployment/search/worker: pod worker-7d9 container worker: CrashLoopBackOff (exit 1), restarted 4 time(s)".into();
+    let mode = cluster_mode(ClusterMode::Run, 4, 2);
+    let index = page_html(
+        "tok",
+        "Sessions",
+        Tab::Sessions,
+        &mode,
+        &index_body(
+            "",
+            &session_counts(&sessions),
+            &session_rows(&sessions, "tok"),
+        ),
+    );
+    std::fs::write(dir.join("index.html"), index).unwrap();
+
+    let mut s = sessions[2].clone();
+    s.inventory = vec![
+        "Namespace/search".into(),
+        "ConfigMap/search/settings".into(),
+        "Deployment/search/web".into(),
+        "Deployment/search/worker".into(),
+        "Service/search/web".into(),
+    ];
+    let mut w = workloads();
+    for d in &mut w.deployments {
+        d.metadata.namespace = Some("search".into());
+    }
+    let tree = object_tree(&s.inventory, Some(&w));
+    let mut history = vec![
+        entry(
+            "Ready",
+            None,
+            &[
+                ("validate", 12),
+                ("build", 48),
+                ("push", 130),
+                ("fetch", 420),
+                ("apply", 2600),
+            ],
+        ),
+        entry("Failed", Some("validate"), &[("validate", 9)]),
+        entry(
+            "Ready",
+            None,
+            &[
+                ("validate", 10),
+                ("build", 41),
+                ("push", 95),
+                ("fetch", 380),
+                ("apply", 1900),
+            ],
+        ),
+        entry(
+            "Failed",
+            Some("apply"),
+            &[
+                ("validate", 11),
+                ("build", 44),
+                ("push", 120),
+                ("fetch", 300),
+                ("apply", 9400),
+            ],
+        ),
+    ];
+    for (i, h) in history.iter_mut().enumerate() {
+        h.at = now - chrono::Duration::seconds(300 - 60 * i as i64);
+    }
+    history[1].message = "deploy/web.yaml:7: mapping values are not allowed in this context".into();
+    let conds = vec![
+        (
+            "Kustomization",
+            Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "HealthCheckFailed".into(),
+                message:
+                    "health check failed after 9.4s: Deployment/search/worker: CrashLoopBackOff"
+                        .into(),
+                observed_generation: None,
+                last_transition_time: Some(crate::ui::render::rfc3339(
+                    now - chrono::Duration::seconds(40),
+                )),
+            },
+        ),
+        (
+            "OCIRepository",
+            Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Succeeded".into(),
+                message: "stored artifact for digest 'latest@sha256:abcdef'".into(),
+                observed_generation: None,
+                last_transition_time: None,
+            },
+        ),
+    ];
+    let ev =
+        |name: &str, kind: &str, reason: &str, msg: &str, secs: i64, warning: bool| -> KubeEvent {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("{name}.{reason}"), "namespace": "search"},
+                "involvedObject": {"kind": kind, "name": name},
+                "reason": reason, "message": msg, "count": if warning { 5 } else { 1 },
+                "type": if warning { "Warning" } else { "Normal" },
+                "lastTimestamp": crate::ui::render::rfc3339(now - chrono::Duration::seconds(secs))
+            }))
+            .unwrap()
+        };
+    let events_list = vec![
+        ev(
+            "worker-a",
+            "Pod",
+            "BackOff",
+            "Back-off restarting failed container worker",
+            12,
+            true,
+        ),
+        ev(
+            &s.name,
+            "Kustomization",
+            "HealthCheckFailed",
+            "health check failed after 9.4s",
+            40,
+            true,
+        ),
+        ev(
+            "web-b",
+            "Pod",
+            "Unhealthy",
+            "Readiness probe failed: HTTP 503",
+            50,
+            true,
+        ),
+        ev(
+            &s.name,
+            "OCIRepository",
+            "NewArtifact",
+            "stored artifact with revision 'latest@sha256:abcdef'",
+            70,
+            false,
+        ),
+    ];
+    let names: BTreeSet<String> = ["worker".to_string(), "web".into()].into();
+    let sections: crate::ui::Sections = [
+        ("summary", session_summary(&s)),
+        ("history", sync_history(&history, s.last_sync)),
+        ("objects", objects(&tree, false)),
+        ("conditions", conditions(&conds)),
+        (
+            "events",
+            events(&event_rows(&events_list, &s.name, &names, 20)),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let page = page_html(
+        "tok",
+        &s.name,
+        Tab::None,
+        &mode,
+        &session_body(&s, "tok", &sections),
+    );
+    std::fs::write(dir.join("session.html"), page).unwrap();
+
+    let nsj = |name: &str, expires: &str| -> k8s_openapi::api::core::v1::Namespace {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "kubectl-gitops", "gitops.kubectl.dev/component": "sandbox"},
+                         "annotations": {"gitops.kubectl.dev/expires-at": expires, "gitops.kubectl.dev/owner": "ann@laptop"},
+                         "creationTimestamp": rfc3339(now - chrono::Duration::hours(3))},
+            "status": {"phase": "Active"}
+        }))
+        .unwrap()
+    };
+    let sbs: Vec<Sandbox> = [
+        nsj("team-a", &rfc3339(now + chrono::Duration::hours(5))),
+        nsj("review-42", &rfc3339(now + chrono::Duration::minutes(20))),
+    ]
+    .iter()
+    .filter_map(|n| crate::sandbox::from_namespace(n, 2))
+    .collect();
+    let q: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "q", "namespace": "team-a"},
+        "status": {"hard": {"cpu": "2", "memory": "4Gi", "pods": "20"}, "used": {"cpu": "1500m", "memory": "3900Mi", "pods": "4"}}
+    }))
+    .unwrap();
+    let quotas = BTreeMap::from([("team-a".to_string(), vec![&q])]);
+    let page = page_html(
+        "tok",
+        "Sandboxes",
+        Tab::Sandboxes,
+        &mode,
+        &sandboxes_body("", &sandbox_rows(&sbs, &quotas, now, "tok")),
+    );
+    std::fs::write(dir.join("sandboxes.html"), page).unwrap();
 }
