@@ -188,7 +188,7 @@
         src.className = "src";
         src.style.color = colour(l.pod);
         src.textContent = l.pod + "/" + l.container;
-        div.append(src, document.createTextNode(l.line));
+        div.append(src, document.createTextNode(" " + l.line));
         div.hidden = !shows(div);
         frag.append(div);
       }

@@ -300,7 +300,7 @@ pub(crate) fn session_body(s: &view::SessionView, token: &str, sections: &Sectio
          <button type=\"button\" id=\"log-clear\">Clear</button></form>\
          <p id=\"log-status\" class=\"muted small\" role=\"status\">not connected</p>\
          <div id=\"log-lines\" class=\"log\" role=\"log\" aria-label=\"Log lines\" tabindex=\"0\"></div></section></div>",
-        head = render::session_head(Some(s)),
+        head = render::session_head(Some(s), None),
         summary = section("summary", "Session", ""),
         history = section("history", "Sync history", ""),
         objects = section("objects", "Applied objects", ""),
@@ -630,19 +630,22 @@ fn session_sections(st: &SessionStores, name: &str, state: &WatchState, token: &
         now,
     );
     let s = views.iter().find(|v| v.name == name);
+    let history = leases
+        .iter()
+        .find(|l| l.name_any() == name)
+        .map(|l| Record::of(l).history)
+        .unwrap_or_default();
     let mut out = Sections::new();
-    out.insert("session-head".into(), render::session_head(s));
+    out.insert(
+        "session-head".into(),
+        render::session_head(s, history.last()),
+    );
     out.insert("actions".into(), render::session_actions(s, token));
     out.insert("watch-errors".into(), state.alert());
     let Some(s) = s else {
         return out;
     };
     out.insert("summary".into(), render::session_summary(s));
-    let history = leases
-        .iter()
-        .find(|l| l.name_any() == name)
-        .map(|l| Record::of(l).history)
-        .unwrap_or_default();
     out.insert(
         "history".into(),
         render::sync_history(&history, s.last_sync),

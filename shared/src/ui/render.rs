@@ -316,12 +316,28 @@ pub fn session_counts(sessions: &[SessionView]) -> String {
         .collect()
 }
 
-/// The head of a session's page: status and heartbeat.
-pub fn session_head(s: Option<&SessionView>) -> String {
+/// The head of a session's page: status and heartbeat, and the last
+/// sync's failure as the session saw it (Flux may still be reconciling:
+/// its health check runs until its timeout).
+pub fn session_head(s: Option<&SessionView>, last: Option<&SyncEntry>) -> String {
+    let failed_sync = last
+        .filter(|e| e.status != "Ready")
+        .map(|e| {
+            format!(
+                "<p class=\"banner bad\" role=\"alert\"><strong>Last sync failed{}</strong> {} {}</p>",
+                e.failed_phase
+                    .as_deref()
+                    .map(|p| format!(" at {}", esc(p)))
+                    .unwrap_or_default(),
+                time(Some(e.at)),
+                esc(&e.message)
+            )
+        })
+        .unwrap_or_default();
     match s {
         None => "<p class=\"banner bad\" role=\"alert\">This session no longer exists (its Lease is gone): it was stopped or deleted.</p>".into(),
         Some(s) => format!(
-            "<div class=\"head-badges\">{} {}</div><p class=\"muted path\" title=\"{src}\">{src}</p>{}",
+            "<div class=\"head-badges\">{} {}</div><p class=\"muted path\" title=\"{src}\">{src}</p>{failed_sync}{}",
             status_badge(s),
             heartbeat(s, true),
             if s.status.state == "Failed" && !s.status.message.is_empty() {

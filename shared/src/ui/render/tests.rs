@@ -590,3 +590,16 @@ fn preview() {
     );
     std::fs::write(dir.join("sandboxes.html"), page).unwrap();
 }
+
+#[test]
+fn the_head_says_the_last_sync_failed_while_flux_still_reconciles() {
+    let s = session("web", "Reconciling", Heartbeat::Live);
+    let failed = entry("Failed", Some("apply"), &[("apply", 10)]);
+    let head = session_head(Some(&s), Some(&failed));
+    assert!(head.contains("↻</span> Reconciling"), "{head}");
+    assert!(head.contains("Last sync failed at apply"), "{head}");
+    assert!(head.contains("CrashLoopBackOff"));
+    let ok = entry("Ready", None, &[("apply", 10)]);
+    assert!(!session_head(Some(&s), Some(&ok)).contains("Last sync failed"));
+    assert!(session_head(None, None).contains("no longer exists"));
+}
