@@ -132,7 +132,7 @@ pub(crate) fn page_html(token: &str, title: &str, tab: Tab, mode: &str, body: &s
          <header class=\"top\"><a class=\"brand\" href=\"/?token={token}\"><span class=\"logo\" aria-hidden=\"true\">◆</span> kubectl-gitops</a>\
          <nav aria-label=\"Sections\"><a href=\"/?token={token}\"{}>Sessions</a><a href=\"/sandboxes?token={token}\"{}>Sandboxes</a></nav>\
          <div id=\"cluster-mode\" class=\"mode\" aria-live=\"polite\">{mode}</div>\
-         <span id=\"live-status\" class=\"conn\" role=\"status\">connecting…</span></header>\
+         <span id=\"live-status\" class=\"conn\">connecting…</span></header>\
          <main id=\"main\" tabindex=\"-1\"><h1>{t}</h1>{body}</main><script>{APP_JS}</script></body></html>",
         current(Tab::Sessions),
         current(Tab::Sandboxes),
