@@ -573,6 +573,7 @@ async fn the_session_page_shows_rollouts_failing_pods_and_logs_at_two_widths() {
     assert_eq!(r["filtered_visible"], 10, "bench-010..019: {r:#}");
     assert_eq!(r["shown_count"], "10", "{r:#}");
     assert!(r["update_ms"].as_u64().unwrap() < 5000, "{r:#}");
+    // No long task (over 50 ms, as browsers count them) beyond 200 ms after the load.
     assert!(r["longest_task_ms"].as_f64().unwrap() < 200.0, "{r:#}");
     gitops_e2e::delete_namespace(&client, &bench).await;
 
