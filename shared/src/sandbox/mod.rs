@@ -716,7 +716,9 @@ pub fn is_sandbox(ns: &Namespace) -> bool {
             .is_some_and(|c| c == "sandbox")
 }
 
-fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
+/// A sandbox from its namespace (`None` when the namespace is not one) and
+/// the number of sessions using it.
+pub fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
     if !is_sandbox(ns) {
         return None;
     }

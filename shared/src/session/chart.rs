@@ -152,6 +152,7 @@ impl Session {
             Some(format!("{}@{digest}", reference.repository_url())),
         );
         let revision = format!("latest@{digest}");
+        self.pushed(&revision);
         match self
             .wait_for_release(&revision, &chart.version, started)
             .await

@@ -39,6 +39,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Its name in the JSON output and the Lease's `sync-history`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Validate => "validate",
+            Phase::Build => "build",
+            Phase::Push => "push",
+            Phase::Fetch => "fetch",
+            Phase::Apply => "apply",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Phase::Validate => "validate",

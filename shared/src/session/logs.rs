@@ -161,7 +161,15 @@ pub async fn follow(
                     return;
                 };
                 let mut lines = stream.lines();
-                while let Ok(Some(line)) = lines.try_next().await {
+                loop {
+                    // A follow stream may stay silent for ever: end with the reader.
+                    let line = tokio::select! {
+                        l = lines.try_next() => match l {
+                            Ok(Some(line)) => line,
+                            _ => return,
+                        },
+                        _ = out.closed() => return,
+                    };
                     let sent = out.send(LogLine {
                         pod: pod_name.clone(),
                         container: container.clone(),

@@ -179,6 +179,76 @@ pub struct Session {
     relocations_said: BTreeSet<String>,
     /// What the last sync packaged (said when it changes).
     packaging: Option<packaging::Packaging>,
+    /// The phases of the sync under way, timed.
+    timeline: std::sync::Mutex<Timeline>,
+    /// The last syncs (oldest first), as written into the Lease.
+    history: Vec<record::SyncEntry>,
+}
+
+/// The phases of one sync as they happen (see [`Session::phase`]).
+#[derive(Debug, Default)]
+struct Timeline {
+    started: Option<(std::time::Instant, DateTime<Utc>)>,
+    current: Option<(Phase, std::time::Instant)>,
+    phases: Vec<record::PhaseTime>,
+    failed: Option<(Phase, String)>,
+    revision: Option<String>,
+}
+
+impl Timeline {
+    fn ms(d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn start(&mut self, phase: Phase, now: std::time::Instant) {
+        if self.started.is_none() {
+            self.started = Some((now, Utc::now()));
+        }
+        self.current = Some((phase, now));
+    }
+
+    /// The current phase ended (`phase` when it is the one under way).
+    fn end(&mut self, phase: Phase, now: std::time::Instant) {
+        let Some((current, at)) = self.current.take() else {
+            return;
+        };
+        if current != phase {
+            return;
+        }
+        let origin = self.started.map_or(at, |(t, _)| t);
+        self.phases.push(record::PhaseTime {
+            phase: phase.name().to_string(),
+            start_ms: Self::ms(at.saturating_duration_since(origin)),
+            ms: Self::ms(now.saturating_duration_since(at)),
+        });
+    }
+
+    /// The history entry of the finished sync (`None` when unchanged or never started).
+    fn entry(&mut self, outcome: &SyncOutcome) -> Option<record::SyncEntry> {
+        let t = std::mem::take(self);
+        let (_, at) = t.started?;
+        let (status, failed_phase, message) = match outcome {
+            SyncOutcome::Unchanged => return None,
+            SyncOutcome::Ready { .. } => ("Ready", None, String::new()),
+            SyncOutcome::Failed { phase, message } => (
+                "Failed",
+                Some(phase.name().to_string()),
+                message.chars().take(record::HISTORY_MESSAGE_LEN).collect(),
+            ),
+        };
+        let revision = match outcome {
+            SyncOutcome::Ready { revision } => revision.clone(),
+            _ => t.revision.unwrap_or_default(),
+        };
+        Some(record::SyncEntry {
+            at,
+            revision,
+            status: status.to_string(),
+            failed_phase,
+            message,
+            phases: t.phases,
+        })
+    }
 }
 
 fn session_labels(name: &str, sandbox: Option<&str>) -> BTreeMap<String, String> {
@@ -335,6 +405,8 @@ impl Session {
             chart,
             relocations_said: BTreeSet::new(),
             packaging: None,
+            timeline: Default::default(),
+            history: Vec::new(),
             client,
             namespace,
             target,
@@ -550,6 +622,7 @@ impl Session {
             last: None,
             port_forwards: self.cfg.port_forwards.clone(),
             owner: self.cfg.owner.clone(),
+            history: self.history.clone(),
         }
     }
 
@@ -651,6 +724,34 @@ impl Session {
                 }
             }
         })
+    }
+
+    /// Keeps a finished sync's phases in the Lease's `sync-history` (best
+    /// effort; before the first sync made the Lease, only in memory: the
+    /// Lease is written with it).
+    pub(super) async fn record_sync(&mut self, outcome: &SyncOutcome) {
+        let entry = match self.timeline.lock() {
+            Ok(mut t) => t.entry(outcome),
+            Err(_) => None,
+        };
+        let Some(entry) = entry else { return };
+        self.history.push(entry);
+        let excess = self.history.len().saturating_sub(record::HISTORY_LEN);
+        self.history.drain(..excess);
+        if !self.materialized {
+            return;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            keys::SYNC_HISTORY: record::history_to_annotation(&self.history),
+        }}});
+        self.patch_lease(&patch, "record the sync history in").await;
+    }
+
+    /// The revision the sync under way pushed.
+    pub(super) fn pushed(&self, revision: &str) {
+        if let Ok(mut t) = self.timeline.lock() {
+            t.revision = Some(revision.to_string());
+        }
     }
 
     /// Records a sync's outcome in the Lease (best effort).

@@ -16,6 +16,7 @@
 //! | `last-revision`, `last-sync`, `last-status` | the last sync: revision, RFC 3339 time, `Ready`/`Failed` |
 //! | `port-forwards` | `--port-forward` specs, space-separated |
 //! | `owner` | `user@host` that created it |
+//! | `sync-history` | JSON array of the last [`HISTORY_LEN`] syncs, oldest first: [`SyncEntry`] (added later: readers take a missing or unreadable value as no history) |
 //!
 //! `spec.holderIdentity` is `user@host` while the command runs (empty once
 //! it stopped with `--keep`, `removing:<user@host>` once `gitops-sessions`
@@ -47,6 +48,68 @@ pub mod keys {
     pub const LAST_STATUS: &str = "gitops.kubectl.dev/last-status";
     pub const EPHEMERAL_SANDBOX: &str = "gitops.kubectl.dev/ephemeral-sandbox";
     pub const PORT_FORWARDS: &str = "gitops.kubectl.dev/port-forwards";
+    pub const SYNC_HISTORY: &str = "gitops.kubectl.dev/sync-history";
+}
+
+/// How many syncs the Lease keeps in `sync-history`.
+pub const HISTORY_LEN: usize = 10;
+/// The longest failure message kept per sync (characters).
+pub const HISTORY_MESSAGE_LEN: usize = 300;
+
+/// One sync, as kept in `sync-history` (JSON, camelCase keys; fields are
+/// only ever added).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncEntry {
+    /// When the sync started.
+    pub at: DateTime<Utc>,
+    /// The revision pushed (`latest@sha256:…`; empty when it failed before the push).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// `Ready` or `Failed`.
+    pub status: String,
+    /// The phase that failed (`validate`, `build`, `push`, `fetch`, `apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_phase: Option<String>,
+    /// Why it failed (at most [`HISTORY_MESSAGE_LEN`] characters).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The phases it went through, in order (a failed phase included).
+    #[serde(default)]
+    pub phases: Vec<PhaseTime>,
+}
+
+/// One phase of a sync: when it started (ms after the sync started) and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTime {
+    pub phase: String,
+    pub start_ms: u64,
+    pub ms: u64,
+}
+
+impl SyncEntry {
+    /// From the start of the sync to the end of its last phase.
+    pub fn total_ms(&self) -> u64 {
+        self.phases
+            .iter()
+            .map(|p| p.start_ms.saturating_add(p.ms))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The `sync-history` annotation's value.
+pub fn history_to_annotation(history: &[SyncEntry]) -> String {
+    serde_json::to_string(history).unwrap_or_else(|_| "[]".into())
+}
+
+/// Reads `sync-history` (no history when missing or unreadable: older
+/// sessions did not write it).
+pub fn history_from_annotation(value: Option<&str>) -> Vec<SyncEntry> {
+    value
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
 }
 
 /// Lease durations a session accepts (renewed at a third of it).
@@ -69,6 +132,8 @@ pub struct Record {
     pub last: Option<LastSync>,
     pub port_forwards: Vec<String>,
     pub owner: String,
+    /// The last syncs, oldest first.
+    pub history: Vec<SyncEntry>,
 }
 
 /// The last sync a session recorded.
@@ -127,6 +192,12 @@ impl Record {
         if let Some(last) = &self.last {
             a.extend(last.to_annotations());
         }
+        if !self.history.is_empty() {
+            a.insert(
+                keys::SYNC_HISTORY.to_string(),
+                history_to_annotation(&self.history),
+            );
+        }
         a
     }
 
@@ -153,6 +224,7 @@ impl Record {
                 .map(str::to_string)
                 .collect(),
             owner: get(labels::OWNER),
+            history: history_from_annotation(a.get(keys::SYNC_HISTORY).map(String::as_str)),
         }
     }
 
@@ -239,13 +311,61 @@ mod tests {
                 "resource=pod/db,port=5432".into(),
             ],
             owner: "ann@laptop".into(),
+            history: vec![
+                SyncEntry {
+                    at: parse_time(Some("2026-11-23T10:00:30Z")).unwrap(),
+                    revision: String::new(),
+                    status: "Failed".into(),
+                    failed_phase: Some("validate".into()),
+                    message: "deploy/a.yaml:3: invalid YAML".into(),
+                    phases: vec![PhaseTime {
+                        phase: "validate".into(),
+                        start_ms: 0,
+                        ms: 4,
+                    }],
+                },
+                SyncEntry {
+                    at: parse_time(Some("2026-11-23T10:00:59Z")).unwrap(),
+                    revision: "latest@sha256:00".into(),
+                    status: "Ready".into(),
+                    failed_phase: None,
+                    message: String::new(),
+                    phases: ["validate", "build", "push", "fetch", "apply"]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| PhaseTime {
+                            phase: p.to_string(),
+                            start_ms: i as u64 * 100,
+                            ms: 90,
+                        })
+                        .collect(),
+                },
+            ],
         };
+        assert_eq!(record.history[1].total_ms(), 490);
         assert_eq!(Record::from_annotations(&record.to_annotations()), record);
         let minimal = Record {
             owner: "ann@laptop".into(),
             ..Default::default()
         };
         assert_eq!(Record::from_annotations(&minimal.to_annotations()), minimal);
+    }
+
+    #[test]
+    fn the_history_is_json_and_its_absence_or_garbage_is_no_history() {
+        let json = r#"[{"at":"2026-11-23T10:00:00Z","status":"Ready","revision":"latest@sha256:00","phases":[{"phase":"build","startMs":3,"ms":7}],"somethingNew":1}]"#;
+        let h = history_from_annotation(Some(json));
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].phases[0].phase, "build");
+        assert_eq!(h[0].total_ms(), 10);
+        assert!(history_from_annotation(None).is_empty());
+        assert!(history_from_annotation(Some("not json")).is_empty());
+        // An old Lease (no history key) reads as before.
+        let old = BTreeMap::from([(keys::LAST_REVISION.to_string(), "r".to_string())]);
+        assert!(Record::from_annotations(&old).history.is_empty());
+        let out = history_to_annotation(&h);
+        assert!(out.contains("\"startMs\":3"), "{out}");
+        assert!(!out.contains("failedPhase"), "{out}");
     }
 
     #[test]

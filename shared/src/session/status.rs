@@ -132,13 +132,7 @@ impl ClusterStatus {
     /// Run when a session is live, else GitOps when Flux applies anything,
     /// else Snowflake.
     pub fn mode(&self) -> ClusterMode {
-        if !self.run.is_empty() {
-            ClusterMode::Run
-        } else if !self.gitops.is_empty() {
-            ClusterMode::GitOps
-        } else {
-            ClusterMode::Snowflake
-        }
+        mode_of(self.run.len(), self.gitops.len())
     }
 
     /// The text `kubectl gitops-sessions status` prints.
@@ -181,6 +175,74 @@ impl ClusterStatus {
     }
 }
 
+/// Where Flux applies from sources other than sessions: namespace → the
+/// Flux objects applying into it (`Kustomization/ns/name`,
+/// `HelmRelease/ns/name`). `releases`: (namespace, name, target namespace).
+pub fn gitops_namespaces(
+    kustomizations: &[Kustomization],
+    releases: &[(String, String, String)],
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut gitops: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for ks in kustomizations {
+        let session = ks
+            .labels()
+            .get(labels::COMPONENT)
+            .is_some_and(|c| c == "session");
+        if session {
+            continue;
+        }
+        let me = format!(
+            "Kustomization/{}/{}",
+            ks.namespace().unwrap_or_default(),
+            ks.name_any()
+        );
+        let mut namespaces: BTreeSet<String> = ks
+            .status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .map(|i| i.entries.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e.id.split('_').next().map(str::to_string))
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        if let Some(t) = &ks.spec.target_namespace {
+            namespaces.insert(t.clone());
+        }
+        for ns in namespaces {
+            gitops.entry(ns).or_default().insert(me.clone());
+        }
+    }
+    for (ns, name, target) in releases {
+        gitops
+            .entry(target.clone())
+            .or_default()
+            .insert(format!("HelmRelease/{ns}/{name}"));
+    }
+    gitops
+}
+
+/// The mode from its two deciding facts (see [`ClusterStatus::mode`]).
+pub fn mode_of(live_sessions: usize, gitops_namespaces: usize) -> ClusterMode {
+    if live_sessions > 0 {
+        ClusterMode::Run
+    } else if gitops_namespaces > 0 {
+        ClusterMode::GitOps
+    } else {
+        ClusterMode::Snowflake
+    }
+}
+
+impl ClusterMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterMode::Run => "Run",
+            ClusterMode::GitOps => "GitOps",
+            ClusterMode::Snowflake => "Snowflake",
+        }
+    }
+}
+
 /// Reads the cluster and classifies it.
 pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Error> {
     let sessions = view::list(client, &view::Filter::default()).await?;
@@ -195,40 +257,9 @@ pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Erro
         })
         .collect();
 
-    // GitOps: where Flux applies from sources other than sessions.
-    let mut gitops: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let kss: Api<Kustomization> = Api::all(client.clone());
-    for ks in kss.list(&ListParams::default()).await? {
-        let session = ks
-            .labels()
-            .get(labels::COMPONENT)
-            .is_some_and(|c| c == "session");
-        if session {
-            continue;
-        }
-        let me = format!(
-            "Kustomization/{}/{}",
-            ks.namespace().unwrap_or_default(),
-            ks.name_any()
-        );
-        let entries = ks
-            .status
-            .as_ref()
-            .and_then(|s| s.inventory.as_ref())
-            .map(|i| i.entries.clone())
-            .unwrap_or_default();
-        let mut namespaces: BTreeSet<String> = entries
-            .iter()
-            .filter_map(|e| e.id.split('_').next().map(str::to_string))
-            .filter(|ns| !ns.is_empty())
-            .collect();
-        if let Some(t) = &ks.spec.target_namespace {
-            namespaces.insert(t.clone());
-        }
-        for ns in namespaces {
-            gitops.entry(ns).or_default().insert(me.clone());
-        }
-    }
+    let kss = kss.list(&ListParams::default()).await?.items;
+    let mut releases = Vec::new();
     if flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await? {
         let hrs: Api<DynamicObject> = Api::all_with(client.clone(), &flux::helm_release_resource());
         for hr in hrs.list(&ListParams::default()).await? {
@@ -237,12 +268,10 @@ pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Erro
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or(ns.clone());
-            gitops
-                .entry(target)
-                .or_default()
-                .insert(format!("HelmRelease/{ns}/{}", hr.name_any()));
+            releases.push((ns, hr.name_any(), target));
         }
     }
+    let gitops = gitops_namespaces(&kss, &releases);
 
     let skip: BTreeSet<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
     let mut snow = BTreeMap::new();

@@ -141,10 +141,17 @@ pub(super) async fn warn_if_release_unstarted(
 impl Session {
     pub(super) fn phase(&self, phase: Phase) -> Instant {
         (self.report)(&Event::PhaseStarted { phase });
-        Instant::now()
+        let now = Instant::now();
+        if let Ok(mut t) = self.timeline.lock() {
+            t.start(phase, now);
+        }
+        now
     }
 
     pub(super) fn done(&self, phase: Phase, start: Instant, detail: Option<String>) {
+        if let Ok(mut t) = self.timeline.lock() {
+            t.end(phase, Instant::now());
+        }
         (self.report)(&Event::PhaseDone {
             phase,
             elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -163,6 +170,10 @@ impl Session {
         applied: bool,
     ) -> SyncOutcome {
         self.waiting.store(false, Ordering::SeqCst);
+        if let Ok(mut t) = self.timeline.lock() {
+            t.end(phase, Instant::now());
+            t.failed = Some((phase, message.clone()));
+        }
         if applied {
             self.last_good = None;
         }
@@ -356,11 +367,22 @@ impl Session {
     /// the cluster changes before the artifact is pushed. Dropping the
     /// future (a stop, a newer save) at any point leaves the session in a
     /// state that the next sync or the cleanup completes.
+    /// Each sync's phases are timed and kept in the Lease's `sync-history`.
     pub async fn sync(&mut self) -> SyncOutcome {
         self.waiting.store(false, Ordering::SeqCst);
-        if self.chart {
-            return self.sync_chart().await;
+        if let Ok(mut t) = self.timeline.lock() {
+            *t = Default::default();
         }
+        let outcome = if self.chart {
+            self.sync_chart().await
+        } else {
+            self.sync_manifests().await
+        };
+        self.record_sync(&outcome).await;
+        outcome
+    }
+
+    async fn sync_manifests(&mut self) -> SyncOutcome {
         let started = Instant::now();
         let t = self.phase(Phase::Validate);
         let target = self.target.target_namespace.clone();
@@ -468,6 +490,7 @@ impl Session {
         self.settled = false;
         self.last_layer = Some(built.layer.digest.clone());
         self.done(Phase::Push, t, Some(pushed.digest_url.clone()));
+        self.pushed(&pushed.flux_revision);
 
         match self
             .wait_for_flux(&pushed.flux_revision, &index, started)

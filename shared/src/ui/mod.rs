@@ -2,10 +2,17 @@
 //!
 //! Served on 127.0.0.1 only, behind a random token in the URL; it uses the
 //! user's own kube credentials, so it shows nothing `kubectl get` would not.
-//! Server-rendered HTML with one small embedded script; the sessions table
-//! is pushed to the page (Server-Sent Events) whenever the sessions' Leases
-//! or Flux objects change, and on a short tick so heartbeats turn stale.
+//! Server-rendered HTML ([`render`]), one hand-written stylesheet and one
+//! small embedded script: no front-end build. Everything shown comes from
+//! watches (kube reflectors), never from polling lists: the sessions and
+//! sandboxes tables and the cluster mode from one set of cluster-wide
+//! watches ([`hub`]), a session's page from watches of its own objects
+//! opened for as long as the page is open; each change re-renders the
+//! sections it touches, which are pushed to the page (Server-Sent Events).
+//! Heartbeats turn stale without any change to watch: the state is
+//! re-rendered on a one-second tick from what the watches hold.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,21 +26,30 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::Client;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Namespace, Pod, ResourceQuota};
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::flux::Kustomization;
+use crate::flux::{self, HelmRelease, Kustomization, OCIRepository};
 use crate::labels;
 use crate::sandbox;
-use crate::session::SessionError;
 use crate::session::admin;
-use crate::session::view::{self, Filter, HEADERS, Heartbeat, SessionView, ago, row};
+use crate::session::record::Record;
+use crate::session::status;
+use crate::session::view::{self, Heartbeat};
+use crate::session::{SessionError, logs};
+
+pub mod render;
 
 const APP_JS: &str = include_str!("app.js");
+const STYLE: &str = include_str!("style.css");
 
 /// A random token (hex) from the operating system's generator.
 pub fn new_token() -> std::io::Result<String> {
@@ -51,10 +67,16 @@ pub fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// Rendered sections of the pages, by element id.
+pub(crate) type Sections = BTreeMap<String, String>;
+
 struct App {
     client: Client,
     token: String,
-    rows: watch::Receiver<String>,
+    /// The hub's sections: sessions table, counters, cluster mode, sandboxes.
+    sections: watch::Receiver<Sections>,
+    /// Whether the API server serves HelmReleases (looked up once).
+    helm: bool,
 }
 
 #[derive(Deserialize)]
@@ -74,81 +96,59 @@ fn unauthorised() -> Response {
         .into_response()
 }
 
-fn status_class(s: &SessionView) -> &'static str {
-    match s.status.state.as_str() {
-        "Ready" => "ok",
-        "Failed" => "bad",
-        _ => "warn",
-    }
+/// Which tab of the navigation is the current page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tab {
+    Sessions,
+    Sandboxes,
+    None,
 }
 
-/// The table body: one row per session, the CLI's columns.
-pub fn render_rows(sessions: &[SessionView], token: &str) -> String {
-    let now = Utc::now();
-    if sessions.is_empty() {
-        return format!(
-            "<tr><td colspan=\"{}\">No sessions.</td></tr>",
-            HEADERS.len()
-        );
-    }
-    let mut out = String::new();
-    for s in sessions {
-        let cells = row(s, false, now);
-        out.push_str(&format!(
-            "<tr data-name=\"{}\" data-namespace=\"{}\" data-status=\"{}\" data-heartbeat=\"{}\">",
-            esc(&s.name),
-            esc(&s.namespace),
-            esc(&s.status.state),
-            s.heartbeat.as_str()
-        ));
-        for (i, cell) in cells.iter().enumerate() {
-            let content = match i {
-                0 => format!(
-                    "<a href=\"/session/{}/{}?token={token}\">{}</a>",
-                    esc(&s.namespace),
-                    esc(&s.name),
-                    esc(cell)
-                ),
-                6 => format!(
-                    "<span class=\"status {}\">{}</span>",
-                    status_class(s),
-                    esc(cell)
-                ),
-                8 => format!(
-                    "<span class=\"hb {}\">{}</span>",
-                    s.heartbeat.as_str(),
-                    esc(cell)
-                ),
-                _ => esc(cell),
-            };
-            out.push_str(&format!("<td>{content}</td>"));
+fn page(app: &App, title: &str, tab: Tab, body: &str) -> Html<String> {
+    let mode = app
+        .sections
+        .borrow()
+        .get("cluster-mode")
+        .cloned()
+        .unwrap_or_default();
+    Html(page_html(&app.token, title, tab, &mode, body))
+}
+
+/// A whole page: header (navigation, cluster mode, connection), the body, the script.
+pub(crate) fn page_html(token: &str, title: &str, tab: Tab, mode: &str, body: &str) -> String {
+    let current = |t: Tab| {
+        if t == tab {
+            " aria-current=\"page\""
+        } else {
+            ""
         }
-        out.push_str("</tr>");
-    }
-    out
-}
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#111}\
-nav a{margin-right:1rem}table{border-collapse:collapse;width:100%;margin-top:1rem}\
-th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;font-size:.9rem}\
-caption{text-align:left;font-weight:600}.status.ok{color:#0a6b2d}.status.bad{color:#a40000;font-weight:600}\
-.status.warn,.hb.stale{color:#8a5a00;font-weight:600}label{margin-right:1rem}\
-button{padding:.3rem .8rem}.visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}.msg{background:#eef;padding:.5rem}dt{font-weight:600}dd{margin:0 0 .4rem 0}";
-
-fn page(title: &str, token: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t} · kubectl-gitops</title>\
-         <style>{STYLE}</style></head><body data-token=\"{token}\">\
-         <nav aria-label=\"Sections\"><a href=\"/?token={token}\">Sessions</a><a href=\"/sandboxes?token={token}\">Sandboxes</a></nav>\
-         <h1>{t}</h1>{body}<script>{APP_JS}</script></body></html>",
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"color-scheme\" content=\"light dark\">\
+         <title>{t} · kubectl-gitops</title><style>{STYLE}</style></head>\
+         <body data-token=\"{token}\"><a class=\"skip\" href=\"#main\">Skip to content</a>\
+         <header class=\"top\"><a class=\"brand\" href=\"/?token={token}\"><span class=\"logo\" aria-hidden=\"true\">◆</span> kubectl-gitops</a>\
+         <nav aria-label=\"Sections\"><a href=\"/?token={token}\"{}>Sessions</a><a href=\"/sandboxes?token={token}\"{}>Sandboxes</a></nav>\
+         <div id=\"cluster-mode\" class=\"mode\" aria-live=\"polite\">{mode}</div>\
+         <span id=\"live-status\" class=\"conn\">connecting…</span></header>\
+         <main id=\"main\" tabindex=\"-1\"><h1>{t}</h1>{body}</main><script>{APP_JS}</script></body></html>",
+        current(Tab::Sessions),
+        current(Tab::Sandboxes),
         t = esc(title),
-    ))
+    )
 }
 
 #[derive(Deserialize)]
 struct IndexQuery {
     token: Option<String>,
     msg: Option<String>,
+}
+
+fn message(msg: Option<String>) -> String {
+    msg.map(|m| format!("<p class=\"msg banner\" role=\"status\">{}</p>", esc(&m)))
+        .unwrap_or_default()
 }
 
 async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
@@ -160,43 +160,67 @@ async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Resp
     ) {
         return unauthorised();
     }
-    let rows = app.rows.borrow().clone();
-    let msg = q
-        .msg
-        .map(|m| format!("<p class=\"msg\" role=\"status\">{}</p>", esc(&m)))
-        .unwrap_or_default();
-    let headers: String = HEADERS
+    let (rows, counts) = {
+        let s = app.sections.borrow();
+        (
+            s.get("sessions-body").cloned().unwrap_or_default(),
+            s.get("session-counts").cloned().unwrap_or_default(),
+        )
+    };
+    let body = index_body(&message(q.msg), &counts, &rows);
+    page(&app, "Sessions", Tab::Sessions, &body).into_response()
+}
+
+/// The sessions list: counters, filters, the table.
+pub(crate) fn index_body(msg: &str, counts: &str, rows: &str) -> String {
+    let headers: String = render::COLUMNS
         .iter()
-        .map(|h| format!("<th scope=\"col\">{}</th>", esc(h)))
+        .map(|h| format!("<th scope=\"col\">{h}</th>"))
         .collect();
-    let body = format!(
-        "{msg}<form role=\"search\" onsubmit=\"return false\">\
+    format!(
+        "{msg}<div id=\"session-counts\" class=\"tiles\" aria-label=\"Session counts\">{counts}</div>\
+         <form class=\"filters\" role=\"search\" aria-label=\"Filter sessions\" onsubmit=\"return false\">\
          <label>Namespace <select id=\"filter-namespace\"><option value=\"\">all namespaces</option></select></label>\
          <label>Status <select id=\"filter-status\"><option value=\"\">any</option><option>Ready</option>\
          <option>Reconciling</option><option>Failed</option><option>Pending</option></select></label>\
-         <label>Search <input id=\"filter-text\" type=\"search\" placeholder=\"name, source, user…\"></label></form>\
-         <p><span id=\"shown-count\">0</span> shown · <span id=\"live-status\" aria-live=\"polite\">connecting…</span></p>\
-         <table><caption>GitOps Run sessions</caption><thead><tr>{headers}</tr></thead>\
-         <tbody id=\"sessions-body\">{rows}</tbody></table>"
-    );
-    page("Sessions", &app.token, &body).into_response()
+         <label>Heartbeat <select id=\"filter-heartbeat\"><option value=\"\">any</option><option>live</option><option>stale</option><option>kept</option></select></label>\
+         <label class=\"grow\">Search <input id=\"filter-text\" type=\"search\" placeholder=\"name, source, user… (press /)\" autocomplete=\"off\"></label></form>\
+         <p class=\"muted small\"><span id=\"shown-count\">0</span> shown</p>\
+         <div class=\"table-wrap\"><table class=\"sessions cards\"><caption class=\"visually-hidden\">GitOps Run sessions</caption><thead><tr>{headers}</tr></thead>\
+         <tbody id=\"sessions-body\">{rows}</tbody></table></div>",
+    )
 }
 
+/// The SSE frame of one section.
+fn section_event(id: &str, html: &str) -> SseEvent {
+    let data = serde_json::json!({ "id": id, "html": html }).to_string();
+    SseEvent::default().event("section").data(data)
+}
+
+/// The hub's sections as they change (each client gets those that differ
+/// from what it has).
 async fn events(State(app): State<Arc<App>>, Query(q): Query<TokenQuery>) -> Response {
     if !authorised(&app, &q) {
         return unauthorised();
     }
-    let rx = app.rows.clone();
-    let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
-        if !first && rx.changed().await.is_err() {
-            return None;
-        }
-        let html = rx.borrow_and_update().clone();
-        Some((
-            Ok::<_, Infallible>(SseEvent::default().data(html)),
-            (rx, false),
-        ))
-    });
+    let rx = app.sections.clone();
+    let stream = futures::stream::unfold(
+        (rx, Sections::new(), true),
+        |(mut rx, mut sent, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let now = rx.borrow_and_update().clone();
+            let frames: Vec<Result<SseEvent, Infallible>> = now
+                .iter()
+                .filter(|(id, html)| sent.get(*id) != Some(*html))
+                .map(|(id, html)| Ok(section_event(id, html)))
+                .collect();
+            sent = now;
+            Some((futures::stream::iter(frames), (rx, sent, false)))
+        },
+    )
+    .flatten();
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -204,7 +228,7 @@ async fn events(State(app): State<Arc<App>>, Query(q): Query<TokenQuery>) -> Res
 
 /// A page saying what went wrong talking to the API server (or that the
 /// session does not exist), with the right status code.
-fn error_page(token: &str, e: &SessionError) -> Response {
+fn error_page(app: &App, e: &SessionError) -> Response {
     let status = match e {
         SessionError::NotFound(_) => StatusCode::NOT_FOUND,
         SessionError::InvalidName(_) => StatusCode::BAD_REQUEST,
@@ -218,10 +242,11 @@ fn error_page(token: &str, e: &SessionError) -> Response {
     (
         status,
         page(
+            app,
             title,
-            token,
+            Tab::None,
             &format!(
-                "<p role=\"alert\">{}</p>",
+                "<p class=\"banner bad\" role=\"alert\">{}</p>",
                 esc(&crate::output::error_chain(e))
             ),
         ),
@@ -239,91 +264,675 @@ async fn session_page(
     }
     let s = match admin::find(&app.client, Some(&ns), &name).await {
         Ok(s) => s,
-        Err(e) => return error_page(&app.token, &e),
+        Err(e) => return error_page(&app, &e),
     };
-    let d = match admin::describe(&app.client, &s).await {
-        Ok(d) => d,
-        Err(e) => return error_page(&app.token, &e),
-    };
-    let now = Utc::now();
-    let t = &app.token;
-    let field = |k: &str, v: &str| {
+    let body = session_body(&s, &app.token, &Sections::new());
+    page(&app, &name, Tab::None, &body).into_response()
+}
+
+/// A session's page: head, tabs (overview sections, logs); `sections`
+/// fills sections already rendered (the rest say Loading… until pushed).
+pub(crate) fn session_body(s: &view::SessionView, token: &str, sections: &Sections) -> String {
+    let section = |id: &str, title: &str, extra: &str| {
+        let content = sections
+            .get(id)
+            .map_or("<p class=\"muted\">Loading…</p>", String::as_str);
         format!(
-            "<dt>{}</dt><dd>{}</dd>",
-            esc(k),
-            esc(if v.is_empty() { "-" } else { v })
+            "<section class=\"card\" aria-labelledby=\"h-{id}\"><h2 id=\"h-{id}\">{title}</h2>{extra}<div id=\"{id}\" aria-live=\"off\">{content}</div></section>"
         )
     };
-    let mut body = String::from("<dl>");
-    body += &field("Namespace", &s.namespace);
-    body += &field("Mode", &s.mode);
-    body += &field("Sandbox", s.sandbox.as_deref().unwrap_or("-"));
-    body += &field("Source", &s.source);
-    body += &field("Status", &s.status.summary());
-    body += &field("Message", &s.status.message);
-    body += &field("Revision", &s.revision);
-    body += &field(
-        "Heartbeat",
-        &format!(
-            "{} (last {} ago)",
-            s.heartbeat.as_str(),
-            ago(s.heartbeat_at, now)
+    let body = format!(
+        "<div id=\"session-head\" class=\"session-head\">{head}</div>\
+         <div class=\"tabs\" role=\"tablist\" aria-label=\"Session views\">\
+         <button role=\"tab\" id=\"tab-overview\" aria-controls=\"panel-overview\" aria-selected=\"true\">Overview</button>\
+         <button role=\"tab\" id=\"tab-logs\" aria-controls=\"panel-logs\" aria-selected=\"false\" tabindex=\"-1\">Logs</button></div>\
+         <div id=\"panel-overview\" role=\"tabpanel\" aria-labelledby=\"tab-overview\" tabindex=\"0\">\
+         <div class=\"grid\">{summary}{history}</div><div class=\"grid wide-left\">{objects}{events}</div>{conditions}\
+         <div id=\"watch-errors\"></div><div id=\"actions\" class=\"actions\">{actions}</div></div>\
+         <div id=\"panel-logs\" role=\"tabpanel\" aria-labelledby=\"tab-logs\" tabindex=\"0\" hidden>\
+         <section class=\"card logs\" aria-labelledby=\"h-logs\"><h2 id=\"h-logs\">Pod logs</h2>\
+         <form class=\"filters\" onsubmit=\"return false\" aria-label=\"Filter logs\">\
+         <label>Pod <select id=\"log-pod\"><option value=\"\">all pods</option></select></label>\
+         <label>Container <select id=\"log-container\"><option value=\"\">all containers</option></select></label>\
+         <label class=\"grow\">Filter <input id=\"log-filter\" type=\"search\" placeholder=\"text in the line\" autocomplete=\"off\"></label>\
+         <label class=\"check\"><input id=\"log-follow\" type=\"checkbox\" checked> Follow</label>\
+         <label class=\"check\"><input id=\"log-wrap\" type=\"checkbox\"> Wrap</label>\
+         <button type=\"button\" id=\"log-clear\">Clear</button></form>\
+         <p id=\"log-status\" class=\"muted small\" role=\"status\">not connected</p>\
+         <div id=\"log-lines\" class=\"log\" role=\"log\" aria-label=\"Log lines\" tabindex=\"0\"></div></section></div>",
+        head = render::session_head(Some(s), None),
+        summary = section("summary", "Session", ""),
+        history = section("history", "Sync history", ""),
+        objects = section("objects", "Applied objects", ""),
+        conditions = section("conditions", "Flux conditions", ""),
+        events = section("events", "Recent events", ""),
+        actions = render::session_actions(Some(s), token),
+    );
+    format!(
+        "<div id=\"session-page\" data-namespace=\"{}\" data-name=\"{}\">{body}</div>",
+        esc(&s.namespace),
+        esc(&s.name)
+    )
+}
+
+type Change = (&'static str, Result<bool, String>);
+
+/// A watch feeding a reflector store; yields (name, Ok(initial list done)) or the error.
+fn watch_into<K>(
+    name: &'static str,
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> BoxStream<'static, Change>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    watcher(api, cfg)
+        .default_backoff()
+        .reflect(writer)
+        .map(move |r| {
+            (
+                name,
+                r.map(|e| matches!(e, watcher::Event::InitDone))
+                    .map_err(|e| e.to_string()),
+            )
+        })
+        .boxed()
+}
+
+/// A reflector store fed by a watch.
+fn store<K>(
+    name: &'static str,
+    api: Api<K>,
+    cfg: watcher::Config,
+    streams: &mut Vec<BoxStream<'static, Change>>,
+) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let (reader, writer) = reflector::store();
+    streams.push(watch_into(name, api, cfg, writer));
+    reader
+}
+
+/// Which watches have listed once, and which fail now.
+#[derive(Default)]
+struct WatchState {
+    names: BTreeSet<&'static str>,
+    ready: BTreeSet<&'static str>,
+    errors: BTreeMap<&'static str, String>,
+}
+
+impl WatchState {
+    fn apply(&mut self, (name, r): Change) {
+        self.names.insert(name);
+        match r {
+            Ok(init_done) => {
+                self.errors.remove(name);
+                if init_done {
+                    self.ready.insert(name);
+                }
+            }
+            Err(e) => {
+                self.errors.insert(name, e);
+            }
+        }
+    }
+
+    fn all_ready(&self, expected: usize) -> bool {
+        self.ready.len() >= expected
+    }
+
+    fn alert(&self) -> String {
+        self.errors
+            .iter()
+            .map(|(name, e)| {
+                format!(
+                    "<p class=\"banner bad\" role=\"alert\">cannot watch {}: {} (retrying)</p>",
+                    esc(name),
+                    esc(e)
+                )
+            })
+            .collect()
+    }
+}
+
+fn items<K>(s: &Store<K>) -> Vec<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    s.state().iter().map(|o| (**o).clone()).collect()
+}
+
+fn is_session(labels: &BTreeMap<String, String>) -> bool {
+    labels::is_managed(Some(labels))
+        && labels.get(labels::COMPONENT).map(String::as_str) == Some("session")
+}
+
+/// How often the pages' state is looked at again (changes are batched
+/// within it; heartbeats turn stale on it).
+const TICK: Duration = Duration::from_millis(250);
+/// Without a change, the state is re-rendered this often (heartbeats).
+const IDLE_RENDER: Duration = Duration::from_secs(1);
+
+/// The cluster-wide watches behind the sessions and sandboxes tables and
+/// the cluster mode: sessions' Leases and OCIRepositories, every
+/// Kustomization and HelmRelease (sessions', and Flux's own for the mode),
+/// sandbox namespaces and their ResourceQuotas.
+async fn hub(client: Client, token: String, helm: bool, tx: watch::Sender<Sections>) {
+    let sessions = watcher::Config::default().labels(&labels::component_selector("session"));
+    let sandboxes = watcher::Config::default().labels(&labels::component_selector("sandbox"));
+    let mut streams = Vec::new();
+    let leases = store(
+        "Leases",
+        Api::<Lease>::all(client.clone()),
+        sessions.clone(),
+        &mut streams,
+    );
+    let repos = store(
+        "OCIRepositories",
+        Api::<OCIRepository>::all(client.clone()),
+        sessions,
+        &mut streams,
+    );
+    let kss = store(
+        "Kustomizations",
+        Api::<Kustomization>::all(client.clone()),
+        watcher::Config::default(),
+        &mut streams,
+    );
+    let hrs = helm.then(|| {
+        store(
+            "HelmReleases",
+            Api::<HelmRelease>::all(client.clone()),
+            watcher::Config::default(),
+            &mut streams,
+        )
+    });
+    let namespaces = store(
+        "sandbox Namespaces",
+        Api::<Namespace>::all(client.clone()),
+        sandboxes.clone(),
+        &mut streams,
+    );
+    let quotas = store(
+        "sandbox ResourceQuotas",
+        Api::<ResourceQuota>::all(client.clone()),
+        sandboxes,
+        &mut streams,
+    );
+    let expected = streams.len();
+    let mut changes = futures::stream::select_all(streams);
+    let mut state = WatchState::default();
+    let mut ticker = tokio::time::interval(TICK);
+    let started = tokio::time::Instant::now();
+    let mut dirty = true;
+    let mut last_render = started;
+    loop {
+        tokio::select! {
+            c = changes.next() => match c {
+                Some(c) => { state.apply(c); dirty = true; }
+                None => return,
+            },
+            _ = ticker.tick() => {
+                let waited = started.elapsed() > Duration::from_secs(10);
+                if !(state.all_ready(expected) || waited) {
+                    continue;
+                }
+                if !dirty && last_render.elapsed() < IDLE_RENDER {
+                    continue;
+                }
+                dirty = false;
+                last_render = tokio::time::Instant::now();
+                let sections = hub_sections(
+                    &items(&leases),
+                    &items(&kss),
+                    &items(&repos),
+                    &hrs.as_ref().map(items).unwrap_or_default(),
+                    &items(&namespaces),
+                    &items(&quotas),
+                    &state,
+                    &token,
+                );
+                tx.send_if_modified(|old| {
+                    let changed = *old != sections;
+                    if changed {
+                        *old = sections;
+                    }
+                    changed
+                });
+            }
+        }
+    }
+}
+
+/// Renders what the hub's watches hold (pure).
+#[allow(clippy::too_many_arguments)]
+fn hub_sections(
+    leases: &[Lease],
+    kss: &[Kustomization],
+    repos: &[OCIRepository],
+    hrs: &[HelmRelease],
+    namespaces: &[Namespace],
+    quotas: &[ResourceQuota],
+    state: &WatchState,
+    token: &str,
+) -> Sections {
+    let now = Utc::now();
+    let session_kss: Vec<Kustomization> = kss
+        .iter()
+        .filter(|k| is_session(k.labels()))
+        .cloned()
+        .collect();
+    let (session_hrs, other_hrs): (Vec<HelmRelease>, Vec<HelmRelease>) =
+        hrs.iter().cloned().partition(|h| is_session(h.labels()));
+    let views = view::build_views(leases, &session_kss, repos, &session_hrs, now);
+    let releases: Vec<(String, String, String)> = other_hrs
+        .iter()
+        .map(|h| {
+            let ns = h.namespace().unwrap_or_default();
+            let target = h
+                .spec
+                .target_namespace
+                .clone()
+                .unwrap_or_else(|| ns.clone());
+            (ns, h.name_any(), target)
+        })
+        .collect();
+    let gitops = status::gitops_namespaces(kss, &releases);
+    let live = views
+        .iter()
+        .filter(|v| v.heartbeat == Heartbeat::Live)
+        .count();
+    let mode = status::mode_of(live, gitops.len());
+
+    let mut sections = Sections::new();
+    sections.insert(
+        "cluster-mode".into(),
+        render::cluster_mode(mode, live, gitops.len()),
+    );
+    let alert = state.alert();
+    let mut rows = render::session_rows(&views, token);
+    if !alert.is_empty() {
+        rows = format!(
+            "<tr class=\"empty\"><td colspan=\"{}\">{alert}</td></tr>{rows}",
+            render::COLUMNS.len()
+        );
+    }
+    sections.insert("sessions-body".into(), rows);
+    sections.insert("session-counts".into(), render::session_counts(&views));
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for l in leases {
+        if let Some(sb) = l.labels().get(labels::SANDBOX) {
+            *counts.entry(sb.clone()).or_insert(0) += 1;
+        }
+    }
+    let mut sbs: Vec<sandbox::Sandbox> = namespaces
+        .iter()
+        .filter_map(|ns| {
+            sandbox::from_namespace(ns, counts.get(&ns.name_any()).copied().unwrap_or(0))
+        })
+        .collect();
+    sbs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut by_ns: BTreeMap<String, Vec<&ResourceQuota>> = BTreeMap::new();
+    for q in quotas {
+        by_ns
+            .entry(q.namespace().unwrap_or_default())
+            .or_default()
+            .push(q);
+    }
+    sections.insert(
+        "sandboxes-body".into(),
+        format!(
+            "{}{}",
+            if alert.is_empty() {
+                String::new()
+            } else {
+                format!("<tr class=\"empty\"><td colspan=\"9\">{alert}</td></tr>")
+            },
+            render::sandbox_rows(&sbs, &by_ns, now, token)
         ),
     );
-    body += &field("User", &format!("{}@{} (pid {})", s.user, s.host, s.pid));
-    body += &field("Port-forwards", &s.port_forwards.join(" "));
-    body += &field("Started", &format!("{} ago", ago(s.started, now)));
-    body += "</dl>";
+    sections
+}
 
-    // Revision history: what source-controller stored, newest first.
-    body += "<h2>Revision history</h2><ol>";
-    for revision in d.revisions() {
-        body += &format!("<li>{}</li>", esc(&revision));
-    }
-    body += "</ol><h2>Applied inventory</h2><table><caption>Objects applied by the session</caption>\
-             <thead><tr><th scope=\"col\">Object</th><th scope=\"col\">Status</th></tr></thead><tbody>";
-    for o in &s.inventory {
-        body += &format!("<tr><td>{}</td><td>applied</td></tr>", esc(o));
-    }
-    if s.inventory.is_empty() {
-        body += "<tr><td colspan=\"2\">Nothing applied.</td></tr>";
-    }
-    body += "</tbody></table><h2>Flux conditions</h2><table><caption>Conditions of the session's Flux objects</caption>\
-             <thead><tr><th scope=\"col\">Object</th><th scope=\"col\">Type</th><th scope=\"col\">Status</th>\
-             <th scope=\"col\">Reason</th><th scope=\"col\">Message</th></tr></thead><tbody>";
-    for (kind, c) in &d.conditions {
-        body += &format!(
-            "<tr><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&c.type_),
-            esc(&c.status),
-            esc(&c.reason),
-            esc(&c.message)
+/// The objects the session page watches; what one render reads.
+struct SessionStores {
+    leases: Store<Lease>,
+    kss: Store<Kustomization>,
+    repos: Store<OCIRepository>,
+    hrs: Option<Store<HelmRelease>>,
+    events: Vec<Store<KubeEvent>>,
+    workloads: Option<WorkloadStores>,
+}
+
+/// The watched workloads of a session: Deployments, StatefulSets, DaemonSets, Pods.
+type WorkloadStores = (
+    Store<Deployment>,
+    Store<StatefulSet>,
+    Store<DaemonSet>,
+    Store<Pod>,
+);
+
+/// Renders a session's page sections from what its watches hold.
+fn session_sections(st: &SessionStores, name: &str, state: &WatchState, token: &str) -> Sections {
+    let now = Utc::now();
+    let leases = items(&st.leases);
+    let views = view::build_views(
+        &leases,
+        &items(&st.kss),
+        &items(&st.repos),
+        &st.hrs.as_ref().map(items).unwrap_or_default(),
+        now,
+    );
+    let s = views.iter().find(|v| v.name == name);
+    let history = leases
+        .iter()
+        .find(|l| l.name_any() == name)
+        .map(|l| Record::of(l).history)
+        .unwrap_or_default();
+    let mut out = Sections::new();
+    out.insert(
+        "session-head".into(),
+        render::session_head(s, history.last()),
+    );
+    out.insert("actions".into(), render::session_actions(s, token));
+    out.insert("watch-errors".into(), state.alert());
+    let Some(s) = s else {
+        return out;
+    };
+    out.insert("summary".into(), render::session_summary(s));
+    out.insert(
+        "history".into(),
+        render::sync_history(&history, s.last_sync),
+    );
+    let mut conditions: Vec<(&str, flux::Condition)> = Vec::new();
+    for k in items(&st.kss) {
+        conditions.extend(
+            k.status
+                .map(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ("Kustomization", c)),
         );
     }
-    body += "</tbody></table><h2>Recent events</h2><ul>";
-    for e in d.events.iter().rev().take(15) {
-        body += &format!(
-            "<li>{} {}: {}</li>",
-            esc(&e.kind),
-            esc(&e.reason),
-            esc(&e.message)
+    for h in st.hrs.as_ref().map(items).unwrap_or_default() {
+        conditions.extend(
+            h.status
+                .map(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ("HelmRelease", c)),
         );
     }
-    body += "</ul>";
-    if s.heartbeat != Heartbeat::Live {
-        body += &format!(
-            "<form method=\"post\" action=\"/session/{}/{}/delete?token={t}\" \
-             onsubmit=\"return confirm('Delete session {} and everything it created?')\">\
-             <button type=\"submit\" id=\"delete-session\">Delete this {} session</button></form>",
-            esc(&ns),
-            esc(&name),
-            esc(&name),
-            s.heartbeat.as_str()
+    for r in items(&st.repos) {
+        conditions.extend(
+            r.status
+                .map(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ("OCIRepository", c)),
         );
-    } else {
-        body += "<p>This session is running; stop it where it runs (Ctrl+C) to remove it.</p>";
     }
-    page(&format!("Session {name}"), t, &body).into_response()
+    out.insert("conditions".into(), render::conditions(&conditions));
+    let workloads = st
+        .workloads
+        .as_ref()
+        .map(|(d, ss, ds, p)| render::Workloads {
+            deployments: items(d),
+            statefulsets: items(ss),
+            daemonsets: items(ds),
+            pods: items(p),
+        });
+    let tree = render::object_tree(&s.inventory, workloads.as_ref());
+    out.insert(
+        "objects".into(),
+        render::objects(&tree, st.workloads.is_none()),
+    );
+    let names: BTreeSet<String> = tree
+        .iter()
+        .flat_map(|(_, nodes)| nodes.iter().map(|n| n.name.clone()))
+        .collect();
+    let events: Vec<KubeEvent> = st.events.iter().flat_map(items).collect();
+    out.insert(
+        "events".into(),
+        render::events(&render::event_rows(&events, name, &names, 25)),
+    );
+    out
+}
+
+/// Where the session's workloads run: `(namespace, every pod there is the
+/// session's)`, `None` in another cluster.
+async fn workload_namespace(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<(String, bool)>, SessionError> {
+    let s = admin::find(client, Some(ns), name).await?;
+    admin::workloads(client, &s).await
+}
+
+/// A session's page sections as its objects change.
+async fn session_events(
+    State(app): State<Arc<App>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if !authorised(&app, &q) {
+        return unauthorised();
+    }
+    let workloads = match workload_namespace(&app.client, &ns, &name).await {
+        Ok(w) => w,
+        Err(e) => return error_page(&app, &e),
+    };
+    let (tx, rx) = mpsc::channel::<(String, String)>(64);
+    tokio::spawn(session_feed(app.clone(), ns, name, workloads, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let (id, html) = rx.recv().await?;
+        Some((Ok::<_, Infallible>(section_event(&id, &html)), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Watches one session's objects while its page is open (until `tx` closes).
+async fn session_feed(
+    app: Arc<App>,
+    ns: String,
+    name: String,
+    workloads: Option<(String, bool)>,
+    tx: mpsc::Sender<(String, String)>,
+) {
+    let client = &app.client;
+    let one = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut streams = Vec::new();
+    let leases = store(
+        "the Lease",
+        Api::namespaced(client.clone(), &ns),
+        one.clone(),
+        &mut streams,
+    );
+    let kss = store(
+        "the Kustomization",
+        Api::namespaced(client.clone(), &ns),
+        one.clone(),
+        &mut streams,
+    );
+    let repos = store(
+        "the OCIRepository",
+        Api::namespaced(client.clone(), &ns),
+        one.clone(),
+        &mut streams,
+    );
+    let hrs = app.helm.then(|| {
+        store(
+            "the HelmRelease",
+            Api::namespaced(client.clone(), &ns),
+            one.clone(),
+            &mut streams,
+        )
+    });
+    let mut events = Vec::new();
+    let workloads = workloads.map(|(wns, all)| {
+        let cfg = if all {
+            watcher::Config::default()
+        } else {
+            watcher::Config::default().labels(&logs::applied_selector(&name, &ns))
+        };
+        events.push(store(
+            "events",
+            Api::namespaced(client.clone(), &wns),
+            watcher::Config::default(),
+            &mut streams,
+        ));
+        if wns != ns {
+            events.push(store(
+                "the session's events",
+                Api::namespaced(client.clone(), &ns),
+                watcher::Config::default().fields(&format!("involvedObject.name={name}")),
+                &mut streams,
+            ));
+        }
+        (
+            store(
+                "Deployments",
+                Api::namespaced(client.clone(), &wns),
+                cfg.clone(),
+                &mut streams,
+            ),
+            store(
+                "StatefulSets",
+                Api::namespaced(client.clone(), &wns),
+                cfg.clone(),
+                &mut streams,
+            ),
+            store(
+                "DaemonSets",
+                Api::namespaced(client.clone(), &wns),
+                cfg,
+                &mut streams,
+            ),
+            store(
+                "Pods",
+                Api::namespaced(client.clone(), &wns),
+                watcher::Config::default(),
+                &mut streams,
+            ),
+        )
+    });
+    if workloads.is_none() {
+        events.push(store(
+            "the session's events",
+            Api::namespaced(client.clone(), &ns),
+            watcher::Config::default().fields(&format!("involvedObject.name={name}")),
+            &mut streams,
+        ));
+    }
+    let st = SessionStores {
+        leases,
+        kss,
+        repos,
+        hrs,
+        events,
+        workloads,
+    };
+    let expected = streams.len();
+    let mut changes = futures::stream::select_all(streams);
+    let mut state = WatchState::default();
+    let mut mode = app.sections.clone();
+    let mut sent = Sections::new();
+    let mut ticker = tokio::time::interval(TICK);
+    let started = tokio::time::Instant::now();
+    let (mut dirty, mut last_render) = (true, started);
+    loop {
+        tokio::select! {
+            c = changes.next() => match c {
+                Some(c) => { state.apply(c); dirty = true; }
+                None => return,
+            },
+            r = mode.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let html = mode.borrow_and_update().get("cluster-mode").cloned().unwrap_or_default();
+                if tx.send(("cluster-mode".into(), html)).await.is_err() {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+            _ = ticker.tick() => {
+                let waited = started.elapsed() > Duration::from_secs(10);
+                if !(state.all_ready(expected) || waited)
+                    || (!dirty && last_render.elapsed() < IDLE_RENDER)
+                {
+                    continue;
+                }
+                dirty = false;
+                last_render = tokio::time::Instant::now();
+                for (id, html) in session_sections(&st, &name, &state, &app.token) {
+                    if sent.get(&id) == Some(&html) {
+                        continue;
+                    }
+                    if tx.send((id.clone(), html.clone())).await.is_err() {
+                        return;
+                    }
+                    sent.insert(id, html);
+                }
+            }
+        }
+    }
+}
+
+/// The session's pod logs, streamed (one SSE message per line, JSON
+/// `{pod, container, line}`), new pods of later rollouts included.
+async fn session_logs(
+    State(app): State<Arc<App>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if !authorised(&app, &q) {
+        return unauthorised();
+    }
+    let info = |text: String| SseEvent::default().event("info").data(text);
+    let (first, rx) = match workload_namespace(&app.client, &ns, &name).await {
+        Err(e) => (
+            info(format!("cannot follow the logs: {}", crate::output::error_chain(&e))),
+            None,
+        ),
+        Ok(None) => (
+            info("the session applies into another cluster: its pods' logs are not visible from here".into()),
+            None,
+        ),
+        Ok(Some((wns, all))) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(logs::follow(
+                app.client.clone(),
+                wns.clone(),
+                name.clone(),
+                ns.clone(),
+                all,
+                tx,
+            ));
+            (info(format!("following the logs of the session's pods in namespace {wns}")), Some(rx))
+        }
+    };
+    let lines = futures::stream::unfold(rx, |rx| async move {
+        let mut rx = rx?;
+        let line = rx.recv().await?;
+        let data = serde_json::to_string(&line).unwrap_or_default();
+        Some((SseEvent::default().data(data), Some(rx)))
+    });
+    let stream = futures::stream::once(async move { first })
+        .chain(lines)
+        .map(Ok::<_, Infallible>);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 fn back(token: &str, path: &str, msg: &str) -> Response {
@@ -353,7 +962,7 @@ async fn delete_session(
         Err(SessionError::NotFound(_)) => {
             return back(&app.token, "/", &format!("session {name} no longer exists"));
         }
-        Err(e) => return error_page(&app.token, &e),
+        Err(e) => return error_page(&app, &e),
     };
     match admin::delete(&app.client, &s, false, Duration::from_secs(120)).await {
         Ok(removed) => back(
@@ -384,58 +993,36 @@ async fn sandboxes(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> 
     ) {
         return unauthorised();
     }
-    let t = &app.token;
-    let now = Utc::now();
-    let msg = q
-        .msg
-        .map(|m| format!("<p class=\"msg\" role=\"status\">{}</p>", esc(&m)))
+    let rows = app
+        .sections
+        .borrow()
+        .get("sandboxes-body")
+        .cloned()
         .unwrap_or_default();
-    let mut body = format!(
-        "{msg}<table><caption>Sandboxes</caption><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Isolation</th>\
-         <th scope=\"col\">Age</th><th scope=\"col\">Expires</th><th scope=\"col\">Ready</th><th scope=\"col\">Sessions</th>\
-         <th scope=\"col\">Owner</th><th scope=\"col\"><span class=\"visually-hidden\">Actions</span></th></tr></thead><tbody>"
-    );
-    match sandbox::list(&app.client, None).await {
-        Ok(list) => {
-            for s in list {
-                let expires = match s.expires {
-                    None => "never".to_string(),
-                    Some(e) if e <= now => "expired".to_string(),
-                    Some(e) => format!(
-                        "in {}",
-                        crate::duration::human((e - now).to_std().unwrap_or_default())
-                    ),
-                };
-                body += &format!(
-                    "<tr><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
-                     <form method=\"post\" action=\"/sandboxes/{n}/delete?token={t}\" \
-                     onsubmit=\"return confirm('Delete sandbox {n} and everything in it?')\">\
-                     <button type=\"submit\">Delete <span class=\"visually-hidden\">{n}</span></button></form></td></tr>",
-                    s.isolation.as_str(),
-                    ago(s.created, now),
-                    esc(&expires),
-                    if s.terminating {
-                        "Terminating"
-                    } else if s.ready {
-                        "True"
-                    } else {
-                        "False"
-                    },
-                    s.sessions,
-                    esc(s.owner.as_deref().unwrap_or("-")),
-                    n = esc(&s.name),
-                );
-            }
-        }
-        Err(e) => {
-            body += &format!(
-                "<tr><td colspan=\"8\">cannot list sandboxes: {}</td></tr>",
-                esc(&e.to_string())
-            )
-        }
-    }
-    body += "</tbody></table>";
-    page("Sandboxes", t, &body).into_response()
+    let body = sandboxes_body(&message(q.msg), &rows);
+    page(&app, "Sandboxes", Tab::Sandboxes, &body).into_response()
+}
+
+/// The sandboxes table.
+pub(crate) fn sandboxes_body(msg: &str, rows: &str) -> String {
+    let headers: String = [
+        "Name",
+        "Isolation",
+        "Status",
+        "Sessions",
+        "Quota used / hard",
+        "Expires",
+        "Age",
+        "Owner",
+    ]
+    .iter()
+    .map(|h| format!("<th scope=\"col\">{h}</th>"))
+    .collect();
+    format!(
+        "{msg}<div class=\"table-wrap\"><table class=\"sandboxes cards\"><caption class=\"visually-hidden\">Sandboxes</caption><thead><tr>{headers}\
+         <th scope=\"col\"><span class=\"visually-hidden\">Actions</span></th></tr></thead>\
+         <tbody id=\"sandboxes-body\">{rows}</tbody></table></div>",
+    )
 }
 
 async fn delete_sandbox(
@@ -457,71 +1044,29 @@ async fn delete_sandbox(
     back(&app.token, "/sandboxes", &msg)
 }
 
-/// The sessions table body, or a row saying why the sessions cannot be listed.
-async fn rows_html(client: &Client, token: &str) -> String {
-    match view::list(client, &Filter::default()).await {
-        Ok(sessions) => render_rows(&sessions, token),
-        Err(e) => format!(
-            "<tr><td colspan=\"{}\" role=\"alert\">cannot list sessions: {}</td></tr>",
-            HEADERS.len(),
-            esc(&e.to_string())
-        ),
-    }
-}
-
-/// Keeps the rendered rows current: on every change of the sessions'
-/// Leases, Kustomizations or HelmReleases, and every `tick` (heartbeats
-/// turn stale without any change to watch).
-async fn refresh(client: Client, token: String, tx: watch::Sender<String>, tick: Duration) {
-    let selector = labels::component_selector("session");
-    let config = watcher::Config::default().labels(&selector);
-    let leases = watcher(Api::<Lease>::all(client.clone()), config.clone())
-        .map(|_| ())
-        .boxed();
-    let kss = watcher(Api::<Kustomization>::all(client.clone()), config.clone())
-        .map(|_| ())
-        .boxed();
-    let mut changes = futures::stream::select(leases, kss);
-    let mut ticker = tokio::time::interval(tick);
-    loop {
-        tokio::select! {
-            _ = changes.next() => {}
-            _ = ticker.tick() => {}
-        }
-        let html = rows_html(&client, &token).await;
-        tx.send_if_modified(|old| {
-            if *old == html {
-                false
-            } else {
-                *old = html;
-                true
-            }
-        });
-    }
-}
-
 /// Serves the page on 127.0.0.1:`port` (0: any free port) until the future
-/// is dropped. Calls `ready` with the URL (token included) once listening.
+/// is dropped. Calls `ready` with the URL (token included) once listening
+/// and the watches have listed once (or 15 s passed).
 pub async fn serve(client: Client, port: u16, ready: impl FnOnce(String)) -> std::io::Result<()> {
     let token = new_token()?;
-    let (tx, rx) = watch::channel(String::new());
-    let initial = rows_html(&client, &token).await;
-    let _ = tx.send(initial);
-    tokio::spawn(refresh(
-        client.clone(),
-        token.clone(),
-        tx,
-        Duration::from_secs(2),
-    ));
+    let helm = flux::serves(&client, "helm.toolkit.fluxcd.io/v2", "HelmRelease")
+        .await
+        .unwrap_or(false);
+    let (tx, mut rx) = watch::channel(Sections::new());
+    tokio::spawn(hub(client.clone(), token.clone(), helm, tx));
+    let _ = tokio::time::timeout(Duration::from_secs(15), rx.changed()).await;
     let app = Arc::new(App {
         client,
         token: token.clone(),
-        rows: rx,
+        sections: rx,
+        helm,
     });
     let router = Router::new()
         .route("/", get(index))
         .route("/events", get(events))
         .route("/session/{ns}/{name}", get(session_page))
+        .route("/session/{ns}/{name}/events", get(session_events))
+        .route("/session/{ns}/{name}/logs", get(session_logs))
         .route("/session/{ns}/{name}/delete", post(delete_session))
         .route("/sandboxes", get(sandboxes))
         .route("/sandboxes/{name}/delete", post(delete_sandbox))
@@ -542,6 +1087,74 @@ mod tests {
             esc("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    fn lease(i: usize) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("s{i:03}"), "namespace": format!("ns{}", i % 7),
+                "labels": {"app.kubernetes.io/managed-by": "kubectl-gitops", "gitops.kubectl.dev/component": "session",
+                           "gitops.kubectl.dev/sandbox": format!("ns{}", i % 7)},
+                "annotations": {"gitops.kubectl.dev/mode": "sandboxed", "gitops.kubectl.dev/dir": format!("/src/s{i}"),
+                                "gitops.kubectl.dev/owner": "ann@laptop"}},
+            "spec": {"holderIdentity": "ann@laptop", "leaseDurationSeconds": 30,
+                     "renewTime": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}
+        }))
+        .unwrap()
+    }
+
+    /// What the hub does on every change and every second, with 200 sessions.
+    #[test]
+    fn two_hundred_sessions_render_from_the_watches_quickly() {
+        let leases: Vec<Lease> = (0..200).map(lease).collect();
+        let gitops: Kustomization = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "apps", "namespace": "flux-system"},
+            "spec": {"sourceRef": {"kind": "GitRepository", "name": "x"}, "prune": true, "interval": "10m", "targetNamespace": "prod"}
+        }))
+        .unwrap();
+        let t = std::time::Instant::now();
+        let s = hub_sections(
+            &leases,
+            std::slice::from_ref(&gitops),
+            &[],
+            &[],
+            &[],
+            &[],
+            &WatchState::default(),
+            "tok",
+        );
+        let took = t.elapsed();
+        assert_eq!(s["sessions-body"].matches("<tr data-key=").count(), 200);
+        assert_eq!(
+            s["sessions-body"]
+                .matches("data-heartbeat=\"live\"")
+                .count(),
+            200
+        );
+        assert!(
+            s["cluster-mode"].contains("<strong>Run</strong>"),
+            "{}",
+            s["cluster-mode"]
+        );
+        assert!(s["cluster-mode"].contains("200 live sessions"));
+        assert!(took < std::time::Duration::from_millis(300), "{took:?}");
+        // Without sessions, Flux's own Kustomization makes it GitOps.
+        let s = hub_sections(
+            &[],
+            &[gitops],
+            &[],
+            &[],
+            &[],
+            &[],
+            &WatchState::default(),
+            "tok",
+        );
+        assert!(s["cluster-mode"].contains("<strong>GitOps</strong>"));
+        assert!(s["sessions-body"].contains("No sessions."));
+        let mut broken = WatchState::default();
+        broken.apply(("Leases", Err("forbidden <x>".into())));
+        let s = hub_sections(&[], &[], &[], &[], &[], &[], &broken, "tok");
+        assert!(s["cluster-mode"].contains("Snowflake"));
+        assert!(s["sessions-body"].contains("cannot watch Leases: forbidden &lt;x&gt;"));
     }
 
     #[test]
