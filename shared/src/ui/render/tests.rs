@@ -364,17 +364,18 @@ fn sandboxes_show_expiry_and_quota() {
     assert!(sandbox_rows(&[sb], &quotas, later, "tok").contains("expired"));
 }
 
-/// Writes the pages, filled from fixtures, to `$UI_PREVIEW_DIR` to look at
-/// the design without a cluster (`cargo test -p kubectl-gitops --lib
-/// preview -- --ignored`).
+/// Renders every page from fixtures (a smoke test of the whole page), and
+/// writes them to `$UI_PREVIEW_DIR` when set, to look at the design without
+/// a cluster (`UI_PREVIEW_DIR=/tmp/p cargo test -p kubectl-gitops --lib
+/// preview`).
 #[test]
-#[ignore]
 fn preview() {
     use crate::ui::{Tab, index_body, page_html, sandboxes_body, session_body};
-    let Ok(dir) = std::env::var("UI_PREVIEW_DIR") else {
-        return;
-    };
-    let dir = std::path::PathBuf::from(dir);
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = std::env::var("UI_PREVIEW_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| scratch.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
     let now = Utc::now();
     let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
     let mut sessions: Vec<SessionView> = [
