@@ -361,13 +361,22 @@ struct Bindfs {
 impl Bindfs {
     fn mount(source: &Path, mount: &Path) -> Bindfs {
         if Command::new("bindfs").arg("--version").output().is_err() {
-            let install = Command::new("apt-get")
-                .args(["install", "-y", "-q", "bindfs"])
-                .output()
-                .expect("apt-get");
+            // Installed on first use, as the harness installs its packages.
+            let install = || {
+                Command::new("apt-get")
+                    .args(["install", "-y", "-q", "bindfs"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            let installed = install()
+                || (Command::new("apt-get")
+                    .args(["update", "-q"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+                    && install());
             assert!(
-                install.status.success(),
-                "bindfs (Debian's package) is needed: apt-get install bindfs: {install:?}"
+                installed,
+                "bindfs (Debian's package) is needed: sudo apt-get install bindfs"
             );
         }
         std::fs::create_dir_all(mount).unwrap();
