@@ -46,23 +46,7 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
     s1.next_sync().unwrap();
     s2.next_sync().unwrap();
 
-    let mut ui = plugin("kubectl-gitops_sessions")
-        .args(harness.kube_args())
-        .args(["ui", "--no-open"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Keep reading the server's stdout for the whole test: closing the pipe
-    // would end it, quietly, at its next line, as for any Unix tool.
-    let mut stdout = std::io::BufReader::new(ui.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://127.0.0.1:"))
-        .expect("the URL")
-        .to_string();
+    let (mut ui, url, drain) = serve(&harness);
 
     let screenshot = root.parent().unwrap().join("target/ui-e2e.png");
     let driven = output(
