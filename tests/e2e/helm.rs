@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use gitops_e2e::{
-    Footprint, Harness, RunningSession, output, plugin, unique, wait_namespace_gone, write_tree,
+    Footprint, Harness, RunningSession, eventually, output, plugin, unique, wait_namespace_gone,
+    write_tree,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -71,21 +72,39 @@ async fn a_chart_session_upgrades_on_save_survives_template_errors_and_uninstall
     // Ready means rolled out: helm-controller waited for the Deployment.
     assert_eq!(rolled_out(&client, &name, &name).await, (1, 1));
 
-    // The session shows up with its HelmRelease's status.
-    let listed = output(
-        plugin("kubectl-gitops_sessions")
-            .args(harness.kube_args())
-            .args(["-A", "-o", "json"]),
-    );
-    assert_eq!(listed.code, Some(0), "{listed:?}");
-    let json: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
-    let me = json
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name.as_str())
-        .expect("listed");
-    assert_eq!(me["status"]["state"], "Ready", "{me}");
+    // The session shows up with its HelmRelease's status. The status is
+    // Flux's Ready condition, which may flip to Progressing for a moment when
+    // the controllers run one more reconcile of the same revision: it must
+    // settle at Ready.
+    eventually(
+        "the session listed as Ready",
+        Duration::from_secs(30),
+        || {
+            let listed = output(
+                plugin("kubectl-gitops_sessions")
+                    .args(harness.kube_args())
+                    .args(["-A", "-o", "json"]),
+            );
+            let result = (|| {
+                if listed.code != Some(0) {
+                    return Err(format!("{listed:?}"));
+                }
+                let json: serde_json::Value =
+                    serde_json::from_str(&listed.stdout).map_err(|e| e.to_string())?;
+                let me = json
+                    .as_array()
+                    .and_then(|a| a.iter().find(|v| v["name"] == name.as_str()).cloned())
+                    .ok_or_else(|| format!("not listed: {json}"))?;
+                if me["status"]["state"] == "Ready" {
+                    Ok(())
+                } else {
+                    Err(format!("{me}"))
+                }
+            })();
+            async move { result }
+        },
+    )
+    .await;
 
     // Edit values.yaml: the release is upgraded.
     std::fs::write(

@@ -69,7 +69,11 @@ async fn sessions_in_both_modes_are_listed_with_their_status() {
     s2.next_sync().unwrap();
 
     // A session says synced first and then writes the sync's note (revision,
-    // last_sync) to its Lease: wait for both notes on the API server.
+    // last_sync) to its Lease: wait for both notes on the API server. The
+    // status is Flux's Ready condition, and kustomize-controller may run one
+    // more reconcile of the same revision when the source's artifact event
+    // reaches it after the requested reconcile (Ready goes Unknown/Progressing
+    // for a moment): wait for it to settle at Ready too.
     let list = eventually("both sessions' sync notes", Duration::from_secs(30), || {
         let list = sessions_json(&harness, &["-A"]);
         let noted = |name: &str| {
@@ -77,6 +81,7 @@ async fn sessions_in_both_modes_are_listed_with_their_status() {
                 s["name"] == name
                     && s.get("last_sync").is_some()
                     && s["revision"].as_str().is_some_and(|r| !r.is_empty())
+                    && s["status"]["state"] == "Ready"
             })
         };
         let done = noted(&sbx) && noted(&cluster);
