@@ -5,7 +5,8 @@
 //!   `%USERPROFILE%\.kube\config`, Docker credentials from
 //!   `%USERPROFILE%\.docker\config.json` through a helper `.exe`; a live
 //!   session that syncs each save (Windows' directory change notifications,
-//!   as Wine delivers them) and cleans up on Ctrl+C;
+//!   as Wine delivers them) and cleans up on Ctrl+C; process liveness
+//!   without `/proc` (a live session is not taken over, a killed one is);
 //! - the darwin binaries (arm64 and x86_64) inspected, never run (no macOS
 //!   here): architecture, minimum macOS, a valid ad-hoc code signature (arm64),
 //!   libSystem and the stub SDK's frameworks only, every undefined symbol
@@ -22,6 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gitops::labels;
+use gitops::session::record::lease_is_live;
 use gitops_e2e::{Harness, RunningSession, eventually, git, output, run, unique, write_tree};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -432,6 +434,83 @@ async fn a_windows_session_syncs_each_save_and_cleans_up_on_ctrl_c() {
         s.seen.iter().any(|e| e["event"] == "cleaned"),
         "{:?}",
         s.seen
+    );
+    assert_nothing_left(&client, &name).await;
+}
+
+/// Process liveness on Windows, where there is no `/proc` and no `kill(pid,
+/// 0)` (`OpenProcess` + `GetExitCodeProcess`): while a session runs, a
+/// second `.exe` with its `--name` is refused and names the first one's pid;
+/// once the first was killed hard (no cleanup ran, its Lease still live),
+/// the next one sees its process gone and takes the session over at once.
+#[tokio::test]
+async fn a_windows_session_killed_hard_is_taken_over_and_a_live_one_is_not() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let wine = Wine::get();
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("app.yaml", &cm("pid", "\r\n"))]);
+    let name = unique("win-pid");
+    let run = |extra: &[&str]| {
+        let mut cmd = wine.plugin("kubectl-gitops_run");
+        cmd.args(["--kubeconfig", &win(&harness.kubeconfig)])
+            .args(["--context", &harness.context])
+            .args(["--name", &name])
+            .args(extra)
+            .arg(win(dir.path()));
+        cmd
+    };
+    let mut first = RunningSession::spawn(&mut run(&["-o", "json"]));
+    first.next_sync().unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
+    let lease = leases.get(&name).await.unwrap();
+    assert!(
+        lease_is_live(&lease, chrono::Utc::now()),
+        "{:?}",
+        lease.spec
+    );
+    // The pid the Windows process recorded (Wine's, not the Unix one).
+    let pid = gitops::session::record::Record::of(&lease).pid;
+    assert!(pid.parse::<u32>().is_ok_and(|p| p > 0), "{pid:?}");
+
+    // Alive: refused, naming it.
+    let refused = output(&mut run(&["--once"]));
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("is already running") && refused.stderr.contains(&pid),
+        "{refused:?}"
+    );
+    assert_eq!(value(&client, &name, "pid").await, Ok(Some("1".into())));
+
+    // Killed hard: its Lease stays live for a while, but the process is gone.
+    first.signal("KILL");
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(60)),
+        None,
+        "killed by a signal"
+    );
+    let lease = leases.get(&name).await.unwrap();
+    assert!(
+        lease_is_live(&lease, chrono::Utc::now()),
+        "the Lease must still be live for this to test liveness: {:?}",
+        lease.spec
+    );
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        cm("pid", "\r\n").replace("\"1\"", "\"2\""),
+    )
+    .unwrap();
+    let mut second = RunningSession::spawn(&mut run(&["-o", "json"]));
+    second.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "pid").await, Ok(Some("2".into())));
+    let lease = leases.get(&name).await.unwrap();
+    assert_ne!(gitops::session::record::Record::of(&lease).pid, pid);
+    second.signal("INT");
+    assert_eq!(
+        second.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{:?}",
+        second.seen
     );
     assert_nothing_left(&client, &name).await;
 }

@@ -278,10 +278,13 @@ pub fn lease_is_live(lease: &Lease, now: DateTime<Utc>) -> bool {
 }
 
 /// A Lease held by this user on this machine whose process has exited is
-/// not running, whatever its renew time says (a crash, a `kill -9`).
+/// not running, whatever its renew time says (a crash, a `kill -9`). A pid
+/// that is this process's own was reused (Windows hands out freed ids again
+/// at once): the process that wrote it is gone.
 pub fn holder_process_gone(lease: &Lease, owner: &str) -> bool {
     let pid = Record::of(lease).pid.parse::<u32>().ok();
-    holder(lease) == owner && pid.is_some_and(|pid| !crate::process::is_alive(pid))
+    holder(lease) == owner
+        && pid.is_some_and(|pid| pid == std::process::id() || !crate::process::is_alive(pid))
 }
 
 #[cfg(test)]
@@ -404,10 +407,21 @@ mod tests {
             }),
             ..Default::default()
         };
+        let mut live = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        lease
+            .annotations_mut()
+            .insert(keys::PID.into(), live.id().to_string());
+        assert!(!holder_process_gone(&lease, "me@here"));
+        let _ = live.kill();
+        let _ = live.wait();
+        // Its own pid, reused: the writer is gone.
         lease
             .annotations_mut()
             .insert(keys::PID.into(), std::process::id().to_string());
-        assert!(!holder_process_gone(&lease, "me@here"));
+        assert!(holder_process_gone(&lease, "me@here"));
         lease
             .annotations_mut()
             .insert(keys::PID.into(), "999999999".into());
