@@ -112,14 +112,39 @@ class Session:
         atexit.register(self.stop)
 
     def synced(self, timeout=120):
-        """Waits for the next `synced`: (monotonic time, revision)."""
+        """Waits for the next `synced`: (monotonic time, revision). The
+        events read on the way are kept, with when they were read, for
+        `breakdown`."""
         deadline = time.monotonic() + timeout
+        self.trail = []
         while True:
             e = self.events.get(timeout=max(0.1, deadline - time.monotonic()))
+            self.trail.append((time.monotonic(), e))
             if e.get("event") == "synced":
                 return time.monotonic(), e.get("revision", "")
             if e.get("event") == "failed":
                 raise SystemExit(f"sync failed: {e}")
+
+    def breakdown(self, saved):
+        """Where the last sync's time went, in seconds, from its events:
+        'watch' (the save to the first phase: notification and coalescing),
+        each phase's own time as the session measured it, 'request' (the
+        push done to the fetch's start: asking Flux to reconcile) and
+        'report' (Flux done to `synced`)."""
+        out, started, done = {}, {}, {}
+        for t, e in self.trail:
+            if e.get("event") == "phase_started":
+                started.setdefault(e["phase"], t)
+            elif e.get("event") == "phase_done":
+                done[e["phase"]] = t
+                out[e["phase"]] = e.get("elapsed_ms", 0) / 1000
+        if started:
+            out["watch"] = min(started.values()) - saved
+        if "push" in done and "fetch" in started:
+            out["request"] = started["fetch"] - done["push"]
+        if "apply" in done and self.trail:
+            out["report"] = self.trail[-1][0] - done["apply"]
+        return out
 
     def cpu_seconds(self):
         fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -192,7 +217,7 @@ spec: {{sourceRef: {{kind: OCIRepository, name: bench}}, path: ./, prune: true, 
         kubectl("delete", "namespace", self.ns, "--wait=false")
 
 
-def timed_saves(n, edit, save, namespace, name, pause=0.3):
+def timed_saves(n, edit, save, namespace, name, pause=0.3, breakdown=None):
     """Runs `n` edits: `edit(i)` writes the files, `save()` returns once the
     revision is Ready, with the revision. Per save: latency, the Flux floor (source-controller's
     reconcile time over the save plus kustomize-controller's time for the
@@ -211,7 +236,8 @@ def timed_saves(n, edit, save, namespace, name, pause=0.3):
         kustomize = kustomize_seconds(namespace, name, revision)
         source = after["ocirepository"] - before["ocirepository"]
         floor = source + kustomize if kustomize is not None else None
-        rows.append({"latency": latency, "floor": floor, "requests": audit.count()})
+        rows.append({"latency": latency, "floor": floor, "requests": audit.count(),
+                     "parts": breakdown(saved) if breakdown else {}})
     return rows
 
 

@@ -124,6 +124,37 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
         "{synced}"
     );
 
+    // The same object edited again: Flux's change-set event is then folded
+    // by the event recorder into the previous one (count 2, the earlier
+    // revision's annotations). Still this save's change, as the API server's
+    // events hold it.
+    std::fs::write(dir.path().join("a.yaml"), cm("a", "3")).unwrap();
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "a").await.as_deref(), Some("3"));
+    let synced = s.seen.last().unwrap().clone();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &name);
+    let folded = events
+        .list(&kube::api::ListParams::default().fields(&format!(
+            "involvedObject.kind=Kustomization,involvedObject.name={name}"
+        )))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.message.as_deref() == Some(&format!("ConfigMap/{name}/a configured")));
+    assert!(
+        folded.as_ref().is_some_and(|e| e.count.unwrap_or(1) >= 2),
+        "the recorder folds identical change sets: {folded:?}"
+    );
+    assert!(
+        synced["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["object"] == format!("ConfigMap/{name}/a") && c["action"] == "configured"),
+        "{synced}"
+    );
+
     // Delete a file: the object is pruned.
     std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
     s.next_sync().unwrap();
@@ -138,7 +169,7 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
     let err = s.next_sync().unwrap_err();
     assert!(err.contains("a.yaml:4"), "{err}");
     assert!(err.contains("nothing was pushed"), "{err}");
-    assert_eq!(value(&client, &name, "a").await.as_deref(), Some("2"));
+    assert_eq!(value(&client, &name, "a").await.as_deref(), Some("3"));
 
     // Ctrl+C: everything the session created is removed.
     let footprint = Footprint::capture(&client, &name).await;

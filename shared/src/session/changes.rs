@@ -148,12 +148,36 @@ fn events_of(kustomization: &str) -> ListParams {
     ))
 }
 
+/// How long a sync waits, once Flux has applied its revision, for the
+/// controller's change-set event to arrive on the feed. kustomize-controller
+/// records it right after the apply, before its health check; the event
+/// recorder sends it asynchronously, so it can trail the status by a few
+/// milliseconds. A revision that changed no object has no change-set event:
+/// such a sync waits this long.
+pub const CHANGE_SET_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[derive(Default)]
+struct FeedState {
+    /// Events listed when the watch started.
+    initial: Vec<KubeEvent>,
+    /// Events created or updated since: this sync's.
+    fresh: Vec<KubeEvent>,
+    /// The initial list is done and the watch runs.
+    synced: bool,
+}
+
 /// A Kustomization's events as they are made, watched from before a sync
 /// asks Flux to reconcile: its change-set event is at hand when the
 /// controller says it is checking health, without a list then.
+///
+/// What the watch delivers after its initial list was made or updated
+/// during this sync. That matters: the Kubernetes event recorder folds an
+/// event identical to an earlier one (the same objects configured again)
+/// into it, raising its count but keeping the first one's annotations, so
+/// the revision it is tagged with is an earlier one.
 pub struct EventsFeed {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<KubeEvent>>>,
-    synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    state: std::sync::Arc<std::sync::Mutex<FeedState>>,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
     client: Client,
     namespace: String,
@@ -164,32 +188,32 @@ impl EventsFeed {
     pub fn start(client: &Client, namespace: &str, kustomization: &str) -> EventsFeed {
         use futures::StreamExt;
         use kube::runtime::watcher;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let synced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = std::sync::Arc::new(std::sync::Mutex::new(FeedState::default()));
+        let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
         let api: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
         let config = watcher::Config::default().fields(&format!(
             "involvedObject.kind=Kustomization,involvedObject.name={kustomization}"
         ));
-        let (s, y) = (seen.clone(), synced.clone());
+        let (st, notify) = (state.clone(), arrived.clone());
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(watcher(api, config));
             while let Some(e) = stream.next().await {
+                let Ok(mut s) = st.lock() else { return };
                 match e {
+                    Ok(watcher::Event::InitApply(ev)) if !s.synced => s.initial.push(ev),
                     Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => {
-                        if let Ok(mut v) = s.lock() {
-                            v.push(ev);
-                        }
+                        s.fresh.push(ev);
                     }
-                    Ok(watcher::Event::InitDone) => {
-                        y.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    _ => {}
+                    Ok(watcher::Event::InitDone) => s.synced = true,
+                    _ => continue,
                 }
+                drop(s);
+                notify.notify_waiters();
             }
         });
         EventsFeed {
-            seen,
-            synced,
+            state,
+            arrived,
             task,
             client: client.clone(),
             namespace: namespace.to_string(),
@@ -197,23 +221,38 @@ impl EventsFeed {
         }
     }
 
-    fn matching(&self, revision: &str, since: chrono::DateTime<chrono::Utc>) -> Vec<String> {
-        let seen = self.seen.lock().map(|v| v.clone()).unwrap_or_default();
-        for_revision(seen, revision, since)
+    /// `Some(messages)` once the watch runs (possibly none yet).
+    fn matching(&self, revision: &str) -> Option<Vec<String>> {
+        let s = self.state.lock().ok()?;
+        s.synced.then(|| from_feed(&s.initial, &s.fresh, revision))
     }
 
-    /// The change-set messages for `revision`: from the watch when they are
-    /// there, else (not arrived yet, or no change to report) from a list.
+    /// The change-set messages for `revision`: from the watch, waiting at
+    /// most `wait` for them to arrive (none: the revision changed nothing);
+    /// from a list when the watch is not running.
     pub async fn applied(
         &self,
         revision: &str,
         since: chrono::DateTime<chrono::Utc>,
+        wait: std::time::Duration,
     ) -> Vec<String> {
-        if self.synced.load(std::sync::atomic::Ordering::SeqCst) {
-            let found = self.matching(revision, since);
-            if !found.is_empty() {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before the check, so an event in between is not missed.
+            arrived.as_mut().enable();
+            if let Some(found) = self.matching(revision)
+                && !found.is_empty()
+            {
                 return found;
             }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                break;
+            }
+        }
+        if let Some(found) = self.matching(revision) {
+            return found;
         }
         applied_events(
             &self.client,
@@ -232,30 +271,57 @@ impl Drop for EventsFeed {
     }
 }
 
-/// The change-set messages among `events` for `revision` (tagged with it,
-/// or, untagged, made since `since`).
+/// The revision a Flux event is tagged with, if any.
+fn tag(e: &KubeEvent) -> Option<&str> {
+    e.annotations()
+        .iter()
+        .find(|(k, _)| k.ends_with("/revision"))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Change-set messages for `revision` from a feed: any made or updated
+/// since it started (an update keeps an earlier revision's tag), and
+/// those listed at its start that are tagged with `revision`.
+fn from_feed(initial: &[KubeEvent], fresh: &[KubeEvent], revision: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let listed = initial.iter().filter(|e| tag(e) == Some(revision));
+    for e in listed.chain(fresh) {
+        if e.reason.as_deref() == Some("Progressing")
+            && let Some(m) = &e.message
+            && !out.contains(m)
+        {
+            out.push(m.clone());
+        }
+    }
+    out
+}
+
+/// The change-set messages among `events` for `revision`: tagged with it,
+/// or last recorded since `since` (untagged, or folded into an event of an
+/// earlier revision; event times have whole seconds).
 fn for_revision(
     events: Vec<KubeEvent>,
     revision: &str,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Vec<String> {
-    let since_ms = since.timestamp_millis() - 1000;
+    let since_ms = since.timestamp_millis();
+    let since_second = since_ms - since_ms.rem_euclid(1000);
     events
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("Progressing"))
         .filter(|e| {
-            let tagged = e
-                .annotations()
-                .iter()
-                .find(|(k, _)| k.ends_with("/revision"))
-                .map(|(_, v)| v == revision);
-            let recent = e
+            let at = e
                 .last_timestamp
                 .as_ref()
                 .map(|t| t.0.as_millisecond())
-                .or_else(|| e.event_time.as_ref().map(|t| t.0.as_millisecond()))
-                .is_some_and(|t| t >= since_ms);
-            tagged.unwrap_or(recent)
+                .or_else(|| e.event_time.as_ref().map(|t| t.0.as_millisecond()));
+            match tag(e) {
+                Some(t) if t == revision => true,
+                // Untagged: made around the sync (1 s of clock skew).
+                None => at.is_some_and(|t| t >= since_ms - 1000),
+                // Another revision's, recorded again during this sync.
+                Some(_) => at.is_some_and(|t| t >= since_second) && e.count.unwrap_or(1) > 1,
+            }
         })
         .filter_map(|e| e.message)
         .collect()
@@ -325,6 +391,75 @@ mod tests {
                 v: "v1".into(),
             })
             .collect()
+    }
+
+    fn event(revision: Option<&str>, message: &str, at: &str, count: i32) -> KubeEvent {
+        let mut e = KubeEvent {
+            reason: Some("Progressing".into()),
+            message: Some(message.into()),
+            count: Some(count),
+            last_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                at.parse().unwrap(),
+            )),
+            ..Default::default()
+        };
+        if let Some(r) = revision {
+            e.annotations_mut()
+                .insert("kustomize.toolkit.fluxcd.io/revision".into(), r.into());
+        }
+        e
+    }
+
+    #[test]
+    fn an_event_folded_into_an_earlier_revisions_still_counts_for_this_sync() {
+        // The recorder folded "cm configured" of revision B into A's event.
+        let folded = event(
+            Some("A"),
+            "ConfigMap/dev/cm configured",
+            "2026-12-04T10:00:05Z",
+            2,
+        );
+        let old = event(
+            Some("A"),
+            "ConfigMap/dev/old configured",
+            "2026-12-04T09:00:00Z",
+            1,
+        );
+        let other = event(None, "Health check passed", "2026-12-04T10:00:05Z", 1);
+        // From the feed: what arrived after its start is this sync's.
+        assert_eq!(
+            from_feed(
+                std::slice::from_ref(&old),
+                &[folded.clone(), other.clone()],
+                "B"
+            ),
+            vec!["ConfigMap/dev/cm configured", "Health check passed"]
+        );
+        // Listed at the start and tagged with the revision: this sync's too.
+        let tagged = event(
+            Some("B"),
+            "ConfigMap/dev/x created",
+            "2026-12-04T10:00:05Z",
+            1,
+        );
+        assert_eq!(
+            from_feed(&[old.clone(), tagged.clone()], &[], "B"),
+            vec!["ConfigMap/dev/x created"]
+        );
+        // From a list: recorded again since the sync started (whole seconds).
+        let since: chrono::DateTime<chrono::Utc> = "2026-12-04T10:00:04.600Z".parse().unwrap();
+        assert_eq!(
+            for_revision(vec![folded.clone(), old.clone(), tagged], "B", since),
+            vec!["ConfigMap/dev/cm configured", "ConfigMap/dev/x created"]
+        );
+        // Not recorded again: an earlier sync's.
+        let once = event(
+            Some("A"),
+            "ConfigMap/dev/cm configured",
+            "2026-12-04T10:00:05Z",
+            1,
+        );
+        assert!(for_revision(vec![once], "B", since).is_empty());
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Session {
         let status = done.and_then(|o| o.status).unwrap_or_default();
         if let Some(message) = flux::helm_failure(&status) {
             self.settled = true;
-            self.note(revision, "Failed").await;
+            self.note(revision, "Failed");
             // A failed upgrade leaves the previous release in place.
             return Ok(self.fail(Phase::Apply, message, None, false));
         }
@@ -232,7 +232,7 @@ impl Session {
         let after = changes::helm_objects(&self.client, &release_ns, &name).await;
         self.settled = true;
         self.last_good = Some(format!("{revision} (chart {version})"));
-        self.note(revision, "Ready").await;
+        self.note(revision, "Ready");
         (self.report)(&Event::Synced {
             revision: format!("{revision} (chart {version})"),
             changes: changes::compare_versions(&before, &after),

@@ -183,6 +183,9 @@ pub struct Session {
     timeline: std::sync::Mutex<Timeline>,
     /// The last syncs (oldest first), as written into the Lease.
     history: Vec<record::SyncEntry>,
+    /// The outcome of the sync under way, written into the Lease with its
+    /// history entry (one request per sync).
+    last_note: Option<record::LastSync>,
 }
 
 /// The phases of one sync as they happen (see [`Session::phase`]).
@@ -407,6 +410,7 @@ impl Session {
             packaging: None,
             timeline: Default::default(),
             history: Vec::new(),
+            last_note: None,
             client,
             namespace,
             target,
@@ -726,25 +730,33 @@ impl Session {
         })
     }
 
-    /// Keeps a finished sync's phases in the Lease's `sync-history` (best
-    /// effort; before the first sync made the Lease, only in memory: the
-    /// Lease is written with it).
+    /// Keeps a finished sync's phases in the Lease's `sync-history`, with
+    /// its outcome ([`Session::note`]) in the same request (best effort;
+    /// before the first sync made the Lease, only in memory: the Lease is
+    /// written with it).
     pub(super) async fn record_sync(&mut self, outcome: &SyncOutcome) {
         let entry = match self.timeline.lock() {
             Ok(mut t) => t.entry(outcome),
             Err(_) => None,
         };
-        let Some(entry) = entry else { return };
-        self.history.push(entry);
-        let excess = self.history.len().saturating_sub(record::HISTORY_LEN);
-        self.history.drain(..excess);
+        let note = self.last_note.take();
+        if let Some(entry) = entry {
+            self.history.push(entry);
+            let excess = self.history.len().saturating_sub(record::HISTORY_LEN);
+            self.history.drain(..excess);
+        } else if note.is_none() {
+            return;
+        }
         if !self.materialized {
             return;
         }
-        let patch = serde_json::json!({"metadata": {"annotations": {
-            keys::SYNC_HISTORY: record::history_to_annotation(&self.history),
-        }}});
-        self.patch_lease(&patch, "record the sync history in").await;
+        let mut annotations = note.map(|n| n.to_annotations()).unwrap_or_default();
+        annotations.insert(
+            keys::SYNC_HISTORY.to_string(),
+            record::history_to_annotation(&self.history),
+        );
+        let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+        self.patch_lease(&patch, "record the sync in").await;
     }
 
     /// The revision the sync under way pushed.
@@ -754,15 +766,14 @@ impl Session {
         }
     }
 
-    /// Records a sync's outcome in the Lease (best effort).
-    async fn note(&self, revision: &str, status: &str) {
-        let note = record::LastSync {
+    /// Notes a sync's outcome, for the Lease ([`Session::record_sync`]
+    /// writes it once the sync is over).
+    fn note(&mut self, revision: &str, status: &str) {
+        self.last_note = Some(record::LastSync {
             revision: revision.to_string(),
             at: Some(Utc::now()),
             status: status.to_string(),
-        };
-        let patch = serde_json::json!({"metadata": {"annotations": note.to_annotations()}});
-        self.patch_lease(&patch, "record the sync in").await;
+        });
     }
 
     /// Merge-patches the session's Lease (best effort: logged on failure).

@@ -528,20 +528,24 @@ impl Session {
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let kss: Api<Kustomization> = Api::namespaced(self.client.clone(), &self.namespace);
         let sync_started = chrono::Utc::now();
+        // The reconcile request and the read of what Flux holds now go
+        // together (Flux changes its inventory only after its health check).
+        // The request is polled first: it is what Flux waits for, so it
+        // takes the kept-alive connection rather than waiting for a new one.
+        let requested = self.objects_ready;
+        let (current, request) = if requested {
+            let (r, c) = futures::join!(flux::request_reconcile(&repos, &name), kss.get_opt(&name));
+            (c?, Some(r))
+        } else {
+            (kss.get_opt(&name).await?, None)
+        };
+        // Flux records the revision's change-set event only once it has
+        // fetched and applied it, well after this.
         let feed = std::sync::Arc::new(changes::EventsFeed::start(
             &self.client,
             &self.namespace,
             &name,
         ));
-        // The reconcile request and the read of what Flux holds now go
-        // together (Flux changes its inventory only after its health check).
-        let requested = self.objects_ready;
-        let (current, request) = if requested {
-            let (c, r) = futures::join!(kss.get_opt(&name), flux::request_reconcile(&repos, &name));
-            (c?, Some(r))
-        } else {
-            (kss.get_opt(&name).await?, None)
-        };
         let before = match current {
             Some(ks) => ks
                 .status
@@ -666,7 +670,9 @@ impl Session {
                     // objects. When this watch can judge all of them, it
                     // says "healthy" as soon as they are, not at Flux's next
                     // health poll (5 s).
-                    let events = feed.applied(&want, sync_started).await;
+                    let events = feed
+                        .applied(&want, sync_started, changes::CHANGE_SET_WAIT)
+                        .await;
                     let set = changes::parse_change_set(&events);
                     let changed: std::collections::BTreeSet<String> = set
                         .iter()
@@ -742,7 +748,7 @@ impl Session {
                 super::health::Outcome::Failed(failure) => {
                     self.settled = true;
                     let file = validate::file_for(index, &failure);
-                    self.note(revision, "Failed").await;
+                    self.note(revision, "Failed");
                     let message = format!("the rollout cannot succeed: {failure}");
                     return Ok(self.fail(Phase::Apply, message, file, true));
                 }
@@ -780,7 +786,7 @@ impl Session {
                 }
             }
             let file = validate::file_for(index, &message);
-            self.note(revision, "Failed").await;
+            self.note(revision, "Failed");
             return Ok(self.fail(Phase::Apply, message, file, applied));
         }
         self.done(Phase::Apply, t, None);
@@ -797,7 +803,10 @@ impl Session {
         };
         let events = match early {
             Some((events, _)) => events,
-            None => feed.applied(revision, sync_started).await,
+            None => {
+                feed.applied(revision, sync_started, changes::CHANGE_SET_WAIT)
+                    .await
+            }
         };
         drop(feed);
         let changes = changes::changes(&before, &after, &events);
@@ -809,7 +818,7 @@ impl Session {
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
         // Bookkeeping after the user is told.
-        self.note(revision, "Ready").await;
+        self.note(revision, "Ready");
         Ok(SyncOutcome::Ready {
             revision: revision.to_string(),
         })
