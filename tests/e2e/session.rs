@@ -582,3 +582,88 @@ async fn a_session_started_again_at_once_waits_for_its_last_sandbox_to_go() {
         Footprint::expected(&name, &name, true).with_payload(dir.path(), &name, Some(&name));
     assert_nothing_left(&client, &expected).await;
 }
+
+/// kustomize-controller's event recorder lets through 25 events per
+/// Kustomization and then one every 5 minutes, so after a dozen saves Flux
+/// records no change set. A saved object is then never reported
+/// `unchanged`: `configured` while Flux records the change set, `applied`
+/// when it records none (as the API server's events show).
+#[tokio::test]
+async fn a_saved_object_is_never_reported_unchanged_when_flux_stops_recording_change_sets() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[("a.yaml", &cm("a", "0")), ("b.yaml", &cm("b", "0"))],
+    );
+    let name = unique("run-many-saves");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    s.next_sync().unwrap();
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &name);
+    let mut applied = 0;
+    for i in 1..=16 {
+        std::fs::write(dir.path().join("a.yaml"), cm("a", &i.to_string())).unwrap();
+        s.next_sync().unwrap();
+        assert_eq!(value(&client, &name, "a").await, Some(i.to_string()));
+        let synced = s.seen.last().unwrap().clone();
+        let action = |object: &str| {
+            synced["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["object"] == format!("ConfigMap/{name}/{object}"))
+                .map(|c| c["action"].as_str().unwrap_or_default().to_string())
+        };
+        let (a, b) = (action("a"), action("b"));
+        match a.as_deref() {
+            Some("configured") => assert_eq!(b.as_deref(), Some("unchanged"), "{synced}"),
+            Some("applied") => {
+                assert_eq!(b.as_deref(), Some("applied"), "{synced}");
+                applied += 1;
+            }
+            other => {
+                let held: Vec<_> = events
+                    .list(&kube::api::ListParams::default().fields(&format!(
+                        "involvedObject.kind=Kustomization,involvedObject.name={name}"
+                    )))
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|e| (e.count, e.last_timestamp, e.metadata.annotations, e.message))
+                    .collect();
+                panic!("save {i}: a reported {other:?}: {synced}\nevents: {held:#?}")
+            }
+        }
+    }
+    // By then Flux's recorder dropped change sets: the API server holds fewer
+    // change-set recordings than saves, and the session said so.
+    let recorded: i32 = events
+        .list(&kube::api::ListParams::default().fields(&format!(
+            "involvedObject.kind=Kustomization,involvedObject.name={name}"
+        )))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("ConfigMap/") && m.contains(" configured"))
+        })
+        .map(|e| e.count.unwrap_or(1))
+        .sum();
+    assert!(
+        recorded < 16,
+        "Flux recorded {recorded} change sets for 16 saves"
+    );
+    assert!(
+        applied >= 16 - recorded as usize,
+        "{applied} saves shown as applied, {recorded} recorded"
+    );
+    let footprint = Footprint::capture(&client, &name).await;
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    assert_nothing_left(&client, &footprint).await;
+}

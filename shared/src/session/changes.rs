@@ -17,6 +17,9 @@ pub enum Action {
     Created,
     Configured,
     Unchanged,
+    /// Applied again; whether it changed is unknown (no change-set event:
+    /// see [`CHANGE_SET_WAIT`]).
+    Applied,
     Deleted,
 }
 
@@ -26,6 +29,7 @@ impl Action {
             Action::Created => "created",
             Action::Configured => "configured",
             Action::Unchanged => "unchanged",
+            Action::Applied => "applied",
             Action::Deleted => "deleted",
         }
     }
@@ -88,11 +92,15 @@ pub fn changes(
     let reported = parse_change_set(events);
     let before: BTreeSet<&str> = before.iter().map(String::as_str).collect();
     let after: BTreeSet<&str> = after.iter().map(String::as_str).collect();
+    // No change set: the controller's event recorder did not record one.
+    let known = !reported.is_empty();
     assemble(&before, &after, |o| {
         if reported.contains(&(o.to_string(), Action::Configured)) {
             Action::Configured
-        } else {
+        } else if known {
             Action::Unchanged
+        } else {
+            Action::Applied
         }
     })
 }
@@ -150,11 +158,13 @@ fn events_of(kustomization: &str) -> ListParams {
 
 /// How long a sync waits, once Flux has applied its revision, for the
 /// controller's change-set event to arrive on the feed. kustomize-controller
-/// records it right after the apply, before its health check; the event
+/// records it right after the apply, before its health check; its event
 /// recorder sends it asynchronously, so it can trail the status by a few
-/// milliseconds. A revision that changed no object has no change-set event:
-/// such a sync waits this long.
-pub const CHANGE_SET_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// milliseconds. It may never come: a revision that changed no object has
+/// none, and the recorder drops events beyond 25 per Kustomization (then
+/// lets one through every 5 minutes), so a long session's saves mostly have
+/// none. Then the objects kept are reported as `applied`.
+pub const CHANGE_SET_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Default)]
 struct FeedState {
@@ -164,6 +174,25 @@ struct FeedState {
     fresh: Vec<KubeEvent>,
     /// The initial list is done and the watch runs.
     synced: bool,
+    /// The version of each event seen (by uid): a list made again after
+    /// the watch broke brings back events already seen, not fresh ones.
+    versions: std::collections::HashMap<String, String>,
+}
+
+impl FeedState {
+    fn seen(&mut self, ev: KubeEvent) {
+        let uid = ev.metadata.uid.clone().unwrap_or_default();
+        let version = ev.metadata.resource_version.clone().unwrap_or_default();
+        if self.versions.get(&uid) == Some(&version) {
+            return;
+        }
+        self.versions.insert(uid, version);
+        if self.synced {
+            self.fresh.push(ev);
+        } else {
+            self.initial.push(ev);
+        }
+    }
 }
 
 /// A Kustomization's events as they are made, watched from before a sync
@@ -200,12 +229,13 @@ impl EventsFeed {
             while let Some(e) = stream.next().await {
                 let Ok(mut s) = st.lock() else { return };
                 match e {
-                    Ok(watcher::Event::InitApply(ev)) if !s.synced => s.initial.push(ev),
-                    Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => {
-                        s.fresh.push(ev);
-                    }
+                    Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => s.seen(ev),
                     Ok(watcher::Event::InitDone) => s.synced = true,
-                    _ => continue,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!("events watch: {e}");
+                        continue;
+                    }
                 }
                 drop(s);
                 notify.notify_waiters();
@@ -288,6 +318,7 @@ fn from_feed(initial: &[KubeEvent], fresh: &[KubeEvent], revision: &str) -> Vec<
     for e in listed.chain(fresh) {
         if e.reason.as_deref() == Some("Progressing")
             && let Some(m) = &e.message
+            && !parse_change_set(std::slice::from_ref(m)).is_empty()
             && !out.contains(m)
         {
             out.push(m.clone());
@@ -411,6 +442,31 @@ mod tests {
     }
 
     #[test]
+    fn a_relist_of_the_feed_brings_back_no_fresh_events_but_updates_are_fresh() {
+        let with = |uid: &str, rv: &str| {
+            let mut e = event(
+                Some("A"),
+                "ConfigMap/dev/a configured",
+                "2026-12-04T10:00:00Z",
+                1,
+            );
+            e.metadata.uid = Some(uid.into());
+            e.metadata.resource_version = Some(rv.into());
+            e
+        };
+        let mut feed = FeedState::default();
+        feed.seen(with("1", "10"));
+        feed.synced = true;
+        // The watch broke and listed again: the same event, the same version.
+        feed.seen(with("1", "10"));
+        assert_eq!((feed.initial.len(), feed.fresh.len()), (1, 0));
+        // Folded into: a new version of it.
+        feed.seen(with("1", "11"));
+        feed.seen(with("2", "12"));
+        assert_eq!((feed.initial.len(), feed.fresh.len()), (1, 2));
+    }
+
+    #[test]
     fn an_event_folded_into_an_earlier_revisions_still_counts_for_this_sync() {
         // The recorder folded "cm configured" of revision B into A's event.
         let folded = event(
@@ -433,7 +489,7 @@ mod tests {
                 &[folded.clone(), other.clone()],
                 "B"
             ),
-            vec!["ConfigMap/dev/cm configured", "Health check passed"]
+            vec!["ConfigMap/dev/cm configured"]
         );
         // Listed at the start and tagged with the revision: this sync's too.
         let tagged = event(
@@ -492,6 +548,25 @@ mod tests {
                 "ConfigMap/dev/new created",
                 "ConfigMap/dev/a configured",
                 "ConfigMap/dev/b unchanged",
+                "ConfigMap/dev/gone deleted"
+            ]
+        );
+        // No change set recorded: the objects kept were applied, no more is known.
+        let got = changes(
+            &before,
+            &after,
+            &["Health check passed in 20ms".to_string()],
+        );
+        let show: Vec<String> = got
+            .iter()
+            .map(|c| format!("{} {}", c.object, c.action.as_str()))
+            .collect();
+        assert_eq!(
+            show,
+            [
+                "ConfigMap/dev/new created",
+                "ConfigMap/dev/a applied",
+                "ConfigMap/dev/b applied",
                 "ConfigMap/dev/gone deleted"
             ]
         );

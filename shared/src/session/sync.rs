@@ -809,6 +809,7 @@ impl Session {
             }
         };
         drop(feed);
+        tracing::debug!("change set of {revision}: {events:?}");
         let changes = changes::changes(&before, &after, &events);
         self.settled = true;
         self.last_good = Some(revision.to_string());
