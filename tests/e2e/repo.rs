@@ -495,13 +495,28 @@ async fn the_users_global_git_excludes_file_applies_but_never_to_tracked_files()
             .env_remove("XDG_CONFIG_HOME"),
     );
     s.next_sync().unwrap();
+    // The session says synced once the objects are healthy; Flux writes its
+    // inventory with its own Ready a moment later.
     let kss: Api<Kustomization> = Api::namespaced(client.clone(), &name);
-    let ks = kss.get(&name).await.unwrap();
-    let ids: Vec<String> = ks
-        .status
-        .and_then(|s| s.inventory)
-        .map(|i| i.entries.into_iter().map(|e| e.id).collect())
-        .unwrap_or_default();
+    let ids: Vec<String> = eventually("Flux's inventory", WAIT, || {
+        let kss = kss.clone();
+        let name = name.clone();
+        async move {
+            let status = kss
+                .get(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            match status.inventory {
+                Some(i) if !i.entries.is_empty() => {
+                    Ok(i.entries.into_iter().map(|e| e.id).collect())
+                }
+                _ => Err(format!("{:?}", status.conditions)),
+            }
+        }
+    })
+    .await;
     let has = |cm: &str| {
         ids.iter()
             .any(|id| id == &format!("{name}_{cm}__ConfigMap"))

@@ -163,7 +163,8 @@ fn events_of(kustomization: &str) -> ListParams {
 /// milliseconds. It may never come: a revision that changed no object has
 /// none, and the recorder drops events beyond 25 per Kustomization (then
 /// lets one through every 5 minutes), so a long session's saves mostly have
-/// none. Then the objects kept are reported as `applied`.
+/// none. Then the objects kept are reported as `applied`, and the next sync
+/// does not wait (it takes a change set only if it is already there).
 pub const CHANGE_SET_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Default)]

@@ -186,6 +186,10 @@ pub struct Session {
     /// The outcome of the sync under way, written into the Lease with its
     /// history entry (one request per sync).
     last_note: Option<record::LastSync>,
+    /// The last sync found no change-set event: Flux's event recorder is
+    /// likely dropping them (see [`changes::CHANGE_SET_WAIT`]), so the next
+    /// sync takes what is at hand rather than wait for one.
+    change_sets_missing: bool,
 }
 
 /// The phases of one sync as they happen (see [`Session::phase`]).
@@ -411,6 +415,7 @@ impl Session {
             timeline: Default::default(),
             history: Vec::new(),
             last_note: None,
+            change_sets_missing: false,
             client,
             namespace,
             target,

@@ -528,6 +528,11 @@ impl Session {
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let kss: Api<Kustomization> = Api::namespaced(self.client.clone(), &self.namespace);
         let sync_started = chrono::Utc::now();
+        let change_set_wait = if self.change_sets_missing {
+            Duration::ZERO
+        } else {
+            changes::CHANGE_SET_WAIT
+        };
         // The reconcile request and the read of what Flux holds now go
         // together (Flux changes its inventory only after its health check).
         // The request is polled first: it is what Flux waits for, so it
@@ -670,9 +675,7 @@ impl Session {
                     // objects. When this watch can judge all of them, it
                     // says "healthy" as soon as they are, not at Flux's next
                     // health poll (5 s).
-                    let events = feed
-                        .applied(&want, sync_started, changes::CHANGE_SET_WAIT)
-                        .await;
+                    let events = feed.applied(&want, sync_started, change_set_wait).await;
                     let set = changes::parse_change_set(&events);
                     let changed: std::collections::BTreeSet<String> = set
                         .iter()
@@ -803,13 +806,11 @@ impl Session {
         };
         let events = match early {
             Some((events, _)) => events,
-            None => {
-                feed.applied(revision, sync_started, changes::CHANGE_SET_WAIT)
-                    .await
-            }
+            None => feed.applied(revision, sync_started, change_set_wait).await,
         };
         drop(feed);
         tracing::debug!("change set of {revision}: {events:?}");
+        self.change_sets_missing = changes::parse_change_set(&events).is_empty();
         let changes = changes::changes(&before, &after, &events);
         self.settled = true;
         self.last_good = Some(revision.to_string());

@@ -251,9 +251,25 @@ fn polling(raw: Raw) -> notify::Result<Backend> {
     Ok(Backend::Poll(w))
 }
 
+/// Whether an event says a writer is done with a file: closed after
+/// writing, or renamed into place (an atomic save). Linux reports both;
+/// FSEvents and ReadDirectoryChangesW report no closes, so there every
+/// batch waits its whole quiet window.
+fn finishes_a_write(event: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    matches!(
+        event.as_ref().map(|e| e.kind),
+        Ok(EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)))
+    )
+}
+
 /// The events that arrive from the first one until `quiet` passes without
 /// another (or `quiet * BATCH_CAP` since the first); `None` once the
-/// senders are gone and nothing is left.
+/// senders are gone and nothing is left. After an event that finishes a
+/// write the window is a fifth as long: what comes with a save (the next
+/// files of a "save all" or a checkout) follows within a millisecond or
+/// two, and the save is not kept waiting for nothing.
 fn next_batch(
     raw: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>,
     quiet: Duration,
@@ -261,14 +277,26 @@ fn next_batch(
     use std::sync::mpsc::RecvTimeoutError;
     let first = raw.recv().ok()?;
     let cap = Instant::now() + quiet * BATCH_CAP;
+    let mut window = if finishes_a_write(&first) {
+        quiet / 5
+    } else {
+        quiet
+    };
     let mut batch = vec![first];
     loop {
-        let wait = quiet.min(cap.saturating_duration_since(Instant::now()));
+        let wait = window.min(cap.saturating_duration_since(Instant::now()));
         if wait.is_zero() {
             return Some(batch);
         }
         match raw.recv_timeout(wait) {
-            Ok(r) => batch.push(r),
+            Ok(r) => {
+                window = if finishes_a_write(&r) {
+                    quiet / 5
+                } else {
+                    quiet
+                };
+                batch.push(r);
+            }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                 return Some(batch);
             }
@@ -619,6 +647,37 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_write_ends_the_batch_after_a_short_window_and_what_follows_joins_it() {
+        use notify::event::{AccessKind, AccessMode, EventKind};
+        let closed = |p: &str| {
+            Ok(
+                notify::Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
+                    .add_path(PathBuf::from(p)),
+            )
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let quiet = Duration::from_millis(200);
+        // A save: modified, then closed.
+        tx.send(event("a")).unwrap();
+        tx.send(closed("a")).unwrap();
+        let start = Instant::now();
+        let batch = next_batch(&rx, quiet).unwrap();
+        assert_eq!(batch.len(), 2);
+        let took = start.elapsed();
+        assert!(took >= quiet / 5 && took < quiet, "{took:?}");
+        // A second file right after the first one's close joins the batch.
+        let writer = std::thread::spawn(move || {
+            tx.send(closed("a")).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            tx.send(event("b")).unwrap();
+            tx.send(closed("b")).unwrap();
+        });
+        let batch = next_batch(&rx, quiet).unwrap();
+        writer.join().unwrap();
+        assert_eq!(batch.len(), 3);
+    }
+
+    #[test]
     fn writes_that_keep_coming_are_cut_at_the_cap_and_nothing_is_lost() {
         let (tx, rx) = std::sync::mpsc::channel();
         let quiet = Duration::from_millis(20);
@@ -685,6 +744,25 @@ mod tests {
             .expect("a change within 5s")
             .unwrap();
         assert!(paths.iter().all(|p| p.ends_with("app.yaml")), "{paths:?}");
+    }
+
+    /// On Linux a save's close ends its batch after a fifth of the window.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn on_linux_a_saved_files_close_shortens_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = canonical_root(dir.path()).unwrap();
+        let quiet = Duration::from_millis(500);
+        let mut watcher = DirWatcher::new(target(&root, ""), quiet).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        std::fs::write(root.join("app.yaml"), "kind: ConfigMap\n").unwrap();
+        next(&mut watcher, 5)
+            .await
+            .expect("a change within 5s")
+            .unwrap();
+        let took = start.elapsed();
+        assert!(took < quiet, "the close was not seen: {took:?}");
     }
 
     /// An application repository: sources, Git-ignored build output with
