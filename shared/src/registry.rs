@@ -271,7 +271,15 @@ pub struct Registry {
     /// Logged in for pushing (the client keeps the token): a session's
     /// later pushes reuse it, and the client's kept-alive connections.
     pushing: std::sync::atomic::AtomicBool,
+    /// Blobs this client put, or found there: a session's later pushes
+    /// neither ask about nor send them again (the config blob, every time).
+    present: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// A new blob up to this size is sent by a session's client without asking
+/// first whether the registry has it: sending it again costs less than the
+/// round trip of asking (the registry keeps one copy of a digest).
+const SEND_WITHOUT_ASKING: u64 = 256 * 1024;
 
 /// Retry delays for transient failures (connection refused, 5xx, 429).
 const RETRY_DELAYS: [Duration; 3] = [
@@ -364,6 +372,23 @@ impl Registry {
             auth,
             reference: reference.clone(),
             pushing: std::sync::atomic::AtomicBool::new(false),
+            present: Default::default(),
+        }
+    }
+
+    fn knows(&self, digest: &str) -> bool {
+        self.present.lock().is_ok_and(|p| p.contains(digest))
+    }
+
+    fn remember(&self, digest: &str) {
+        if let Ok(mut p) = self.present.lock() {
+            p.insert(digest.to_string());
+        }
+    }
+
+    fn forget_blobs(&self) {
+        if let Ok(mut p) = self.present.lock() {
+            p.clear();
         }
     }
 
@@ -814,13 +839,14 @@ pub async fn upload_with(
         registry.login(RegistryOperation::Push).await?;
         registry.pushing.store(true, Ordering::SeqCst);
     }
-    match upload_blobs(registry, artifact, &config, &manifest).await {
+    let reused = kept.is_some();
+    match upload_blobs(registry, artifact, &config, &manifest, reused).await {
         // A kept token that expired: log in again, once.
         Err(RegistryError::Unauthorized { .. }) if kept.is_some() => {
             registry.pushing.store(false, Ordering::SeqCst);
             registry.login(RegistryOperation::Push).await?;
             registry.pushing.store(true, Ordering::SeqCst);
-            upload_blobs(registry, artifact, &config, &manifest).await
+            upload_blobs(registry, artifact, &config, &manifest, reused).await
         }
         other => other,
     }
@@ -832,21 +858,54 @@ async fn upload_blobs(
     artifact: &Upload<'_>,
     config: &Blob,
     manifest: &[u8],
+    kept: bool,
 ) -> Result<Vec<String>, RegistryError> {
-    // The two blobs at once; each is checked first (a blob already there is
-    // not sent again).
+    let trusted = registry.knows(&config.digest) || registry.knows(&artifact.layer.digest);
+    match upload_blobs_once(registry, artifact, config, manifest, kept).await {
+        // A blob it had seen may be gone since (the registry collected it,
+        // or the repository was deleted): forget, ask, and try once more.
+        Err(e) if trusted && !matches!(e, RegistryError::Unauthorized { .. }) => {
+            tracing::debug!(error = %e, "push with remembered blobs failed; asking the registry");
+            registry.forget_blobs();
+            upload_blobs_once(registry, artifact, config, manifest, false).await
+        }
+        other => other,
+    }
+}
+
+async fn upload_blobs_once(
+    registry: &Registry,
+    artifact: &Upload<'_>,
+    config: &Blob,
+    manifest: &[u8],
+    kept: bool,
+) -> Result<Vec<String>, RegistryError> {
+    // The two blobs at once. A blob this client put or saw before is
+    // skipped; any other is asked about first (a blob already there is not
+    // sent again), except a small new one from a session, which is sent.
+    let send = |blob: &Blob| {
+        let known = registry.knows(&blob.digest);
+        let ask = !known && !(kept && blob.size <= SEND_WITHOUT_ASKING);
+        (known, ask)
+    };
     let layer = async {
-        if registry.blob_exists(&artifact.layer.digest).await? {
+        let (known, ask) = send(artifact.layer);
+        if known || (ask && registry.blob_exists(&artifact.layer.digest).await?) {
+            registry.remember(&artifact.layer.digest);
             return Ok::<_, RegistryError>(None);
         }
         registry.push_file(artifact.file, artifact.layer).await?;
+        registry.remember(&artifact.layer.digest);
         Ok(Some(artifact.layer.digest.clone()))
     };
     let config_blob = async {
-        if registry.blob_exists(&config.digest).await? {
+        let (known, ask) = send(config);
+        if known || (ask && registry.blob_exists(&config.digest).await?) {
+            registry.remember(&config.digest);
             return Ok::<_, RegistryError>(None);
         }
         registry.push_bytes(artifact.config, &config.digest).await?;
+        registry.remember(&config.digest);
         Ok(Some(config.digest.clone()))
     };
     let (layer, config_blob) = futures::try_join!(layer, config_blob)?;
@@ -1326,6 +1385,61 @@ mod push_tests {
             "{err}"
         );
         assert_eq!(manifest_puts(&reg.log.lock().unwrap()), 0);
+    }
+
+    /// A session's client, pushing `tree` twice through the same client.
+    async fn push_twice(reg: &fake::FakeRegistry) -> (Pushed, Pushed) {
+        let r: ArtifactRef = format!("oci://{}/app:v1", reg.addr).parse().unwrap();
+        let opts = options();
+        let kept = Registry::new(&r, &opts.registry);
+        let dir = tree();
+        let (file, built) = build(dir.path(), &opts.walk).await.unwrap();
+        let first = push_built_with(Some(&kept), dir.path(), &file, &built, &r, &opts)
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("app.yaml"), "kind: Secret\n").unwrap();
+        let (file, built) = build(dir.path(), &opts.walk).await.unwrap();
+        let second = push_built_with(Some(&kept), dir.path(), &file, &built, &r, &opts)
+            .await
+            .unwrap();
+        (first, second)
+    }
+
+    #[tokio::test]
+    async fn a_sessions_client_sends_small_new_blobs_without_asking_and_the_config_once() {
+        let reg = fake::start(registry(|_| None)).await;
+        let (first, second) = push_twice(&reg).await;
+        let log = reg.log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.starts_with("HEAD")), "{log:?}");
+        // Layer and config the first time; only the new layer the second.
+        assert_eq!(first.uploaded.len(), 2, "{log:?}");
+        assert_eq!(second.uploaded.len(), 1, "{log:?}");
+        assert_eq!(log.iter().filter(|l| l.starts_with("POST")).count(), 3);
+        assert_eq!(manifest_puts(&log), 2);
+    }
+
+    #[tokio::test]
+    async fn a_remembered_blob_the_registry_lost_is_asked_about_and_sent_again() {
+        // The second manifest PUT is refused once (the config blob was
+        // collected meanwhile): the client asks, sends it, and succeeds.
+        let reg = fake::start(Box::new(|method, path, n| match (method, path) {
+            ("GET", "/v2/") => (200, "{}".into()),
+            ("HEAD", _) => (404, String::new()),
+            ("POST", _) => (202, String::new()),
+            ("PUT", p) if p.contains("/manifests/") && n == 2 => (
+                400,
+                r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#
+                    .into(),
+            ),
+            ("PUT", _) => (201, String::new()),
+            _ => (404, String::new()),
+        }))
+        .await;
+        let (_, second) = push_twice(&reg).await;
+        let log = reg.log.lock().unwrap().clone();
+        assert_eq!(manifest_puts(&log), 3, "{log:?}");
+        assert!(log.iter().any(|l| l.starts_with("HEAD")), "{log:?}");
+        assert_eq!(second.uploaded.len(), 2, "{log:?}");
     }
 
     #[tokio::test]

@@ -222,22 +222,32 @@ def timed_saves(n, edit, save, namespace, name, pause=0.3, breakdown=None):
     revision is Ready, with the revision. Per save: latency, the Flux floor (source-controller's
     reconcile time over the save plus kustomize-controller's time for the
     revision), and the sessions' API requests."""
+    loop = dict(edit=edit, save=save, namespace=namespace, name=name, pause=pause, breakdown=breakdown)
+    return interleaved_saves(n, {"one": loop})["one"]
+
+
+def interleaved_saves(n, loops):
+    """As `timed_saves` for several loops (a dict of name -> dict(edit, save,
+    namespace, name, pause, breakdown)), one save of each in turn, so that
+    whatever else the machine does over the run weighs on each alike."""
     audit = Audit()
-    rows = []
+    rows = {key: [] for key in loops}
     for i in range(1, n + 1):
-        before = reconcile_seconds()
-        audit.count()
-        edit(i)
-        saved = time.monotonic()
-        revision = save()
-        latency = time.monotonic() - saved
-        time.sleep(pause)  # Flux's trailing work for this save lands in its window
-        after = reconcile_seconds()
-        kustomize = kustomize_seconds(namespace, name, revision)
-        source = after["ocirepository"] - before["ocirepository"]
-        floor = source + kustomize if kustomize is not None else None
-        rows.append({"latency": latency, "floor": floor, "requests": audit.count(),
-                     "parts": breakdown(saved) if breakdown else {}})
+        for key, loop in loops.items():
+            before = reconcile_seconds()
+            audit.count()
+            loop["edit"](i)
+            saved = time.monotonic()
+            revision = loop["save"]()
+            latency = time.monotonic() - saved
+            time.sleep(loop.get("pause", 0.3))  # Flux's trailing work for this save lands in its window
+            after = reconcile_seconds()
+            kustomize = kustomize_seconds(loop["namespace"], loop["name"], revision)
+            source = after["ocirepository"] - before["ocirepository"]
+            floor = source + kustomize if kustomize is not None else None
+            breakdown = loop.get("breakdown")
+            rows[key].append({"latency": latency, "floor": floor, "requests": audit.count(),
+                              "parts": breakdown(saved) if breakdown else {}})
     return rows
 
 
