@@ -36,13 +36,18 @@ pub fn client(config: Config) -> Result<Client, kube::Error> {
     let retry = config
         .default_retry
         .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
+    // Each request and its response at debug level (`-vv`), failures too:
+    // the caller says what a failure means, in words (tower-http's default
+    // would print its own ERROR line for every refused connection while the
+    // API server is down).
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(retry)
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
-        // Each request and its response at debug level (`-vv`).
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(trace)
         .map_err(tower::BoxError::from)
         .service(hyper);
     Ok(Client::new(service, config.default_namespace))

@@ -885,7 +885,8 @@ async fn upload_blobs_once(
     // sent again), except a small new one from a session, which is sent.
     let send = |blob: &Blob| {
         let known = registry.knows(&blob.digest);
-        let ask = !known && !(kept && blob.size <= SEND_WITHOUT_ASKING);
+        let send_unasked = kept && blob.size <= SEND_WITHOUT_ASKING;
+        let ask = !(known || send_unasked);
         (known, ask)
     };
     let layer = async {

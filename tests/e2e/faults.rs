@@ -230,6 +230,19 @@ async fn ctrl_c_with_the_api_server_down_retries_then_says_what_is_left_and_how_
         assert!(left.contains(&what), "{what} not in: {left}");
     }
 
+    // Meanwhile, a command says so once, in its own words: no HTTP
+    // layer's log line per refused connection.
+    let down = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["-A", "--request-timeout", "3s"]),
+    );
+    assert_ne!(down.code, Some(0), "{down:?}");
+    assert!(
+        !down.stderr.contains("classification") && !down.stderr.contains("ERROR"),
+        "{down:?}"
+    );
+
     // Back up: the command it named removes everything.
     restart_missing(&harness);
     let client = harness.cluster().await.client;
