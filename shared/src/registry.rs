@@ -880,40 +880,43 @@ async fn upload_blobs_once(
     manifest: &[u8],
     kept: bool,
 ) -> Result<Vec<String>, RegistryError> {
-    // The two blobs at once. A blob this client put or saw before is
-    // skipped; any other is asked about first (a blob already there is not
-    // sent again), except a small new one from a session, which is sent.
-    let send = |blob: &Blob| {
-        let known = registry.knows(&blob.digest);
-        let send_unasked = kept && blob.size <= SEND_WITHOUT_ASKING;
-        let ask = !(known || send_unasked);
-        (known, ask)
-    };
-    let layer = async {
-        let (known, ask) = send(artifact.layer);
-        if known || (ask && registry.blob_exists(&artifact.layer.digest).await?) {
-            registry.remember(&artifact.layer.digest);
-            return Ok::<_, RegistryError>(None);
-        }
-        registry.push_file(artifact.file, artifact.layer).await?;
-        registry.remember(&artifact.layer.digest);
-        Ok(Some(artifact.layer.digest.clone()))
-    };
-    let config_blob = async {
-        let (known, ask) = send(config);
-        if known || (ask && registry.blob_exists(&config.digest).await?) {
-            registry.remember(&config.digest);
-            return Ok::<_, RegistryError>(None);
-        }
-        registry.push_bytes(artifact.config, &config.digest).await?;
-        registry.remember(&config.digest);
-        Ok(Some(config.digest.clone()))
-    };
+    // The two blobs at once.
+    let layer = ensure_blob(registry, artifact.layer, kept, || {
+        registry.push_file(artifact.file, artifact.layer)
+    });
+    let config_blob = ensure_blob(registry, config, kept, || {
+        registry.push_bytes(artifact.config, &config.digest)
+    });
     let (layer, config_blob) = futures::try_join!(layer, config_blob)?;
     let uploaded = [layer, config_blob].into_iter().flatten().collect();
     // The tag moves only now, when every blob it needs is in place.
     registry.push_manifest(manifest).await?;
     Ok(uploaded)
+}
+
+/// Makes sure the registry has `blob`, sending it with `put` when needed;
+/// returns its digest when it was sent. A blob this client put or saw before
+/// is skipped; any other is asked about first (a blob already there is not
+/// sent again), except a small new one from a session, which is sent.
+async fn ensure_blob<F, Fut>(
+    registry: &Registry,
+    blob: &Blob,
+    kept: bool,
+    put: F,
+) -> Result<Option<String>, RegistryError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), RegistryError>>,
+{
+    let known = registry.knows(&blob.digest);
+    let send_unasked = kept && blob.size <= SEND_WITHOUT_ASKING;
+    if known || (!send_unasked && registry.blob_exists(&blob.digest).await?) {
+        registry.remember(&blob.digest);
+        return Ok(None);
+    }
+    put().await?;
+    registry.remember(&blob.digest);
+    Ok(Some(blob.digest.clone()))
 }
 
 /// The config blob: source-controller does not read it; an empty JSON object.

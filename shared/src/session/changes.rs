@@ -538,13 +538,14 @@ mod tests {
         ]);
         let after = inv(&["dev_a__ConfigMap", "dev_b__ConfigMap", "dev_new__ConfigMap"]);
         let events = vec!["ConfigMap/dev/a configured\nConfigMap/dev/new created".to_string()];
-        let got = changes(&before, &after, &events);
-        let show: Vec<String> = got
-            .iter()
-            .map(|c| format!("{} {}", c.object, c.action.as_str()))
-            .collect();
+        let show = |events: &[String]| -> Vec<String> {
+            changes(&before, &after, events)
+                .iter()
+                .map(|c| format!("{} {}", c.object, c.action.as_str()))
+                .collect()
+        };
         assert_eq!(
-            show,
+            show(&events),
             [
                 "ConfigMap/dev/new created",
                 "ConfigMap/dev/a configured",
@@ -553,17 +554,8 @@ mod tests {
             ]
         );
         // No change set recorded: the objects kept were applied, no more is known.
-        let got = changes(
-            &before,
-            &after,
-            &["Health check passed in 20ms".to_string()],
-        );
-        let show: Vec<String> = got
-            .iter()
-            .map(|c| format!("{} {}", c.object, c.action.as_str()))
-            .collect();
         assert_eq!(
-            show,
+            show(&["Health check passed in 20ms".to_string()]),
             [
                 "ConfigMap/dev/new created",
                 "ConfigMap/dev/a applied",
