@@ -896,8 +896,9 @@ async fn upload_blobs_once(
 
 /// Makes sure the registry has `blob`, sending it with `put` when needed;
 /// returns its digest when it was sent. A blob this client put or saw before
-/// is skipped; any other is asked about first (a blob already there is not
-/// sent again), except a small new one from a session, which is sent.
+/// is neither asked about nor sent; any other is asked about first (a blob
+/// already there is not sent again), except a small new one from a session,
+/// which is sent at once.
 async fn ensure_blob<F, Fut>(
     registry: &Registry,
     blob: &Blob,
