@@ -9,31 +9,104 @@ PEERS="$HARNESS_ROOT/tests/peers"
 CACHE="${GITOPS_HARNESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-gitops/peers}"
 # Everything a running harness owns: pids, logs, certificates, data.
 STATE="${GITOPS_HARNESS_DIR:-$HARNESS_ROOT/target/harness}"
+# Ports: a block of PORT_SPAN ports from PORT_BASE. The default block lies
+# below Linux's ephemeral range (ip_local_port_range, 32768-60999 by default;
+# macOS starts at 49152): a port in that range can be taken at any moment as
+# the local end of some outgoing connection, which is how a charts server on
+# port 36016 once failed with "Address already in use" in CI. `up` checks the
+# whole block and moves to the next free one when a port is taken (see
+# choose_port_base); an explicit GITOPS_HARNESS_PORT_BASE is used as given.
 # The ports a running harness was started with win over the default, so a
 # script that restarts a component (the restart e2e test) finds them again.
-PORT_BASE="${GITOPS_HARNESS_PORT_BASE:-$(cat "$STATE/ports" 2>/dev/null || echo 36000)}"
+DEFAULT_PORT_BASE=26000
+PORT_SPAN=24
+PORT_BASE="${GITOPS_HARNESS_PORT_BASE:-$(cat "$STATE/ports" 2>/dev/null || echo $DEFAULT_PORT_BASE)}"
 
-ETCD_PORT=$((PORT_BASE + 1))
-ETCD_PEER_PORT=$((PORT_BASE + 2))
-API_PORT=$((PORT_BASE + 3))
-KCM_PORT=$((PORT_BASE + 4))
-SC_STORAGE_PORT=$((PORT_BASE + 5))
-SC_METRICS_PORT=$((PORT_BASE + 6))
-SC_HEALTH_PORT=$((PORT_BASE + 7))
-KC_METRICS_PORT=$((PORT_BASE + 8))
-KC_HEALTH_PORT=$((PORT_BASE + 9))
-HC_METRICS_PORT=$((PORT_BASE + 12))
-HC_HEALTH_PORT=$((PORT_BASE + 13))
-SCHED_PORT=$((PORT_BASE + 14))
-# kwok's kubelet-like server (logs, exec, port-forward), the nodes' daemon port.
-KWOK_PORT=$((PORT_BASE + 15))
-# A Helm repository (static files) of the pinned vcluster chart.
-CHARTS_PORT=$((PORT_BASE + 16))
-REGISTRY_PORT=$((PORT_BASE + 10))
-ETCD2_PORT=$((PORT_BASE + 21))
-ETCD2_PEER_PORT=$((PORT_BASE + 22))
-API2_PORT=$((PORT_BASE + 23))
-AUTH_REGISTRY_PORT=$((PORT_BASE + 11))
+set_ports() {
+    ETCD_PORT=$((PORT_BASE + 1))
+    ETCD_PEER_PORT=$((PORT_BASE + 2))
+    API_PORT=$((PORT_BASE + 3))
+    KCM_PORT=$((PORT_BASE + 4))
+    SC_STORAGE_PORT=$((PORT_BASE + 5))
+    SC_METRICS_PORT=$((PORT_BASE + 6))
+    SC_HEALTH_PORT=$((PORT_BASE + 7))
+    KC_METRICS_PORT=$((PORT_BASE + 8))
+    KC_HEALTH_PORT=$((PORT_BASE + 9))
+    REGISTRY_PORT=$((PORT_BASE + 10))
+    AUTH_REGISTRY_PORT=$((PORT_BASE + 11))
+    HC_METRICS_PORT=$((PORT_BASE + 12))
+    HC_HEALTH_PORT=$((PORT_BASE + 13))
+    SCHED_PORT=$((PORT_BASE + 14))
+    # kwok's kubelet-like server (logs, exec, port-forward), the nodes' daemon port.
+    KWOK_PORT=$((PORT_BASE + 15))
+    # A Helm repository (static files) of the pinned vcluster chart.
+    CHARTS_PORT=$((PORT_BASE + 16))
+    ETCD2_PORT=$((PORT_BASE + 21))
+    ETCD2_PEER_PORT=$((PORT_BASE + 22))
+    API2_PORT=$((PORT_BASE + 23))
+}
+set_ports
+
+# The local ports of every TCP socket on this machine, listening or connected,
+# in decimal, from /proc (no ss or netstat needed). TIME_WAIT (state 06) is
+# left out: the servers here bind with SO_REUSEADDR, which it does not block.
+tcp_ports_in_use() {
+    local f hex st
+    for f in /proc/net/tcp /proc/net/tcp6; do
+        [[ -r $f ]] || continue
+        while read -r _ hex _ st _; do
+            hex=${hex##*:}
+            [[ $st != 06 && $hex =~ ^[0-9A-Fa-f]+$ ]] && echo $((16#$hex))
+        done <"$f"
+    done | sort -un
+}
+
+# The first port of the block [base, base+PORT_SPAN) that a socket uses, if any.
+busy_port_in_block() { # <base>
+    local used p
+    used=$(tcp_ports_in_use)
+    for ((p = $1; p < $1 + PORT_SPAN; p++)); do
+        grep -qx "$p" <<<"$used" && { echo "$p"; return 0; }
+    done
+    return 1
+}
+
+# The low end of the kernel's ephemeral port range.
+ephemeral_low() {
+    local lo=32768 hi
+    [[ -r /proc/sys/net/ipv4/ip_local_port_range ]] && read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+    echo "$lo"
+}
+
+# Picks PORT_BASE for a harness that is not running yet. An explicit
+# GITOPS_HARNESS_PORT_BASE is used as given (and refused when a port of its
+# block is taken); otherwise the first free block below the ephemeral range,
+# from the last base used in this state directory or the default, in steps of
+# 100.
+choose_port_base() {
+    local busy lo base
+    lo=$(ephemeral_low)
+    if [[ -n ${GITOPS_HARNESS_PORT_BASE:-} ]]; then
+        if busy=$(busy_port_in_block "$PORT_BASE"); then
+            die "port $busy (in the harness's block $PORT_BASE-$((PORT_BASE + PORT_SPAN - 1)) from GITOPS_HARNESS_PORT_BASE) is in use; pick another base, or unset GITOPS_HARNESS_PORT_BASE to have a free block chosen"
+        fi
+        ((PORT_BASE + PORT_SPAN > lo)) &&
+            info "note: ports $PORT_BASE-$((PORT_BASE + PORT_SPAN - 1)) reach into the kernel's ephemeral range (from $lo), where an outgoing connection may take one at any time; the default base $DEFAULT_PORT_BASE avoids that"
+        return 0
+    fi
+    for base in $({ echo "$PORT_BASE"; seq "$DEFAULT_PORT_BASE" 100 $((lo - PORT_SPAN)); } | awk '!seen[$0]++'); do
+        ((base + PORT_SPAN <= lo)) || continue
+        if busy=$(busy_port_in_block "$base"); then
+            info "port $busy is in use; not using the block at $base"
+            continue
+        fi
+        PORT_BASE=$base
+        set_ports
+        return 0
+    done
+    die "no free block of $PORT_SPAN ports below $lo from $DEFAULT_PORT_BASE; set GITOPS_HARNESS_PORT_BASE to a free range"
+}
+
 # A second registry that demands credentials: a fixed test account, nothing
 # secret (bcrypt of "harness-secret").
 AUTH_REGISTRY_USER=gitops
