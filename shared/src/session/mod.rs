@@ -52,7 +52,7 @@ use crate::artifact::{self, WalkOptions};
 use crate::kubeapi;
 use crate::labels;
 use crate::registry::{self, RegistryOptions};
-use crate::sandbox::{self, CreateOptions, Target};
+use crate::sandbox::{self, CreateOptions, SandboxError, Target};
 
 pub use changes::{Action, Change};
 pub use cleanup::cleanup;
@@ -338,6 +338,23 @@ impl Session {
                 let sb = sandbox::get(&client, existing)
                     .await?
                     .ok_or_else(|| SessionError::NoSuchSandbox(existing.clone()))?;
+                if sb.isolation == sandbox::Isolation::Namespace {
+                    if sb.unconfined {
+                        report(&Event::Warning {
+                            message: format!(
+                                "sandbox {existing} was created --unconfined: it is NOT a \
+                                 security boundary; its payload can do whatever Flux can"
+                            ),
+                        });
+                    } else {
+                        // A sandbox made before the boundary existed, or
+                        // whose policy was removed since: refuse rather than
+                        // run a payload that could leave it.
+                        sandbox::boundary::probe(&client, &sb.namespace, Duration::from_secs(3))
+                            .await
+                            .map_err(SandboxError::from)?;
+                    }
+                }
                 (
                     sb.namespace.clone(),
                     sb.target,
