@@ -476,3 +476,40 @@ async fn a_chart_template_cannot_escape_either() {
         .assert_gone(&client)
         .await;
 }
+
+/// A pod that would reach its node (privileged, host path) is refused by
+/// the API server's Pod Security admission in a namespace sandbox.
+#[tokio::test]
+async fn a_privileged_pod_cannot_reach_the_node() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let session = unique("priv");
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[(
+            "pod.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: root\nspec:\n  containers:\n  - name: c\n    image: example/c:1\n    securityContext:\n      privileged: true\n    volumeMounts:\n    - {name: host, mountPath: /host}\n  volumes:\n  - name: host\n    hostPath: {path: /}\n",
+        )],
+    );
+    let out = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["--once", "--name", &session])
+            .current_dir(dir.path()),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("PodSecurity"), "{out:?}");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());
+    assert!(
+        pods.list(&ListParams::default().fields("metadata.name=root"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|p| p.namespace().as_deref() != Some(session.as_str()))
+    );
+    Footprint::expected(&session, &session, true)
+        .assert_gone(&client)
+        .await;
+}
