@@ -376,7 +376,7 @@ pub async fn ensure(client: &Client) -> Result<bool, BoundaryError> {
             Err(e) => return Err(e.into()),
         };
         let obj: DynamicObject =
-            serde_json::from_value(wanted.clone()).map_err(|e| kube::Error::SerdeError(e))?;
+            serde_json::from_value(wanted.clone()).map_err(kube::Error::SerdeError)?;
         let result = match existing {
             None => api.create(&PostParams::default(), &obj).await.map(|_| ()),
             Some(found) => {
