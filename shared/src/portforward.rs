@@ -332,6 +332,59 @@ pub async fn serve(
 }
 
 #[cfg(test)]
+mod props {
+    //! `--port-forward` specs come from the command line: any text.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind() -> impl Strategy<Value = (ForwardKind, &'static str)> {
+        prop_oneof![
+            Just((ForwardKind::Service, "svc")),
+            Just((ForwardKind::Service, "services")),
+            Just((ForwardKind::Deployment, "deploy")),
+            Just((ForwardKind::Deployment, "deployment")),
+            Just((ForwardKind::Pod, "pod")),
+            Just((ForwardKind::Pod, "po")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config(512))]
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(s in any::<String>()) {
+            if let Err(e) = s.parse::<ForwardSpec>() {
+                prop_assert!(e.to_string().contains("resource=svc/NAME,port=LOCAL[:REMOTE]"));
+            }
+        }
+
+        #[test]
+        fn spec_like_text_parses_or_is_refused(s in "(resource|port|x)?=?(svc|pod|deploy|job)?/?[a-z=,:/ -]{0,12}(,port=)?[0-9:]{0,12}") {
+            let _ = s.parse::<ForwardSpec>();
+        }
+
+        #[test]
+        fn a_written_spec_reads_back(
+            (kind, word) in kind(),
+            name in "[a-z0-9][a-z0-9.-]{0,40}",
+            local in 1u16..,
+            remote in 1u16..,
+            port_first in any::<bool>(),
+        ) {
+            let (resource, port) = (format!("resource={word}/{name}"), format!("port={local}:{remote}"));
+            let text = if port_first { format!("{port},{resource}") } else { format!("{resource},{port}") };
+            let spec: ForwardSpec = text.parse().map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(spec, ForwardSpec { kind, name, local, remote });
+        }
+
+        #[test]
+        fn any_labels_make_a_selector(labels in proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4)) {
+            let _ = selector_string(&labels);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{

@@ -153,7 +153,8 @@ impl FromStr for ArtifactRef {
             });
         if !repo_ok {
             return Err(bad(
-                "the repository must be lowercase letters, digits, '.', '_', '-' and '/'",
+                "the repository must be lowercase letters, digits, '.', '_', '-' and '/', each \
+                 part starting with a letter or digit",
             ));
         }
         if let Some(tag) = &tag {
@@ -1173,6 +1174,67 @@ pub async fn diff(
         .await
         .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??;
     Ok(TreeDiff::between(&local, &remote))
+}
+
+#[cfg(test)]
+mod props {
+    //! Artifact references and registry hosts come from flags, the
+    //! environment and ConfigMaps: any text.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference() -> impl Strategy<Value = ArtifactRef> {
+        (
+            "[a-z0-9.-]{1,20}(:[0-9]{1,5})?|\\[[0-9a-f:]{2,20}\\]:[0-9]{1,5}",
+            "[a-z0-9][a-z0-9._-]{0,9}(/[a-z0-9][a-z0-9._-]{0,9}){0,3}",
+            proptest::option::of("[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"),
+            proptest::option::of("[0-9a-f]{64}"),
+        )
+            .prop_map(|(registry, repository, tag, digest)| ArtifactRef {
+                registry,
+                repository,
+                tag,
+                digest: digest.map(|d| format!("sha256:{d}")),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config(512))]
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(s in any::<String>()) {
+            let _ = s.parse::<ArtifactRef>();
+            let _ = format!("oci://{s}").parse::<ArtifactRef>();
+            let _ = is_loopback(&s);
+            let _ = host_of(&s);
+        }
+
+        #[test]
+        fn reference_like_text_parses_or_is_refused(s in "oci://[a-z0-9:\\[\\].@/_-]{0,30}(:[a-zA-Z0-9._-]{0,10})?(@sha256:[0-9a-fA-F]{0,66})?") {
+            if let Ok(r) = s.parse::<ArtifactRef>() {
+                // What parses prints back to itself.
+                prop_assert_eq!(r.to_string(), s.clone());
+                let _ = r.oci();
+                let _ = is_loopback(&r.registry);
+            }
+        }
+
+        #[test]
+        fn a_printed_reference_reads_back(r in reference()) {
+            let text = r.to_string();
+            let back: ArtifactRef = text.parse().map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(back, r);
+        }
+
+        #[test]
+        fn only_loopback_hosts_are_loopback(a in 0u8.., b in 0u8.., c in 0u8.., d in 0u8.., port in proptest::option::of(any::<u16>()), name in "[a-z0-9-]{1,12}") {
+            let with_port = |h: String| match port { Some(p) => format!("{h}:{p}"), None => h };
+            prop_assert_eq!(is_loopback(&with_port(format!("{a}.{b}.{c}.{d}"))), a == 127);
+            let (sub, parent) = (format!("{name}.localhost"), format!("localhost.{name}"));
+            prop_assert!(!is_loopback(&with_port(sub)));
+            prop_assert!(!is_loopback(&with_port(parent)));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -538,7 +538,7 @@ async fn watching_lists_once_then_follows_a_watch() {
     let watching = eventually("the watcher's first LIST and WATCH of Leases", WAIT, || {
         let counts = audited(&harness, &ns, "leases");
         async move {
-            if counts.get("list").is_some() && counts.get("watch").is_some() {
+            if counts.contains_key("list") && counts.contains_key("watch") {
                 Ok(counts)
             } else {
                 Err(format!("{counts:?}"))
