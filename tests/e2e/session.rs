@@ -689,13 +689,14 @@ async fn ignored_dangling_links_never_break_a_sync() {
         dir.path().join("result"),
     )
     .unwrap();
-    symlink("ann@laptop.4242:1700000000", dir.path().join(".#app.yaml")).unwrap();
     let name = unique("run-links");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name, "app").await.as_deref(), Some("1"));
 
-    // A save while the lock file dangles (Emacs keeps it until the buffer is saved).
+    // The buffer is modified: Emacs makes its lock, a link to nowhere, and
+    // keeps it until the save.
+    symlink("ann@laptop.4242:1700000000", dir.path().join(".#app.yaml")).unwrap();
     std::fs::write(dir.path().join("app.yaml"), cm("app", "2")).unwrap();
     let revision = s.next_sync().unwrap();
     assert_eq!(value(&client, &name, "app").await.as_deref(), Some("2"));

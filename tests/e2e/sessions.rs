@@ -518,13 +518,24 @@ async fn watching_lists_once_then_follows_a_watch() {
     let client = harness.cluster().await.client;
     let ns = unique("e2e-watch");
     create_namespace(&client, &ns).await;
-    let mut child = plugin("kubectl-gitops_sessions")
-        .args(harness.kube_args())
-        .args(["-n", &ns, "-o", "name", "-w"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    /// The watcher, stopped however the test ends.
+    struct Watcher(std::process::Child);
+    impl Drop for Watcher {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut watcher = Watcher(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["-n", &ns, "-o", "name", "-w"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut watcher.0;
     let (tx, lines) = std::sync::mpsc::channel::<String>();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -604,8 +615,7 @@ async fn watching_lists_once_then_follows_a_watch() {
     let last = audited(&harness, &ns, "leases");
     assert_eq!(last.get("list"), Some(&1), "{last:?}");
     assert_eq!(child.try_wait().unwrap(), None, "the watcher stopped");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(watcher);
     eprintln!("shown {shown_after:?} after creation; audit: {last:?}");
     delete_namespace(&client, &ns).await;
 }
