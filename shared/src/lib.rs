@@ -44,6 +44,9 @@ pub fn install_crypto_provider() {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 pub(crate) mod testutil {
     //! Helpers for the unit tests.
     use std::path::Path;
