@@ -314,7 +314,10 @@ impl Printer {
         }
     }
 
+    /// Writes a line of text; what others control in it (log lines, Flux's
+    /// messages) is shown, never obeyed by the terminal.
     fn out(&self, text: &str) {
+        let text = &*gitops::output::terminal_text(text);
         if self.capture(text) {
             return;
         }
@@ -325,6 +328,7 @@ impl Printer {
     }
 
     fn finish_spinner(&self, text: &str) {
+        let text = &*gitops::output::terminal_text(text);
         if self.capture(text) {
             return;
         }
@@ -439,7 +443,10 @@ impl Printer {
                 pod,
                 container,
                 line,
-            } => self.out(&format!("  [{pod}/{container}] {line}")),
+            } => self.out(&format!(
+                "  [{pod}/{container}] {}",
+                gitops::output::terminal_line(line)
+            )),
             Event::Superseded => {
                 self.finish_spinner("  ↷ a newer save arrived; syncing it instead");
             }
