@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::{ContainerStatus, Event as KubeEvent, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DynamicObject, LogParams};
@@ -327,7 +327,8 @@ async fn read_run(
             }
         }
     };
-    let mut lines = stream.lines();
+    let mut stream = std::pin::pin!(stream);
+    let mut buf = Vec::new();
     let mut until: Option<Instant> = None;
     loop {
         let drained = async move {
@@ -337,10 +338,19 @@ async fn read_run(
             }
         };
         // A follow stream may stay silent for ever: end with the reader.
+        // Bytes, not `lines()`: a line that is not UTF-8 is shown (lossily)
+        // rather than ending the stream. A line cut short by another branch
+        // stays in `buf` and is completed by the next read.
         let line = tokio::select! {
-            l = lines.try_next() => match l {
-                Ok(Some(line)) => line,
-                _ => return,
+            n = stream.read_until(b'\n', &mut buf) => match n {
+                Ok(0) | Err(_) if buf.is_empty() => return,
+                _ => {
+                    let end = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    let end = end.strip_suffix(b"\r").unwrap_or(end);
+                    let line = String::from_utf8_lossy(end).into_owned();
+                    buf.clear();
+                    line
+                }
             },
             _ = closed.wait_for(|c| *c), if until.is_none() => {
                 until = Some(Instant::now() + DRAIN);
