@@ -605,3 +605,37 @@ async fn escape_sequences_in_a_pods_log_are_shown_not_obeyed() {
         );
     }
 }
+
+/// A container whose log cannot be read at first (kwok has no file for it
+/// yet: `pods/log` fails) is retried while it runs: once the log exists,
+/// its lines show up in `--logs` and `gitops-sessions logs`, once.
+#[tokio::test]
+async fn a_log_that_cannot_be_read_yet_is_retried() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("run-latelogs");
+    app(dir.path(), "web", "web", "");
+    let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns, "--logs"]);
+    s.next_sync().unwrap();
+    let mut logs = Logs::start(&harness, &ns);
+    // The API server cannot serve the log yet.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let name = pod_of(&pods, "web").await.name_any();
+    let failed = pods.logs(&name, &Default::default()).await;
+    assert!(failed.is_err(), "{failed:?}");
+    // Both followers have tried (and failed) by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = dir.path().join("web.log");
+    write_log(&log, &["late: the log exists now"]);
+    cluster_logs(&harness, &ns, &ns, &[("web", &log)]);
+    logs.wait_for("late: the log exists now", WAIT);
+    log_event(&mut s, "late: the log exists now");
+    logs.drain(Duration::from_secs(2));
+    assert_eq!(logs.count("late: "), 1, "{:?}", logs.text());
+
+    drop(logs);
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    let _ = kubectl(&harness, &["delete", "clusterlogs", &ns, "--ignore-not-found"]);
+}
