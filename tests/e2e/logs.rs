@@ -639,3 +639,94 @@ async fn a_log_that_cannot_be_read_yet_is_retried() {
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
     let _ = kubectl(&harness, &["delete", "clusterlogs", &ns, "--ignore-not-found"]);
 }
+
+/// A burst of Warning events about the session's Kustomization (created on
+/// the API server as a controller does, 30 at once) is shown within
+/// seconds, folded into one line that says how many it stands for, not one
+/// event every 2 s.
+#[tokio::test]
+async fn a_burst_of_flux_warnings_is_shown_at_once_folded() {
+    use k8s_openapi::api::core::v1::{Event, ObjectReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("run-burst");
+    app(dir.path(), "web", "web", "");
+    let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns]);
+    s.next_sync().unwrap();
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let start = Instant::now();
+    for i in 0..30 {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let e = Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{ns}.burst{i}")),
+                labels: Some(
+                    [("app.kubernetes.io/managed-by".to_string(), "kubectl-gitops-e2e".to_string())]
+                        .into(),
+                ),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("kustomize.toolkit.fluxcd.io/v1".into()),
+                kind: Some("Kustomization".into()),
+                name: Some(ns.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            type_: Some("Warning".into()),
+            reason: Some("ReconciliationFailed".into()),
+            message: Some(format!("burst {i}: the payload is refused")),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("kustomize-controller".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        events.create(&Default::default(), &e).await.unwrap();
+    }
+    let held = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={ns},type=Warning")))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        held.iter().filter(|e| e.reason.as_deref() == Some("ReconciliationFailed")).count() >= 30
+    );
+    // All 30 accounted for within a few seconds.
+    let mut accounted = 0;
+    let deadline = start + Duration::from_secs(8);
+    while accounted < 30 && Instant::now() < deadline {
+        for e in s.events_within(Duration::from_millis(200)) {
+            let Some(m) = e["message"].as_str().filter(|_| e["event"] == "warning") else {
+                continue;
+            };
+            if !m.starts_with(&format!("Kustomization/{ns}: ReconciliationFailed: burst ")) {
+                continue;
+            }
+            let folded: usize = m
+                .split(" (")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            accounted += 1 + folded;
+        }
+    }
+    let warnings: Vec<String> = s
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(accounted, 30, "within {:?}: {warnings:?}", start.elapsed());
+    assert!(warnings.len() <= 3, "{warnings:?}");
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+}
