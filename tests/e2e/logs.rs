@@ -177,7 +177,11 @@ fn session_lines(s: &RunningSession) -> Vec<String> {
 
 /// A log event with `line` already seen, or the next one.
 fn log_event(s: &mut RunningSession, line: &str) {
-    if !s.seen.iter().any(|e| e["event"] == "log" && e["line"] == line) {
+    if !s
+        .seen
+        .iter()
+        .any(|e| e["event"] == "log" && e["line"] == line)
+    {
         s.wait_for(&format!("the log line {line:?}"), WAIT, |e| {
             e["event"] == "log" && e["line"] == line
         });
@@ -637,7 +641,10 @@ async fn a_log_that_cannot_be_read_yet_is_retried() {
     drop(logs);
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
-    let _ = kubectl(&harness, &["delete", "clusterlogs", &ns, "--ignore-not-found"]);
+    let _ = kubectl(
+        &harness,
+        &["delete", "clusterlogs", &ns, "--ignore-not-found"],
+    );
 }
 
 /// A burst of Warning events about the session's Kustomization (created on
@@ -664,8 +671,11 @@ async fn a_burst_of_flux_warnings_is_shown_at_once_folded() {
             metadata: kube::api::ObjectMeta {
                 name: Some(format!("{ns}.burst{i}")),
                 labels: Some(
-                    [("app.kubernetes.io/managed-by".to_string(), "kubectl-gitops-e2e".to_string())]
-                        .into(),
+                    [(
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "kubectl-gitops-e2e".to_string(),
+                    )]
+                    .into(),
                 ),
                 ..Default::default()
             },
@@ -696,7 +706,10 @@ async fn a_burst_of_flux_warnings_is_shown_at_once_folded() {
         .unwrap()
         .items;
     assert!(
-        held.iter().filter(|e| e.reason.as_deref() == Some("ReconciliationFailed")).count() >= 30
+        held.iter()
+            .filter(|e| e.reason.as_deref() == Some("ReconciliationFailed"))
+            .count()
+            >= 30
     );
     // All 30 accounted for within a few seconds.
     let mut accounted = 0;
@@ -729,4 +742,95 @@ async fn a_burst_of_flux_warnings_is_shown_at_once_folded() {
 
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+}
+
+/// What another user may write into a session's Lease (its annotations:
+/// the source directory, here with escape sequences) is shown, not obeyed,
+/// by `kubectl gitops-sessions` (table and describe); `-o json` keeps it.
+#[tokio::test]
+async fn lease_annotations_are_shown_not_obeyed() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"1\"\n",
+        )],
+    );
+    let ns = unique("run-esclease");
+    let ran = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["--name", &ns, "--once", "--keep"])
+            .current_dir(dir.path()),
+    );
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let hostile = "/home/x\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\u{9b}1;1H";
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    leases
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"gitops.kubectl.dev/dir": hostile}}
+            })),
+        )
+        .await
+        .unwrap();
+    let held = leases.get(&ns).await.unwrap();
+    assert_eq!(
+        held.annotations()
+            .get("gitops.kubectl.dev/dir")
+            .map(String::as_str),
+        Some(hostile)
+    );
+    let sessions = |args: &[&str]| {
+        let out = output(
+            plugin("kubectl-gitops_sessions")
+                .args(harness.kube_args())
+                .args(args),
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        out.stdout
+    };
+    for args in [
+        &["-A"][..],
+        &["-A", "-o", "wide"][..],
+        &["describe", &ns, "-n", &ns][..],
+    ] {
+        let text = sessions(args);
+        assert!(text.contains(&ns), "{args:?}: {text}");
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{args:?}: {text:?}"
+        );
+        if args[0] == "-A" {
+            let row = text.lines().find(|l| l.starts_with(&ns)).unwrap();
+            assert!(
+                row.contains("/home/x\\x1b]52;c;cm0gLXJmIH4=\\x07\\x1b[2J\\u{9b}1;1H"),
+                "{row}"
+            );
+        }
+    }
+    let json = sessions(&["-A", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == ns.as_str())
+        .unwrap();
+    assert_eq!(mine["source"], hostile);
+
+    let deleted = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["delete", &ns, "-n", &ns, "--force"]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
 }
