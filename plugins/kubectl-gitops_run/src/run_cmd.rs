@@ -496,6 +496,29 @@ mod tests {
     }
 
     #[test]
+    fn what_others_control_is_shown_not_obeyed() {
+        let printed = text(&[
+            Event::Log {
+                pod: "web-1".into(),
+                container: "web".into(),
+                line: "ok\r\x1b]52;c;aGk=\x07\u{9b}2J".into(),
+            },
+            Event::Warning {
+                message: "Kustomization/s: Failed: \x1b[1Afake\nsecond line".into(),
+            },
+        ]);
+        assert!(
+            !printed.chars().any(|c| c.is_control() && c != '\n'),
+            "{printed:?}"
+        );
+        assert_eq!(
+            printed,
+            "|  [web-1/web] ok\\r\\x1b]52;c;aGk=\\x07\\u{9b}2J\n\
+             |  warning: Kustomization/s: Failed: \\x1b[1Afake\nsecond line"
+        );
+    }
+
+    #[test]
     fn rollouts_print_as_plain_lines() {
         let rollout = |ready, done| Event::Rollout {
             object: "Deployment/NS/web".into(),

@@ -266,9 +266,10 @@ impl Runs {
         actions
     }
 
-    /// What to do once the pod is gone: close its streams. Its runs stay
-    /// known (a pod's UID is never reused).
+    /// What to do once the pod is gone: close its streams, and forget its
+    /// runs (a pod's UID is never reused).
     pub fn gone(&mut self, pod_uid: &str) -> Vec<Action> {
+        self.opened.retain(|(uid, _, _)| uid != pod_uid);
         let keys: Vec<(String, String)> = self
             .current
             .keys()
@@ -411,6 +412,7 @@ pub async fn follow(
                 Some(Ok(watcher::Event::Delete(p))) => {
                     let uid = p.uid().unwrap_or_default();
                     unresolved.remove(&uid);
+                    owners.verdicts.remove(&uid);
                     for a in runs.gone(&uid) {
                         if let Action::Close { container, run } = a
                             && let Some(tx) = streams.remove(&(uid.clone(), container, run))
