@@ -8,7 +8,7 @@ use chrono::Utc;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
-use gitops::output::{ListFormat, serialize, table_with, use_colour};
+use gitops::output::{ListFormat, serialize, table_with, terminal_line, terminal_text, use_colour};
 use gitops::session::admin;
 use gitops::session::status::cluster_status;
 use gitops::session::view::{self, Filter, HEADERS, SessionView, WIDE, row};
@@ -147,7 +147,9 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::List(args)) => list(&client, namespace, args).await,
         Some(Command::Describe { name }) => {
             let s = admin::find(&client, namespace.as_deref(), &name).await?;
-            gitops::out!("{}", admin::describe(&client, &s).await?.render(Utc::now()));
+            // Notes, owners and event messages are others' text: shown, never obeyed.
+            let text = admin::describe(&client, &s).await?.render(Utc::now());
+            gitops::out!("{}", terminal_text(&text));
             Ok(())
         }
         Some(Command::Delete {
@@ -196,7 +198,7 @@ async fn run(cli: Cli) -> Result<()> {
                 tx,
             ));
             while let Some(l) = rx.recv().await {
-                gitops::outln!("[{}/{}] {}", l.pod, l.container, l.line);
+                gitops::outln!("{}", log_line(&l));
             }
             Ok(())
         }
@@ -219,6 +221,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Completion(_)) => Ok(()),
     }
+}
+
+/// A pod's log line as `logs` prints it: what the workload wrote is shown,
+/// never obeyed by the terminal (escape sequences appear as `\x1b[…`).
+fn log_line(l: &gitops::session::logs::LogLine) -> String {
+    format!(
+        "[{}/{}] {}",
+        terminal_line(&l.pod),
+        terminal_line(&l.container),
+        terminal_line(&l.line)
+    )
 }
 
 fn colour(col: usize, text: &str) -> Option<&'static str> {
@@ -350,7 +363,7 @@ async fn status(client: &Client, output: ListFormat) -> Result<()> {
     if matches!(output, ListFormat::Json | ListFormat::Yaml) {
         gitops::out!("{}", serialize(&st, output));
     } else {
-        gitops::out!("{}", st.render());
+        gitops::out!("{}", terminal_text(&st.render()));
     }
     Ok(())
 }
