@@ -691,6 +691,27 @@ fn kubeconfig(harness: &Harness) -> String {
         .expect("the harness's --kubeconfig")
 }
 
+/// Ends the page's server (and the browser its opener started, by the
+/// process id the wrapper wrote) when a test ends, passed or not.
+struct Stop {
+    ui: std::process::Child,
+    browser_pid: Option<std::path::PathBuf>,
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.ui.kill();
+        let _ = self.ui.wait();
+        if let Some(pid) = self
+            .browser_pid
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
 /// Runs tests/ui/secure.mjs in `mode`; what it saw.
 fn secure(mode: &str, env: &[(&str, &str)]) -> serde_json::Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -734,7 +755,11 @@ async fn the_page_opens_with_no_secret_in_any_command_line_url_or_history() {
         .env("BROWSER", root.join("ui/browser"))
         .env("UI_CAPTURE", capture.path())
         .env("UI_CDP_PORT", cdp_port.to_string());
-    let (mut ui, page, login, drain) = start_ui(cmd);
+    let (ui, page, login, _drain) = start_ui(cmd);
+    let stop_ui = Stop {
+        ui,
+        browser_pid: Some(capture.path().join("pid")),
+    };
     let port: u16 = page
         .trim_end_matches('/')
         .rsplit(':')
@@ -869,13 +894,7 @@ async fn the_page_opens_with_no_secret_in_any_command_line_url_or_history() {
     );
     assert_eq!(status, 403, "sign-in through another host name");
 
-    let _ = ui.kill();
-    let _ = ui.wait();
-    let _ = drain.join();
-    // The browser the opener started, should its script not have closed it.
-    if let Ok(pid) = std::fs::read_to_string(capture.path().join("pid")) {
-        let _ = Command::new("kill").arg(pid.trim()).status();
-    }
+    drop(stop_ui);
     gitops_e2e::delete_namespace(&client, &ns).await;
 }
 
@@ -889,7 +908,11 @@ async fn the_logs_tab_stays_bounded_without_animation_frames_and_says_what_was_d
     let ns = unique("ui-flood");
     gitops_e2e::create_namespace(&client, &ns).await;
     harness.kubectl_apply(&session_lease(&ns, "flood"));
-    let (mut ui, page, login, drain) = serve(&harness);
+    let (ui, page, login, _drain) = serve(&harness);
+    let stop_ui = Stop {
+        ui,
+        browser_pid: None,
+    };
     let r = secure(
         "flood",
         &[
@@ -899,9 +922,7 @@ async fn the_logs_tab_stays_bounded_without_animation_frames_and_says_what_was_d
             ("SESSION", "flood"),
         ],
     );
-    let _ = ui.kill();
-    let _ = ui.wait();
-    let _ = drain.join();
+    drop(stop_ui);
     gitops_e2e::delete_namespace(&client, &ns).await;
     assert_eq!(r["raf_fires"], false, "{r:#}");
     assert_eq!(r["script_errors"], serde_json::json!([]), "{r:#}");

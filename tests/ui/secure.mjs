@@ -116,7 +116,20 @@ async function flood() {
       setTimeout(() => res(fired), 500);
     }));
     const last = "line " + (N - 1);
-    await page.waitForFunction((l) => (document.querySelector("#log-lines")?.lastElementChild?.textContent || "").endsWith(l), last, { timeout: 30000, polling: 100 });
+    try {
+      await page.waitForFunction((l) => (document.querySelector("#log-lines")?.lastElementChild?.textContent || "").endsWith(l), last, { timeout: 30000, polling: 100 });
+    } catch (e) {
+      result.seen = await page.evaluate(() => ({
+        url: location.href,
+        status: document.querySelector("#log-status")?.textContent,
+        lines: document.querySelectorAll("#log-lines > div").length,
+        last: document.querySelector("#log-lines")?.lastElementChild?.textContent,
+        panel_hidden: document.querySelector("#panel-logs")?.hidden,
+        title: document.title,
+      }));
+      result.script_errors = errors;
+      throw e;
+    }
     result.shown = await page.evaluate(() => document.querySelectorAll("#log-lines > div").length);
     result.markers = await page.locator("#log-lines .dropped").allTextContents();
     result.status = await page.locator("#log-status").textContent();

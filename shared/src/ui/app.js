@@ -145,7 +145,6 @@
       select(tabs[(n + tabs.length) % tabs.length], true);
     });
   });
-  if (tabs.length && location.hash === "#logs") select($("#tab-logs"), false);
 
   let logsStarted = false;
   function startLogs() {
@@ -256,4 +255,6 @@
     });
     es.onerror = () => { broken = true; info = "log stream interrupted, reconnecting…"; say(); };
   }
+  // A link to the logs tab opens it (once everything above is defined).
+  if (tabs.length && location.hash === "#logs") select($("#tab-logs"), false);
 })();
