@@ -692,10 +692,13 @@ fn kubeconfig(harness: &Harness) -> String {
 }
 
 /// Ends the page's server (and the browser its opener started, by the
-/// process id the wrapper wrote) when a test ends, passed or not.
+/// process id the wrapper wrote) and deletes the test's namespace when a
+/// test ends, passed or not.
 struct Stop {
     ui: std::process::Child,
     browser_pid: Option<std::path::PathBuf>,
+    /// `(kubeconfig, namespace)`.
+    namespace: (String, String),
 }
 
 impl Drop for Stop {
@@ -709,6 +712,12 @@ impl Drop for Stop {
         {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
+        let (kubeconfig, ns) = &self.namespace;
+        let _ = Command::new("kubectl")
+            .args(["--kubeconfig", kubeconfig, "delete", "namespace", ns])
+            .args(["--wait=false", "--ignore-not-found"])
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
@@ -759,6 +768,7 @@ async fn the_page_opens_with_no_secret_in_any_command_line_url_or_history() {
     let stop_ui = Stop {
         ui,
         browser_pid: Some(capture.path().join("pid")),
+        namespace: (kubeconfig(&harness), ns.clone()),
     };
     let port: u16 = page
         .trim_end_matches('/')
@@ -895,7 +905,6 @@ async fn the_page_opens_with_no_secret_in_any_command_line_url_or_history() {
     assert_eq!(status, 403, "sign-in through another host name");
 
     drop(stop_ui);
-    gitops_e2e::delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -912,6 +921,7 @@ async fn the_logs_tab_stays_bounded_without_animation_frames_and_says_what_was_d
     let stop_ui = Stop {
         ui,
         browser_pid: None,
+        namespace: (kubeconfig(&harness), ns.clone()),
     };
     let r = secure(
         "flood",
@@ -923,7 +933,6 @@ async fn the_logs_tab_stays_bounded_without_animation_frames_and_says_what_was_d
         ],
     );
     drop(stop_ui);
-    gitops_e2e::delete_namespace(&client, &ns).await;
     assert_eq!(r["raf_fires"], false, "{r:#}");
     assert_eq!(r["script_errors"], serde_json::json!([]), "{r:#}");
     // The last line is shown; at most 5,000 are kept.

@@ -107,7 +107,7 @@ async function flood() {
       if (i === N - 10) parts.push("event: dropped\ndata: 1234\n\n");
       parts.push("data: " + JSON.stringify({ pod: "web-1", container: "web", line: "line " + i }) + "\n\n");
     }
-    await page.route(`${origin}/session/${NAMESPACE}/${SESSION}/logs`, (r) =>
+    await page.route((u) => u.pathname === `/session/${NAMESPACE}/${SESSION}/logs`, (r) =>
       r.fulfill({ status: 200, headers: { "content-type": "text/event-stream" }, body: parts.join("") }));
     await page.goto(`${origin}/session/${NAMESPACE}/${SESSION}#logs`);
     result.raf_fires = await page.evaluate(() => new Promise((res) => {

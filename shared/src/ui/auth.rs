@@ -19,8 +19,9 @@
 //!   127.0.0.1, DNS rebinding, is refused); an `Origin`, when sent, must be
 //!   the page's own (`null`, a file's origin, only on `POST /login`).
 //!   Refusals are plain-text 403s.
-//! - Every answer says `Referrer-Policy: no-referrer`, `Cache-Control:
-//!   no-store` and may not be framed.
+//! - Every answer says `Referrer-Policy: same-origin` (not `no-referrer`:
+//!   with it, browsers send `Origin: null` on the page's own form posts),
+//!   `Cache-Control: no-store`, and may not be framed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -291,7 +292,7 @@ pub async fn guard(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> R
     let h = resp.headers_mut();
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
