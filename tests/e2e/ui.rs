@@ -1,8 +1,15 @@
 //! `kubectl gitops-sessions ui` in headless Chromium (Debian's package, driven
 //! by tests/ui/drive.mjs and tests/ui/pages.mjs):
-//! - two live sessions listed, one turning stale without a reload, the token
+//! - two live sessions listed, one turning stale without a reload, sign-in
 //!   enforced, a stale session deleted through the page (screenshot at
 //!   target/ui-e2e.png);
+//! - the page opened through the real opener (`$BROWSER`, headless Chromium)
+//!   while every process's command line is read: no secret in any of them,
+//!   nor in the browser's URL and history; spent one-time codes, a foreign
+//!   `Host` (DNS rebinding) and a foreign `Origin` refused; the cookie
+//!   carries the page's live updates;
+//! - the logs tab with animation frames that never fire (a background tab)
+//!   and a flood of lines: shown anyway, bounded, the dropped count said;
 //! - a session with real workloads on the harness's kwok nodes, looked at
 //!   desktop-wide (light) and narrow (dark): the list and the sandboxes page
 //!   (quota use, expiry), the session page during a rollout that does not
@@ -46,7 +53,7 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
     s1.next_sync().unwrap();
     s2.next_sync().unwrap();
 
-    let (mut ui, url, drain) = serve(&harness);
+    let (mut ui, _, url, drain) = serve(&harness);
 
     let screenshot = root.parent().unwrap().join("target/ui-e2e.png");
     let driven = output(
@@ -69,8 +76,8 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
     assert_eq!(driven.code, Some(0), "{driven:?}");
     assert_eq!(
         (
-            result["without_token"].as_u64(),
-            result["wrong_token"].as_u64()
+            result["without_cookie"].as_u64(),
+            result["wrong_code"].as_u64()
         ),
         (Some(401), Some(401))
     );
@@ -111,27 +118,53 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Starts `kubectl gitops-sessions ui`; its URL, and the thread that keeps
-/// reading its output (closing the pipe would end it).
-fn serve(harness: &Harness) -> (std::process::Child, String, std::thread::JoinHandle<()>) {
-    let mut ui = plugin("kubectl-gitops_sessions")
-        .args(harness.kube_args())
-        .args(["ui", "--no-open"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `kubectl gitops-sessions ui --no-open`; see [`start_ui`].
+fn serve(
+    harness: &Harness,
+) -> (
+    std::process::Child,
+    String,
+    String,
+    std::thread::JoinHandle<()>,
+) {
+    let mut cmd = plugin("kubectl-gitops_sessions");
+    cmd.args(harness.kube_args()).args(["ui", "--no-open"]);
+    start_ui(cmd)
+}
+
+/// Starts the page's server; the page's URL and the one-time sign-in URL
+/// it printed, and the thread that keeps reading its output (closing the
+/// pipe would end it).
+fn start_ui(
+    mut cmd: Command,
+) -> (
+    std::process::Child,
+    String,
+    String,
+    std::thread::JoinHandle<()>,
+) {
+    let mut ui = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = std::io::BufReader::new(ui.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    let url = |line: &str, start: &str| {
+        line.split_whitespace()
+            .find(|w| w.starts_with(start))
+            .map(str::to_string)
+    };
+    let (mut page, mut login, mut printed) = (None, None, String::new());
+    while login.is_none() {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            panic!("the page's server ended: {printed}");
+        }
+        page = page.or_else(|| url(&line, "http://127.0.0.1:").filter(|u| u.ends_with('/')));
+        login = url(&line, "http://127.0.0.1:").filter(|u| u.contains("/login?code="));
+        printed.push_str(&line);
+    }
     let drain = std::thread::spawn(move || {
         let _ = std::io::copy(&mut stdout, &mut std::io::sink());
     });
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://127.0.0.1:"))
-        .unwrap_or_else(|| panic!("no URL in {first:?}"))
-        .to_string();
-    (ui, url, drain)
+    let page = page.unwrap_or_else(|| panic!("no page URL in {printed:?}"));
+    (ui, page, login.unwrap_or_default(), drain)
 }
 
 fn workload(name: &str, replicas: u32, fail: Option<&str>) -> String {
@@ -278,9 +311,16 @@ async fn the_session_page_shows_rollouts_failing_pods_and_logs_at_two_widths() {
     );
     s.next_sync().unwrap();
 
-    let (mut ui, url, drain) = serve(&harness);
+    let (mut ui, _, url, drain) = serve(&harness);
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir
+        .path()
+        .join("signed-in.json")
+        .display()
+        .to_string();
     let env = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
         let mut v = vec![
+            ("UI_STATE", state.clone()),
             ("SESSION", name.clone()),
             ("NAMESPACE", sbx.clone()),
             ("SANDBOX", sbx.clone()),
@@ -587,4 +627,326 @@ async fn the_session_page_shows_rollouts_failing_pods_and_logs_at_two_widths() {
     );
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
     wait_namespace_gone(&client, &sbx).await;
+}
+
+/// A session's Lease as `kubectl gitops-run` writes it (enough for the
+/// page to list the session and show its page).
+fn session_lease(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{app.kubernetes.io/managed-by: kubectl-gitops, gitops.kubectl.dev/component: session, gitops.kubectl.dev/session: {name}}}\n  annotations: {{gitops.kubectl.dev/mode: sandboxed, gitops.kubectl.dev/dir: /src/{name}, gitops.kubectl.dev/pid: \"1\"}}\nspec: {{holderIdentity: ui@host, leaseDurationSeconds: 30}}\n"
+    )
+}
+
+/// Reads every process's command line (`/proc/*/cmdline`) over and over
+/// until `stop`; the distinct ones seen, and how many sweeps were made.
+fn watch_command_lines(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(std::collections::BTreeSet<String>, usize)> {
+    std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut sweeps = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                if let Ok(raw) = std::fs::read(e.path().join("cmdline"))
+                    && !raw.is_empty()
+                {
+                    seen.insert(String::from_utf8_lossy(&raw).replace('\0', " "));
+                }
+            }
+            sweeps += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (seen, sweeps)
+    })
+}
+
+/// One raw HTTP/1.1 request to 127.0.0.1:`port`; the status and body.
+fn raw_http(port: u16, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn kubeconfig(harness: &Harness) -> String {
+    harness
+        .kube_args()
+        .windows(2)
+        .find(|w| w[0] == "--kubeconfig")
+        .map(|w| w[1].clone())
+        .expect("the harness's --kubeconfig")
+}
+
+/// Ends the page's server (and the browser its opener started, by the
+/// process id the wrapper wrote) and deletes the test's namespace when a
+/// test ends, passed or not.
+struct Stop {
+    ui: std::process::Child,
+    browser_pid: Option<std::path::PathBuf>,
+    /// `(kubeconfig, namespace)`.
+    namespace: (String, String),
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.ui.kill();
+        let _ = self.ui.wait();
+        if let Some(pid) = self
+            .browser_pid
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let (kubeconfig, ns) = &self.namespace;
+        let _ = Command::new("kubectl")
+            .args(["--kubeconfig", kubeconfig, "delete", "namespace", ns])
+            .args(["--wait=false", "--ignore-not-found"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs tests/ui/secure.mjs in `mode`; what it saw.
+fn secure(mode: &str, env: &[(&str, &str)]) -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("node");
+    cmd.arg(root.join("ui/secure.mjs"))
+        .current_dir(root.join("ui"))
+        .env("MODE", mode);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output(&mut cmd);
+    let result: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("secure.mjs {mode} printed {out:?}: {e}"));
+    assert!(result.get("error").is_none(), "{mode}: {result:#}");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    result
+}
+
+#[tokio::test]
+async fn the_page_opens_with_no_secret_in_any_command_line_url_or_history() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = output(&mut Command::new(root.join("ui/setup")));
+    assert_eq!(setup.code, Some(0), "tests/ui/setup: {setup:?}");
+    let ns = unique("ui-sec");
+    gitops_e2e::create_namespace(&client, &ns).await;
+    harness.kubectl_apply(&session_lease(&ns, "before"));
+
+    let capture = tempfile::tempdir().unwrap();
+    let cdp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cdp_port = cdp.local_addr().unwrap().port();
+    drop(cdp);
+
+    // Every process's command line, read while the page opens and is used.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanner = watch_command_lines(stop.clone());
+    let mut cmd = plugin("kubectl-gitops_sessions");
+    cmd.args(harness.kube_args())
+        .arg("ui")
+        .env("BROWSER", root.join("ui/browser"))
+        .env("UI_CAPTURE", capture.path())
+        .env("UI_CDP_PORT", cdp_port.to_string());
+    let (ui, page, login, _drain) = start_ui(cmd);
+    let stop_ui = Stop {
+        ui,
+        browser_pid: Some(capture.path().join("pid")),
+        namespace: (kubeconfig(&harness), ns.clone()),
+    };
+    let port: u16 = page
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {page}"));
+
+    let launcher_copy = capture.path().join("launcher.html");
+    let added = unique("ui-pushed");
+    let lease = session_lease(&ns, &added);
+    let env = [
+        ("UI_PAGE", page.as_str()),
+        ("UI_LOGIN", login.as_str()),
+        ("CDP_PORT", &cdp_port.to_string()),
+        ("LAUNCHER_COPY", &launcher_copy.display().to_string()),
+        ("LEASE_YAML", lease.as_str()),
+        ("NEW_SESSION", added.as_str()),
+        ("KUBECONFIG", &kubeconfig(&harness)),
+    ]
+    .map(|(k, v)| (k, v.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = secure("open", &env);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (lines, sweeps) = scanner.join().unwrap();
+
+    // What was opened: a file path; the file and its code are gone now.
+    let opened = std::fs::read_to_string(capture.path().join("opened")).unwrap();
+    let opened = opened.trim();
+    let launcher = std::fs::read_to_string(&launcher_copy).unwrap();
+    let launcher_code = launcher
+        .split("name=\"code\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no code in the launcher: {launcher}"))
+        .to_string();
+    assert!(
+        !Path::new(opened).exists(),
+        "the launcher {opened} outlived its use"
+    );
+    let printed_code = login.split("code=").nth(1).unwrap().to_string();
+    let cookie = r["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == format!("kubectl-gitops-ui-{port}"))
+        .unwrap_or_else(|| panic!("no cookie for the page: {r:#}"))
+        .clone();
+    let secret = cookie["value"].as_str().unwrap().to_string();
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    assert_eq!(r["document_cookie"], "", "scripts cannot read it: {r:#}");
+
+    // The scan ran while the browser was started on the launcher ...
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("chromium") && l.contains(opened)),
+        "the scan ({sweeps} sweeps) never saw the browser start on {opened}"
+    );
+    // ... and no command line ever held a secret.
+    for (what, s) in [
+        ("the cookie's secret", &secret),
+        ("the launcher's code", &launcher_code),
+        ("the printed code", &printed_code),
+    ] {
+        assert!(s.len() >= 32, "{what}: {s}");
+        let leaks: Vec<&String> = lines.iter().filter(|l| l.contains(s.as_str())).collect();
+        assert!(leaks.is_empty(), "{what} in a command line: {leaks:?}");
+    }
+
+    // The browser shows the page; no secret in its URL or its tab's history.
+    assert_eq!(r["url"], page, "{r:#}");
+    assert_eq!(r["printed_url"], page, "{r:#}");
+    for key in ["history", "printed_history", "links"] {
+        for u in strs(&r[key]) {
+            for s in [&secret, &launcher_code, &printed_code] {
+                assert!(!u.contains(s.as_str()), "{key}: {u}");
+            }
+            assert!(!u.contains("token") && !u.contains("code="), "{key}: {u}");
+        }
+    }
+    assert_eq!(r["pushed_without_reload"], true, "{r:#}");
+
+    // Spent codes are refused.
+    assert_eq!(r["printed_again"]["status"], 401, "{r:#}");
+    assert_eq!(r["launcher_again"]["status"], 401, "{r:#}");
+    assert_eq!(r["launcher_again"]["cookie"], serde_json::Value::Null);
+
+    // With the cookie: served from our own Host and Origin only.
+    let get = |host: &str, extra: &str| {
+        raw_http(
+            port,
+            &format!(
+                "GET / HTTP/1.1\r\nHost: {host}\r\nCookie: kubectl-gitops-ui-{port}={secret}\r\n{extra}Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    let (ok, body) = get(&format!("127.0.0.1:{port}"), "");
+    assert_eq!(ok, 200, "{body}");
+    assert!(body.contains("sessions-body"));
+    assert_eq!(get(&format!("localhost:{port}"), "").0, 200);
+    let (status, body) = get(&format!("evil.example:{port}"), "");
+    assert_eq!(status, 403, "DNS rebinding: {body}");
+    assert!(
+        body.starts_with("refused: ") && !body.contains('<'),
+        "{body}"
+    );
+    let (status, body) = get(
+        &format!("127.0.0.1:{port}"),
+        "Origin: http://evil.example\r\n",
+    );
+    assert_eq!(status, 403, "a foreign Origin: {body}");
+    let (status, body) = get(&format!("127.0.0.1:{port}"), "Origin: null\r\n");
+    assert_eq!(status, 403, "Origin null outside /login: {body}");
+    let (status, body) = raw_http(
+        port,
+        &format!(
+            "POST /sandboxes/{ns}/delete HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: kubectl-gitops-ui-{port}={secret}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 403, "a foreign page's delete: {body}");
+    let (status, _) = raw_http(
+        port,
+        &format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 401, "without the cookie");
+    let (status, _) = raw_http(
+        port,
+        &format!(
+            "GET /login?code={printed_code} HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 403, "sign-in through another host name");
+
+    drop(stop_ui);
+}
+
+#[tokio::test]
+async fn the_logs_tab_stays_bounded_without_animation_frames_and_says_what_was_dropped() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = output(&mut Command::new(root.join("ui/setup")));
+    assert_eq!(setup.code, Some(0), "tests/ui/setup: {setup:?}");
+    let ns = unique("ui-flood");
+    gitops_e2e::create_namespace(&client, &ns).await;
+    harness.kubectl_apply(&session_lease(&ns, "flood"));
+    let (ui, page, login, _drain) = serve(&harness);
+    let stop_ui = Stop {
+        ui,
+        browser_pid: None,
+        namespace: (kubeconfig(&harness), ns.clone()),
+    };
+    let r = secure(
+        "flood",
+        &[
+            ("UI_PAGE", &page),
+            ("UI_LOGIN", &login),
+            ("NAMESPACE", &ns),
+            ("SESSION", "flood"),
+        ],
+    );
+    drop(stop_ui);
+    assert_eq!(r["raf_fires"], false, "{r:#}");
+    assert_eq!(r["script_errors"], serde_json::json!([]), "{r:#}");
+    // The last line is shown; at most 5,000 are kept.
+    let shown = r["shown"].as_u64().unwrap();
+    assert!((1000..=5000).contains(&shown), "{r:#}");
+    assert_eq!(
+        strs(&r["markers"]),
+        ["… 1234 lines dropped here: the page could not keep up"],
+        "{r:#}"
+    );
+    let status = r["status"].as_str().unwrap();
+    assert!(
+        status.contains("20000 lines from 1 pod")
+            && status.contains("1234 lines dropped (the page fell behind)"),
+        "{status}"
+    );
 }

@@ -1,7 +1,8 @@
 // Drives the sessions page (kubectl gitops-sessions ui) in Debian's headless
-// Chromium. Inputs (environment): UI_URL, LIVE (a session that stays live),
-// DOOMED and DOOMED_PID (a session this script kills with SIGKILL, then sees
-// turn stale and deletes through the page), DOOMED_NS, SCREENSHOT.
+// Chromium. Inputs (environment): UI_URL (the one-time sign-in URL), LIVE
+// (a session that stays live), DOOMED and DOOMED_PID (a session this script
+// kills with SIGKILL, then sees turn stale and deletes through the page),
+// DOOMED_NS, SCREENSHOT.
 // Prints one JSON line with what it observed; the Rust test asserts on it.
 import { chromium } from "playwright-core";
 
@@ -15,11 +16,12 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   const origin = new URL(UI_URL).origin;
-  // Without the token: 401.
-  result.without_token = (await page.request.get(origin + "/")).status();
-  result.wrong_token = (await page.request.get(origin + "/?token=nope")).status();
+  // Not signed in: 401; a made-up code: 401.
+  result.without_cookie = (await page.request.get(origin + "/")).status();
+  result.wrong_code = (await page.request.get(origin + "/login?code=nope")).status();
 
   await page.goto(UI_URL);
+  await page.waitForURL(origin + "/");
   const row = (name) => page.locator(`tr[data-name="${name}"]`);
   await row(LIVE).waitFor();
   await row(DOOMED).waitFor();
@@ -47,7 +49,7 @@ try {
   result.doomed_gone_from_table = true;
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
 
-  await page.goto(origin + "/sandboxes?token=" + new URL(UI_URL).searchParams.get("token"));
+  await page.goto(origin + "/sandboxes");
   result.sandboxes = await page.locator("tbody tr").allTextContents();
 } catch (e) {
   result.error = String(e && e.stack || e);

@@ -1,17 +1,20 @@
 // Looks at the pages of `kubectl gitops-sessions ui` in Debian's headless
 // Chromium, at a desktop width (light scheme) and a narrow one (dark
 // scheme), as tests/e2e/ui.rs moves a real session through its states.
-// Inputs (environment): UI_URL, MODE (list | rollout | failing | scale),
+// Inputs (environment): UI_URL (the one-time sign-in URL), UI_STATE (a file
+// keeping the signed-in cookie from one run to the next), MODE (list |
+// rollout | failing | scale),
 // SESSION, NAMESPACE, SANDBOX, SHOTS (directory for the screenshots),
 // KUBECONFIG and BENCH_NS (scale). Prints one JSON object with what it saw,
 // per width; the Rust test asserts on it.
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
 
-const { UI_URL, MODE, SESSION, NAMESPACE, SANDBOX, SHOTS, BENCH_NS } = process.env;
+const { UI_URL, UI_STATE, MODE, SESSION, NAMESPACE, SANDBOX, SHOTS, BENCH_NS } = process.env;
 const origin = new URL(UI_URL).origin;
-const token = new URL(UI_URL).searchParams.get("token");
-const sessionUrl = `${origin}/session/${NAMESPACE}/${SESSION}?token=${token}`;
+const home = origin + "/";
+const sessionUrl = `${origin}/session/${NAMESPACE}/${SESSION}`;
 const widths = [
   { name: "desktop", viewport: { width: 1400, height: 900 }, colorScheme: "light" },
   { name: "narrow", viewport: { width: 390, height: 844 }, colorScheme: "dark" },
@@ -37,7 +40,7 @@ const fits = (page) => page.evaluate(() => document.documentElement.scrollWidth 
 
 async function list(page, w) {
   const r = {};
-  await page.goto(UI_URL);
+  await page.goto(home);
   const row = page.locator(`tr[data-name="${SESSION}"]`);
   await row.waitFor({ timeout: 30000 });
   // Flux may still be finishing the first reconciliation: the row turns Ready by itself.
@@ -66,7 +69,7 @@ async function list(page, w) {
   await page.keyboard.press("Backspace");
   await page.screenshot({ path: `${SHOTS}/list-${w}.png`, fullPage: true });
 
-  await page.goto(`${origin}/sandboxes?token=${token}`);
+  await page.goto(`${origin}/sandboxes`);
   const sb = page.locator(`tr[data-sandbox="${SANDBOX}"]`);
   await sb.waitFor({ timeout: 30000 });
   // The quota controller counts the pods a little after they exist.
@@ -141,7 +144,7 @@ async function logs(page, w) {
 async function scale(page) {
   const r = {};
   const t0 = Date.now();
-  await page.goto(UI_URL);
+  await page.goto(home);
   await page.waitForFunction((ns) => document.querySelectorAll(`tr[data-namespace="${ns}"]`).length >= 200, BENCH_NS, { timeout: 60000 });
   r.load_ms = Date.now() - t0;
   r.rows = await page.locator("tr[data-name]").count();
@@ -175,8 +178,18 @@ async function scale(page) {
 }
 
 try {
+  // The one-time URL works once: the first run signs in and keeps the cookie.
+  if (!existsSync(UI_STATE)) {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(UI_URL);
+    await page.waitForURL(home);
+    await ctx.storageState({ path: UI_STATE });
+    await ctx.close();
+  }
   for (const w of MODE === "scale" ? widths.slice(0, 1) : widths) {
-    const page = await browser.newPage({ viewport: w.viewport, colorScheme: w.colorScheme });
+    const ctx = await browser.newContext({ viewport: w.viewport, colorScheme: w.colorScheme, storageState: UI_STATE });
+    const page = await ctx.newPage();
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
     const r = {};
@@ -189,7 +202,7 @@ try {
     if (MODE === "scale") Object.assign(r, await scale(page));
     r.script_errors = errors;
     result[w.name] = r;
-    await page.close();
+    await ctx.close();
   }
 } catch (e) {
   result.error = String((e && e.stack) || e);

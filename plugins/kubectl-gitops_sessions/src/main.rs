@@ -92,7 +92,7 @@ enum Command {
         /// Port to listen on (default: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
-        /// Do not open the page in a browser.
+        /// Do not open the page in a browser ($BROWSER, else the system's opener).
         #[arg(long)]
         no_open: bool,
     },
@@ -204,16 +204,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Status { output }) => status(&client, output).await,
         Some(Command::Ui { port, no_open }) => {
-            gitops::ui::serve(client, port, |url| {
-                gitops::outln!("serving the sessions page at {url}");
-                gitops::outln!("(only this machine can reach it; the token in the URL is required. Ctrl+C to stop)");
-                if !no_open {
-                    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
-                    let _ = std::process::Command::new(opener)
-                        .arg(&url)
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .spawn();
+            gitops::ui::serve(client, port, !no_open, |r| {
+                gitops::outln!("serving the sessions page at {}", r.page);
+                gitops::outln!(
+                    "sign a browser in with this one-time URL (it works once): {}",
+                    r.login
+                );
+                gitops::outln!("(only this machine can reach it. Ctrl+C to stop)");
+                if let Some(Err(e)) = r.opened {
+                    gitops::outln!(
+                        "could not open a browser ({e}); open the one-time URL above yourself"
+                    );
                 }
             })
             .await?;

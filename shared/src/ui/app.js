@@ -4,7 +4,6 @@
 // changed ones), ticks relative times, filters, runs the tabs and the logs.
 (function () {
   "use strict";
-  const token = document.body.dataset.token;
   const $ = (s, r = document) => r.querySelector(s);
   const $$ = (s, r = document) => [...r.querySelectorAll(s)];
   const enc = encodeURIComponent;
@@ -83,7 +82,8 @@
   const base = sessionPage
     ? "/session/" + enc(sessionPage.dataset.namespace) + "/" + enc(sessionPage.dataset.name)
     : "";
-  connect((sessionPage ? base + "/events" : "/events") + "?token=" + enc(token));
+  // The page's cookie goes with these requests: no secret in any URL.
+  connect(sessionPage ? base + "/events" : "/events");
 
   // The sessions list: filters.
   const body = $("#sessions-body");
@@ -145,7 +145,6 @@
       select(tabs[(n + tabs.length) % tabs.length], true);
     });
   });
-  if (tabs.length && location.hash === "#logs") select($("#tab-logs"), false);
 
   let logsStarted = false;
   function startLogs() {
@@ -153,9 +152,12 @@
     logsStarted = true;
     const box = $("#log-lines"), pod = $("#log-pod"), container = $("#log-container"),
       filter = $("#log-filter"), follow = $("#log-follow"), wrap = $("#log-wrap"), state = $("#log-status");
-    const MAX = 5000;
+    // At most MAX lines are shown; the queue of lines not yet shown is
+    // capped too (a background tab gets no animation frames, and its timers
+    // run seldom), so a fast log cannot grow the page's memory.
+    const MAX = 5000, FLUSH_MS = 250;
     const pods = new Set(), containers = new Set();
-    let info = "connecting…", count = 0, queue = [], scheduled = false;
+    let info = "connecting…", count = 0, dropped = 0, queue = [], scheduled = false, timer = 0;
     const colour = (s) => {
       let h = 0;
       for (const c of s) h = (h * 31 + c.charCodeAt(0)) % 360;
@@ -164,9 +166,11 @@
     const shows = (el) => (!pod.value || el.dataset.pod === pod.value) &&
       (!container.value || el.dataset.container === container.value) &&
       (!filter.value || el.dataset.text.includes(filter.value.toLowerCase()));
+    const lines = (n) => n + " line" + (n === 1 ? "" : "s");
     const say = () => {
-      state.textContent = info + " · " + count + " line" + (count === 1 ? "" : "s") + " from " +
-        pods.size + " pod" + (pods.size === 1 ? "" : "s");
+      state.textContent = info + " · " + lines(count) + " from " +
+        pods.size + " pod" + (pods.size === 1 ? "" : "s") +
+        (dropped ? " · " + lines(dropped) + " dropped (the page fell behind)" : "");
     };
     const addOption = (sel, set, v) => {
       if (set.has(v)) return;
@@ -175,8 +179,20 @@
     };
     const flush = () => {
       scheduled = false;
+      clearTimeout(timer);
+      if (!queue.length) return;
       const frag = document.createDocumentFragment();
       for (const l of queue) {
+        if (l.dropped) {
+          const div = document.createElement("div");
+          div.className = "ll dropped";
+          div.dataset.pod = div.dataset.container = "";
+          div.dataset.text = "";
+          div.textContent = "… " + lines(l.dropped) + " dropped here: the page could not keep up";
+          frag.append(div);
+          continue;
+        }
+        count++;
         addOption(pod, pods, l.pod);
         addOption(container, containers, l.container);
         const div = document.createElement("div");
@@ -192,15 +208,15 @@
         div.hidden = !shows(div);
         frag.append(div);
       }
-      count += queue.length;
       queue = [];
       box.append(frag);
       while (box.childElementCount > MAX) box.firstElementChild.remove();
       if (follow.checked) box.scrollTop = box.scrollHeight;
       say();
     };
+    const shows2 = (el) => el.classList.contains("dropped") || shows(el);
     const refilter = () => {
-      for (const el of box.children) el.hidden = !shows(el);
+      for (const el of box.children) el.hidden = !shows2(el);
       if (follow.checked) box.scrollTop = box.scrollHeight;
     };
     [pod, container, filter].forEach((el) => el.addEventListener("input", refilter));
@@ -210,16 +226,35 @@
       const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
       if (!atEnd && follow.checked) follow.checked = false;
     });
-    $("#log-clear").addEventListener("click", () => { box.replaceChildren(); count = 0; say(); });
-    const es = new EventSource(base + "/logs?token=" + enc(token));
+    $("#log-clear").addEventListener("click", () => { box.replaceChildren(); count = 0; dropped = 0; say(); });
+    const es = new EventSource(base + "/logs");
     let broken = false;
     // A reconnection follows the logs from their start again.
-    es.onopen = () => { if (broken) { box.replaceChildren(); count = 0; broken = false; } };
+    es.onopen = () => { if (broken) { box.replaceChildren(); queue = []; count = 0; dropped = 0; broken = false; } };
     es.addEventListener("info", (e) => { info = e.data; say(); });
-    es.onmessage = (e) => {
-      queue.push(JSON.parse(e.data));
-      if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
+    // Shown on the next frame, or after FLUSH_MS when frames do not come.
+    const enqueue = (item) => {
+      queue.push(item);
+      if (queue.length >= 2 * MAX) {
+        // Only the last MAX could be shown: the rest is counted, not kept.
+        for (const l of queue.splice(0, queue.length - MAX)) if (!l.dropped) count++;
+      }
+      if (!scheduled) {
+        scheduled = true;
+        requestAnimationFrame(flush);
+        timer = setTimeout(flush, FLUSH_MS);
+      }
     };
+    es.onmessage = (e) => enqueue(JSON.parse(e.data));
+    // The server dropped lines this page was too slow to take.
+    es.addEventListener("dropped", (e) => {
+      const n = Number(e.data) || 0;
+      dropped += n;
+      enqueue({ dropped: n });
+      say();
+    });
     es.onerror = () => { broken = true; info = "log stream interrupted, reconnecting…"; say(); };
   }
+  // A link to the logs tab opens it (once everything above is defined).
+  if (tabs.length && location.hash === "#logs") select($("#tab-logs"), false);
 })();

@@ -1,7 +1,9 @@
 //! `kubectl gitops-sessions ui`: a local web page of sessions and sandboxes.
 //!
-//! Served on 127.0.0.1 only, behind a random token in the URL; it uses the
-//! user's own kube credentials, so it shows nothing `kubectl get` would not.
+//! Served on 127.0.0.1 only, to the user's own browser ([`auth`]: a secret
+//! in an HttpOnly cookie got with a one-time code, never in a URL; our own
+//! Host and Origin only); it uses the user's own kube credentials, so it
+//! shows nothing `kubectl get` would not.
 //! Server-rendered HTML ([`render`]), one hand-written stylesheet and one
 //! small embedded script: no front-end build. Everything shown comes from
 //! watches (kube reflectors), never from polling lists: the sessions and
@@ -46,19 +48,15 @@ use crate::session::status;
 use crate::session::view::{self, Heartbeat};
 use crate::session::{SessionError, logs};
 
+pub mod auth;
+pub mod bounded;
+pub mod open;
 #[cfg(test)]
 mod query_props;
 pub mod render;
 
 const APP_JS: &str = include_str!("app.js");
 const STYLE: &str = include_str!("style.css");
-
-/// A random token (hex) from the operating system's generator.
-pub fn new_token() -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(crate::artifact::hex(&bytes))
-}
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
@@ -74,28 +72,10 @@ pub(crate) type Sections = BTreeMap<String, String>;
 
 struct App {
     client: Client,
-    token: String,
     /// The hub's sections: sessions table, counters, cluster mode, sandboxes.
     sections: watch::Receiver<Sections>,
     /// Whether the API server serves HelmReleases (looked up once).
     helm: bool,
-}
-
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
-fn authorised(app: &App, q: &TokenQuery) -> bool {
-    q.token.as_deref() == Some(app.token.as_str())
-}
-
-fn unauthorised() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong token: open the URL that `kubectl gitops-sessions ui` printed\n",
-    )
-        .into_response()
 }
 
 /// Which tab of the navigation is the current page.
@@ -113,11 +93,11 @@ fn page(app: &App, title: &str, tab: Tab, body: &str) -> Html<String> {
         .get("cluster-mode")
         .cloned()
         .unwrap_or_default();
-    Html(page_html(&app.token, title, tab, &mode, body))
+    Html(page_html(title, tab, &mode, body))
 }
 
 /// A whole page: header (navigation, cluster mode, connection), the body, the script.
-pub(crate) fn page_html(token: &str, title: &str, tab: Tab, mode: &str, body: &str) -> String {
+pub(crate) fn page_html(title: &str, tab: Tab, mode: &str, body: &str) -> String {
     let current = |t: Tab| {
         if t == tab {
             " aria-current=\"page\""
@@ -130,9 +110,9 @@ pub(crate) fn page_html(token: &str, title: &str, tab: Tab, mode: &str, body: &s
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\">\
          <title>{t} · kubectl-gitops</title><style>{STYLE}</style></head>\
-         <body data-token=\"{token}\"><a class=\"skip\" href=\"#main\">Skip to content</a>\
-         <header class=\"top\"><a class=\"brand\" href=\"/?token={token}\"><span class=\"logo\" aria-hidden=\"true\">◆</span> kubectl-gitops</a>\
-         <nav aria-label=\"Sections\"><a href=\"/?token={token}\"{}>Sessions</a><a href=\"/sandboxes?token={token}\"{}>Sandboxes</a></nav>\
+         <body><a class=\"skip\" href=\"#main\">Skip to content</a>\
+         <header class=\"top\"><a class=\"brand\" href=\"/\"><span class=\"logo\" aria-hidden=\"true\">◆</span> kubectl-gitops</a>\
+         <nav aria-label=\"Sections\"><a href=\"/\"{}>Sessions</a><a href=\"/sandboxes\"{}>Sandboxes</a></nav>\
          <div id=\"cluster-mode\" class=\"mode\" aria-live=\"polite\">{mode}</div>\
          <span id=\"live-status\" class=\"conn\">connecting…</span></header>\
          <main id=\"main\" tabindex=\"-1\"><h1>{t}</h1>{body}</main><script>{APP_JS}</script></body></html>",
@@ -144,7 +124,6 @@ pub(crate) fn page_html(token: &str, title: &str, tab: Tab, mode: &str, body: &s
 
 #[derive(Deserialize)]
 struct IndexQuery {
-    token: Option<String>,
     msg: Option<String>,
 }
 
@@ -154,14 +133,6 @@ fn message(msg: Option<String>) -> String {
 }
 
 async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
-    if !authorised(
-        &app,
-        &TokenQuery {
-            token: q.token.clone(),
-        },
-    ) {
-        return unauthorised();
-    }
     let (rows, counts) = {
         let s = app.sections.borrow();
         (
@@ -201,10 +172,7 @@ fn section_event(id: &str, html: &str) -> SseEvent {
 
 /// The hub's sections as they change (each client gets those that differ
 /// from what it has).
-async fn events(State(app): State<Arc<App>>, Query(q): Query<TokenQuery>) -> Response {
-    if !authorised(&app, &q) {
-        return unauthorised();
-    }
+async fn events(State(app): State<Arc<App>>) -> Response {
     let rx = app.sections.clone();
     let stream = futures::stream::unfold(
         (rx, Sections::new(), true),
@@ -259,22 +227,18 @@ fn error_page(app: &App, e: &SessionError) -> Response {
 async fn session_page(
     State(app): State<Arc<App>>,
     Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !authorised(&app, &q) {
-        return unauthorised();
-    }
     let s = match admin::find(&app.client, Some(&ns), &name).await {
         Ok(s) => s,
         Err(e) => return error_page(&app, &e),
     };
-    let body = session_body(&s, &app.token, &Sections::new());
+    let body = session_body(&s, &Sections::new());
     page(&app, &name, Tab::None, &body).into_response()
 }
 
 /// A session's page: head, tabs (overview sections, logs); `sections`
 /// fills sections already rendered (the rest say Loading… until pushed).
-pub(crate) fn session_body(s: &view::SessionView, token: &str, sections: &Sections) -> String {
+pub(crate) fn session_body(s: &view::SessionView, sections: &Sections) -> String {
     let section = |id: &str, title: &str, extra: &str| {
         let content = sections
             .get(id)
@@ -308,7 +272,7 @@ pub(crate) fn session_body(s: &view::SessionView, token: &str, sections: &Sectio
         objects = section("objects", "Applied objects", ""),
         conditions = section("conditions", "Flux conditions", ""),
         events = section("events", "Recent events", ""),
-        actions = render::session_actions(Some(s), token),
+        actions = render::session_actions(Some(s)),
     );
     format!(
         "<div id=\"session-page\" data-namespace=\"{}\" data-name=\"{}\">{body}</div>",
@@ -424,7 +388,7 @@ const IDLE_RENDER: Duration = Duration::from_secs(1);
 /// the cluster mode: sessions' Leases and OCIRepositories, every
 /// Kustomization and HelmRelease (sessions', and Flux's own for the mode),
 /// sandbox namespaces and their ResourceQuotas.
-async fn hub(client: Client, token: String, helm: bool, tx: watch::Sender<Sections>) {
+async fn hub(client: Client, helm: bool, tx: watch::Sender<Sections>) {
     let sessions = watcher::Config::default().labels(&labels::component_selector("session"));
     let sandboxes = watcher::Config::default().labels(&labels::component_selector("sandbox"));
     let mut streams = Vec::new();
@@ -497,7 +461,6 @@ async fn hub(client: Client, token: String, helm: bool, tx: watch::Sender<Sectio
                     &items(&namespaces),
                     &items(&quotas),
                     &state,
-                    &token,
                 );
                 tx.send_if_modified(|old| {
                     let changed = *old != sections;
@@ -521,7 +484,6 @@ fn hub_sections(
     namespaces: &[Namespace],
     quotas: &[ResourceQuota],
     state: &WatchState,
-    token: &str,
 ) -> Sections {
     let now = Utc::now();
     let session_kss: Vec<Kustomization> = kss
@@ -557,7 +519,7 @@ fn hub_sections(
         render::cluster_mode(mode, live, gitops.len()),
     );
     let alert = state.alert();
-    let mut rows = render::session_rows(&views, token);
+    let mut rows = render::session_rows(&views);
     if !alert.is_empty() {
         rows = format!(
             "<tr class=\"empty\"><td colspan=\"{}\">{alert}</td></tr>{rows}",
@@ -596,7 +558,7 @@ fn hub_sections(
             } else {
                 format!("<tr class=\"empty\"><td colspan=\"9\">{alert}</td></tr>")
             },
-            render::sandbox_rows(&sbs, &by_ns, now, token)
+            render::sandbox_rows(&sbs, &by_ns, now)
         ),
     );
     sections
@@ -621,7 +583,7 @@ type WorkloadStores = (
 );
 
 /// Renders a session's page sections from what its watches hold.
-fn session_sections(st: &SessionStores, name: &str, state: &WatchState, token: &str) -> Sections {
+fn session_sections(st: &SessionStores, name: &str, state: &WatchState) -> Sections {
     let now = Utc::now();
     let leases = items(&st.leases);
     let views = view::build_views(
@@ -642,7 +604,7 @@ fn session_sections(st: &SessionStores, name: &str, state: &WatchState, token: &
         "session-head".into(),
         render::session_head(s, history.last()),
     );
-    out.insert("actions".into(), render::session_actions(s, token));
+    out.insert("actions".into(), render::session_actions(s));
     out.insert("watch-errors".into(), state.alert());
     let Some(s) = s else {
         return out;
@@ -722,11 +684,7 @@ async fn workload_namespace(
 async fn session_events(
     State(app): State<Arc<App>>,
     Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !authorised(&app, &q) {
-        return unauthorised();
-    }
     let workloads = match workload_namespace(&app.client, &ns, &name).await {
         Ok(w) => w,
         Err(e) => return error_page(&app, &e),
@@ -876,7 +834,7 @@ async fn session_feed(
                 }
                 dirty = false;
                 last_render = tokio::time::Instant::now();
-                for (id, html) in session_sections(&st, &name, &state, &app.token) {
+                for (id, html) in session_sections(&st, &name, &state) {
                     if sent.get(&id) == Some(&html) {
                         continue;
                     }
@@ -895,11 +853,7 @@ async fn session_feed(
 async fn session_logs(
     State(app): State<Arc<App>>,
     Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !authorised(&app, &q) {
-        return unauthorised();
-    }
     let info = |text: String| SseEvent::default().event("info").data(text);
     let (first, rx) = match workload_namespace(&app.client, &ns, &name).await {
         Err(e) => (
@@ -920,14 +874,24 @@ async fn session_logs(
                 all,
                 tx,
             ));
-            (info(format!("following the logs of the session's pods in namespace {wns}")), Some(rx))
+            // What waits for a slow page is bounded: beyond it lines are
+            // dropped, and the page is told how many.
+            let (btx, brx) = mpsc::channel(bounded::LOG_LINES);
+            tokio::spawn(bounded::forward(rx, btx));
+            (info(format!("following the logs of the session's pods in namespace {wns}")), Some(brx))
         }
     };
     let lines = futures::stream::unfold(rx, |rx| async move {
         let mut rx = rx?;
-        let line = rx.recv().await?;
-        let data = serde_json::to_string(&line).unwrap_or_default();
-        Some((SseEvent::default().data(data), Some(rx)))
+        let event = match rx.recv().await? {
+            bounded::Forwarded::Item(line) => {
+                SseEvent::default().data(serde_json::to_string(&line).unwrap_or_default())
+            }
+            bounded::Forwarded::Dropped(n) => {
+                SseEvent::default().event("dropped").data(n.to_string())
+            }
+        };
+        Some((event, Some(rx)))
     });
     let stream = futures::stream::once(async move { first })
         .chain(lines)
@@ -937,7 +901,7 @@ async fn session_logs(
         .into_response()
 }
 
-fn back(token: &str, path: &str, msg: &str) -> Response {
+fn back(path: &str, msg: &str) -> Response {
     let msg: String = msg
         .bytes()
         .map(|b| {
@@ -948,27 +912,22 @@ fn back(token: &str, path: &str, msg: &str) -> Response {
             }
         })
         .collect();
-    Redirect::to(&format!("{path}?token={token}&msg={msg}")).into_response()
+    Redirect::to(&format!("{path}?msg={msg}")).into_response()
 }
 
 async fn delete_session(
     State(app): State<Arc<App>>,
     Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !authorised(&app, &q) {
-        return unauthorised();
-    }
     let s = match admin::find(&app.client, Some(&ns), &name).await {
         Ok(s) => s,
         Err(SessionError::NotFound(_)) => {
-            return back(&app.token, "/", &format!("session {name} no longer exists"));
+            return back("/", &format!("session {name} no longer exists"));
         }
         Err(e) => return error_page(&app, &e),
     };
     match admin::delete(&app.client, &s, false, Duration::from_secs(120)).await {
         Ok(removed) => back(
-            &app.token,
             "/",
             &format!("session {name} deleted ({} objects removed)", removed.len()),
         ),
@@ -976,7 +935,6 @@ async fn delete_session(
             (StatusCode::CONFLICT, format!("{e}\n")).into_response()
         }
         Err(e) => back(
-            &app.token,
             "/",
             &format!(
                 "deleting session {name} failed: {}",
@@ -987,14 +945,6 @@ async fn delete_session(
 }
 
 async fn sandboxes(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
-    if !authorised(
-        &app,
-        &TokenQuery {
-            token: q.token.clone(),
-        },
-    ) {
-        return unauthorised();
-    }
     let rows = app
         .sections
         .borrow()
@@ -1027,14 +977,7 @@ pub(crate) fn sandboxes_body(msg: &str, rows: &str) -> String {
     )
 }
 
-async fn delete_sandbox(
-    State(app): State<Arc<App>>,
-    Path(name): Path<String>,
-    Query(q): Query<TokenQuery>,
-) -> Response {
-    if !authorised(&app, &q) {
-        return unauthorised();
-    }
+async fn delete_sandbox(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     let msg = match sandbox::delete(&app.client, &name, &sandbox::DeleteOptions::default()).await {
         Ok(sandbox::Deleted::Removed(_)) => format!("sandbox {name} deleted"),
         Ok(sandbox::Deleted::NotFound) => format!("sandbox {name} no longer exists"),
@@ -1043,26 +986,46 @@ async fn delete_sandbox(
             crate::output::error_chain(&e)
         ),
     };
-    back(&app.token, "/sandboxes", &msg)
+    back("/sandboxes", &msg)
+}
+
+/// What [`serve`] tells its caller once the page is ready.
+pub struct Ready {
+    /// The page's address (nothing secret in it).
+    pub page: String,
+    /// A URL that signs one browser in, once (for the terminal).
+    pub login: String,
+    /// Whether a browser was started on the page's launcher (`None`: not asked).
+    pub opened: Option<std::io::Result<()>>,
 }
 
 /// Serves the page on 127.0.0.1:`port` (0: any free port) until the future
-/// is dropped. Calls `ready` with the URL (token included) once listening
-/// and the watches have listed once (or 15 s passed).
-pub async fn serve(client: Client, port: u16, ready: impl FnOnce(String)) -> std::io::Result<()> {
-    let token = new_token()?;
+/// is dropped. Once listening and the watches have listed once (or 15 s
+/// passed), opens it in a browser when `open` (through a launcher file,
+/// see [`auth`]) and calls `ready`.
+pub async fn serve(
+    client: Client,
+    port: u16,
+    open: bool,
+    ready: impl FnOnce(Ready),
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let addr = listener.local_addr()?;
+    let gate = Arc::new(auth::Gate::new(addr.port())?);
     let helm = flux::serves(&client, "helm.toolkit.fluxcd.io/v2", "HelmRelease")
         .await
         .unwrap_or(false);
     let (tx, mut rx) = watch::channel(Sections::new());
-    tokio::spawn(hub(client.clone(), token.clone(), helm, tx));
+    tokio::spawn(hub(client.clone(), helm, tx));
     let _ = tokio::time::timeout(Duration::from_secs(15), rx.changed()).await;
     let app = Arc::new(App {
         client,
-        token: token.clone(),
         sections: rx,
         helm,
     });
+    let login = Router::new()
+        .route("/login", get(auth::login_get).post(auth::login_post))
+        .with_state(gate.clone());
     let router = Router::new()
         .route("/", get(index))
         .route("/events", get(events))
@@ -1072,10 +1035,19 @@ pub async fn serve(client: Client, port: u16, ready: impl FnOnce(String)) -> std
         .route("/session/{ns}/{name}/delete", post(delete_session))
         .route("/sandboxes", get(sandboxes))
         .route("/sandboxes/{name}/delete", post(delete_sandbox))
-        .with_state(app);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    let addr = listener.local_addr()?;
-    ready(format!("http://{addr}/?token={token}"));
+        .with_state(app)
+        .merge(login)
+        .layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            auth::guard,
+        ));
+    let code = gate.mint(None)?;
+    let opened = open.then(|| gate.write_launcher().and_then(|path| open::open(&path)));
+    ready(Ready {
+        page: format!("http://{addr}/"),
+        login: gate.login_url(&code),
+        opened,
+    });
     axum::serve(listener, router).await
 }
 
@@ -1122,7 +1094,6 @@ mod tests {
             &[],
             &[],
             &WatchState::default(),
-            "tok",
         );
         let took = t.elapsed();
         assert_eq!(s["sessions-body"].matches("<tr data-key=").count(), 200);
@@ -1140,28 +1111,19 @@ mod tests {
         assert!(s["cluster-mode"].contains("200 live sessions"));
         assert!(took < std::time::Duration::from_millis(300), "{took:?}");
         // Without sessions, Flux's own Kustomization makes it GitOps.
-        let s = hub_sections(
-            &[],
-            &[gitops],
-            &[],
-            &[],
-            &[],
-            &[],
-            &WatchState::default(),
-            "tok",
-        );
+        let s = hub_sections(&[], &[gitops], &[], &[], &[], &[], &WatchState::default());
         assert!(s["cluster-mode"].contains("<strong>GitOps</strong>"));
         assert!(s["sessions-body"].contains("No sessions."));
         let mut broken = WatchState::default();
         broken.apply(("Leases", Err("forbidden <x>".into())));
-        let s = hub_sections(&[], &[], &[], &[], &[], &[], &broken, "tok");
+        let s = hub_sections(&[], &[], &[], &[], &[], &[], &broken);
         assert!(s["cluster-mode"].contains("Snowflake"));
         assert!(s["sessions-body"].contains("cannot watch Leases: forbidden &lt;x&gt;"));
     }
 
     #[test]
     fn tokens_are_random_hex() {
-        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        let (a, b) = (auth::random_hex(16).unwrap(), auth::random_hex(16).unwrap());
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));

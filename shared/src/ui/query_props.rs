@@ -6,13 +6,14 @@ use axum::extract::Query;
 use axum::http::Uri;
 use proptest::prelude::*;
 
-use super::{IndexQuery, TokenQuery, message};
+use super::auth::CodeForm;
+use super::{IndexQuery, message};
 
 /// A query string as URLs carry them: pairs, escapes, stray `&`, `=`, `%`.
 fn query() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z%=&+;#?0-9A-F]{0,40}",
-        "(token|msg|x)=[^&#\\s]{0,20}(&(token|msg|token)=[%0-9a-fA-F<>\"']{0,20}){0,3}",
+        "(code|msg|x)=[^&#\\s]{0,20}(&(code|msg|code)=[%0-9a-fA-F<>\"']{0,20}){0,3}",
         any::<String>().prop_map(|s| s.replace(['#', ' '], "")),
     ]
 }
@@ -29,9 +30,8 @@ proptest! {
         if let Some(u) = uri("/", &q) {
             if let Ok(Query(parsed)) = Query::<IndexQuery>::try_from_uri(&u) {
                 let _ = message(parsed.msg);
-                let _ = parsed.token;
             }
-            let _ = Query::<TokenQuery>::try_from_uri(&u);
+            let _ = Query::<CodeForm>::try_from_uri(&u);
         }
     }
 

@@ -208,12 +208,8 @@ fn dash(v: &str) -> String {
 }
 
 /// One row of the sessions table.
-pub fn session_row(s: &SessionView, token: &str) -> String {
-    let href = format!(
-        "/session/{}/{}?token={token}",
-        esc(&s.namespace),
-        esc(&s.name)
-    );
+pub fn session_row(s: &SessionView) -> String {
+    let href = format!("/session/{}/{}", esc(&s.namespace), esc(&s.name));
     let cells = [
         format!("<a class=\"name\" href=\"{href}\">{}</a>", esc(&s.name)),
         esc(&s.namespace),
@@ -275,7 +271,7 @@ pub fn session_row(s: &SessionView, token: &str) -> String {
 }
 
 /// The sessions table's body.
-pub fn session_rows(sessions: &[SessionView], token: &str) -> String {
+pub fn session_rows(sessions: &[SessionView]) -> String {
     if sessions.is_empty() {
         return format!(
             "<tr class=\"empty\"><td colspan=\"{}\">No sessions. Start one with <code>kubectl gitops-run DIR</code>.</td></tr>",
@@ -284,7 +280,7 @@ pub fn session_rows(sessions: &[SessionView], token: &str) -> String {
     }
     let mut out = String::with_capacity(sessions.len() * 1200);
     for s in sessions {
-        out.push_str(&session_row(s, token));
+        out.push_str(&session_row(s));
     }
     out
 }
@@ -1044,7 +1040,7 @@ pub fn events(rows: &[EventRow]) -> String {
 }
 
 /// The delete form (stale or kept sessions only) or why there is none.
-pub fn session_actions(s: Option<&SessionView>, token: &str) -> String {
+pub fn session_actions(s: Option<&SessionView>) -> String {
     let Some(s) = s else {
         return String::new();
     };
@@ -1052,7 +1048,7 @@ pub fn session_actions(s: Option<&SessionView>, token: &str) -> String {
         return "<p class=\"muted\">This session is running: stop it where it runs (Ctrl+C) to remove it.</p>".into();
     }
     format!(
-        "<form method=\"post\" action=\"/session/{ns}/{n}/delete?token={token}\" \
+        "<form method=\"post\" action=\"/session/{ns}/{n}/delete\" \
          onsubmit=\"return confirm('Delete session {n} and everything it created?')\">\
          <button type=\"submit\" class=\"danger\" id=\"delete-session\">Delete this {} session</button></form>",
         s.heartbeat.as_str(),
@@ -1138,7 +1134,6 @@ pub fn sandbox_rows(
     sandboxes: &[Sandbox],
     quotas: &BTreeMap<String, Vec<&ResourceQuota>>,
     now: DateTime<Utc>,
-    token: &str,
 ) -> String {
     if sandboxes.is_empty() {
         return "<tr class=\"empty\"><td colspan=\"9\">No sandboxes. Create one with <code>kubectl gitops-sandbox create NAME</code>, or run a session.</td></tr>".into();
@@ -1188,7 +1183,7 @@ pub fn sandbox_rows(
         }
         let _ = write!(
             inner,
-            "<td data-label=\"Actions\"><form method=\"post\" action=\"/sandboxes/{n}/delete?token={token}\" \
+            "<td data-label=\"Actions\"><form method=\"post\" action=\"/sandboxes/{n}/delete\" \
              onsubmit=\"return confirm('Delete sandbox {n} and everything in it?')\">\
              <button type=\"submit\" class=\"danger small\">Delete <span class=\"visually-hidden\">{n}</span></button></form></td>",
             n = esc(&s.name)

@@ -42,12 +42,12 @@ fn session(name: &str, state: &str, heartbeat: Heartbeat) -> SessionView {
 fn rows_escape_what_the_cluster_says_and_carry_text_badges() {
     let mut s = session("web", "Failed", Heartbeat::Stale);
     s.source = "/tmp/<script>alert(1)</script>".into();
-    let row = session_row(&s, "tok");
+    let row = session_row(&s);
     assert!(!row.contains("<script>"), "{row}");
     assert!(row.contains("&lt;script&gt;"));
     assert!(row.contains("data-name=\"web\""));
     assert!(row.contains("data-heartbeat=\"stale\""));
-    assert!(row.contains("href=\"/session/ns-web/web?token=tok\""));
+    assert!(row.contains("href=\"/session/ns-web/web\""));
     // Status: a symbol and words, not colour alone.
     assert!(row.contains("class=\"badge bad\""));
     assert!(
@@ -61,10 +61,10 @@ fn rows_escape_what_the_cluster_says_and_carry_text_badges() {
     // Times are machine-readable, for the page to tick.
     assert!(row.contains("<time datetime=\"2026-11-23T10:05:00Z\" data-rel>"));
     // A live heartbeat's renewals do not change the row.
-    let a = session_row(&session("web", "Ready", Heartbeat::Live), "t");
+    let a = session_row(&session("web", "Ready", Heartbeat::Live));
     let mut later = session("web", "Ready", Heartbeat::Live);
     later.heartbeat_at = crate::duration::parse_time(Some("2026-11-23T10:06:10Z"));
-    assert_eq!(a, session_row(&later, "t"));
+    assert_eq!(a, session_row(&later));
     for label in COLUMNS {
         assert!(row.contains(&format!("data-label=\"{label}\"")), "{label}");
     }
@@ -79,7 +79,7 @@ fn two_hundred_sessions_render_in_milliseconds() {
         })
         .collect();
     let t = Instant::now();
-    let html = session_rows(&sessions, "tok");
+    let html = session_rows(&sessions);
     let counts = session_counts(&sessions);
     let took = t.elapsed();
     assert_eq!(html.matches("<tr data-key=").count(), 200);
@@ -354,14 +354,14 @@ fn sandboxes_show_expiry_and_quota() {
     .unwrap();
     let quotas = BTreeMap::from([("sb".to_string(), vec![&q])]);
     let now = crate::duration::parse_time(Some("2029-12-31T23:30:00Z")).unwrap();
-    let html = sandbox_rows(std::slice::from_ref(&sb), &quotas, now, "tok");
+    let html = sandbox_rows(std::slice::from_ref(&sb), &quotas, now);
     assert!(html.contains("data-sandbox=\"sb\""));
     assert!(html.contains("3 / 10"));
     assert!(html.contains("⟳") || html.contains("soon"), "{html}");
     assert!(html.contains("<time datetime=\"2030-01-01T00:00:00Z\" data-rel>"));
     assert!(html.contains("ann@laptop"));
     let later = crate::duration::parse_time(Some("2030-01-02T00:00:00Z")).unwrap();
-    assert!(sandbox_rows(&[sb], &quotas, later, "tok").contains("expired"));
+    assert!(sandbox_rows(&[sb], &quotas, later).contains("expired"));
 }
 
 /// Renders every page from fixtures (a smoke test of the whole page), and
@@ -399,15 +399,10 @@ fn preview() {
     sessions[2].status.message = "Deployment/search/worker: pod worker-7d9 container worker: CrashLoopBackOff (exit 1), restarted 4 time(s)".into();
     let mode = cluster_mode(ClusterMode::Run, 4, 2);
     let index = page_html(
-        "tok",
         "Sessions",
         Tab::Sessions,
         &mode,
-        &index_body(
-            "",
-            &session_counts(&sessions),
-            &session_rows(&sessions, "tok"),
-        ),
+        &index_body("", &session_counts(&sessions), &session_rows(&sessions)),
     );
     std::fs::write(dir.join("index.html"), index).unwrap();
 
@@ -551,13 +546,7 @@ fn preview() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let page = page_html(
-        "tok",
-        &s.name,
-        Tab::None,
-        &mode,
-        &session_body(&s, "tok", &sections),
-    );
+    let page = page_html(&s.name, Tab::None, &mode, &session_body(&s, &sections));
     std::fs::write(dir.join("session.html"), page).unwrap();
 
     let nsj = |name: &str, expires: &str| -> k8s_openapi::api::core::v1::Namespace {
@@ -583,11 +572,10 @@ fn preview() {
     .unwrap();
     let quotas = BTreeMap::from([("team-a".to_string(), vec![&q])]);
     let page = page_html(
-        "tok",
         "Sandboxes",
         Tab::Sandboxes,
         &mode,
-        &sandboxes_body("", &sandbox_rows(&sbs, &quotas, now, "tok")),
+        &sandboxes_body("", &sandbox_rows(&sbs, &quotas, now)),
     );
     std::fs::write(dir.join("sandboxes.html"), page).unwrap();
 }
