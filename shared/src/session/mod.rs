@@ -434,21 +434,23 @@ impl Session {
                         f.namespace = String::new();
                         return Err(SessionError::Foreign(f));
                     }
-                    Some(ns) if ns.metadata.deletion_timestamp.is_none() => {
-                        if !ownership::sandbox_made_by(&ns.metadata, &maker) {
-                            let owner = ns.annotations().get(labels::OWNER).cloned();
-                            return Err(SessionError::SandboxTaken {
-                                name: name.clone(),
-                                owner: match owner {
-                                    Some(o) if o == cfg.owner => format!(
-                                        "you ({o}) but not for this session (run in it with \
-                                         --sandbox {name})"
-                                    ),
-                                    Some(o) => o,
-                                    None => "someone else".into(),
-                                },
-                            });
-                        }
+                    // Someone else's sandbox, or one not made for this session.
+                    Some(ns)
+                        if ns.metadata.deletion_timestamp.is_none()
+                            && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
+                    {
+                        let owner = ns.annotations().get(labels::OWNER).cloned();
+                        return Err(SessionError::SandboxTaken {
+                            name: name.clone(),
+                            owner: match owner {
+                                Some(o) if o == cfg.owner => format!(
+                                    "you ({o}) but not for this session (run in it with \
+                                     --sandbox {name})"
+                                ),
+                                Some(o) => o,
+                                None => "someone else".into(),
+                            },
+                        });
                     }
                     // Absent, or the last run's sandbox still being deleted:
                     // made (after it is gone) at the first sync.
