@@ -44,6 +44,9 @@ pub fn install_crypto_provider() {
 }
 
 #[cfg(test)]
+pub(crate) mod fakeapi;
+
+#[cfg(test)]
 pub(crate) mod testutil {
     //! Helpers for the unit tests.
     use std::path::Path;

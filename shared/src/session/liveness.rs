@@ -293,6 +293,88 @@ mod tests {
         );
     }
 
+    fn held(ns: &str, name: &str, renewed: DateTime<Utc>, seconds: i32) -> Lease {
+        let mut l = lease("ann@laptop", renewed, seconds);
+        l.metadata.namespace = Some(ns.into());
+        l.metadata.name = Some(name.into());
+        l
+    }
+
+    /// Over a fake API server: old-looking Leases are watched together, one
+    /// period in all; the renewed one is live, the untouched one stale, the
+    /// deleted one gone, and the fresh one live without any wait.
+    #[tokio::test]
+    async fn old_looking_leases_are_watched_together_for_one_period() {
+        let api = crate::fakeapi::FakeApi::start().await;
+        // Written by a clock ten minutes behind: every one looks expired.
+        let old = Utc::now() - chrono::Duration::minutes(10);
+        let live = api.put(held("a", "live", old, 2));
+        let dead = api.put(held("b", "dead", old, 2));
+        let gone = api.put(held("a", "gone", old, 2));
+        let fresh = api.put(held("c", "fresh", Utc::now(), 2));
+        let started = std::time::Instant::now();
+        let judging = tokio::spawn({
+            let client = api.client.clone();
+            async move { judge(&client, vec![live, dead, gone, fresh], "me@here").await }
+        });
+        // The live one renews (with its own, skewed clock) every 300 ms.
+        for i in 0..8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            api.modify("a", "live", |l| {
+                if let Some(s) = l.spec.as_mut() {
+                    s.renew_time = Some(MicroTime(
+                        k8s_openapi::jiff::Timestamp::from_millisecond(
+                            (old + chrono::Duration::milliseconds(300 * i)).timestamp_millis(),
+                        )
+                        .unwrap(),
+                    ));
+                }
+            });
+            if i == 2 {
+                api.delete("a", "gone");
+            }
+        }
+        let judged = judging.await.unwrap();
+        let elapsed = started.elapsed();
+        let verdicts: Vec<(String, Verdict)> = judged
+            .iter()
+            .map(|j| (j.lease.name_any(), j.verdict))
+            .collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                ("live".into(), Verdict::Live),
+                ("dead".into(), Verdict::Stale),
+                ("gone".into(), Verdict::Gone),
+                ("fresh".into(), Verdict::Live),
+            ]
+        );
+        // The stale verdict's Lease is the one observed: the claim's precondition.
+        assert_eq!(judged[1].lease.resource_version().as_deref(), Some("102"));
+        // One period for all of them (2 s), not one per Lease.
+        assert!(
+            elapsed >= Duration::from_secs(2) && elapsed < Duration::from_millis(3500),
+            "{elapsed:?}"
+        );
+
+        // A renewal is seen by the watch as it happens: no need to wait the period.
+        let live = api.put(held("a", "live", old, 30));
+        let started = std::time::Instant::now();
+        let judging = tokio::spawn({
+            let client = api.client.clone();
+            async move { judge(&client, vec![live], "me@here").await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        api.modify("a", "live", |_| {});
+        let judged = judging.await.unwrap();
+        assert_eq!(judged[0].verdict, Verdict::Live);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn a_reader_clock_ahead_or_behind_never_makes_a_renewing_lease_stale() {
         let truth = Utc::now();
