@@ -573,7 +573,25 @@ impl Session {
                         ..Default::default()
                     };
                     match sandbox::create(&self.client, &name, &options).await {
-                        Ok(_) | Err(sandbox::SandboxError::AlreadyExists(_)) => {}
+                        Ok(_) => {}
+                        // Made meanwhile: ours only if its record says so.
+                        Err(sandbox::SandboxError::AlreadyExists(_)) => {
+                            let maker = ownership::SandboxMaker {
+                                namespace: &self.namespace,
+                                session: &name,
+                                owner: &self.cfg.owner,
+                            };
+                            let ns = namespaces.get_opt(&name).await?;
+                            if !ns
+                                .is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker))
+                            {
+                                self.own_sandbox = OwnSandbox::None;
+                                return Err(SessionError::SandboxTaken {
+                                    name: name.clone(),
+                                    owner: "someone else, just now".into(),
+                                });
+                            }
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
