@@ -220,8 +220,16 @@ where
                 let mut ours = obj.clone();
                 ours.meta_mut().uid = existing.meta().uid.clone();
                 match kubeapi::apply(api, name, &ours).await {
-                    // Deleted (and maybe made again by someone else) since it was read.
-                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
+                    // Deleted since it was read (the API server answers 409
+                    // "uid mismatch"), or deleted and made again (422: the
+                    // UID differs): look again.
+                    Err(kube::Error::Api(s))
+                        if s.code == 409
+                            || s.code == 404
+                            || (s.code == 422 && s.message.contains("metadata.uid")) =>
+                    {
+                        continue;
+                    }
                     r => return Ok(r?),
                 }
             }
