@@ -359,27 +359,29 @@ async fn look_alike_sources_secrets_leases_and_namespaces_are_refused_untouched(
     delete_namespace(&client, &ns).await;
 }
 
-/// `cmd` under libfaketime with the clock moved by `offset` (`+600s`,
-/// `-600s`); the monotonic clock is left alone so tokio's timers work.
+/// Debian's libfaketime (package `faketime`, installed by `tests/cluster/up`).
+fn libfaketime() -> std::path::PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("libfaketime is not installed: apt-get install -y faketime (tests/cluster/up does)")
+    })
+}
+
+/// `cmd` with libfaketime preloaded and the clock moved by `offset`
+/// (`+600s`, `-600s`): the same process (its pid is the session's), only
+/// its wall clock moved; the monotonic clock is left alone so tokio's
+/// timers work.
 fn faked(mut cmd: Command, offset: &str) -> Command {
-    let mut f = Command::new("faketime");
-    f.arg("-f")
-        .arg(offset)
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
+    cmd.env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", offset)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .env("NO_COLOR", "1");
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => f.env(k, v),
-            None => f.env_remove(k),
-        };
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        f.current_dir(d);
-    }
-    let _ = &mut cmd;
-    f
+        .env("FAKETIME_NO_CACHE", "1");
+    cmd
 }
 
 /// faketime is there and does move the clock for a child.
@@ -407,16 +409,101 @@ fn check_faketime() {
 
 /// A sandboxed session with a short lease, after its first sync.
 fn live_session(harness: &Harness, prefix: &str) -> (tempfile::TempDir, String, RunningSession) {
+    session_as(harness, prefix, |c| c)
+}
+
+/// [`live_session`], its command changed by `wrap` (run as another user,
+/// under a skewed clock).
+fn session_as(
+    harness: &Harness,
+    prefix: &str,
+    wrap: impl FnOnce(Command) -> Command,
+) -> (tempfile::TempDir, String, RunningSession) {
     let dir = tempfile::tempdir().unwrap();
     write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
     let name = unique(prefix);
-    let mut s = RunningSession::start(
-        harness,
-        dir.path(),
-        &["--name", &name, "--lease-duration", "6s"],
-    );
+    let mut cmd = plugin("kubectl-gitops_run");
+    cmd.args(harness.kube_args())
+        .args(["-o", "json", "--name", &name, "--lease-duration", "6s"])
+        .current_dir(dir.path());
+    let mut s = RunningSession::spawn(&mut wrap(cmd));
     s.next_sync().unwrap();
     (dir, name, s)
+}
+
+/// `prune`, `delete` (no --force) and a takeover with `--name`, each run
+/// under `wrap`: none may take the live session `name` (pid `pid`).
+async fn assert_not_taken(
+    harness: &Harness,
+    client: &Client,
+    dir: &Path,
+    name: &str,
+    pid: &str,
+    label: &str,
+    wrap: &dyn Fn(Command) -> Command,
+) {
+    let ks_uid = Api::<Kustomization>::namespaced(client.clone(), name)
+        .get(name)
+        .await
+        .unwrap()
+        .uid();
+    let out = output_within(
+        &mut wrap(sessions_cmd(harness, &["prune", "-n", name])),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{label}: {out:?}");
+    let out = output_within(
+        &mut wrap(sessions_cmd(harness, &["delete", name, "-n", name])),
+        Duration::from_secs(60),
+    );
+    assert!(out.code.is_some_and(|c| c != 0), "{label}: {out:?}");
+    assert!(out.stderr.contains("is running"), "{label}: {out:?}");
+    let mut takeover = plugin("kubectl-gitops_run");
+    takeover
+        .args(harness.kube_args())
+        .args(["--name", name, "--lease-duration", "6s"])
+        .current_dir(dir);
+    let out = output_within(&mut wrap(takeover), Duration::from_secs(60));
+    assert!(out.code.is_some_and(|c| c != 0), "{label}: {out:?}");
+    assert!(out.stderr.contains("already running"), "{label}: {out:?}");
+    // On the API server: the Lease is still the session's own, its objects the same.
+    let lease = lease_of(client, name).await.expect("the live Lease");
+    assert_eq!(
+        gitops::session::record::Record::of(&lease).pid,
+        pid,
+        "{label}"
+    );
+    assert!(
+        !gitops::session::record::holder(&lease).starts_with("removing:"),
+        "{label}: {lease:?}"
+    );
+    let ks = Api::<Kustomization>::namespaced(client.clone(), name)
+        .get(name)
+        .await
+        .unwrap();
+    assert_eq!(ks.uid(), ks_uid, "{label}");
+    assert!(ks.metadata.deletion_timestamp.is_none(), "{label}");
+}
+
+/// The session's next sync, its value applied on the API server.
+async fn assert_syncs(
+    client: &Client,
+    dir: &Path,
+    name: &str,
+    s: &mut RunningSession,
+    value: &str,
+) {
+    write_tree(dir, &[("app.yaml", &cm("app", value))]);
+    s.next_sync().unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), name);
+    eventually("the live session's new value applied", WAIT, || async {
+        let v = cms.get("app").await.map_err(|e| e.to_string())?;
+        match v.data.as_ref().and_then(|d| d.get("k")).map(String::as_str) {
+            Some(got) if got == value => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }
 
 async fn lease_of(client: &Client, name: &str) -> Option<Lease> {
@@ -431,82 +518,72 @@ async fn a_reader_clock_ten_minutes_off_never_takes_a_live_session_and_still_pru
     check_faketime();
     let harness = Harness::get();
     let client = harness.cluster().await.client;
+    // Readers ten minutes ahead and behind a live session.
     let (dir, name, mut s) = live_session(&harness, "run-skew");
     let pid = s.child.id().to_string();
-    let ks_uid = Api::<Kustomization>::namespaced(client.clone(), &name)
-        .get(&name)
-        .await
-        .unwrap()
-        .uid();
-    // A dead one beside it: killed, its Lease left behind.
-    let (_dead_dir, dead, mut d) = live_session(&harness, "run-dead");
+    for offset in ["+600s", "-600s"] {
+        let wrap = |c: Command| faked(c, offset);
+        assert_not_taken(&harness, &client, dir.path(), &name, &pid, offset, &wrap).await;
+    }
+    assert_syncs(&client, dir.path(), &name, &mut s, "2").await;
+
+    // A session whose own clock is ten minutes behind: its renewTime looks
+    // ten minutes old to everyone, yet it renews, so nobody takes it.
+    let (wdir, wname, mut w) = session_as(&harness, "run-wskew", |c| faked(c, "-600s"));
+    let wpid = w.child.id().to_string();
+    let lease = lease_of(&client, &wname).await.unwrap();
+    assert!(
+        !gitops::session::record::lease_is_live(&lease, chrono::Utc::now()),
+        "the skewed writer's Lease should look expired: {:?}",
+        lease.spec
+    );
+    let plain = |c: Command| c;
+    assert_not_taken(
+        &harness,
+        &client,
+        wdir.path(),
+        &wname,
+        &wpid,
+        "writer -600s",
+        &plain,
+    )
+    .await;
+    assert_syncs(&client, wdir.path(), &wname, &mut w, "2").await;
+
+    // A dead one (a colleague's, so its pid is not checked on this machine):
+    // killed, its Lease left behind; pruned by a reader ten minutes behind
+    // (to that clock its Lease looks fresh) after one unchanged lease period.
+    let (_dead_dir, dead, mut d) = session_as(&harness, "run-dead", |mut c| {
+        c.env("USER", "colleague");
+        c
+    });
     d.signal("KILL");
     d.wait_exit(WAIT);
-
-    for offset in ["+600s", "-600s"] {
-        // prune: the live session is left alone.
-        let out = output_within(
-            &mut faked(sessions_cmd(&harness, &["prune", "-n", &name]), offset),
-            Duration::from_secs(60),
-        );
-        assert_eq!(out.code, Some(0), "{offset}: {out:?}");
-        // delete without --force: refused.
-        let out = output_within(
-            &mut faked(
-                sessions_cmd(&harness, &["delete", &name, "-n", &name]),
-                offset,
-            ),
-            Duration::from_secs(60),
-        );
-        assert!(out.code.is_some_and(|c| c != 0), "{offset}: {out:?}");
-        assert!(out.stderr.contains("is running"), "{offset}: {out:?}");
-        // A takeover with --name: refused.
-        let mut takeover = plugin("kubectl-gitops_run");
-        takeover
-            .args(harness.kube_args())
-            .args(["--name", &name, "--lease-duration", "6s"])
-            .current_dir(dir.path());
-        let out = output_within(&mut faked(takeover, offset), Duration::from_secs(60));
-        assert!(out.code.is_some_and(|c| c != 0), "{offset}: {out:?}");
-        assert!(out.stderr.contains("already running"), "{offset}: {out:?}");
-
-        // On the API server: the live session's Lease is still its own and
-        // its objects are the same.
-        let lease = lease_of(&client, &name).await.expect("the live Lease");
-        assert_eq!(gitops::session::record::Record::of(&lease).pid, pid);
-        assert!(
-            !gitops::session::record::holder(&lease).starts_with("removing:"),
-            "{lease:?}"
-        );
-        let ks = Api::<Kustomization>::namespaced(client.clone(), &name)
-            .get(&name)
-            .await
-            .unwrap();
-        assert_eq!(ks.uid(), ks_uid);
-        assert!(ks.metadata.deletion_timestamp.is_none());
-    }
-
-    // It keeps syncing.
-    write_tree(dir.path(), &[("app.yaml", &cm("app", "2"))]);
-    s.next_sync().unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &name);
-    eventually("the live session's new value applied", WAIT, || async {
-        let v = cms.get("app").await.map_err(|e| e.to_string())?;
-        match v.data.as_ref().and_then(|d| d.get("k")).map(String::as_str) {
-            Some("2") => Ok(()),
-            other => Err(format!("{other:?}")),
+    // (The API server's clock, read from its Date header, has one-second
+    // steps: a margin of two.)
+    eventually("the dead session's lease to run out", WAIT, || async {
+        let lease = lease_of(&client, &dead).await.ok_or("no Lease")?;
+        let now = chrono::Utc::now() - chrono::Duration::seconds(2);
+        if gitops::session::record::lease_is_live(&lease, now) {
+            Err(format!("{:?}", lease.spec))
+        } else {
+            Ok(())
         }
     })
     .await;
-
-    // The dead one is pruned by a reader ten minutes behind (its Lease
-    // looks fresh to that clock) and ahead alike: here, behind.
+    let started = Instant::now();
     let out = output_within(
         &mut faked(sessions_cmd(&harness, &["prune", "-n", &dead]), "-600s"),
         Duration::from_secs(90),
     );
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains(&dead), "{out:?}");
+    // Judged by watching it for one lease period (6 s), not by a clock.
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(
         lease_of(&client, &dead)
             .await
@@ -521,8 +598,10 @@ async fn a_reader_clock_ten_minutes_off_never_takes_a_live_session_and_still_pru
         "the dead session's sandbox is still there"
     );
 
-    s.signal("INT");
-    assert_eq!(s.wait_exit(WAIT), Some(0));
+    for mut live in [s, w] {
+        live.signal("INT");
+        assert_eq!(live.wait_exit(WAIT), Some(0));
+    }
 }
 
 async fn set_expiry(client: &Client, sandbox: &str, at: &str) {

@@ -306,6 +306,9 @@ mod tests {
     #[tokio::test]
     async fn old_looking_leases_are_watched_together_for_one_period() {
         let api = crate::fakeapi::FakeApi::start().await;
+        // The reference clock is the API server's (its `Date` header).
+        let server = server_now(&api.client).await.expect("the server's Date");
+        assert!((server - Utc::now()).num_seconds().abs() <= 2, "{server}");
         // Written by a clock ten minutes behind: every one looks expired.
         let old = Utc::now() - chrono::Duration::minutes(10);
         let live = api.put(held("a", "live", old, 2));
