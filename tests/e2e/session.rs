@@ -681,3 +681,91 @@ async fn a_saved_object_is_never_reported_unchanged_when_flux_stops_recording_ch
     assert_eq!(s.wait_exit(WAIT), Some(0));
     assert_nothing_left(&client, &footprint).await;
 }
+
+/// A Nix `result` link (which `.sourceignore` excludes) and an Emacs lock
+/// file (`.#app.yaml`, no rule needed), both dangling, sit beside the
+/// manifests: every save still syncs. They used to be followed before the
+/// ignore rules were asked, and every save failed on them.
+#[tokio::test]
+async fn ignored_dangling_links_never_break_a_sync() {
+    use gitops::flux::{Kustomization, OCIRepository};
+    use std::os::unix::fs::symlink;
+
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &cm("app", "1")), (".sourceignore", "result\n")],
+    );
+    symlink(
+        "/nix/store/00000000000000000000000000000000-app",
+        dir.path().join("result"),
+    )
+    .unwrap();
+    let name = unique("run-links");
+    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
+    s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "app").await.as_deref(), Some("1"));
+
+    // The buffer is modified: Emacs makes its lock, a link to nowhere, and
+    // keeps it until the save.
+    symlink("ann@laptop.4242:1700000000", dir.path().join(".#app.yaml")).unwrap();
+    std::fs::write(dir.path().join("app.yaml"), cm("app", "2")).unwrap();
+    let revision = s.next_sync().unwrap();
+    assert_eq!(value(&client, &name, "app").await.as_deref(), Some("2"));
+    // Flux applied that revision, and its inventory is the one ConfigMap.
+    let ks = eventually("Flux to record the revision", WAIT, || {
+        let (client, name, revision) = (client.clone(), name.clone(), revision.clone());
+        async move {
+            let ks = Api::<Kustomization>::namespaced(client, &name)
+                .get(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let applied = ks
+                .status
+                .as_ref()
+                .and_then(|s| s.last_applied_revision.clone());
+            if applied.as_deref() == Some(revision.as_str()) {
+                Ok(ks)
+            } else {
+                Err(format!("{applied:?}, want {revision}"))
+            }
+        }
+    })
+    .await;
+    let inventory: Vec<String> = ks
+        .status
+        .and_then(|s| s.inventory)
+        .map(|i| i.entries.into_iter().map(|e| e.id).collect())
+        .unwrap_or_default();
+    assert_eq!(inventory, [format!("{name}_app__ConfigMap")]);
+
+    // What the registry holds: the manifests and .sourceignore, no link.
+    let repo = Api::<OCIRepository>::namespaced(client.clone(), &name)
+        .get(&name)
+        .await
+        .unwrap();
+    let digest = revision.rsplit('@').next().unwrap();
+    let reference = format!("{}@{digest}", repo.spec.url);
+    let pulled = tempfile::tempdir().unwrap();
+    gitops_e2e::run(
+        harness
+            .flux()
+            .args(["pull", "artifact", &reference, "--output"])
+            .arg(pulled.path()),
+    );
+    let mut files: Vec<String> = std::fs::read_dir(pulled.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, [".sourceignore", "app.yaml"]);
+    assert_eq!(
+        std::fs::read_to_string(pulled.path().join("app.yaml")).unwrap(),
+        cm("app", "2")
+    );
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+}

@@ -461,3 +461,161 @@ async fn a_closed_stdout_ends_the_listing_quietly() {
     assert_eq!(out.status.code(), Some(0), "{:?}: {stderr}", out.status);
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// Requests the API server's audit log holds about `resource` in namespace
+/// `ns`, by verb (`list`, `watch`, ...): the harness logs each request once,
+/// as it is received (its backup file after a rotation included).
+fn audited(
+    harness: &Harness,
+    ns: &str,
+    resource: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    let logs = harness.dir.join("logs");
+    let files = std::fs::read_dir(&logs).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: the harness keeps an audit log there",
+            logs.display()
+        )
+    });
+    let mut found = false;
+    for file in files {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("kube-apiserver-audit") && name.ends_with(".log")) {
+            continue;
+        }
+        found = true;
+        let text = std::fs::read(&path).unwrap();
+        for line in text.split(|b| *b == b'\n') {
+            // Cheap test first: the log is large, our namespace is new.
+            if !line.windows(ns.len()).any(|w| w == ns.as_bytes()) {
+                continue;
+            }
+            let Ok(entry) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if entry["objectRef"]["namespace"] == ns && entry["objectRef"]["resource"] == resource {
+                let verb = entry["verb"].as_str().unwrap_or_default().to_string();
+                *counts.entry(verb).or_insert(0) += 1;
+            }
+        }
+    }
+    assert!(found, "no kube-apiserver-audit*.log in {}", logs.display());
+    counts
+}
+
+/// `-w` lists once and then watches, as `kubectl get -w` does: the API
+/// server's audit log shows one LIST of Leases however long it runs (it
+/// used to list every second), and a new session still shows within 2 s.
+#[tokio::test]
+async fn watching_lists_once_then_follows_a_watch() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use std::io::BufRead;
+
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let ns = unique("e2e-watch");
+    create_namespace(&client, &ns).await;
+    /// The watcher, stopped however the test ends.
+    struct Watcher(std::process::Child);
+    impl Drop for Watcher {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut watcher = Watcher(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["-n", &ns, "-o", "name", "-w"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut watcher.0;
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let watching = eventually("the watcher's first LIST and WATCH of Leases", WAIT, || {
+        let counts = audited(&harness, &ns, "leases");
+        async move {
+            if counts.contains_key("list") && counts.contains_key("watch") {
+                Ok(counts)
+            } else {
+                Err(format!("{counts:?}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(watching.get("list"), Some(&1), "{watching:?}");
+    // Six seconds: the old loop would have listed six more times.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let later = audited(&harness, &ns, "leases");
+    assert_eq!(
+        later.get("list"),
+        Some(&1),
+        "LISTs grew with time: {later:?}"
+    );
+    for kind in ["kustomizations", "ocirepositories"] {
+        let counts = audited(&harness, &ns, kind);
+        assert_eq!(counts.get("list"), Some(&1), "{kind}: {counts:?}");
+    }
+
+    // A new session (its Lease, as a session writes it) shows within 2 s.
+    let name = unique("watched");
+    let mut labels = gitops::labels::managed("session");
+    labels.insert(gitops::labels::SESSION.into(), name.clone());
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("e2e@watch".into()),
+            lease_duration_seconds: Some(30),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        }),
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let created = std::time::Instant::now();
+    let want = format!("session/{name}");
+    loop {
+        let left = Duration::from_secs(2).saturating_sub(created.elapsed());
+        match lines.recv_timeout(left) {
+            Ok(line) if line == want => break,
+            Ok(_) => {}
+            Err(_) => panic!("{want} not shown within 2 s of its Lease's creation"),
+        }
+    }
+    let shown_after = created.elapsed();
+    leases.delete(&name, &Default::default()).await.unwrap();
+    let deleted = std::time::Instant::now();
+    let gone = format!("{name} deleted");
+    loop {
+        let left = Duration::from_secs(2).saturating_sub(deleted.elapsed());
+        match lines.recv_timeout(left) {
+            Ok(line) if line == gone => break,
+            Ok(_) => {}
+            Err(_) => panic!("{gone:?} not shown within 2 s of the Lease's deletion"),
+        }
+    }
+    let last = audited(&harness, &ns, "leases");
+    assert_eq!(last.get("list"), Some(&1), "{last:?}");
+    assert_eq!(child.try_wait().unwrap(), None, "the watcher stopped");
+    drop(watcher);
+    eprintln!("shown {shown_after:?} after creation; audit: {last:?}");
+    delete_namespace(&client, &ns).await;
+}

@@ -314,7 +314,10 @@ impl Printer {
         }
     }
 
+    /// Writes a line of text; what others control in it (log lines, Flux's
+    /// messages) is shown, never obeyed by the terminal.
     fn out(&self, text: &str) {
+        let text = &*gitops::output::terminal_text(text);
         if self.capture(text) {
             return;
         }
@@ -325,6 +328,7 @@ impl Printer {
     }
 
     fn finish_spinner(&self, text: &str) {
+        let text = &*gitops::output::terminal_text(text);
         if self.capture(text) {
             return;
         }
@@ -439,7 +443,10 @@ impl Printer {
                 pod,
                 container,
                 line,
-            } => self.out(&format!("  [{pod}/{container}] {line}")),
+            } => self.out(&format!(
+                "  [{pod}/{container}] {}",
+                gitops::output::terminal_line(line)
+            )),
             Event::Superseded => {
                 self.finish_spinner("  ↷ a newer save arrived; syncing it instead");
             }
@@ -486,6 +493,29 @@ mod tests {
             .map(|l| format!("|{l}"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    #[test]
+    fn what_others_control_is_shown_not_obeyed() {
+        let printed = text(&[
+            Event::Log {
+                pod: "web-1".into(),
+                container: "web".into(),
+                line: "ok\r\x1b]52;c;aGk=\x07\u{9b}2J".into(),
+            },
+            Event::Warning {
+                message: "Kustomization/s: Failed: \x1b[1Afake\nsecond line".into(),
+            },
+        ]);
+        assert!(
+            !printed.chars().any(|c| c.is_control() && c != '\n'),
+            "{printed:?}"
+        );
+        assert_eq!(
+            printed,
+            "|  [web-1/web] ok\\r\\x1b]52;c;aGk=\\x07\\u{9b}2J\n\
+             |  warning: Kustomization/s: Failed: \\x1b[1Afake\nsecond line"
+        );
     }
 
     #[test]

@@ -78,6 +78,18 @@ enum Command {
         /// A values file for the vcluster chart (YAML), e.g. persistence or resources.
         #[arg(long, value_name = "FILE")]
         vcluster_values: Option<PathBuf>,
+        /// Create a namespace sandbox even where the sandbox boundary (see `policy`) is
+        /// not in force. Its payload is then NOT contained: it can do whatever Flux can.
+        #[arg(long)]
+        unconfined: bool,
+    },
+    /// Print the admission policy that makes namespace sandboxes a security boundary
+    /// (for a cluster administrator, or the cluster's GitOps repository); --install
+    /// applies it. `create` installs it itself when you may.
+    Policy {
+        /// Install it in the cluster instead of printing it.
+        #[arg(long)]
+        install: bool,
     },
     /// Delete a sandbox and everything in it (Flux's garbage collection first).
     Delete {
@@ -138,6 +150,10 @@ async fn run(cli: Cli) -> Result<()> {
     if completion(&cli.command) {
         return Ok(());
     }
+    if let Command::Policy { install: false } = cli.command {
+        gitops::out!("{}", sandbox::boundary::manifest_yaml());
+        return Ok(());
+    }
     let cluster = cli.kube.connect().await?;
     let client = cluster.client;
     match cli.command {
@@ -152,6 +168,7 @@ async fn run(cli: Cli) -> Result<()> {
             vcluster_chart_repo,
             vcluster_version,
             vcluster_values,
+            unconfined,
         } => {
             let isolation = match isolation {
                 IsolationArg::Namespace => Isolation::Namespace,
@@ -188,9 +205,16 @@ async fn run(cli: Cli) -> Result<()> {
                     version: vcluster_version,
                     values,
                 },
+                unconfined,
                 ..Default::default()
             };
             let sandbox = sandbox::create(&client, &name, &options).await?;
+            if sandbox.unconfined {
+                eprintln!(
+                    "warning: sandbox {name} is NOT a security boundary: the sandbox boundary \
+                     policy is not in force here, so its payload can do whatever Flux can"
+                );
+            }
             let expires = sandbox
                 .expires
                 .map(|e| {
@@ -244,6 +268,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Completion(_) => {}
+        Command::Policy { .. } => {
+            if !sandbox::boundary::ensure(&client).await? {
+                anyhow::bail!(
+                    "you may not install the sandbox boundary policy (a cluster-scoped \
+                     ValidatingAdmissionPolicy and its binding): ask a cluster administrator \
+                     to run `kubectl gitops-sandbox policy --install`"
+                );
+            }
+            gitops::outln!(
+                "sandbox boundary policy {} installed",
+                sandbox::boundary::NAME
+            );
+        }
         Command::Gc { timeout } => {
             let deleted = sandbox::gc(
                 &client,
@@ -303,9 +340,14 @@ fn render_at(sandboxes: &[Sandbox], wide: bool, now: chrono::DateTime<Utc>) -> S
             } else {
                 "False"
             };
+            let isolation = if s.unconfined {
+                format!("{} (unconfined)", s.isolation.as_str())
+            } else {
+                s.isolation.as_str().to_string()
+            };
             let mut row = vec![
                 s.name.clone(),
-                s.isolation.as_str().into(),
+                isolation,
                 s.namespace.clone(),
                 age,
                 expires,
@@ -352,6 +394,7 @@ mod tests {
                 sessions: 2,
                 quota: Some("cpu=2,pods=20".into()),
                 target: Target::namespace_sandbox("dev"),
+                unconfined: false,
             },
             Sandbox {
                 name: "remote".into(),
@@ -370,6 +413,7 @@ mod tests {
                     kubeconfig_secret: Some(("gitops-sandbox-kubeconfig".into(), "value".into())),
                     target_namespace: None,
                 },
+                unconfined: false,
             },
         ];
         insta::assert_snapshot!("table", render_at(&sandboxes, false, now));

@@ -8,7 +8,7 @@ use chrono::Utc;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
-use gitops::output::{ListFormat, serialize, table_with, use_colour};
+use gitops::output::{ListFormat, serialize, table_with, terminal_line, terminal_text, use_colour};
 use gitops::session::admin;
 use gitops::session::status::cluster_status;
 use gitops::session::view::{self, Filter, HEADERS, SessionView, WIDE, row};
@@ -147,7 +147,9 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::List(args)) => list(&client, namespace, args).await,
         Some(Command::Describe { name }) => {
             let s = admin::find(&client, namespace.as_deref(), &name).await?;
-            gitops::out!("{}", admin::describe(&client, &s).await?.render(Utc::now()));
+            // Notes, owners and event messages are others' text: shown, never obeyed.
+            let text = admin::describe(&client, &s).await?.render(Utc::now());
+            gitops::out!("{}", terminal_text(&text));
             Ok(())
         }
         Some(Command::Delete {
@@ -196,7 +198,7 @@ async fn run(cli: Cli) -> Result<()> {
                 tx,
             ));
             while let Some(l) = rx.recv().await {
-                gitops::outln!("[{}/{}] {}", l.pod, l.container, l.line);
+                gitops::outln!("{}", log_line(&l));
             }
             Ok(())
         }
@@ -219,6 +221,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Completion(_)) => Ok(()),
     }
+}
+
+/// A pod's log line as `logs` prints it: what the workload wrote is shown,
+/// never obeyed by the terminal (escape sequences appear as `\x1b[…`).
+fn log_line(l: &gitops::session::logs::LogLine) -> String {
+    format!(
+        "[{}/{}] {}",
+        terminal_line(&l.pod),
+        terminal_line(&l.container),
+        terminal_line(&l.line)
+    )
 }
 
 fn colour(col: usize, text: &str) -> Option<&'static str> {
@@ -275,8 +288,11 @@ async fn list(client: &Client, namespace: Option<String>, args: ListArgs) -> Res
         owner,
         name: None,
     };
+    if args.watch {
+        return watch(client, &filter, &args).await;
+    }
     let sessions = view::list(client, &filter).await?;
-    if sessions.is_empty() && matches!(args.output, Output::Table | Output::Wide) && !args.watch {
+    if sessions.is_empty() && matches!(args.output, Output::Table | Output::Wide) {
         eprintln!(
             "No sessions found{}.",
             if filter.owner.is_some() {
@@ -288,41 +304,58 @@ async fn list(client: &Client, namespace: Option<String>, args: ListArgs) -> Res
         return Ok(());
     }
     gitops::out!("{}", render(&sessions, &args, true));
-    if !args.watch {
-        return Ok(());
-    }
-    // Print sessions again whenever what we would show of them changes.
-    let key = |s: &SessionView| (s.namespace.clone(), s.name.clone());
-    let mut last: std::collections::BTreeMap<_, _> =
-        sessions.into_iter().map(|s| (key(&s), s)).collect();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now: std::collections::BTreeMap<_, _> = view::list(client, &filter)
-            .await?
-            .into_iter()
-            .map(|s| (key(&s), s))
-            .collect();
-        let changed: Vec<SessionView> = now
-            .iter()
-            .filter(|(k, s)| {
-                last.get(*k).is_none_or(|old| {
-                    old.status != s.status
-                        || old.heartbeat != s.heartbeat
-                        || old.revision != s.revision
-                })
+    Ok(())
+}
+
+type Shown = std::collections::BTreeMap<(String, String), SessionView>;
+
+/// What to print of `now` after `last` was shown: the sessions that are new
+/// or whose status, heartbeat or revision changed, and those gone.
+fn changes(last: &Shown, now: &Shown) -> (Vec<SessionView>, Vec<String>) {
+    let changed = now
+        .iter()
+        .filter(|(k, s)| {
+            last.get(*k).is_none_or(|old| {
+                old.status != s.status || old.heartbeat != s.heartbeat || old.revision != s.revision
             })
-            .map(|(_, s)| s.clone())
-            .collect();
-        for (k, gone) in &last {
-            if !now.contains_key(k) {
-                gitops::outln!("{} deleted", gone.name);
+        })
+        .map(|(_, s)| s.clone())
+        .collect();
+    let gone = last
+        .iter()
+        .filter(|(k, _)| !now.contains_key(*k))
+        .map(|(_, s)| s.name.clone())
+        .collect();
+    (changed, gone)
+}
+
+/// `-w`: the table once, then a line for each session as it changes. One
+/// list and then a watch per kind (as `kubectl get -w`), not a list a second.
+async fn watch(client: &Client, filter: &Filter, args: &ListArgs) -> Result<()> {
+    let key = |s: &SessionView| (s.namespace.clone(), s.name.clone());
+    let mut last: Option<Shown> = None;
+    view::watch(client, filter, |sessions| {
+        let now: Shown = sessions.into_iter().map(|s| (key(&s), s)).collect();
+        match &last {
+            None => {
+                let all: Vec<SessionView> = now.values().cloned().collect();
+                gitops::out!("{}", render(&all, args, true));
+            }
+            Some(last) => {
+                let (changed, gone) = changes(last, &now);
+                for name in gone {
+                    gitops::outln!("{name} deleted");
+                }
+                if !changed.is_empty() {
+                    gitops::out!("{}", render(&changed, args, false));
+                }
             }
         }
-        if !changed.is_empty() {
-            gitops::out!("{}", render(&changed, &args, false));
-        }
-        last = now;
-    }
+        last = Some(now);
+        true
+    })
+    .await?;
+    Ok(())
 }
 
 async fn status(client: &Client, output: ListFormat) -> Result<()> {
@@ -330,7 +363,7 @@ async fn status(client: &Client, output: ListFormat) -> Result<()> {
     if matches!(output, ListFormat::Json | ListFormat::Yaml) {
         gitops::out!("{}", serialize(&st, output));
     } else {
-        gitops::out!("{}", st.render());
+        gitops::out!("{}", terminal_text(&st.render()));
     }
     Ok(())
 }
@@ -416,6 +449,36 @@ mod tests {
             watch: false,
             selector: None,
         }
+    }
+
+    #[test]
+    fn watch_prints_new_changed_and_gone_sessions_only() {
+        let shown = |v: Vec<SessionView>| -> Shown {
+            v.into_iter()
+                .map(|s| ((s.namespace.clone(), s.name.clone()), s))
+                .collect()
+        };
+        let [api, web]: [SessionView; 2] = sessions().try_into().unwrap();
+        let last = shown(vec![api.clone(), web.clone()]);
+        assert_eq!(changes(&last, &last), (vec![], vec![]));
+        let mut renewed = web.clone();
+        renewed.heartbeat_at = at("2026-11-23T12:00:01Z");
+        assert_eq!(
+            changes(&last, &shown(vec![api.clone(), renewed])),
+            (vec![], vec![])
+        );
+        let mut failed = web.clone();
+        failed.status.state = "Failed".into();
+        let mut stale = api.clone();
+        stale.heartbeat = Heartbeat::Live;
+        assert_eq!(
+            changes(&last, &shown(vec![stale.clone(), failed.clone()])),
+            (vec![stale, failed], vec![])
+        );
+        assert_eq!(
+            changes(&shown(vec![api.clone()]), &shown(vec![web.clone()])),
+            (vec![web], vec![api.name])
+        );
     }
 
     #[test]

@@ -20,12 +20,16 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-pub use diff::{ContentMap, TreeDiff, content_of_dir, content_of_layer};
+pub use diff::{
+    ContentMap, LAYER_LIMITS, LayerLimits, TreeDiff, content_of_dir, content_of_layer,
+    content_of_layer_within, size_in_words,
+};
 pub use gitmodes::GitModes;
 pub use pgzip::ParallelGz;
 pub use walk::{
     DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, IgnoredBy, IgnoredKind,
-    SOURCEIGNORE, Scope, WalkOptions, canonical_root, dirs, refuse_too_broad, scope, walk,
+    LOCK_FILE_EXCLUDES, SOURCEIGNORE, Scope, WalkOptions, canonical_root, dirs, refuse_too_broad,
+    scope, walk,
 };
 
 /// Media type of the artifact's manifest.
@@ -69,10 +73,14 @@ pub enum ArtifactError {
     )]
     TooBroad { path: PathBuf, what: &'static str },
     #[error(
-        "{path}: symlink points outside the directory (to {target}); only links inside it are followed"
+        "{path}: symlink points outside the directory (to {target}); only links inside it are \
+         followed: remove it, or leave it out with .sourceignore or --ignore"
     )]
     SymlinkEscapes { path: PathBuf, target: PathBuf },
-    #[error("{0}: dangling symlink (its target does not exist)")]
+    #[error(
+        "{0}: dangling symlink (its target does not exist): remove it, or leave it out with \
+         .sourceignore or --ignore"
+    )]
     DanglingSymlink(PathBuf),
     #[error("{0}: symlink loop")]
     SymlinkLoop(PathBuf),
@@ -92,6 +100,11 @@ pub enum ArtifactError {
     Size(String),
     #[error("the artifact is not a valid gzip'd tarball: {0}")]
     BadLayer(String),
+    #[error(
+        "the artifact's layer is too large to read: {what} is over the limit of {limit} \
+         (a guard against decompression bombs); is it the artifact you meant?"
+    )]
+    LayerTooLarge { what: String, limit: String },
 }
 
 /// Maps an I/O error to [`ArtifactError::Io`] naming `path`.

@@ -290,6 +290,102 @@ fn symlinks_that_escape_dangle_or_loop_are_errors_naming_the_path() {
 }
 
 #[test]
+fn ignored_symlinks_are_never_followed_whatever_they_lead_to() {
+    // A Nix `result` link (outside the root), an Emacs lock file (dangling),
+    // a dangling link under an ignored directory and a loop, all ignored.
+    let outside = tree(&[("store/pkg/bin", "x")]);
+    let dir = tree(&[
+        ("app.yaml", "kind: A\n"),
+        (".sourceignore", "result\nloop-*\nscratch/\nout/\n"),
+        ("scratch/keep.txt", "x"),
+    ]);
+    symlink(outside.path().join("store/pkg"), dir.path().join("result")).unwrap();
+    symlink("ann@host.4242:1700000000", dir.path().join(".#app.yaml")).unwrap();
+    symlink("nowhere", dir.path().join("scratch/dangling")).unwrap();
+    symlink("loop-b", dir.path().join("loop-a")).unwrap();
+    symlink("loop-a", dir.path().join("loop-b")).unwrap();
+    // `out/` drops directories only: a link to a directory outside is one.
+    symlink(outside.path().join("store"), dir.path().join("out")).unwrap();
+    assert_eq!(
+        paths(dir.path(), &WalkOptions::default()),
+        [".", ".sourceignore", "app.yaml"]
+    );
+    // As if the links were not there.
+    let clean = tree(&[
+        ("app.yaml", "kind: A\n"),
+        (".sourceignore", "result\nloop-*\nscratch/\nout/\n"),
+    ]);
+    assert_eq!(digest(dir.path()), digest(clean.path()));
+    // `--ignore` and Git's rules decide first too.
+    let dir = tree(&[("app.yaml", "kind: A\n"), (".gitignore", "/result\n")]);
+    symlink("/nonexistent/nix/store/abc-app", dir.path().join("result")).unwrap();
+    let root = fs::canonicalize(dir.path()).unwrap();
+    git(&root, &["init", "-q"]);
+    let git_rules = WalkOptions {
+        git_ignore: true,
+        ..Default::default()
+    };
+    assert_eq!(paths(&root, &git_rules), [".", "app.yaml"]);
+    let flag = WalkOptions {
+        ignore: vec!["result".into()],
+        ..Default::default()
+    };
+    assert_eq!(paths(&root, &flag), [".", "app.yaml"]);
+    // The watcher's single-path view: ignored, decided without following it.
+    let rules = IgnoreRules::for_walk(&root, &git_rules).unwrap();
+    assert!(rules.ignores(Path::new("result"), false));
+    assert!(rules.ignores(Path::new("result"), true));
+}
+
+#[test]
+fn emacs_lock_files_are_left_out_by_default_and_can_be_brought_back() {
+    let dir = tree(&[
+        ("app.yaml", "kind: A\n"),
+        ("sub/.#svc.yaml", "ann@host.1:2"),
+    ]);
+    symlink("ann@host.4242:1700000000", dir.path().join(".#app.yaml")).unwrap();
+    assert_eq!(
+        paths(dir.path(), &WalkOptions::default()),
+        [".", "app.yaml", "sub"]
+    );
+    let root = fs::canonicalize(dir.path()).unwrap();
+    let rules = IgnoreRules::new(&root, &[]).unwrap();
+    let why = rules.rule_for(Path::new("sub/.#svc.yaml"), false).unwrap();
+    assert_eq!(why.by, IgnoredKind::Default);
+    assert!(why.rule.contains("lock file"), "{}", why.rule);
+    // A `!` rule keeps a regular file of that name; the dangling link then
+    // is an error naming it, like any other.
+    let keep = WalkOptions {
+        ignore: vec!["!.#*".into()],
+        ..Default::default()
+    };
+    let err = walk(dir.path(), &keep).unwrap_err().to_string();
+    assert!(
+        err.contains(".#app.yaml") && err.contains("dangling"),
+        "{err}"
+    );
+    fs::remove_file(dir.path().join(".#app.yaml")).unwrap();
+    assert_eq!(
+        paths(dir.path(), &keep),
+        [".", "app.yaml", "sub", "sub/.#svc.yaml"]
+    );
+}
+
+#[test]
+fn a_dangling_link_not_ignored_is_an_error_saying_what_to_do() {
+    let dir = tree(&[("app.yaml", "x"), (".sourceignore", "result/\n")]);
+    // `result/` drops directories only; a link that leads nowhere is none.
+    symlink("/nonexistent/nix/store/abc", dir.path().join("result")).unwrap();
+    let err = walk(dir.path(), &WalkOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("result: dangling symlink") && err.contains(".sourceignore or --ignore"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_input_is_a_clear_error() {
     let err = walk(Path::new("/no/such/dir"), &WalkOptions::default()).unwrap_err();
     assert_eq!(err.to_string(), "/no/such/dir: no such directory");
@@ -388,6 +484,163 @@ fn a_file_that_changes_while_packaged_is_an_error() {
     fs::write(dir.path().join("app.yaml"), "x").unwrap();
     let err = write_layer(&entries, io::sink()).unwrap_err().to_string();
     assert!(err.contains("changed"), "{err}");
+}
+
+/// A gzip'd tarball of `entries` (path, declared size, data), written raw so
+/// that a header may claim more than its data holds.
+fn raw_layer(entries: &[(&str, tar::EntryType, u64, &[u8])]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for (path, kind, size, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(*size);
+        h.set_mode(0o644);
+        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        io::Write::write_all(&mut gz, h.as_bytes()).unwrap();
+        io::Write::write_all(&mut gz, data).unwrap();
+        let pad = (512 - data.len() % 512) % 512;
+        io::Write::write_all(&mut gz, &vec![0u8; pad]).unwrap();
+    }
+    io::Write::write_all(&mut gz, &[0u8; 1024]).unwrap();
+    gz.finish().unwrap()
+}
+
+fn small_limits() -> LayerLimits {
+    LayerLimits {
+        compressed: 1 << 20,
+        decompressed: 4 << 20,
+        entry: 1 << 20,
+        entries: 20,
+        header: 4096,
+    }
+}
+
+#[test]
+fn a_gzip_bomb_stops_at_the_inflated_limit() {
+    // 64 MiB of zeros in a few dozen KiB, spread over files under the
+    // per-file limit: only the total stops it.
+    let zeros = vec![0u8; 512 * 1024];
+    let names: Vec<String> = (0..128).map(|i| format!("f{i}.yaml")).collect();
+    let entries: Vec<_> = names
+        .iter()
+        .map(|n| {
+            (
+                n.as_str(),
+                tar::EntryType::Regular,
+                zeros.len() as u64,
+                &zeros[..],
+            )
+        })
+        .collect();
+    let bomb = raw_layer(&entries);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let limits = LayerLimits {
+        entries: 1000,
+        ..small_limits()
+    };
+    let err = content_of_layer_within(&bomb[..], &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("too large to read") && err.contains("its content") && err.contains("4 MiB"),
+        "{err}"
+    );
+    // Under the limit, the same layer reads.
+    let ok = LayerLimits {
+        decompressed: 65 << 20,
+        ..limits
+    };
+    assert_eq!(content_of_layer_within(&bomb[..], &ok).unwrap().len(), 128);
+}
+
+#[test]
+fn one_huge_file_is_refused_by_its_header_before_it_is_read() {
+    // The header claims 300 MiB and the stream holds 1 KiB: the claim
+    // alone is refused, with the default limits.
+    let layer = raw_layer(&[(
+        "big.yaml",
+        tar::EntryType::Regular,
+        300 << 20,
+        &[b'x'; 1024],
+    )]);
+    let err = content_of_layer(&layer[..]).unwrap_err().to_string();
+    assert!(
+        err.contains("big.yaml (314572800 bytes)") && err.contains("256 MiB"),
+        "{err}"
+    );
+}
+
+#[test]
+fn countless_entries_and_huge_long_names_are_refused() {
+    let names: Vec<String> = (0..30).map(|i| format!("d{i}/")).collect();
+    let dirs: Vec<_> = names
+        .iter()
+        .map(|n| (n.as_str(), tar::EntryType::Directory, 0, &[][..]))
+        .collect();
+    let err = content_of_layer_within(&raw_layer(&dirs)[..], &small_limits())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("number of entries") && err.contains("20 entries"),
+        "{err}"
+    );
+
+    // A GNU long name of 16 MiB (a few KiB compressed): never read into memory.
+    let name = vec![b'a'; 16 << 20];
+    let layer = raw_layer(&[
+        (
+            "././@LongLink",
+            tar::EntryType::GNULongName,
+            name.len() as u64,
+            &name,
+        ),
+        ("x.yaml", tar::EntryType::Regular, 1, b"x"),
+    ]);
+    let err = content_of_layer(&layer[..]).unwrap_err().to_string();
+    assert!(
+        err.contains("extended header of 16777216 bytes") && err.contains("64 KiB"),
+        "{err}"
+    );
+}
+
+#[test]
+fn long_names_in_gnu_and_pax_form_are_read() {
+    let long = format!("deploy/{}/app.yaml", "n".repeat(150));
+    // GNU long names: what tar::Builder writes.
+    let mut gnu = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    gnu.append_data(&mut h, &long, &b"a\n"[..]).unwrap();
+    let gnu = gnu.into_inner().unwrap().finish().unwrap();
+    let map = content_of_layer(&gnu[..]).unwrap();
+    assert_eq!(map.keys().collect::<Vec<_>>(), [&long]);
+    // PAX paths: what Go's archive/tar (the flux CLI) writes.
+    let mut pax = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    pax.append_pax_extensions([("path", long.as_bytes())])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("short.yaml").unwrap();
+    h.set_size(2);
+    h.set_cksum();
+    pax.append(&h, &b"a\n"[..]).unwrap();
+    let pax = pax.into_inner().unwrap().finish().unwrap();
+    assert_eq!(content_of_layer(&pax[..]).unwrap(), map);
+}
+
+#[test]
+fn limits_read_in_words() {
+    assert_eq!(size_in_words(256 << 20), "256 MiB");
+    assert_eq!(size_in_words(1 << 30), "1 GiB");
+    assert_eq!(size_in_words(64 << 10), "64 KiB");
+    assert_eq!(size_in_words(1000), "1000 bytes");
+    assert_eq!(size_in_words((1 << 20) + 1), "1048577 bytes");
 }
 
 #[test]

@@ -29,6 +29,15 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "*.zip",
 ];
 
+/// Left out of every artifact on top of [`DEFAULT_EXCLUDES`]: Emacs's lock
+/// files (`.#app.yaml`, a symlink to `user@host.pid` that dangles while a
+/// buffer has unsaved changes, or a small file where links are not
+/// available). They are never manifests, and kustomize-controller would
+/// fail on one as a resource. Flux skips symlinks, so its artifacts never
+/// hold the usual form either. A `.sourceignore` or `--ignore` `!` rule
+/// brings such a file back.
+pub const LOCK_FILE_EXCLUDES: &[&str] = &[".#*"];
+
 /// The per-directory ignore file, in gitignore syntax (as source-controller reads it).
 pub const SOURCEIGNORE: &str = ".sourceignore";
 
@@ -258,7 +267,7 @@ impl IgnoreRules {
     /// Rules for a tree rooted at `root` (an absolute, canonical path).
     pub fn new(root: &Path, extra: &[String]) -> Result<IgnoreRules, ArtifactError> {
         let mut builder = GitignoreBuilder::new(root);
-        for pattern in DEFAULT_EXCLUDES {
+        for pattern in DEFAULT_EXCLUDES.iter().chain(LOCK_FILE_EXCLUDES) {
             builder
                 .add_line(None, pattern)
                 .map_err(|e| ArtifactError::IgnorePattern(pattern.to_string(), e.to_string()))?;
@@ -420,6 +429,8 @@ impl IgnoreRules {
                     "(one of Flux's default exclusions)",
                     IgnoredKind::Default,
                 )
+            } else if LOCK_FILE_EXCLUDES.contains(&glob.original()) {
+                at(glob, "(an editor's lock file)", IgnoredKind::Default)
             } else {
                 at(glob, "(--ignore)", IgnoredKind::Flag)
             };
@@ -713,13 +724,39 @@ impl Walker<'_> {
         }
         let meta = fs::symlink_metadata(&real).map_err(io_at(&logical))?;
         let (target, meta) = if meta.file_type().is_symlink() {
+            // The ignore rules decide first: a link they drop whatever it
+            // leads to (`result` in .sourceignore, an editor's lock file) is
+            // never followed, so a dangling or escaping one harms nothing.
+            let verdict = |is_dir| {
+                self.rules.verdict(
+                    &self.stack,
+                    &self.git_stack,
+                    in_ignored,
+                    &logical,
+                    &path,
+                    is_dir,
+                )
+            };
+            let as_file = verdict(false);
+            if as_file == Verdict::Drop && verdict(true) == Verdict::Drop {
+                return Ok(());
+            }
             let resolved = self
                 .resolve_link(&real, &logical)
                 .and_then(|t| fs::metadata(&t).map(|m| (t, m)).map_err(io_at(&logical)));
             match resolved {
                 Ok(found) => found,
                 Err(_) if self.dirs_only => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // A rule for directories only (`result/`) drops a link to
+                    // a directory outside the root; a link that leads nowhere
+                    // is not a directory.
+                    let is_dir = matches!(&e, ArtifactError::SymlinkEscapes { target, .. } if target.is_dir());
+                    if (if is_dir { verdict(true) } else { as_file }) == Verdict::Drop {
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
             }
         } else {
             (real, meta)

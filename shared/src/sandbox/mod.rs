@@ -5,9 +5,11 @@
 //! name). What it isolates depends on its kind:
 //! - `namespace`: a ServiceAccount bound to the built-in `admin` ClusterRole
 //!   in that namespace only; sessions' Kustomizations impersonate it with
-//!   `targetNamespace` set, so a payload cannot touch anything else. Optional
-//!   ResourceQuota/LimitRange; a NetworkPolicy denying ingress from other
-//!   namespaces.
+//!   `targetNamespace` set, and the [`boundary`] policy keeps it from
+//!   reaching further through Flux's own kinds, so a payload cannot touch
+//!   anything else. Pod Security `baseline` is enforced (no privileged or
+//!   host-path pods). Optional ResourceQuota/LimitRange; a NetworkPolicy
+//!   denying ingress from other namespaces.
 //! - `kubeconfig`: bring your own cluster. The kubeconfig is stored in a
 //!   Secret and sessions apply into that cluster (`spec.kubeConfig`).
 //! - `vcluster`: the vcluster Helm chart installed through Flux; sessions
@@ -34,6 +36,8 @@ use serde::Serialize;
 
 use crate::flux::{self, Kustomization};
 use crate::labels;
+
+pub mod boundary;
 
 /// The ServiceAccount sessions impersonate in a namespace sandbox.
 pub const SERVICE_ACCOUNT: &str = "gitops-sandbox";
@@ -109,9 +113,24 @@ pub enum SandboxError {
         source: crate::kubeapi::WaitError,
         hint: String,
     },
+    #[error("{}", boundary_message(.0))]
+    Boundary(#[from] boundary::BoundaryError),
     #[error("{0}")]
     Kube(#[from] kube::Error),
 }
+
+fn boundary_message(e: &boundary::BoundaryError) -> String {
+    match e.advice() {
+        "" => e.to_string(),
+        advice => format!("{e}; {advice}"),
+    }
+}
+
+/// Annotation on a namespace sandbox created with `--unconfined`: the
+/// boundary was not in force, and the user chose to go on.
+pub const UNCONFINED_ANNOTATION: &str = "gitops.kubectl.dev/unconfined";
+/// The Pod Security level a namespace sandbox enforces.
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 
 /// What a sandbox isolates with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -189,6 +208,9 @@ pub struct CreateOptions {
     pub labels: BTreeMap<String, String>,
     /// `vcluster` sandboxes: the chart.
     pub vcluster: VclusterChart,
+    /// Create a namespace sandbox even where the [`boundary`] is not in
+    /// force (it is then no security boundary, and says so).
+    pub unconfined: bool,
 }
 
 impl Default for CreateOptions {
@@ -203,6 +225,7 @@ impl Default for CreateOptions {
             owner: labels::owner(),
             labels: BTreeMap::new(),
             vcluster: VclusterChart::default(),
+            unconfined: false,
         }
     }
 }
@@ -224,6 +247,9 @@ pub struct Sandbox {
     pub quota: Option<String>,
     /// How sessions reach the place they apply into.
     pub target: Target,
+    /// A namespace sandbox created with `--unconfined`: no security boundary.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unconfined: bool,
 }
 
 /// Where and as whom a session in this sandbox applies.
@@ -377,6 +403,12 @@ pub fn plan(name: &str, opts: &CreateOptions) -> Result<Plan, SandboxError> {
     };
     match opts.isolation {
         Isolation::Namespace => {
+            // No privileged, host-namespace or host-path pods: those would
+            // leave the namespace through the node.
+            ns_meta
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(POD_SECURITY_ENFORCE.into(), "baseline".into());
             plan.service_account = Some(ServiceAccount {
                 metadata: meta(SERVICE_ACCOUNT, Some(name), name, opts),
                 ..Default::default()
@@ -601,6 +633,13 @@ pub async fn create(
             SandboxError::NamespaceTaken(name.to_string())
         });
     }
+    if opts.isolation == Isolation::Namespace {
+        match boundary::ensure(client).await {
+            Ok(_) => {}
+            Err(boundary::BoundaryError::Unsupported) if opts.unconfined => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     if opts.isolation == Isolation::Vcluster
         && !(flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?
             && flux::serves(client, "source.toolkit.fluxcd.io/v1", "HelmRepository").await?)
@@ -636,6 +675,25 @@ async fn populate(
     plan: &Plan,
     opts: &CreateOptions,
 ) -> Result<(), SandboxError> {
+    if opts.isolation == Isolation::Namespace {
+        // Observed, not assumed: the API server refuses a probe here only
+        // when the policy is active and bound to this namespace.
+        match boundary::probe(client, name, Duration::from_secs(10)).await {
+            Ok(()) => {}
+            Err(_) if opts.unconfined => {
+                let namespaces: Api<Namespace> = Api::all(client.clone());
+                let patch = serde_json::json!({"metadata": {"annotations": {UNCONFINED_ANNOTATION: "true"}}});
+                namespaces
+                    .patch(
+                        name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     if let Some(sa) = &plan.service_account {
         create_obj(&Api::namespaced(client.clone(), name), sa).await?;
     }
@@ -758,6 +816,7 @@ pub fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
         terminating,
         sessions,
         quota: a.get(QUOTA_ANNOTATION).cloned(),
+        unconfined: a.get(UNCONFINED_ANNOTATION).is_some_and(|v| v == "true"),
         target,
         name,
     })

@@ -312,10 +312,10 @@ where
         })
     };
     session.set_reporter(report.clone());
-    // Flux's warnings about the session's objects, as they happen, unless
-    // a sync reports the same failure.
+    // Flux's warnings about the session's objects, as they happen (a burst
+    // at once, repeats folded), unless a sync reports the same failure.
     {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         background.0.push(tokio::spawn(super::logs::flux_warnings(
             session.client().clone(),
             session.namespace().to_string(),
@@ -323,22 +323,18 @@ where
             tx,
         )));
         let report = report.clone();
-        background.0.push(tokio::spawn(async move {
-            while let Some(w) = rx.recv().await {
-                // Give the sync that met the same failure time to report it.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let core = w.split_once(": ").map_or(w.as_str(), |(_, m)| m);
-                let core = core.split_once(": ").map_or(core, |(_, m)| m);
-                let known = failures.lock().is_ok_and(|f| {
+        background.0.push(tokio::spawn(super::logs::fold_warnings(
+            rx,
+            move |w| {
+                let core = w.message.as_str();
+                failures.lock().is_ok_and(|f| {
                     f.iter().any(|(_, m)| {
                         m.contains(core) || core.contains(m.as_str()) || same_lines(m, core)
                     })
-                });
-                if !known {
-                    report(&Event::Warning { message: w });
-                }
-            }
-        }));
+                })
+            },
+            move |message| report(&Event::Warning { message }),
+        )));
     }
     if opts.logs
         && let Some((namespace, all_pods)) = session.workloads()

@@ -54,7 +54,7 @@ use crate::artifact::{self, WalkOptions};
 use crate::kubeapi;
 use crate::labels;
 use crate::registry::{self, RegistryOptions};
-use crate::sandbox::{self, CreateOptions, Target};
+use crate::sandbox::{self, CreateOptions, SandboxError, Target};
 
 pub use changes::{Action, Change};
 pub use cleanup::cleanup;
@@ -64,8 +64,8 @@ pub use kubeapi::FIELD_MANAGER;
 pub use preflight::RegistryChoice;
 pub use record::{keys, lease_is_live};
 
-/// Everything a session needs to start.
-#[derive(Debug, Clone)]
+/// Everything a session needs to start. `Debug` never shows the age key.
+#[derive(Clone)]
 pub struct SessionConfig {
     pub name: String,
     /// What is packaged (canonical): the Git top level of the directory, or `--root-dir`.
@@ -95,6 +95,107 @@ pub struct SessionConfig {
     /// Helm charts: `--release-namespace` (cluster mode).
     pub release_namespace: Option<String>,
     pub owner: String,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field by name, so that a new one is a compile error here
+        // until someone decides whether it is secret.
+        let SessionConfig {
+            name,
+            root,
+            path,
+            mode,
+            sandbox,
+            namespace,
+            target_namespace,
+            registry,
+            registry_options,
+            walk,
+            decryption_key,
+            timeout,
+            lease_duration,
+            port_forwards,
+            values,
+            release_namespace,
+            owner,
+        } = self;
+        f.debug_struct("SessionConfig")
+            .field("name", name)
+            .field("root", root)
+            .field("path", path)
+            .field("mode", mode)
+            .field("sandbox", sandbox)
+            .field("namespace", namespace)
+            .field("target_namespace", target_namespace)
+            .field("registry", registry)
+            // Credentials' own Debug redacts the password.
+            .field("registry_options", registry_options)
+            .field("walk", walk)
+            .field(
+                "decryption_key",
+                &decryption_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("timeout", timeout)
+            .field("lease_duration", lease_duration)
+            .field("port_forwards", port_forwards)
+            .field("values", values)
+            .field("release_namespace", release_namespace)
+            .field("owner", owner)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_neither_the_age_key_nor_the_registry_password() {
+        let key = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+        let cfg = SessionConfig {
+            name: "run-app-123abc".into(),
+            root: PathBuf::from("/src/app"),
+            path: "./deploy".into(),
+            mode: Mode::Sandboxed,
+            sandbox: None,
+            namespace: "default".into(),
+            target_namespace: None,
+            registry: RegistryChoice {
+                push: "localhost:5000".into(),
+                pull: "registry:5000".into(),
+                origin: "--registry",
+                insecure: false,
+            },
+            registry_options: RegistryOptions {
+                creds: Some("ann:hunter2-registry-password".parse().unwrap()),
+                insecure: false,
+            },
+            walk: WalkOptions::default(),
+            decryption_key: Some(format!("# created: today\n{key}\n").into_bytes()),
+            timeout: Duration::from_secs(60),
+            lease_duration: Duration::from_secs(30),
+            port_forwards: vec!["resource=svc/web,port=8080:80".into()],
+            values: Vec::new(),
+            release_namespace: None,
+            owner: "ann@laptop".into(),
+        };
+        for text in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(!text.contains("AGE-SECRET-KEY"), "{text}");
+            assert!(!text.contains("QQQQQQQQ"), "{text}");
+            // Nor as the bytes' numbers.
+            assert!(!text.contains("65, 71, 69"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(
+                text.contains("decryption_key: Some(") && text.contains("<redacted>"),
+                "{text}"
+            );
+            assert!(
+                text.contains("run-app-123abc") && text.contains("ann"),
+                "{text}"
+            );
+        }
+    }
 }
 
 /// Derives a session name from a directory: `run-<dir>-<hash>`, unique per
@@ -407,6 +508,23 @@ impl Session {
                 let sb = sandbox::get(&client, existing)
                     .await?
                     .ok_or_else(|| SessionError::NoSuchSandbox(existing.clone()))?;
+                if sb.isolation == sandbox::Isolation::Namespace {
+                    if sb.unconfined {
+                        report(&Event::Warning {
+                            message: format!(
+                                "sandbox {existing} was created --unconfined: it is NOT a \
+                                 security boundary; its payload can do whatever Flux can"
+                            ),
+                        });
+                    } else {
+                        // A sandbox made before the boundary existed, or
+                        // whose policy was removed since: refuse rather than
+                        // run a payload that could leave it.
+                        sandbox::boundary::probe(&client, &sb.namespace, Duration::from_secs(3))
+                            .await
+                            .map_err(SandboxError::from)?;
+                    }
+                }
                 (
                     sb.namespace.clone(),
                     sb.target,

@@ -391,6 +391,13 @@ impl Session {
         let started = Instant::now();
         let t = self.phase(Phase::Validate);
         let target = self.target.target_namespace.clone();
+        // A namespace sandbox (Flux impersonates its ServiceAccount): its
+        // payload's Flux objects must stay inside it.
+        let confined = self
+            .target
+            .service_account
+            .is_some()
+            .then(|| self.target.namespace.clone());
         let (index, relocated, packaging, walk) = {
             let (root, walk, dir) = (self.cfg.root.clone(), self.cfg.walk.clone(), self.dir());
             let decrypts = self.cfg.decryption_key.is_some();
@@ -404,12 +411,14 @@ impl Session {
                     ..walk
                 };
                 packaging.check_ignored(&root, &walk)?;
-                validate::validate_dir(&root, &dir, &walk, decrypts).map(|index| {
-                    let relocated = target
-                        .map(|t| (validate::relocated(&root, &dir, &t), t))
-                        .unwrap_or_default();
-                    (index, relocated, packaging, walk)
-                })
+                validate::validate_dir(&root, &dir, &walk, decrypts, confined.as_deref()).map(
+                    |index| {
+                        let relocated = target
+                            .map(|t| (validate::relocated(&root, &dir, &t), t))
+                            .unwrap_or_default();
+                        (index, relocated, packaging, walk)
+                    },
+                )
             })
             .await
             {

@@ -150,6 +150,15 @@ pub enum ValidateError {
         encrypted_list(.0)
     )]
     NoDecryptionKey(Vec<Encrypted>),
+    #[error(
+        "{file}: {object} would leave the sandbox: {why}. A sandbox's payload acts only with the \
+         sandbox's rights; nothing was pushed"
+    )]
+    LeavesSandbox {
+        file: String,
+        object: String,
+        why: String,
+    },
 }
 
 fn list(errors: &[YamlError]) -> String {
@@ -166,6 +175,7 @@ impl ValidateError {
         match self {
             ValidateError::Yaml(e) => e.first().map(|e| e.file.clone()),
             ValidateError::NoDecryptionKey(files) => files.first().map(|f| f.file.clone()),
+            ValidateError::LeavesSandbox { file, .. } => Some(file.clone()),
             ValidateError::OutsideRoot { from, .. }
             | ValidateError::MissingReference { from, .. }
             | ValidateError::IgnoredReference { from, .. } => Some(from.clone()),
@@ -177,16 +187,22 @@ impl ValidateError {
 /// Everything checked locally before a session pushes `dir` (inside
 /// `root`): every YAML file parses, the directory holds manifests, and its
 /// kustomization (followed transitively) only references paths inside the
-/// packaged root.
+/// packaged root. In a namespace sandbox (`confined_to` its namespace), no
+/// Flux object in the payload may reach outside it (see
+/// [`crate::sandbox::boundary`]).
 pub fn validate_dir(
     root: &Path,
     dir: &Path,
     options: &WalkOptions,
     decrypts: bool,
+    confined_to: Option<&str>,
 ) -> Result<ObjectIndex, ValidateError> {
     let (index, encrypted) = scan(root, options).map_err(ValidateError::Yaml)?;
     if !decrypts && !encrypted.is_empty() {
         return Err(ValidateError::NoDecryptionKey(encrypted));
+    }
+    if let Some(namespace) = confined_to {
+        check_confined(root, dir, namespace)?;
     }
     let rel = |p: &Path| {
         p.strip_prefix(root)
@@ -317,6 +333,42 @@ fn has_yaml(dir: &Path) -> bool {
 /// Parses every `.yaml`/`.yml` file the artifact would hold.
 pub fn validate(root: &Path, options: &WalkOptions) -> Result<ObjectIndex, Vec<YamlError>> {
     scan(root, options).map(|(index, _)| index)
+}
+
+/// The first Flux object among the manifests a sync of `dir` applies that
+/// would reach outside a sandbox in `namespace`, as an error naming its
+/// file. Local and best effort (what an overlay generates or patches is
+/// for the cluster's policy to refuse); unreadable files are left to the
+/// other checks.
+fn check_confined(root: &Path, dir: &Path, namespace: &str) -> Result<(), ValidateError> {
+    let Ok(applied) = crate::kustomize::applied(dir) else {
+        return Ok(());
+    };
+    let root = crate::kustomize::normalize(root);
+    for (file, _) in &applied.files {
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        let Ok(docs) = serde_saphyr::from_slice_multiple::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        for doc in docs {
+            if let Some(why) = crate::sandbox::boundary::check(&doc, namespace) {
+                let kind = doc["kind"].as_str().unwrap_or("object");
+                let name = doc["metadata"]["name"].as_str().unwrap_or("(unnamed)");
+                return Err(ValidateError::LeavesSandbox {
+                    file: file
+                        .strip_prefix(&root)
+                        .unwrap_or(file)
+                        .to_string_lossy()
+                        .replace('\\', "/"),
+                    object: format!("{kind}/{name}"),
+                    why,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// [`validate`], also listing the SOPS-encrypted manifests.
@@ -545,8 +597,14 @@ mod tests {
         std::fs::create_dir_all(root.join("deploy")).unwrap();
         std::fs::create_dir_all(t.path().join("base")).unwrap();
         std::fs::write(root.join("README.md"), "hi").unwrap();
-        let err =
-            validate_dir(&root, &root.join("deploy"), &WalkOptions::default(), false).unwrap_err();
+        let err = validate_dir(
+            &root,
+            &root.join("deploy"),
+            &WalkOptions::default(),
+            false,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, ValidateError::Empty(_)), "{err}");
 
         std::fs::write(
@@ -554,8 +612,14 @@ mod tests {
             "resources:\n- ../../base\n",
         )
         .unwrap();
-        let err =
-            validate_dir(&root, &root.join("deploy"), &WalkOptions::default(), false).unwrap_err();
+        let err = validate_dir(
+            &root,
+            &root.join("deploy"),
+            &WalkOptions::default(),
+            false,
+            None,
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(
             text.starts_with("deploy/kustomization.yaml references ../../base"),
@@ -577,7 +641,16 @@ mod tests {
             "kind: ConfigMap\nmetadata: {name: a}\n",
         )
         .unwrap();
-        assert!(validate_dir(&root, &root.join("deploy"), &WalkOptions::default(), false).is_ok());
+        assert!(
+            validate_dir(
+                &root,
+                &root.join("deploy"),
+                &WalkOptions::default(),
+                false,
+                None
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -594,7 +667,8 @@ mod tests {
             "kind: ConfigMap\nmetadata: {name: c}\n",
         )
         .unwrap();
-        let err = validate_dir(dir.path(), dir.path(), &WalkOptions::default(), false).unwrap_err();
+        let err =
+            validate_dir(dir.path(), dir.path(), &WalkOptions::default(), false, None).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("s.yaml (for age recipient age1abc)")
@@ -602,6 +676,6 @@ mod tests {
             "{text}"
         );
         assert_eq!(err.file().as_deref(), Some("s.yaml"));
-        assert!(validate_dir(dir.path(), dir.path(), &WalkOptions::default(), true).is_ok());
+        assert!(validate_dir(dir.path(), dir.path(), &WalkOptions::default(), true, None).is_ok());
     }
 }

@@ -314,12 +314,13 @@ pub struct Filter {
     pub name: Option<String>,
 }
 
-/// Lists sessions: three list calls, joined.
-pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<SessionView>, kube::Error> {
+/// The label selector of the sessions `filter` asks for (`None`: a name
+/// that no session can have).
+fn selector_of(filter: &Filter) -> Option<String> {
     let mut selector = labels::component_selector("session");
     if let Some(name) = &filter.name {
         if super::validate_name(name).is_err() {
-            return Ok(Vec::new());
+            return None;
         }
         selector.push_str(&format!(",{}={name}", labels::SESSION));
     }
@@ -327,6 +328,14 @@ pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<SessionView>, 
         selector.push(',');
         selector.push_str(extra);
     }
+    Some(selector)
+}
+
+/// Lists sessions: three list calls, joined.
+pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<SessionView>, kube::Error> {
+    let Some(selector) = selector_of(filter) else {
+        return Ok(Vec::new());
+    };
     let params = ListParams::default().labels(&selector);
     let (leases, kss, repos): (Api<Lease>, Api<Kustomization>, Api<OCIRepository>) =
         match &filter.namespace {
@@ -366,6 +375,155 @@ pub async fn list(client: &Client, filter: &Filter) -> Result<Vec<SessionView>, 
         views.retain(|v| format!("{}@{}", v.user, v.host) == *owner);
     }
     Ok(views)
+}
+
+/// How often [`watch`] looks at what its watches hold (changes are batched
+/// within it; heartbeats turn stale with time alone, no event says so).
+pub const WATCH_TICK: Duration = Duration::from_millis(250);
+
+/// An `Api` in the filter's namespace, or across all.
+fn api_in<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A watch feeding a store: yields `Ok(true)` once its first list is in.
+fn watch_into<K>(
+    api: Api<K>,
+    selector: &str,
+    writer: kube::runtime::reflector::store::Writer<K>,
+) -> futures::stream::BoxStream<'static, Result<bool, kube::runtime::watcher::Error>>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    watcher(api, watcher::Config::default().labels(selector))
+        .default_backoff()
+        .reflect(writer)
+        .map(|r| r.map(|e| matches!(e, watcher::Event::InitDone)))
+        .boxed()
+}
+
+/// Follows sessions as `kubectl get -w` does: one list of each kind (Leases,
+/// Kustomizations, OCIRepositories, HelmReleases where served) with the
+/// sessions' label selector, then a watch on each, listing again only when
+/// the API server says the watch's place is gone (410). `on_views` gets the
+/// sessions as soon as every first list is in, then every [`WATCH_TICK`],
+/// built from what the watches hold (no request to the API server); what
+/// changed is the caller's to find.
+/// Returns when `on_views` says `false`, or with the error of a watch that
+/// fails before its first list (no rights to list, say); later failures are
+/// retried with backoff, as kube's watcher does.
+pub async fn watch(
+    client: &Client,
+    filter: &Filter,
+    mut on_views: impl FnMut(Vec<SessionView>) -> bool,
+) -> Result<(), WatchError> {
+    use futures::StreamExt as _;
+    use kube::runtime::reflector;
+    let Some(selector) = selector_of(filter) else {
+        // No session can have that name: nothing to show, ever.
+        on_views(Vec::new());
+        std::future::pending::<()>().await;
+        return Ok(());
+    };
+    let ns = filter.namespace.as_deref();
+    let helm = flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?;
+    let (leases, w) = reflector::store::<Lease>();
+    let mut streams = vec![watch_into(api_in::<Lease>(client, ns), &selector, w)];
+    let (kss, w) = reflector::store::<Kustomization>();
+    streams.push(watch_into(
+        api_in::<Kustomization>(client, ns),
+        &selector,
+        w,
+    ));
+    let (repos, w) = reflector::store::<OCIRepository>();
+    streams.push(watch_into(
+        api_in::<OCIRepository>(client, ns),
+        &selector,
+        w,
+    ));
+    let hrs = helm.then(|| {
+        let (r, w) = reflector::store::<flux::HelmRelease>();
+        streams.push(watch_into(
+            api_in::<flux::HelmRelease>(client, ns),
+            &selector,
+            w,
+        ));
+        r
+    });
+    let expected = streams.len();
+    let mut changes = futures::stream::select_all(streams);
+    let mut listed = 0;
+    let mut ticker = tokio::time::interval(WATCH_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            change = changes.next() => match change {
+                Some(Ok(true)) => {
+                    listed += 1;
+                    if listed == expected {
+                        // The first full picture at once, not at the next tick.
+                        ticker.reset_immediately();
+                    }
+                }
+                Some(Ok(false)) => {}
+                Some(Err(e)) if listed < expected => return Err(WatchError::Watch(e)),
+                Some(Err(e)) => tracing::warn!("watching sessions: {e} (retrying)"),
+                None => return Ok(()),
+            },
+            _ = ticker.tick() => {
+                if listed < expected {
+                    continue;
+                }
+                let mut views = build_views(
+                    &items(&leases),
+                    &items(&kss),
+                    &items(&repos),
+                    &hrs.as_ref().map(items).unwrap_or_default(),
+                    Utc::now(),
+                );
+                if let Some(owner) = &filter.owner {
+                    views.retain(|v| format!("{}@{}", v.user, v.host) == *owner);
+                }
+                if !on_views(views) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// What a store holds now.
+fn items<K>(store: &kube::runtime::reflector::Store<K>) -> Vec<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().map(|o| (**o).clone()).collect()
+}
+
+/// Why [`watch`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot watch sessions: {0}")]
+    Watch(kube::runtime::watcher::Error),
 }
 
 #[cfg(test)]

@@ -50,6 +50,11 @@ pub fn relevant(root: &Path, rules: &IgnoreRules, path: &Path) -> bool {
     {
         return false;
     }
+    // Ignored whatever it is (`result` in .sourceignore): decided without
+    // looking through it (a link to the Nix store, or one that dangles).
+    if rules.ignores(rel, false) && rules.ignores(rel, true) {
+        return false;
+    }
     !rules.ignores(rel, path.is_dir())
 }
 

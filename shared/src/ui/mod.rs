@@ -46,6 +46,8 @@ use crate::session::status;
 use crate::session::view::{self, Heartbeat};
 use crate::session::{SessionError, logs};
 
+#[cfg(test)]
+mod query_props;
 pub mod render;
 
 const APP_JS: &str = include_str!("app.js");
