@@ -17,6 +17,11 @@ pub const MANAGER: &str = "kubectl-gitops";
 pub const SESSION: &str = "gitops.kubectl.dev/session";
 /// Label: the sandbox an object belongs to.
 pub const SANDBOX: &str = "gitops.kubectl.dev/sandbox";
+/// Label on a session's ephemeral sandbox: the namespace of the Lease of
+/// the session that made it (with [`SESSION`], the Lease's name, and the
+/// [`OWNER`] annotation, the record that lets cleanup remove only a sandbox
+/// the session being cleaned up made).
+pub const SESSION_NAMESPACE: &str = "gitops.kubectl.dev/session-namespace";
 /// Label: what part of the suite an object is (`session`, `sandbox`, ...).
 pub const COMPONENT: &str = "gitops.kubectl.dev/component";
 
@@ -67,7 +72,14 @@ mod tests {
     #[test]
     fn keys_share_the_prefix() {
         for key in [
-            SESSION, SANDBOX, COMPONENT, ISOLATION, OWNER, EXPIRES_AT, CREATED_BY,
+            SESSION,
+            SESSION_NAMESPACE,
+            SANDBOX,
+            COMPONENT,
+            ISOLATION,
+            OWNER,
+            EXPIRES_AT,
+            CREATED_BY,
         ] {
             assert!(key.starts_with(PREFIX), "{key}");
         }

@@ -44,6 +44,9 @@ pub fn install_crypto_provider() {
 }
 
 #[cfg(test)]
+pub(crate) mod fakeapi;
+
+#[cfg(test)]
 mod proptests;
 
 #[cfg(test)]

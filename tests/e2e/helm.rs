@@ -196,9 +196,16 @@ async fn values_files_override_the_chart_and_a_bad_chart_yaml_is_refused() {
         Some("from-b"),
         "later files win"
     );
-    gitops::session::cleanup(&client, &name, &name, Some(&name), WAIT)
-        .await
-        .unwrap();
+    gitops::session::cleanup(
+        &client,
+        &name,
+        &name,
+        Some(&name),
+        &gitops::labels::owner(),
+        WAIT,
+    )
+    .await
+    .unwrap();
 
     std::fs::write(
         dir.path().join("Chart.yaml"),

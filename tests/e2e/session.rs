@@ -446,9 +446,16 @@ async fn a_killed_session_breaks_nothing_and_its_lease_goes_stale() {
     );
 
     // The shared cleanup (what `gitops-sessions prune` runs) removes it all.
-    gitops::session::cleanup(&client, &name, &name, Some(&name), Duration::from_secs(60))
-        .await
-        .unwrap();
+    gitops::session::cleanup(
+        &client,
+        &name,
+        &name,
+        Some(&name),
+        &gitops::labels::owner(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     assert_nothing_left(&client, &footprint).await;
 }
 
@@ -510,9 +517,16 @@ async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
         footprint.has("Secret", Some(&name), &format!("{name}-sops")),
         "the age key's Secret: {footprint:#?}"
     );
-    gitops::session::cleanup(&client, &name, &name, Some(&name), Duration::from_secs(60))
-        .await
-        .unwrap();
+    gitops::session::cleanup(
+        &client,
+        &name,
+        &name,
+        Some(&name),
+        &gitops::labels::owner(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     assert_nothing_left(&client, &footprint).await;
 }
 

@@ -1034,17 +1034,59 @@ pub async fn delete(
     Ok(Deleted::Removed(removed))
 }
 
-/// Deletes every sandbox whose TTL has passed; returns their names.
+/// Deletes every sandbox whose TTL has passed, unless a live session uses
+/// it; returns their names. The sessions' Leases in the expired sandboxes
+/// are judged together by [`crate::session::liveness`] (one lease period at
+/// most), so a skewed clock never makes gc take a live session's sandbox.
 pub async fn gc(client: &Client, opts: &DeleteOptions) -> Result<Vec<String>, SandboxError> {
     let now = Utc::now();
+    let expired: Vec<Sandbox> = list(client, None)
+        .await?
+        .into_iter()
+        .filter(|s| s.expired(now) && !s.terminating)
+        .collect();
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let in_use = sandboxes_in_use(client, &expired).await?;
     let mut deleted = Vec::new();
-    for sandbox in list(client, None).await? {
-        if sandbox.expired(now) && !sandbox.terminating {
-            delete(client, &sandbox.name, opts).await?;
-            deleted.push(sandbox.name);
+    for sandbox in expired {
+        if in_use.contains(&sandbox.name) {
+            tracing::info!(
+                "sandbox {} expired but a live session uses it; left in place",
+                sandbox.name
+            );
+            continue;
         }
+        delete(client, &sandbox.name, opts).await?;
+        deleted.push(sandbox.name);
     }
     Ok(deleted)
+}
+
+/// Which of `sandboxes` a live session uses: a Lease in the sandbox's
+/// namespace, labelled with it, judged live.
+async fn sandboxes_in_use(
+    client: &Client,
+    sandboxes: &[Sandbox],
+) -> Result<std::collections::BTreeSet<String>, SandboxError> {
+    let mut leases = Vec::new();
+    for sandbox in sandboxes {
+        let api: Api<Lease> = Api::namespaced(client.clone(), &sandbox.namespace);
+        let selector = format!(
+            "{},{}={}",
+            labels::component_selector("session"),
+            labels::SANDBOX,
+            sandbox.name
+        );
+        leases.extend(api.list(&ListParams::default().labels(&selector)).await?);
+    }
+    let judged = crate::session::liveness::judge(client, leases, &labels::owner()).await;
+    Ok(judged
+        .into_iter()
+        .filter(|j| j.verdict == crate::session::liveness::Verdict::Live)
+        .filter_map(|j| j.lease.labels().get(labels::SANDBOX).cloned())
+        .collect())
 }
 
 #[cfg(test)]

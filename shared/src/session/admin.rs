@@ -12,8 +12,9 @@ use kube::Client;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use super::record::{self, lease_is_live};
-use super::view::{self, Filter, Heartbeat, SessionView, ago};
+use super::liveness::{self, Glance, Verdict};
+use super::record;
+use super::view::{self, Filter, SessionView, ago};
 use super::{SessionError, cleanup, validate_name};
 use crate::flux::{self, Condition, Kustomization, OCIRepository};
 
@@ -52,7 +53,9 @@ pub fn own_sandbox(s: &SessionView) -> Option<&str> {
 }
 
 /// Removes a session's objects in the safe order. A live session (its
-/// command still runs and renews the heartbeat) is refused unless `force`.
+/// command still runs and renews the heartbeat) is refused unless `force`;
+/// liveness is judged by [`liveness`] (a Lease that looks old is observed
+/// for one lease period), never by this machine's clock alone.
 /// The session's Lease is claimed first (see [`super::lease`]): its command,
 /// if it still runs, stops syncing; without `force` the claim holds only if
 /// the Lease is still the one judged not live, so a session that came back
@@ -64,28 +67,78 @@ pub async fn delete(
     timeout: Duration,
 ) -> Result<Vec<String>, SessionError> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &s.namespace);
-    if let Some(current) = leases.get_opt(&s.name).await? {
-        let me = crate::process::owner();
-        let live = lease_is_live(&current, Utc::now())
-            && !record::holder_process_gone(&current, &me)
-            && super::lease::removed_by(&current) != Some(me.as_str());
-        if live && !force {
-            let r = record::Record::of(&current);
-            let holder = record::holder(&current);
-            return Err(SessionError::Live {
+    let Some(current) = leases.get_opt(&s.name).await? else {
+        return remove(client, &s.namespace, &s.name, None, None, timeout).await;
+    };
+    if force {
+        return remove(client, &s.namespace, &s.name, Some(&current), None, timeout).await;
+    }
+    let me = crate::process::owner();
+    // A removal of ours that did not finish: ours to go on with.
+    let judged = if super::lease::removed_by(&current) == Some(me.as_str()) {
+        liveness::Judged {
+            lease: current,
+            verdict: Verdict::Stale,
+        }
+    } else {
+        match liveness::judge(client, vec![current], &me).await.pop() {
+            Some(j) => j,
+            None => return Err(SessionError::CameBack(s.name.clone())),
+        }
+    };
+    match judged.verdict {
+        Verdict::Live => {
+            let r = record::Record::of(&judged.lease);
+            let holder = record::holder(&judged.lease);
+            Err(SessionError::Live {
                 name: s.name.clone(),
                 pid: r.pid,
                 host: holder
                     .rsplit_once('@')
                     .map_or(s.host.clone(), |(_, h)| h.to_string()),
-            });
+            })
         }
-        let precondition = (!force).then(|| current.resource_version()).flatten();
-        if !super::lease::claim(&leases, &s.name, &me, precondition.as_deref()).await? {
-            return Err(SessionError::CameBack(s.name.clone()));
+        Verdict::Gone => Err(SessionError::CameBack(s.name.clone())),
+        Verdict::Stale => {
+            let rv = judged.lease.resource_version();
+            remove(
+                client,
+                &s.namespace,
+                &s.name,
+                Some(&judged.lease),
+                rv.as_deref(),
+                timeout,
+            )
+            .await
         }
     }
-    cleanup(client, &s.namespace, &s.name, own_sandbox(s), timeout).await
+}
+
+/// Claims the Lease (if any; with `precondition`, only if it is still that
+/// resourceVersion), then cleans up. The ephemeral sandbox named in the
+/// Lease goes only if its record names this Lease and its owner.
+async fn remove(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    lease: Option<&Lease>,
+    precondition: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<String>, SessionError> {
+    let Some(lease) = lease else {
+        return cleanup(client, namespace, name, None, "", timeout).await;
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let me = crate::process::owner();
+    if !super::lease::claim(&leases, name, &me, precondition).await? {
+        return Err(SessionError::CameBack(name.to_string()));
+    }
+    let r = record::Record::of(lease);
+    let sandbox = r
+        .ephemeral_sandbox
+        .then_some(r.sandbox.as_deref())
+        .flatten();
+    cleanup(client, namespace, name, sandbox, &r.owner, timeout).await
 }
 
 /// One pruned session and what went with it.
@@ -96,45 +149,77 @@ pub struct Pruned {
     pub removed: Vec<String>,
 }
 
+/// How long a Lease has been past its expiry at `now` (zero when it is not).
+pub fn expired_for(lease: &Lease, now: DateTime<Utc>) -> Duration {
+    let Some(renewed) = record::renewed_at(lease) else {
+        return Duration::MAX;
+    };
+    chrono::Duration::from_std(record::lease_duration(lease))
+        .ok()
+        .and_then(|d| (now - (renewed + d)).to_std().ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Whether `prune` considers a Lease at all (pure): held (a session kept
+/// with `--keep` is not pruned), not fresh at `now`, and past its expiry by
+/// at least `stale_after` (or its holder's process, on this machine, is gone).
+pub fn prune_candidate(
+    lease: &Lease,
+    now: DateTime<Utc>,
+    gone: bool,
+    stale_after: Duration,
+) -> bool {
+    match liveness::glance(lease, now, gone) {
+        Glance::Released | Glance::Fresh => false,
+        Glance::HolderGone => stale_after.is_zero() || expired_for(lease, now) >= stale_after,
+        Glance::Suspect => expired_for(lease, now) >= stale_after,
+    }
+}
+
 /// Deletes every session whose heartbeat has been stale for at least
-/// `stale_after` beyond the lease duration recorded in its own Lease. Each
-/// is looked up again just before its deletion, so one that came back to
-/// life meanwhile is left alone.
+/// `stale_after` beyond the lease duration recorded in its own Lease (by the
+/// API server's clock), and that [`liveness::judge`] finds stale: all the
+/// candidates are observed together, one lease period at most. Each claim is
+/// conditional on the Lease judged, so a session that came back to life
+/// meanwhile is left alone.
 pub async fn prune(
     client: &Client,
     namespace: Option<&str>,
     stale_after: Duration,
     timeout: Duration,
 ) -> Result<Vec<Pruned>, SessionError> {
-    let filter = Filter {
-        namespace: namespace.map(str::to_string),
-        ..Default::default()
+    let leases: Api<Lease> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
-    let now = Utc::now();
-    let stale: Vec<SessionView> = view::list(client, &filter)
-        .await?
+    let list = leases
+        .list(&ListParams::default().labels(&crate::labels::component_selector("session")))
+        .await?;
+    let me = crate::process::owner();
+    let now = liveness::server_now(client).await.unwrap_or_else(Utc::now);
+    let candidates: Vec<Lease> = list
+        .items
         .into_iter()
-        .filter(|s| s.stale_for(now).is_some_and(|d| d >= stale_after))
+        .filter(|l| validate_name(&l.name_any()).is_ok())
+        .filter(|l| prune_candidate(l, now, record::holder_process_gone(l, &me), stale_after))
         .collect();
     let mut pruned = Vec::new();
-    for s in stale {
-        let current = match find(client, Some(&s.namespace), &s.name).await {
-            Ok(c) => c,
-            Err(SessionError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        if current.heartbeat != Heartbeat::Stale {
+    for judged in liveness::judge(client, candidates, &me).await {
+        if judged.verdict != Verdict::Stale {
             continue;
         }
+        let lease = judged.lease;
+        let (ns, name) = (lease.namespace().unwrap_or_default(), lease.name_any());
+        let rv = lease.resource_version();
         // Another prune got there first, or the session came back to life.
-        let removed = match delete(client, &current, false, timeout).await {
+        let removed = match remove(client, &ns, &name, Some(&lease), rv.as_deref(), timeout).await {
             Ok(removed) => removed,
-            Err(SessionError::CameBack(_) | SessionError::Live { .. }) => continue,
+            Err(SessionError::CameBack(_)) => continue,
             Err(e) => return Err(e),
         };
         pruned.push(Pruned {
-            name: current.name,
-            namespace: current.namespace,
+            name,
+            namespace: ns,
             removed,
         });
     }

@@ -9,31 +9,27 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, ObjectMeta};
 use kube::{Client, ResourceExt};
 
+use super::ownership::{SandboxMaker, sandbox_made_by};
 use super::{Event, OwnSandbox, Session, SessionError, changes};
 use crate::flux::{self, Kustomization, OCIRepository};
 use crate::kubeapi;
 use crate::labels;
 use crate::sandbox;
 
-/// Whether an object carries the suite's labels for this session.
-pub fn owned_by(meta: &ObjectMeta, session: &str) -> bool {
-    labels::is_managed(meta.labels.as_ref())
-        && meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(labels::SESSION))
-            .is_some_and(|s| s == session)
-}
+pub use super::ownership::owned_by;
 
 /// Removes a session's objects in the safe order: the HelmRelease or
 /// Kustomization first, with Flux's uninstall/pruning awaited; then the
 /// source, Secrets, the ephemeral sandbox and the Lease. Only objects
-/// labelled with the session are touched.
+/// labelled with the session are touched, and the sandbox only when its
+/// record says this session (Lease `namespace`/`session`, run by `owner`)
+/// made it.
 pub async fn cleanup(
     client: &Client,
     namespace: &str,
     session: &str,
     ephemeral_sandbox: Option<&str>,
+    owner: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, SessionError> {
     super::validate_name(session)?;
@@ -95,10 +91,15 @@ pub async fn cleanup(
     }
     // The sandbox before the Lease (which may live in it): a session of the
     // same name starting meanwhile sees it terminating and waits for it.
+    let maker = SandboxMaker {
+        namespace,
+        session,
+        owner,
+    };
     if let Some(sb) = ephemeral_sandbox
         && sandbox::namespace(client, sb)
             .await?
-            .is_some_and(|ns| ns.labels().get(labels::SESSION).map(String::as_str) == Some(session))
+            .is_some_and(|ns| sandbox_made_by(&ns.metadata, &maker))
     {
         let opts = sandbox::DeleteOptions {
             wait: false,
@@ -173,6 +174,7 @@ impl Session {
                 &self.namespace,
                 &self.cfg.name,
                 sandbox,
+                &self.cfg.owner,
                 timeout,
             )
             .await?

@@ -36,6 +36,9 @@ pub enum SessionError {
         "a sandbox named {name} already exists, made by {owner}; pick another session name with --name"
     )]
     SandboxTaken { name: String, owner: String },
+    /// An object of a name the session wants that it did not create.
+    #[error("{0}")]
+    Foreign(super::ownership::Foreign),
     #[error("sandbox {0} does not exist; create it with `kubectl gitops-sandbox create {0}`")]
     NoSuchSandbox(String),
     #[error("{what}: {path}: {source}")]
@@ -76,6 +79,15 @@ pub enum SessionError {
         pid: String,
         host: String,
     },
+}
+
+impl From<super::ownership::OwnershipError> for SessionError {
+    fn from(e: super::ownership::OwnershipError) -> Self {
+        match e {
+            super::ownership::OwnershipError::Foreign(f) => SessionError::Foreign(f),
+            super::ownership::OwnershipError::Kube(e) => SessionError::Kube(e),
+        }
+    }
 }
 
 impl From<DeleteWaitError> for SessionError {

@@ -57,6 +57,55 @@ pub fn renewal(owner: &str, pid: &str) -> Result<json_patch::Patch, serde_json::
     ]))
 }
 
+/// The patch that moves a session's own sandbox's expiry to `expires`,
+/// only while the sandbox's record still names the session (tests first).
+pub fn sandbox_extension(
+    lease_namespace: &str,
+    session: &str,
+    expires: chrono::DateTime<Utc>,
+) -> Result<json_patch::Patch, serde_json::Error> {
+    let label = |k: &str| {
+        format!(
+            "/metadata/labels/{}",
+            k.replace('~', "~0").replace('/', "~1")
+        )
+    };
+    serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": label(crate::labels::SESSION), "value": session},
+        {"op": "test", "path": label(crate::labels::SESSION_NAMESPACE), "value": lease_namespace},
+        {"op": "add", "path": annotation_pointer(crate::labels::EXPIRES_AT),
+         "value": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)},
+    ]))
+}
+
+/// Moves the expiry of the session's own sandbox to `ttl` from now (best
+/// effort: a failure is logged, the next renewal tries again later).
+pub async fn extend_sandbox(
+    client: &kube::Client,
+    sandbox: &str,
+    lease_namespace: &str,
+    session: &str,
+    ttl: std::time::Duration,
+) {
+    let Some(expires) = crate::duration::checked_after(Utc::now(), ttl) else {
+        return;
+    };
+    let patch = match sandbox_extension(lease_namespace, session, expires) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!("cannot extend sandbox {sandbox}: {e}");
+            return;
+        }
+    };
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    if let Err(e) = namespaces
+        .patch(sandbox, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        tracing::debug!("cannot extend sandbox {sandbox}: {e}");
+    }
+}
+
 /// Why a running session no longer holds its Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lost {
@@ -241,6 +290,29 @@ mod tests {
         assert_eq!(ops[1]["value"], "42");
         assert_eq!(ops[2]["op"], "replace");
         assert_eq!(ops[2]["path"], "/spec/renewTime");
+    }
+
+    #[test]
+    fn the_sandbox_extension_tests_the_record_before_it_writes() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let patch = serde_json::to_value(sandbox_extension("run-a", "run-a", t).unwrap()).unwrap();
+        let ops = patch.as_array().unwrap();
+        assert_eq!(ops[0]["op"], "test");
+        assert_eq!(
+            ops[0]["path"],
+            "/metadata/labels/gitops.kubectl.dev~1session"
+        );
+        assert_eq!(
+            ops[1]["path"],
+            "/metadata/labels/gitops.kubectl.dev~1session-namespace"
+        );
+        assert_eq!(
+            ops[2]["path"],
+            "/metadata/annotations/gitops.kubectl.dev~1expires-at"
+        );
+        assert_eq!(ops[2]["value"], "2026-12-07T10:00:00Z");
     }
 
     #[test]

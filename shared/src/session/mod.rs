@@ -24,7 +24,9 @@ pub mod export;
 pub mod health;
 pub mod lease;
 pub mod live;
+pub mod liveness;
 pub mod logs;
+pub mod ownership;
 pub mod packaging;
 pub mod preflight;
 pub mod record;
@@ -392,6 +394,73 @@ async fn await_removal(
     Ok(())
 }
 
+/// Refuses to start when an object of a name the session will write exists
+/// and is not the session's own (see [`ownership`]).
+async fn refuse_foreign(
+    client: &Client,
+    namespace: &str,
+    cfg: &SessionConfig,
+    chart: bool,
+) -> Result<(), SessionError> {
+    let name = &cfg.name;
+    let repos: Api<crate::flux::OCIRepository> = Api::namespaced(client.clone(), namespace);
+    ownership::check(&repos, "OCIRepository", name, name).await?;
+    if chart {
+        let releases: Api<crate::flux::HelmRelease> = Api::namespaced(client.clone(), namespace);
+        ownership::check(&releases, "HelmRelease", name, name).await?;
+    } else {
+        let kss: Api<crate::flux::Kustomization> = Api::namespaced(client.clone(), namespace);
+        ownership::check(&kss, "Kustomization", name, name).await?;
+    }
+    if cfg.decryption_key.is_some() {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        ownership::check(&secrets, "Secret", &format!("{name}-sops"), name).await?;
+    }
+    Ok(())
+}
+
+/// The session's own Lease `existing` (left by an earlier run, or another
+/// command's): `Ok(resourceVersion)` to take over when nobody renews it,
+/// after waiting for a removal under way; refused when it is live (judged
+/// by [`liveness`]: never by this machine's clock alone).
+async fn take_over(
+    leases: &Api<Lease>,
+    existing: Lease,
+    cfg: &SessionConfig,
+    report: &Reporter,
+) -> Result<Option<String>, SessionError> {
+    let client = leases.clone().into_client();
+    let judged = liveness::judge(&client, vec![existing], &cfg.owner)
+        .await
+        .into_iter()
+        .next();
+    let Some(liveness::Judged { lease, verdict }) = judged else {
+        return Ok(None);
+    };
+    match verdict {
+        liveness::Verdict::Gone => Ok(None),
+        // A stale run of this session is being pruned: let it go first. (A
+        // claim that went stale is a remover that died: taken over like any
+        // stale Lease.)
+        liveness::Verdict::Live if lease::removed_by(&lease).is_some() => {
+            await_removal(leases, &lease, report).await?;
+            Ok(None)
+        }
+        liveness::Verdict::Live => Err(SessionError::AlreadyRunning {
+            name: cfg.name.clone(),
+            holder: record::holder(&lease).to_string(),
+            pid: record::Record::of(&lease).pid,
+        }),
+        liveness::Verdict::Stale => Ok(lease.resource_version()),
+    }
+}
+
+/// How long a session's own sandbox outlives the session's last heartbeat
+/// before `gitops-sandbox gc` may take it.
+pub const EPHEMERAL_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often a running session pushes its own sandbox's expiry forward.
+pub const EXTEND_EVERY: Duration = Duration::from_secs(5 * 60);
+
 fn now_micro() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
 }
@@ -466,21 +535,40 @@ impl Session {
             (Mode::Sandboxed, None) => {
                 let name = cfg.name.clone();
                 let namespaces: Api<Namespace> = Api::all(client.clone());
+                let maker = ownership::SandboxMaker {
+                    namespace: &name,
+                    session: &name,
+                    owner: &cfg.owner,
+                };
                 match namespaces.get_opt(&name).await? {
                     Some(ns) if !sandbox::is_sandbox(&ns) => {
-                        return Err(SessionError::SandboxTaken {
-                            name,
-                            owner: "a namespace that is not a sandbox".into(),
-                        });
-                    }
-                    Some(ns) if ns.metadata.deletion_timestamp.is_none() => {
-                        let owner = ns.annotations().get(labels::OWNER).cloned();
-                        if owner.as_deref() != Some(cfg.owner.as_str()) {
-                            return Err(SessionError::SandboxTaken {
-                                name,
-                                owner: owner.unwrap_or_else(|| "someone else".into()),
+                        let mut f = ownership::foreign("Namespace", &ns.metadata, &name)
+                            .unwrap_or_else(|| ownership::Foreign {
+                                kind: "Namespace".into(),
+                                namespace: String::new(),
+                                name: name.clone(),
+                                manager: ownership::manager_of(&ns.metadata),
                             });
-                        }
+                        f.namespace = String::new();
+                        return Err(SessionError::Foreign(f));
+                    }
+                    // Someone else's sandbox, or one not made for this session.
+                    Some(ns)
+                        if ns.metadata.deletion_timestamp.is_none()
+                            && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
+                    {
+                        let owner = ns.annotations().get(labels::OWNER).cloned();
+                        return Err(SessionError::SandboxTaken {
+                            name: name.clone(),
+                            owner: match owner {
+                                Some(o) if o == cfg.owner => format!(
+                                    "you ({o}) but not for this session (run in it with \
+                                     --sandbox {name})"
+                                ),
+                                Some(o) => o,
+                                None => "someone else".into(),
+                            },
+                        });
                     }
                     // Absent, or the last run's sandbox still being deleted:
                     // made (after it is gone) at the first sync.
@@ -494,37 +582,25 @@ impl Session {
                 )
             }
         };
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-        let lease_seen = match leases.get_opt(&cfg.name).await? {
-            Some(existing)
-                if lease::removed_by(&existing).is_some()
-                    && lease_is_live(&existing, Utc::now()) =>
-            {
-                // A stale run of this session is being pruned: let it go
-                // first. (A claim that went stale is a remover that died:
-                // taken over like any stale Lease.)
-                await_removal(&leases, &existing, &report).await?;
-                None
-            }
-            Some(existing)
-                if lease_is_live(&existing, Utc::now())
-                    && !record::holder_process_gone(&existing, &cfg.owner) =>
-            {
-                return Err(SessionError::AlreadyRunning {
-                    name: cfg.name.clone(),
-                    holder: record::holder(&existing).to_string(),
-                    pid: record::Record::of(&existing).pid,
-                });
-            }
-            Some(existing) => existing.resource_version(),
-            None => None,
-        };
         let rel = cfg.path.trim_start_matches("./");
         let chart = crate::helm::is_chart(&if rel.is_empty() {
             cfg.root.clone()
         } else {
             cfg.root.join(rel)
         });
+        // Nothing of the names the session wants may be someone else's: all
+        // checked before anything is written.
+        refuse_foreign(&client, &namespace, &cfg, chart).await?;
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+        let lease_seen = match leases.get_opt(&cfg.name).await? {
+            Some(existing) => {
+                if let Some(f) = ownership::foreign("Lease", &existing.metadata, &cfg.name) {
+                    return Err(SessionError::Foreign(f));
+                }
+                take_over(&leases, existing, &cfg, &report).await?
+            }
+            None => None,
+        };
         let session = Session {
             registry: None,
             chart,
@@ -603,13 +679,37 @@ impl Session {
                 if sandbox::get(&self.client, &name).await?.is_none() {
                     let options = CreateOptions {
                         owner: self.cfg.owner.clone(),
-                        // A safety net: `gitops-sandbox gc` removes it if cleanup never runs.
-                        ttl: Some(Duration::from_secs(24 * 3600)),
-                        labels: BTreeMap::from([(labels::SESSION.to_string(), name.clone())]),
+                        // A safety net: `gitops-sandbox gc` removes it if cleanup
+                        // never runs (the heartbeat extends it while the session runs).
+                        ttl: Some(EPHEMERAL_TTL),
+                        // Who made it, so that only this session's cleanup removes it.
+                        labels: ownership::sandbox_record(&ownership::SandboxMaker {
+                            namespace: &self.namespace,
+                            session: &name,
+                            owner: &self.cfg.owner,
+                        }),
                         ..Default::default()
                     };
                     match sandbox::create(&self.client, &name, &options).await {
-                        Ok(_) | Err(sandbox::SandboxError::AlreadyExists(_)) => {}
+                        Ok(_) => {}
+                        // Made meanwhile: ours only if its record says so.
+                        Err(sandbox::SandboxError::AlreadyExists(_)) => {
+                            let maker = ownership::SandboxMaker {
+                                namespace: &self.namespace,
+                                session: &name,
+                                owner: &self.cfg.owner,
+                            };
+                            let ns = namespaces.get_opt(&name).await?;
+                            if !ns
+                                .is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker))
+                            {
+                                self.own_sandbox = OwnSandbox::None;
+                                return Err(SessionError::SandboxTaken {
+                                    name: name.clone(),
+                                    owner: "someone else, just now".into(),
+                                });
+                            }
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -621,26 +721,19 @@ impl Session {
             let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
             match current {
                 None => self.lease_seen = None,
-                Some(l)
-                    if lease::removed_by(&l).is_some()
-                        && lease_is_live(&l, Utc::now())
-                        && attempts < 4 =>
-                {
-                    await_removal(&leases, &l, &self.report).await?;
-                    self.lease_seen = None;
+                Some(l) => {
+                    if let Some(f) = ownership::foreign("Lease", &l.metadata, &self.cfg.name) {
+                        return Err(SessionError::Foreign(f));
+                    }
+                    if attempts >= 4 {
+                        return Err(SessionError::AlreadyRunning {
+                            name: self.cfg.name.clone(),
+                            holder: record::holder(&l).to_string(),
+                            pid: record::Record::of(&l).pid,
+                        });
+                    }
+                    self.lease_seen = take_over(&leases, l, &self.cfg, &self.report).await?;
                 }
-                Some(l)
-                    if attempts >= 4
-                        || (lease_is_live(&l, Utc::now())
-                            && !record::holder_process_gone(&l, &self.cfg.owner)) =>
-                {
-                    return Err(SessionError::AlreadyRunning {
-                        name: self.cfg.name.clone(),
-                        holder: record::holder(&l).to_string(),
-                        pid: record::Record::of(&l).pid,
-                    });
-                }
-                Some(l) => self.lease_seen = l.resource_version(),
             }
         }
         if let Some(key) = &self.cfg.decryption_key {
@@ -654,7 +747,7 @@ impl Session {
                 ..Default::default()
             };
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-            kubeapi::apply(&secrets, &name, &secret).await?;
+            ownership::apply(&secrets, "Secret", &name, &secret, &self.cfg.name).await?;
         }
         self.renewer = Some(self.spawn_renewer());
         self.materialized = true;
@@ -807,15 +900,27 @@ impl Session {
         let every = (duration / 3).max(Duration::from_secs(1));
         let report = self.report.clone();
         let lost = self.lost.clone();
+        // The session's own sandbox: its expiry moves with the heartbeat.
+        let own_sandbox = (self.own_sandbox == OwnSandbox::Made)
+            .then(|| (self.cfg.name.clone(), self.namespace.clone()));
+        let client = self.client.clone();
         tokio::spawn(async move {
             let mut failing = false;
             let mut renewed = Utc::now();
+            let mut extended = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(every).await;
                 let gap = lease::gap(renewed, Utc::now(), duration);
                 match lease::renew(&leases, &name, &owner, &pid).await {
                     lease::Renewed::Held => {
                         renewed = Utc::now();
+                        if let Some((sandbox, lease_ns)) = &own_sandbox
+                            && extended.elapsed() >= EXTEND_EVERY
+                        {
+                            extended = tokio::time::Instant::now();
+                            lease::extend_sandbox(&client, sandbox, lease_ns, &name, EPHEMERAL_TTL)
+                                .await;
+                        }
                         if let Some(gap) = gap {
                             report(&Event::Warning {
                                 message: format!(

@@ -229,16 +229,21 @@ impl Session {
         K::DynamicType: Default,
     {
         let name = &self.cfg.name;
-        kubeapi::apply(
+        // Only the session's own objects are written (see [`super::ownership`]).
+        super::ownership::apply(
             &Api::namespaced(self.client.clone(), &self.namespace),
+            "OCIRepository",
             name,
             repo,
+            name,
         )
         .await?;
-        kubeapi::apply(
+        super::ownership::apply(
             &Api::namespaced(self.client.clone(), &self.namespace),
+            K::kind(&K::DynamicType::default()).as_ref(),
             name,
             applier,
+            name,
         )
         .await?;
         self.objects_ready = true;
