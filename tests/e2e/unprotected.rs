@@ -1,6 +1,6 @@
-//! A cluster where the sandbox boundary is not in force (its policy
-//! binding removed by the test, so this file runs alone in its own test
-//! binary): `kubectl gitops-sandbox create` refuses and leaves nothing,
+//! A cluster where the sandbox boundary is not in force for some sandboxes
+//! (its binding edited by the test to skip the test's own namespaces; in its
+//! own test binary, so no other test sees the edit): `kubectl gitops-sandbox create` refuses and leaves nothing,
 //! `--unconfined` creates a sandbox that says it is none, and a session into
 //! a sandbox the boundary no longer protects is refused.
 
@@ -8,8 +8,8 @@ use gitops::sandbox;
 use gitops_e2e::{Harness, output, plugin, unique, write_tree};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::Api;
 use kube::api::DynamicObject;
+use kube::{Api, ResourceExt};
 
 fn sandbox_cli(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
     output(
@@ -19,10 +19,11 @@ fn sandbox_cli(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
     )
 }
 
-/// Where the boundary is not in force (here: its binding removed for the
-/// test), `create` refuses and leaves nothing; `--unconfined` creates a
-/// sandbox that says it is none; a session into an unprotected sandbox is
-/// refused. The policy is put back (by `policy --install`) at the end.
+/// Where the boundary is not in force (here: the binding made to skip this
+/// test's own namespaces), `create` refuses and leaves nothing;
+/// `--unconfined` creates a sandbox that says it is none; a session into an
+/// unprotected sandbox is refused; `policy --install` brings an older
+/// binding of ours back to exactly the suite's.
 #[tokio::test]
 async fn without_the_boundary_create_refuses_unless_unconfined() {
     let harness = Harness::get();
@@ -49,28 +50,45 @@ async fn without_the_boundary_create_refuses_unless_unconfined() {
             "validatingadmissionpolicybindings",
         ),
     );
-    bindings
-        .delete(sandbox::boundary::NAME, &Default::default())
-        .await
-        .unwrap();
+    // The sandbox this test makes while the boundary is in force.
     let sbx = unique("sbx-nob");
-    // As cluster admin, `create` simply puts the binding back.
     let created = sandbox_cli(&harness, &["create", &sbx]);
     assert_eq!(created.code, Some(0), "{created:?}");
-    assert!(
-        bindings
-            .get_opt(sandbox::boundary::NAME)
-            .await
-            .unwrap()
-            .is_some()
-    );
-
-    // As a user who may create namespaces and work in them but not write
-    // admission policies, with the binding gone: refused, nothing left.
+    // Take the boundary away from this test's own namespaces only (never
+    // from anyone else's: a sandbox left unprotected for a moment is one
+    // whose payload Flux retries, and escapes), and mark the binding as an
+    // older revision of ours.
+    let refused_name = unique("sbx-refused");
+    let loose = unique("sbx-loose");
+    let exclude = serde_json::json!({
+        "metadata": {"annotations": {sandbox::boundary::REVISION_ANNOTATION: "0"}},
+        "spec": {"matchResources": {"namespaceSelector": {"matchExpressions": [{
+            "key": gitops::labels::SANDBOX,
+            "operator": "NotIn",
+            "values": [&sbx, &refused_name, &loose],
+        }]}}},
+    });
     bindings
-        .delete(sandbox::boundary::NAME, &Default::default())
+        .patch(
+            sandbox::boundary::NAME,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&exclude),
+        )
         .await
         .unwrap();
+    // The API server takes the edit up within a second or so.
+    gitops_e2e::eventually(
+        "the boundary to be lifted from the test's sandbox",
+        std::time::Duration::from_secs(30),
+        || async {
+            match sandbox::boundary::probe(&client, &sbx, std::time::Duration::ZERO).await {
+                Err(sandbox::boundary::BoundaryError::NotInForce { .. }) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
     let user = unique("dev");
     let role = format!("{user}-role");
     // Everything but admission policies: a ClusterRole with every group but
@@ -107,7 +125,6 @@ async fn without_the_boundary_create_refuses_unless_unconfined() {
                 .args(args),
         )
     };
-    let refused_name = unique("sbx-refused");
     let refused = as_user(&["create", &refused_name]);
     assert_eq!(refused.code, Some(1), "{refused:?}");
     assert!(
@@ -117,7 +134,6 @@ async fn without_the_boundary_create_refuses_unless_unconfined() {
     gitops_e2e::wait_namespace_gone(&client, &refused_name).await;
 
     // --unconfined: created, and says it is no boundary, in the list too.
-    let loose = unique("sbx-loose");
     let created = as_user(&["create", &loose, "--unconfined"]);
     assert_eq!(created.code, Some(0), "{created:?}");
     assert!(
@@ -152,9 +168,24 @@ async fn without_the_boundary_create_refuses_unless_unconfined() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &sbx);
     assert!(cms.get_opt("c").await.unwrap().is_none());
 
-    // Put the boundary back for everyone else, and clean up.
+    // An administrator's `policy --install` replaces an older revision of
+    // ours whole: the binding is exactly the suite's again.
     let installed = sandbox_cli(&harness, &["policy", "--install"]);
     assert_eq!(installed.code, Some(0), "{installed:?}");
+    let binding = bindings.get(sandbox::boundary::NAME).await.unwrap();
+    let selector = "/spec/matchResources/namespaceSelector";
+    assert_eq!(
+        binding.data.pointer(selector),
+        sandbox::boundary::binding().pointer(selector)
+    );
+    assert_eq!(
+        binding
+            .annotations()
+            .get(sandbox::boundary::REVISION_ANNOTATION),
+        Some(&sandbox::boundary::REVISION.to_string())
+    );
+    let probe = sandbox::boundary::probe(&client, &sbx, std::time::Duration::from_secs(10)).await;
+    assert!(probe.is_ok(), "{probe:?}");
     for name in [&sbx, &loose] {
         let d = sandbox_cli(&harness, &["delete", name, "--wait"]);
         assert_eq!(d.code, Some(0), "{d:?}");

@@ -30,9 +30,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -395,13 +393,13 @@ pub async fn ensure(client: &Client) -> Result<bool, BoundaryError> {
                     // As new as ours, or newer (a newer client installed it).
                     continue;
                 }
-                api.patch(
-                    NAME,
-                    &PatchParams::apply(crate::labels::MANAGER).force(),
-                    &Patch::Apply(&wanted),
-                )
-                .await
-                .map(|_| ())
+                // Replaced whole, at the version read: an older revision
+                // of ours becomes exactly this one, whatever was added to it.
+                let mut obj = obj;
+                obj.metadata.resource_version = found.metadata.resource_version.clone();
+                api.replace(NAME, &PostParams::default(), &obj)
+                    .await
+                    .map(|_| ())
             }
         };
         match result {
