@@ -339,7 +339,11 @@ async fn a_restarted_container_is_followed_into_its_next_run() {
         }
     })
     .await;
-    // The restart, reported as a kubelet does (kwok's stages leave a running pod's status alone).
+    // The restart, reported as a kubelet does (kwok's stages leave a running
+    // pod's status alone). kwok sets no container ID, so the run is told by
+    // its start time, in whole seconds: the second run starts at least a
+    // second after the first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let started = pod
         .status
@@ -363,8 +367,6 @@ async fn a_restarted_container_is_followed_into_its_next_run() {
             "state": {"running": {"startedAt": now}}
         }]}
     });
-    // Later than the first run's start, whatever the second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
         .await
         .unwrap();
