@@ -8,27 +8,21 @@ use std::time::Duration;
 
 use gitops::flux::{
     Kustomization, KustomizationSpec, OCIRepository, OCIRepositoryRef, OCIRepositorySpec,
-    SourceReference, condition, failure,
+    SourceReference,
 };
 use gitops::labels;
 use gitops::registry::{self, ArtifactRef, PushOptions};
 use gitops::sandbox;
-use gitops_e2e::{Footprint, Harness, eventually, output, plugin, unique, write_tree};
+use gitops_e2e::{
+    Footprint, Harness, eventually, kustomization_verdict, output, plugin, sandbox_cli, unique,
+    write_tree,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
 use kube::api::{DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn sandbox_cli(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
-    output(
-        plugin("kubectl-gitops_sandbox")
-            .args(harness.kube_args())
-            .args(args),
-    )
-}
-
 /// A ClusterRoleBinding granting `subject_ns`'s default ServiceAccount
 /// cluster-admin: what an escaping payload would create.
 fn escape_binding(name: &str, subject_ns: &str) -> String {
@@ -52,28 +46,6 @@ async fn cluster_role_binding(client: &Client, name: &str) -> Option<ClusterRole
         .await
         .unwrap()
 }
-
-/// Waits for the Kustomization's verdict: Ok(()) when Ready, Err(message) when failed.
-async fn verdict(client: &Client, ns: &str, name: &str) -> Result<(), String> {
-    let api: Api<Kustomization> = Api::namespaced(client.clone(), ns);
-    eventually(
-        &format!("Kustomization {ns}/{name} to finish"),
-        TIMEOUT,
-        || async {
-            let ks = api.get(name).await.map_err(|e| e.to_string())?;
-            let status = ks.status.unwrap_or_default();
-            match condition(&status.conditions, "Ready") {
-                Some(c) if c.status == "True" => Ok(Ok(())),
-                Some(c) if c.status == "False" && status.last_attempted_revision.is_some() => {
-                    Ok(Err(failure(&status).unwrap_or_else(|| c.message.clone())))
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-}
-
 /// The control plane gives Flux's kinds to `admin`, `edit` and `view`
 /// exactly as `flux install` does: the sandbox's ServiceAccount (bound to
 /// `admin`) may create Kustomizations, so the boundary cannot rest on RBAC.
@@ -364,7 +336,7 @@ async fn hostile_flux_objects_in_a_payload_are_refused_by_the_api_server() {
     }
 
     for (case, _) in &cases {
-        let why = verdict(&client, &sbx, &format!("top-{case}"))
+        let why = kustomization_verdict(&client, &sbx, &format!("top-{case}"), TIMEOUT)
             .await
             .expect_err(case);
         assert!(
@@ -373,14 +345,22 @@ async fn hostile_flux_objects_in_a_payload_are_refused_by_the_api_server() {
         );
     }
     // The confined nested Kustomization applied its ConfigMap in the sandbox.
-    verdict(&client, &sbx, "top-confined").await.unwrap();
-    verdict(&client, &sbx, "n-confined").await.unwrap();
+    kustomization_verdict(&client, &sbx, "top-confined", TIMEOUT)
+        .await
+        .unwrap();
+    kustomization_verdict(&client, &sbx, "n-confined", TIMEOUT)
+        .await
+        .unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &sbx);
     assert!(cms.get_opt("nested-ok").await.unwrap().is_some());
     // The confined one asking for a ClusterRoleBinding was created (it is
     // confined) but fails with the sandbox's rights.
-    verdict(&client, &sbx, "top-confined-crb").await.unwrap();
-    let why = verdict(&client, &sbx, "n-confined-crb").await.unwrap_err();
+    kustomization_verdict(&client, &sbx, "top-confined-crb", TIMEOUT)
+        .await
+        .unwrap();
+    let why = kustomization_verdict(&client, &sbx, "n-confined-crb", TIMEOUT)
+        .await
+        .unwrap_err();
     assert!(
         why.contains("cluster-scoped objects are not allowed in a sandbox"),
         "{why}"

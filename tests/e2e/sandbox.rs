@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use gitops::flux::{
     Kustomization, KustomizationSpec, OCIRepository, OCIRepositoryRef, OCIRepositorySpec,
-    SourceReference, condition, failure,
+    SourceReference,
 };
 use gitops::labels;
 use gitops::registry::{self, ArtifactRef, PushOptions};
 use gitops::sandbox::{self, Target};
-use gitops_e2e::{Footprint, Harness, eventually, output, plugin, unique, write_tree};
+use gitops_e2e::{
+    Footprint, Harness, eventually, kustomization_verdict, output, plugin, sandbox_cli, unique,
+    write_tree,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::ResourceExt;
@@ -18,15 +21,6 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn sandbox_cli(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
-    output(
-        plugin("kubectl-gitops_sandbox")
-            .args(harness.kube_args())
-            .args(args),
-    )
-}
-
 /// `kubectl-gitops_run` with the harness's connection flags.
 fn run_cli(harness: &Harness, dir: &std::path::Path, args: &[&str]) -> gitops_e2e::Output {
     output(
@@ -109,28 +103,6 @@ async fn apply_in(
         .await
         .unwrap();
 }
-
-/// Waits for the Kustomization's verdict: Ok(()) when Ready, Err(plain words) when failed.
-async fn verdict(client: &Client, ns: &str, name: &str) -> Result<(), String> {
-    let api: Api<Kustomization> = Api::namespaced(client.clone(), ns);
-    eventually(
-        &format!("Kustomization {ns}/{name} to finish"),
-        TIMEOUT,
-        || async {
-            let ks = api.get(name).await.map_err(|e| e.to_string())?;
-            let status = ks.status.unwrap_or_default();
-            match condition(&status.conditions, "Ready") {
-                Some(c) if c.status == "True" => Ok(Ok(())),
-                Some(c) if c.status == "False" && status.last_attempted_revision.is_some() => {
-                    Ok(Err(failure(&status).unwrap_or_default()))
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-}
-
 async fn target_of(client: &Client, name: &str) -> Target {
     sandbox::get(client, name)
         .await
@@ -157,7 +129,9 @@ async fn namespace_sandbox_applies_a_namespaced_payload_as_its_service_account()
         &[("cm.yaml", &configmap("good", None))],
     )
     .await;
-    verdict(&client, &name, "good").await.unwrap();
+    kustomization_verdict(&client, &name, "good", TIMEOUT)
+        .await
+        .unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &name);
     assert!(cms.get_opt("good").await.unwrap().is_some());
 
@@ -327,7 +301,9 @@ async fn kubeconfig_sandbox_applies_into_the_other_cluster_and_cleans_it() {
         &[("cm.yaml", &configmap(&cm, Some("default")))],
     )
     .await;
-    verdict(&client, &name, "remote").await.unwrap();
+    kustomization_verdict(&client, &name, "remote", TIMEOUT)
+        .await
+        .unwrap();
     let remote: Api<ConfigMap> = Api::namespaced(second.clone(), "default");
     let local: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     assert!(

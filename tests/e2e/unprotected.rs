@@ -5,20 +5,11 @@
 //! a sandbox the boundary no longer protects is refused.
 
 use gitops::sandbox;
-use gitops_e2e::{Harness, output, plugin, unique, write_tree};
+use gitops_e2e::{Harness, output, plugin, sandbox_cli, unique, write_tree};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::DynamicObject;
 use kube::{Api, ResourceExt};
-
-fn sandbox_cli(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
-    output(
-        plugin("kubectl-gitops_sandbox")
-            .args(harness.kube_args())
-            .args(args),
-    )
-}
-
 /// Where the boundary is not in force (here: the binding made to skip this
 /// test's own namespaces), `create` refuses and leaves nothing;
 /// `--unconfined` creates a sandbox that says it is none; a session into an

@@ -1096,3 +1096,40 @@ impl NamespaceWatch {
         self.seen.lock().unwrap().contains(name)
     }
 }
+
+/// `kubectl-gitops_sandbox` with the harness's connection flags.
+pub fn sandbox_cli(harness: &Harness, args: &[&str]) -> Output {
+    output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(args),
+    )
+}
+
+/// Waits for a Kustomization's verdict: Ok(()) when Ready, Err(Flux's
+/// failure, in the suite's words) when it failed.
+pub async fn kustomization_verdict(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    use gitops::flux::{Kustomization, condition, failure};
+    let api: Api<Kustomization> = Api::namespaced(client.clone(), ns);
+    eventually(
+        &format!("Kustomization {ns}/{name} to finish"),
+        timeout,
+        || async {
+            let ks = api.get(name).await.map_err(|e| e.to_string())?;
+            let status = ks.status.unwrap_or_default();
+            match condition(&status.conditions, "Ready") {
+                Some(c) if c.status == "True" => Ok(Ok(())),
+                Some(c) if c.status == "False" && status.last_attempted_revision.is_some() => {
+                    Ok(Err(failure(&status).unwrap_or_else(|| c.message.clone())))
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
