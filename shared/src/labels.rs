@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use kube::api::ObjectMeta;
+
 /// The prefix of every label and annotation key the suite owns.
 pub const PREFIX: &str = "gitops.kubectl.dev";
 
@@ -63,6 +65,59 @@ pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels
         .and_then(|l| l.get(MANAGED_BY))
         .is_some_and(|v| v == MANAGER)
+}
+
+/// The labels Flux's kustomize-controller puts on what it applies.
+pub const KS_NAME: &str = "kustomize.toolkit.fluxcd.io/name";
+pub const KS_NAMESPACE: &str = "kustomize.toolkit.fluxcd.io/namespace";
+/// The label Flux's helm-controller puts on what it installs.
+pub const HR_NAME: &str = "helm.toolkit.fluxcd.io/name";
+pub const HR_NAMESPACE: &str = "helm.toolkit.fluxcd.io/namespace";
+
+/// Who manages an object, from its labels (Flux's, then
+/// `app.kubernetes.io/managed-by`), else its field managers.
+pub fn manager_of(meta: &ObjectMeta) -> String {
+    let label = |k: &str| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+    };
+    for (name, namespace, kind) in [
+        (KS_NAME, KS_NAMESPACE, "Kustomization"),
+        (HR_NAME, HR_NAMESPACE, "HelmRelease"),
+    ] {
+        if let Some(n) = label(name) {
+            let ns = label(namespace).map_or(String::new(), |ns| format!("{ns}/"));
+            return format!("Flux (applied by {kind} {ns}{n})");
+        }
+    }
+    if let Some(m) = label(MANAGED_BY) {
+        if m == MANAGER {
+            return match label(SESSION) {
+                Some(s) => format!("kubectl-gitops session {s}"),
+                None => match label(COMPONENT) {
+                    Some(c) => format!("kubectl-gitops (a {c}, not a session's)"),
+                    None => "kubectl-gitops (not a session's)".into(),
+                },
+            };
+        }
+        return format!("{m} ({} label)", MANAGED_BY);
+    }
+    let mut managers: Vec<&str> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
+        .filter_map(|m| m.manager.as_deref())
+        .filter(|m| *m != crate::kubeapi::FIELD_MANAGER)
+        .collect();
+    managers.dedup();
+    if managers.is_empty() {
+        "someone else (no label or field manager says who)".into()
+    } else {
+        format!("field manager {}", managers.join(", "))
+    }
 }
 
 #[cfg(test)]

@@ -6,16 +6,12 @@
 
 use std::time::Duration;
 
-use gitops::flux::{
-    Kustomization, KustomizationSpec, OCIRepository, OCIRepositoryRef, OCIRepositorySpec,
-    SourceReference,
-};
+use gitops::flux::{Kustomization, KustomizationSpec, OCIRepository, SourceReference};
 use gitops::labels;
-use gitops::registry::{self, ArtifactRef, PushOptions};
 use gitops::sandbox;
 use gitops_e2e::{
-    Footprint, Harness, eventually, kustomization_verdict, output, plugin, sandbox_cli, unique,
-    write_tree,
+    Footprint, Harness, eventually, kustomization_verdict, output, plugin, push_oci_source,
+    sandbox_cli, unique, write_tree,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
@@ -284,29 +280,7 @@ async fn hostile_flux_objects_in_a_payload_are_refused_by_the_api_server() {
         .map(|(p, c)| (p.as_str(), c.as_str()))
         .collect();
     write_tree(dir.path(), &refs);
-    let reference: ArtifactRef = format!("oci://{}/e2e/{sbx}:latest", harness.registry)
-        .parse()
-        .unwrap();
-    registry::push(dir.path(), &reference, &PushOptions::default())
-        .await
-        .unwrap();
-    let mut repo = OCIRepository::new(
-        src,
-        OCIRepositorySpec {
-            url: reference.repository_url(),
-            reference: Some(OCIRepositoryRef {
-                tag: Some("latest".into()),
-                ..Default::default()
-            }),
-            interval: "10m".into(),
-            ..Default::default()
-        },
-    );
-    repo.metadata.labels = Some(labels::managed("session"));
-    Api::<OCIRepository>::namespaced(client.clone(), &sbx)
-        .create(&PostParams::default(), &repo)
-        .await
-        .unwrap();
+    push_oci_source(&harness, &client, &sbx, src, &sbx, dir.path()).await;
     let target = sandbox::Target::namespace_sandbox(&sbx);
     let tops: Vec<String> = cases
         .iter()

@@ -3,16 +3,12 @@
 
 use std::time::Duration;
 
-use gitops::flux::{
-    Kustomization, KustomizationSpec, OCIRepository, OCIRepositoryRef, OCIRepositorySpec,
-    SourceReference,
-};
+use gitops::flux::{Kustomization, KustomizationSpec, SourceReference};
 use gitops::labels;
-use gitops::registry::{self, ArtifactRef, PushOptions};
 use gitops::sandbox::{self, Target};
 use gitops_e2e::{
-    Footprint, Harness, eventually, kustomization_verdict, output, plugin, sandbox_cli, unique,
-    write_tree,
+    Footprint, Harness, eventually, kustomization_verdict, output, plugin, push_oci_source,
+    sandbox_cli, unique, write_tree,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -61,28 +57,8 @@ async fn apply_in(
 ) {
     let dir = tempfile::tempdir().unwrap();
     write_tree(dir.path(), files);
-    let reference: ArtifactRef = format!("oci://{}/e2e/{name}:latest", harness.registry)
-        .parse()
-        .unwrap();
-    registry::push(dir.path(), &reference, &PushOptions::default())
-        .await
-        .unwrap();
     let ns = &target.namespace;
-    let repos: Api<OCIRepository> = Api::namespaced(client.clone(), ns);
-    let mut repo = OCIRepository::new(
-        name,
-        OCIRepositorySpec {
-            url: reference.repository_url(),
-            reference: Some(OCIRepositoryRef {
-                tag: Some("latest".into()),
-                ..Default::default()
-            }),
-            interval: "10m".into(),
-            ..Default::default()
-        },
-    );
-    repo.metadata.labels = Some(labels::managed("session"));
-    repos.create(&PostParams::default(), &repo).await.unwrap();
+    push_oci_source(harness, client, ns, name, name, dir.path()).await;
     let mut spec = KustomizationSpec {
         source_ref: SourceReference {
             kind: "OCIRepository".into(),

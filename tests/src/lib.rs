@@ -1133,3 +1133,41 @@ pub async fn kustomization_verdict(
     )
     .await
 }
+
+/// Pushes `dir` to the harness registry as `e2e/REPO:latest` and creates an
+/// OCIRepository `name` in `ns` on that tag, labelled as a session's (what a
+/// session does, without its checks).
+pub async fn push_oci_source(
+    harness: &Harness,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    repo: &str,
+    dir: &Path,
+) {
+    use gitops::flux::{OCIRepository, OCIRepositoryRef, OCIRepositorySpec};
+    use gitops::registry::{self, ArtifactRef, PushOptions};
+    let reference: ArtifactRef = format!("oci://{}/e2e/{repo}:latest", harness.registry)
+        .parse()
+        .expect("a valid reference");
+    registry::push(dir, &reference, &PushOptions::default())
+        .await
+        .expect("push to the harness registry");
+    let mut source = OCIRepository::new(
+        name,
+        OCIRepositorySpec {
+            url: reference.repository_url(),
+            reference: Some(OCIRepositoryRef {
+                tag: Some("latest".into()),
+                ..Default::default()
+            }),
+            interval: "10m".into(),
+            ..Default::default()
+        },
+    );
+    source.metadata.labels = Some(gitops::labels::managed("session"));
+    Api::<OCIRepository>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &source)
+        .await
+        .expect("create the OCIRepository");
+}

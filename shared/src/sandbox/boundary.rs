@@ -34,6 +34,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::flux::{OCIRepository, OCIRepositorySpec};
 use crate::labels;
 
 /// The policy's and its binding's name.
@@ -66,14 +67,11 @@ pub enum BoundaryError {
     )]
     Unsupported,
     #[error(
-        "{kind} {NAME} exists but was not created by kubectl-gitops{}; refusing to change or \
-         rely on it: remove or rename it, or ask whoever manages it",
-        manager.as_ref().map(|m| format!(" (it is managed by {m})")).unwrap_or_default()
+        "{kind} {NAME} exists but was not created by kubectl-gitops (it is managed by \
+         {manager}); refusing to change or rely on it: remove or rename it, or ask whoever \
+         manages it"
     )]
-    NotOurs {
-        kind: &'static str,
-        manager: Option<String>,
-    },
+    NotOurs { kind: &'static str, manager: String },
     #[error(
         "the sandbox boundary (ValidatingAdmissionPolicy {NAME}) is not in force in namespace \
          {namespace}{}",
@@ -381,7 +379,7 @@ pub async fn ensure(client: &Client) -> Result<bool, BoundaryError> {
                 if !labels::is_managed(found.metadata.labels.as_ref()) {
                     return Err(BoundaryError::NotOurs {
                         kind,
-                        manager: manager_of(&found),
+                        manager: labels::manager_of(&found.metadata),
                     });
                 }
                 let revision = found
@@ -412,42 +410,24 @@ pub async fn ensure(client: &Client) -> Result<bool, BoundaryError> {
     Ok(wrote)
 }
 
-/// Who manages an object that is not ours, in words, from its labels or
-/// its managed fields.
-pub fn manager_of(obj: &DynamicObject) -> Option<String> {
-    let l = obj.labels();
-    if let (Some(n), Some(ns)) = (
-        l.get("kustomize.toolkit.fluxcd.io/name"),
-        l.get("kustomize.toolkit.fluxcd.io/namespace"),
-    ) {
-        return Some(format!("Flux Kustomization {ns}/{n}"));
-    }
-    if let Some(m) = l.get(labels::MANAGED_BY) {
-        return Some(m.clone());
-    }
-    obj.metadata
-        .managed_fields
-        .as_ref()
-        .and_then(|f| f.first())
-        .and_then(|f| f.manager.clone())
-}
-
 /// Whether the boundary is in force in `namespace`: a dry-run create of a
 /// probe object there, which only an active, bound policy refuses. The API
 /// server picks a new policy up within a second or two, so this waits up to
 /// `wait` for it.
 pub async fn probe(client: &Client, namespace: &str, wait: Duration) -> Result<(), BoundaryError> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(crate::flux::SOURCE_GROUP, "v1", "OCIRepository"),
-        "ocirepositories",
+    let api: Api<OCIRepository> = Api::namespaced(client.clone(), namespace);
+    let mut obj = OCIRepository::new(
+        "gitops-boundary-probe",
+        OCIRepositorySpec {
+            url: "oci://probe.invalid/probe".into(),
+            interval: "1h".into(),
+            ..Default::default()
+        },
     );
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let mut obj = DynamicObject::new("gitops-boundary-probe", &resource).within(namespace);
     obj.metadata.labels = Some(BTreeMap::from([(
         PROBE_LABEL.to_string(),
         "true".to_string(),
     )]));
-    obj.data = json!({"spec": {"url": "oci://probe.invalid/probe", "interval": "1h"}});
     let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(100);
     loop {

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::kubeapi::{self, FIELD_MANAGER};
 use crate::labels;
+pub use crate::labels::manager_of;
 
 /// An object of a name the session wants that the session did not create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,58 +50,6 @@ impl fmt::Display for Foreign {
 }
 
 /// The label Flux's kustomize-controller puts on what it applies.
-const KS_NAME: &str = "kustomize.toolkit.fluxcd.io/name";
-const KS_NAMESPACE: &str = "kustomize.toolkit.fluxcd.io/namespace";
-/// The label Flux's helm-controller puts on what it installs.
-const HR_NAME: &str = "helm.toolkit.fluxcd.io/name";
-const HR_NAMESPACE: &str = "helm.toolkit.fluxcd.io/namespace";
-
-/// Who manages an object, from its labels (Flux's, then
-/// `app.kubernetes.io/managed-by`), else its field managers.
-pub fn manager_of(meta: &ObjectMeta) -> String {
-    let label = |k: &str| {
-        meta.labels
-            .as_ref()
-            .and_then(|l| l.get(k))
-            .filter(|v| !v.is_empty())
-    };
-    for (name, namespace, kind) in [
-        (KS_NAME, KS_NAMESPACE, "Kustomization"),
-        (HR_NAME, HR_NAMESPACE, "HelmRelease"),
-    ] {
-        if let Some(n) = label(name) {
-            let ns = label(namespace).map_or(String::new(), |ns| format!("{ns}/"));
-            return format!("Flux (applied by {kind} {ns}{n})");
-        }
-    }
-    if let Some(m) = label(labels::MANAGED_BY) {
-        if m == labels::MANAGER {
-            return match label(labels::SESSION) {
-                Some(s) => format!("kubectl-gitops session {s}"),
-                None => match label(labels::COMPONENT) {
-                    Some(c) => format!("kubectl-gitops (a {c}, not a session's)"),
-                    None => "kubectl-gitops (not a session's)".into(),
-                },
-            };
-        }
-        return format!("{m} ({} label)", labels::MANAGED_BY);
-    }
-    let mut managers: Vec<&str> = meta
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
-        .filter_map(|m| m.manager.as_deref())
-        .filter(|m| *m != FIELD_MANAGER)
-        .collect();
-    managers.dedup();
-    if managers.is_empty() {
-        "someone else (no label or field manager says who)".into()
-    } else {
-        format!("field manager {}", managers.join(", "))
-    }
-}
-
 /// Whether an object carries the suite's labels for `session`.
 pub fn owned_by(meta: &ObjectMeta, session: &str) -> bool {
     labels::is_managed(meta.labels.as_ref())
@@ -368,8 +317,8 @@ mod tests {
     fn the_refusal_names_the_object_and_who_manages_it() {
         let by_flux = meta(
             &[
-                (KS_NAME, "flux-system"),
-                (KS_NAMESPACE, "flux-system"),
+                (labels::KS_NAME, "flux-system"),
+                (labels::KS_NAMESPACE, "flux-system"),
                 (labels::MANAGED_BY, "flux"),
             ],
             &[("kustomize-controller", None)],
