@@ -134,8 +134,10 @@ async fn sessions_in_both_modes_are_listed_with_their_status() {
     // The JSON has exactly the snapshot's fields: none missing, none extra.
     // Only those omitted when empty may be absent, and only where they are
     // empty: no port-forwards here, and no sandbox in cluster mode.
-    let snapshot: serde_json::Value =
-        serde_json::from_str(include_str!("../../shared/src/session/view/snapshot.json")).unwrap();
+    let snapshot: serde_json::Value = serde_json::from_str(include_str!(
+        "../../shared/src/session/readers/view/snapshot.json"
+    ))
+    .unwrap();
     let keys = |v: &serde_json::Value| {
         v.as_object()
             .unwrap()

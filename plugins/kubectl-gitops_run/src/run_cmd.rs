@@ -13,11 +13,11 @@ use gitops::cluster::KubeFlags;
 use gitops::git::GitInfo;
 use gitops::portforward::ForwardSpec;
 use gitops::registry::{Credentials, RegistryOptions};
-use gitops::session::live::{self, Forwards, LiveOptions};
-use gitops::session::{
-    self, Event, Mode, Reporter, Session, SessionConfig, export, preflight,
-    watch::{DirWatcher, WatchTarget},
-};
+use gitops::session::engine::live::{self, Forwards, LiveOptions};
+use gitops::session::engine::preflight;
+use gitops::session::engine::watch::{DirWatcher, WatchTarget};
+use gitops::session::readers::export;
+use gitops::session::{self, Event, Mode, Reporter, Session, SessionConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::artifact_cmd::Format;
@@ -252,11 +252,11 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         walk: walk.clone(),
     };
     let backing = if args.poll {
-        gitops::session::watch::Backing::Poll
+        gitops::session::engine::watch::Backing::Poll
     } else {
-        gitops::session::watch::Backing::Auto
+        gitops::session::engine::watch::Backing::Auto
     };
-    let watcher = DirWatcher::start(target, gitops::session::watch::QUIET, backing, None)
+    let watcher = DirWatcher::start(target, gitops::session::engine::watch::QUIET, backing, None)
         .with_context(|| format!("cannot watch {}", dir.display()))?;
     let session = tokio::select! {
         s = Session::start(cluster.client.clone(), cfg, reporter) => s?,

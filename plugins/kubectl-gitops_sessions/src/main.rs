@@ -9,9 +9,9 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gitops::cluster::KubeFlags;
 use gitops::duration;
 use gitops::output::{ListFormat, serialize, table_with, terminal_line, terminal_text, use_colour};
-use gitops::session::admin;
-use gitops::session::status::cluster_status;
-use gitops::session::view::{self, Filter, HEADERS, SessionView, WIDE, row};
+use gitops::session::readers::admin;
+use gitops::session::readers::status::cluster_status;
+use gitops::session::readers::view::{self, Filter, HEADERS, SessionView, WIDE, row};
 use kube::Client;
 
 /// List and manage live and stale GitOps Run sessions across the cluster.
@@ -189,7 +189,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(gitops::session::logs::follow(
+            tokio::spawn(gitops::session::readers::logs::follow(
                 client.clone(),
                 ns,
                 s.name.clone(),
@@ -226,7 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// A pod's log line as `logs` prints it: what the workload wrote is shown,
 /// never obeyed by the terminal (escape sequences appear as `\x1b[…`).
-fn log_line(l: &gitops::session::logs::LogLine) -> String {
+fn log_line(l: &gitops::session::readers::logs::LogLine) -> String {
     format!(
         "[{}/{}] {}",
         terminal_line(&l.pod),
@@ -373,8 +373,8 @@ async fn status(client: &Client, output: ListFormat) -> Result<()> {
 mod tests {
     use super::*;
     use gitops::flux::Condition;
-    use gitops::session::admin::{Description, EventLine};
-    use gitops::session::view::{Heartbeat, SyncStatus};
+    use gitops::session::readers::admin::{Description, EventLine};
+    use gitops::session::readers::view::{Heartbeat, SyncStatus};
 
     fn at(s: &str) -> Option<chrono::DateTime<Utc>> {
         gitops::duration::parse_time(Some(s))

@@ -1036,7 +1036,7 @@ pub async fn delete(
 
 /// Deletes every sandbox whose TTL has passed, unless a live session uses
 /// it; returns their names. The sessions' Leases in the expired sandboxes
-/// are judged together by [`crate::session::liveness`] (one lease period at
+/// are judged together by [`crate::session::record::liveness`] (one lease period at
 /// most), so a skewed clock never makes gc take a live session's sandbox.
 pub async fn gc(client: &Client, opts: &DeleteOptions) -> Result<Vec<String>, SandboxError> {
     let now = Utc::now();
@@ -1081,10 +1081,10 @@ async fn sandboxes_in_use(
         );
         leases.extend(api.list(&ListParams::default().labels(&selector)).await?);
     }
-    let judged = crate::session::liveness::judge(client, leases, &labels::owner()).await;
+    let judged = crate::session::record::liveness::judge(client, leases, &labels::owner()).await;
     Ok(judged
         .into_iter()
-        .filter(|j| j.verdict == crate::session::liveness::Verdict::Live)
+        .filter(|j| j.verdict == crate::session::record::liveness::Verdict::Live)
         .filter_map(|j| j.lease.labels().get(labels::SANDBOX).cloned())
         .collect())
 }

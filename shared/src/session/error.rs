@@ -38,7 +38,7 @@ pub enum SessionError {
     SandboxTaken { name: String, owner: String },
     /// An object of a name the session wants that it did not create.
     #[error("{0}")]
-    Foreign(super::ownership::Foreign),
+    Foreign(super::record::ownership::Foreign),
     #[error("sandbox {0} does not exist; create it with `kubectl gitops-sandbox create {0}`")]
     NoSuchSandbox(String),
     #[error("{what}: {path}: {source}")]
@@ -81,11 +81,11 @@ pub enum SessionError {
     },
 }
 
-impl From<super::ownership::OwnershipError> for SessionError {
-    fn from(e: super::ownership::OwnershipError) -> Self {
+impl From<super::record::ownership::OwnershipError> for SessionError {
+    fn from(e: super::record::ownership::OwnershipError) -> Self {
         match e {
-            super::ownership::OwnershipError::Foreign(f) => SessionError::Foreign(f),
-            super::ownership::OwnershipError::Kube(e) => SessionError::Kube(e),
+            super::record::ownership::OwnershipError::Foreign(f) => SessionError::Foreign(f),
+            super::record::ownership::OwnershipError::Kube(e) => SessionError::Kube(e),
         }
     }
 }

@@ -42,11 +42,12 @@ use tokio::sync::{mpsc, watch};
 use crate::flux::{self, HelmRelease, Kustomization, OCIRepository};
 use crate::labels;
 use crate::sandbox;
-use crate::session::admin;
+use crate::session::SessionError;
+use crate::session::readers::admin;
+use crate::session::readers::logs;
+use crate::session::readers::status;
+use crate::session::readers::view::{self, Heartbeat};
 use crate::session::record::Record;
-use crate::session::status;
-use crate::session::view::{self, Heartbeat};
-use crate::session::{SessionError, logs};
 
 pub mod auth;
 pub mod bounded;

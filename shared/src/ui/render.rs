@@ -16,10 +16,10 @@ use kube::ResourceExt;
 use super::esc;
 use crate::flux::Condition;
 use crate::sandbox::Sandbox;
-use crate::session::health::{self, Rollout};
+use crate::session::engine::health::{self, Rollout};
+use crate::session::readers::status::ClusterMode;
+use crate::session::readers::view::{Heartbeat, SessionView, short_revision};
 use crate::session::record::SyncEntry;
-use crate::session::status::ClusterMode;
-use crate::session::view::{Heartbeat, SessionView, short_revision};
 
 /// The phases of a sync, in order, with their display names.
 pub const PHASES: [(&str, &str); 5] = [

@@ -1,8 +1,8 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::session::readers::view::SyncStatus;
 use crate::session::record::PhaseTime;
-use crate::session::view::SyncStatus;
 
 fn session(name: &str, state: &str, heartbeat: Heartbeat) -> SessionView {
     SessionView {

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::lease::Lost;
 use super::watch::DirWatcher;
 use super::{Event, Session, SessionError, SyncOutcome};
 use crate::portforward::{self, ForwardSpec};
+use crate::session::record::lease::Lost;
 
 /// Something that syncs (a [`Session`]; a fake in tests).
 pub trait Syncer {
@@ -316,38 +316,44 @@ where
     // at once, repeats folded), unless a sync reports the same failure.
     {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        background.0.push(tokio::spawn(super::logs::flux_warnings(
-            session.client().clone(),
-            session.namespace().to_string(),
-            session.name().to_string(),
-            tx,
-        )));
+        background
+            .0
+            .push(tokio::spawn(crate::session::readers::logs::flux_warnings(
+                session.client().clone(),
+                session.namespace().to_string(),
+                session.name().to_string(),
+                tx,
+            )));
         let report = report.clone();
-        background.0.push(tokio::spawn(super::logs::fold_warnings(
-            rx,
-            move |w| {
-                let core = w.message.as_str();
-                failures.lock().is_ok_and(|f| {
-                    f.iter().any(|(_, m)| {
-                        m.contains(core) || core.contains(m.as_str()) || same_lines(m, core)
+        background
+            .0
+            .push(tokio::spawn(crate::session::readers::logs::fold_warnings(
+                rx,
+                move |w| {
+                    let core = w.message.as_str();
+                    failures.lock().is_ok_and(|f| {
+                        f.iter().any(|(_, m)| {
+                            m.contains(core) || core.contains(m.as_str()) || same_lines(m, core)
+                        })
                     })
-                })
-            },
-            move |message| report(&Event::Warning { message }),
-        )));
+                },
+                move |message| report(&Event::Warning { message }),
+            )));
     }
     if opts.logs
         && let Some((namespace, all_pods)) = session.workloads()
     {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        background.0.push(tokio::spawn(super::logs::follow(
-            session.client().clone(),
-            namespace,
-            session.name().to_string(),
-            session.namespace().to_string(),
-            all_pods,
-            tx,
-        )));
+        background
+            .0
+            .push(tokio::spawn(crate::session::readers::logs::follow(
+                session.client().clone(),
+                namespace,
+                session.name().to_string(),
+                session.namespace().to_string(),
+                all_pods,
+                tx,
+            )));
         let report = report.clone();
         background.0.push(tokio::spawn(async move {
             while let Some(l) = rx.recv().await {

@@ -1,7 +1,7 @@
 //! The session record: a `coordination.k8s.io` Lease per session, renewed
 //! by the running command, with what `gitops-sessions` and the web page show
 //! in its annotations. This module is the contract between the writer
-//! (`gitops-run`) and the readers ([`super::view`]): one codec for both.
+//! (`gitops-run`) and the readers ([`crate::session::readers::view`]): one codec for both.
 //!
 //! | annotation (`gitops.kubectl.dev/…`) | meaning |
 //! |---|---|
@@ -20,9 +20,16 @@
 //!
 //! `spec.holderIdentity` is `user@host` while the command runs (empty once
 //! it stopped with `--keep`, `removing:<user@host>` once `gitops-sessions`
-//! claimed it to remove the session; see [`super::lease`]);
+//! claimed it to remove the session; see [`lease`]);
 //! `spec.renewTime` + `leaseDurationSeconds` decide whether the heartbeat
 //! is live.
+
+pub mod lease;
+pub mod liveness;
+mod name;
+pub mod ownership;
+
+pub use name::{derive_name, validate_name};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

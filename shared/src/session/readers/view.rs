@@ -11,9 +11,9 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use super::record::{self, Record, lease_is_live};
 use crate::flux::{self, Kustomization, OCIRepository};
 use crate::labels;
+use crate::session::record::{self, Record, lease_is_live};
 
 /// Whether the session's command is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -219,7 +219,7 @@ pub fn build_views(
                     .map(|i| {
                         i.entries
                             .iter()
-                            .map(|e| super::changes::display_id(&e.id))
+                            .map(|e| crate::session::engine::changes::display_id(&e.id))
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -319,7 +319,7 @@ pub struct Filter {
 fn selector_of(filter: &Filter) -> Option<String> {
     let mut selector = labels::component_selector("session");
     if let Some(name) = &filter.name {
-        if super::validate_name(name).is_err() {
+        if crate::session::validate_name(name).is_err() {
             return None;
         }
         selector.push_str(&format!(",{}={name}", labels::SESSION));

@@ -4,8 +4,8 @@
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
-use super::SessionError;
 use crate::registry::is_loopback;
+use crate::session::SessionError;
 
 /// Context name prefixes of local clusters.
 const LOCAL_CONTEXT_PREFIXES: &[&str] = &[

@@ -229,8 +229,8 @@ impl Session {
         K::DynamicType: Default,
     {
         let name = &self.cfg.name;
-        // Only the session's own objects are written (see [`super::ownership`]).
-        super::ownership::apply(
+        // Only the session's own objects are written (see [`crate::session::record::ownership`]).
+        crate::session::record::ownership::apply(
             &Api::namespaced(self.client.clone(), &self.namespace),
             "OCIRepository",
             name,
@@ -238,7 +238,7 @@ impl Session {
             name,
         )
         .await?;
-        super::ownership::apply(
+        crate::session::record::ownership::apply(
             &Api::namespaced(self.client.clone(), &self.namespace),
             K::kind(&K::DynamicType::default()).as_ref(),
             name,

@@ -28,7 +28,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, WatchEvent, WatchParams};
 use kube::{Client, ResourceExt};
 
-use super::record::{self, holder, lease_duration, lease_is_live};
+use super::{self as record, holder, lease_duration, lease_is_live};
 
 /// What one look at a Lease says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,11 +12,12 @@ use kube::Client;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use super::liveness::{self, Glance, Verdict};
-use super::record;
 use super::view::{self, Filter, SessionView, ago};
-use super::{SessionError, cleanup, validate_name};
 use crate::flux::{self, Condition, Kustomization, OCIRepository};
+use crate::session::cleanup;
+use crate::session::record;
+use crate::session::record::liveness::{self, Glance, Verdict};
+use crate::session::{SessionError, validate_name};
 
 /// The one session named `name` (in `namespace`, or anywhere).
 pub async fn find(
@@ -56,7 +57,7 @@ pub fn own_sandbox(s: &SessionView) -> Option<&str> {
 /// command still runs and renews the heartbeat) is refused unless `force`;
 /// liveness is judged by [`liveness`] (a Lease that looks old is observed
 /// for one lease period), never by this machine's clock alone.
-/// The session's Lease is claimed first (see [`super::lease`]): its command,
+/// The session's Lease is claimed first (see [`crate::session::record::lease`]): its command,
 /// if it still runs, stops syncing; without `force` the claim holds only if
 /// the Lease is still the one judged not live, so a session that came back
 /// to life meanwhile is left alone ([`SessionError::CameBack`]).
@@ -75,7 +76,7 @@ pub async fn delete(
     }
     let me = crate::process::owner();
     // A removal of ours that did not finish: ours to go on with.
-    let judged = if super::lease::removed_by(&current) == Some(me.as_str()) {
+    let judged = if crate::session::record::lease::removed_by(&current) == Some(me.as_str()) {
         liveness::Judged {
             lease: current,
             verdict: Verdict::Stale,
@@ -130,7 +131,7 @@ async fn remove(
     };
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let me = crate::process::owner();
-    if !super::lease::claim(&leases, name, &me, precondition).await? {
+    if !crate::session::record::lease::claim(&leases, name, &me, precondition).await? {
         return Err(SessionError::CameBack(name.to_string()));
     }
     let r = record::Record::of(lease);
@@ -233,7 +234,7 @@ pub async fn workloads(
     client: &Client,
     s: &SessionView,
 ) -> Result<Option<(String, bool)>, SessionError> {
-    let sandboxed = s.mode == super::Mode::Sandboxed.as_str();
+    let sandboxed = s.mode == crate::session::Mode::Sandboxed.as_str();
     if let Some(ks) = Api::<Kustomization>::namespaced(client.clone(), &s.namespace)
         .get_opt(&s.name)
         .await?

@@ -20,7 +20,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams};
 
-use super::record::{self, keys};
+use super::{self as record, keys};
 
 /// The holder identity of a Lease whose session is being removed.
 pub const REMOVING: &str = "removing:";

@@ -9,14 +9,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, ObjectMeta};
 use kube::{Client, ResourceExt};
 
-use super::ownership::{SandboxMaker, sandbox_made_by};
 use super::{Event, OwnSandbox, Session, SessionError, changes};
 use crate::flux::{self, Kustomization, OCIRepository};
 use crate::kubeapi;
 use crate::labels;
 use crate::sandbox;
+use crate::session::record::ownership::{SandboxMaker, sandbox_made_by};
 
-pub use super::ownership::owned_by;
+pub use crate::session::record::ownership::owned_by;
 
 /// Removes a session's objects in the safe order: the HelmRelease or
 /// Kustomization first, with Flux's uninstall/pruning awaited; then the
@@ -32,7 +32,7 @@ pub async fn cleanup(
     owner: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, SessionError> {
-    super::validate_name(session)?;
+    crate::session::validate_name(session)?;
     let mut removed = Vec::new();
     let started = tokio::time::Instant::now();
     let left = || timeout.saturating_sub(started.elapsed());

@@ -1,0 +1,981 @@
+//! The engine: a live session syncing one directory to the cluster through
+//! Flux on every save, and removing everything it created when it stops.
+//!
+//! The flow of one save: [`live`] sees the change and calls
+//! [`Session::sync`] ([`sync`], or [`chart`] for a Helm chart directory):
+//! validate locally, build the artifact, push it, and only then, the first
+//! time, make the sandbox, Lease and Flux objects ([`Session`] touches the
+//! cluster only with something to apply); request a reconcile and wait for
+//! Flux to report exactly the pushed revision. [`cleanup`] removes it all
+//! in the safe order.
+
+pub mod changes;
+mod chart;
+pub mod cleanup;
+pub mod events;
+pub mod health;
+pub mod live;
+pub mod packaging;
+pub mod preflight;
+mod sync;
+pub mod validate;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+
+use crate::artifact::WalkOptions;
+use crate::kubeapi;
+use crate::labels;
+use crate::registry::{self, RegistryOptions};
+use crate::sandbox::{self, CreateOptions, SandboxError, Target};
+
+pub use changes::{Action, Change};
+pub use events::{Event, Mode, Phase, Reporter, SyncOutcome};
+pub use preflight::RegistryChoice;
+
+use super::SessionError;
+use crate::kubeapi::FIELD_MANAGER;
+use crate::session::record::{self, keys, lease, liveness, ownership};
+
+/// Everything a session needs to start. `Debug` never shows the age key.
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub name: String,
+    /// What is packaged (canonical): the Git top level of the directory, or `--root-dir`.
+    pub root: PathBuf,
+    /// The synced directory, relative to `root` (`./` form), the Kustomization's `path`.
+    pub path: String,
+    pub mode: Mode,
+    /// `--sandbox NAME`: an existing sandbox (not deleted at the end).
+    pub sandbox: Option<String>,
+    /// Cluster mode: where the session's Flux objects live.
+    pub namespace: String,
+    /// Cluster mode: `--target-namespace`.
+    pub target_namespace: Option<String>,
+    pub registry: RegistryChoice,
+    pub registry_options: RegistryOptions,
+    pub walk: WalkOptions,
+    /// An age key for SOPS decryption.
+    pub decryption_key: Option<Vec<u8>>,
+    /// Health-check timeout of the Kustomization.
+    pub timeout: Duration,
+    /// Lease duration; renewed at a third of it.
+    pub lease_duration: Duration,
+    /// `--port-forward` specs, recorded in the Lease for `gitops-sessions`.
+    pub port_forwards: Vec<String>,
+    /// Helm charts: `--values` files (later files win).
+    pub values: Vec<PathBuf>,
+    /// Helm charts: `--release-namespace` (cluster mode).
+    pub release_namespace: Option<String>,
+    pub owner: String,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field by name, so that a new one is a compile error here
+        // until someone decides whether it is secret.
+        let SessionConfig {
+            name,
+            root,
+            path,
+            mode,
+            sandbox,
+            namespace,
+            target_namespace,
+            registry,
+            registry_options,
+            walk,
+            decryption_key,
+            timeout,
+            lease_duration,
+            port_forwards,
+            values,
+            release_namespace,
+            owner,
+        } = self;
+        f.debug_struct("SessionConfig")
+            .field("name", name)
+            .field("root", root)
+            .field("path", path)
+            .field("mode", mode)
+            .field("sandbox", sandbox)
+            .field("namespace", namespace)
+            .field("target_namespace", target_namespace)
+            .field("registry", registry)
+            // Credentials' own Debug redacts the password.
+            .field("registry_options", registry_options)
+            .field("walk", walk)
+            .field(
+                "decryption_key",
+                &decryption_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("timeout", timeout)
+            .field("lease_duration", lease_duration)
+            .field("port_forwards", port_forwards)
+            .field("values", values)
+            .field("release_namespace", release_namespace)
+            .field("owner", owner)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_neither_the_age_key_nor_the_registry_password() {
+        let key = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+        let cfg = SessionConfig {
+            name: "run-app-123abc".into(),
+            root: PathBuf::from("/src/app"),
+            path: "./deploy".into(),
+            mode: Mode::Sandboxed,
+            sandbox: None,
+            namespace: "default".into(),
+            target_namespace: None,
+            registry: RegistryChoice {
+                push: "localhost:5000".into(),
+                pull: "registry:5000".into(),
+                origin: "--registry",
+                insecure: false,
+            },
+            registry_options: RegistryOptions {
+                creds: Some("ann:hunter2-registry-password".parse().unwrap()),
+                insecure: false,
+            },
+            walk: WalkOptions::default(),
+            decryption_key: Some(format!("# created: today\n{key}\n").into_bytes()),
+            timeout: Duration::from_secs(60),
+            lease_duration: Duration::from_secs(30),
+            port_forwards: vec!["resource=svc/web,port=8080:80".into()],
+            values: Vec::new(),
+            release_namespace: None,
+            owner: "ann@laptop".into(),
+        };
+        for text in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(!text.contains("AGE-SECRET-KEY"), "{text}");
+            assert!(!text.contains("QQQQQQQQ"), "{text}");
+            // Nor as the bytes' numbers.
+            assert!(!text.contains("65, 71, 69"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(
+                text.contains("decryption_key: Some(") && text.contains("<redacted>"),
+                "{text}"
+            );
+            assert!(
+                text.contains("run-app-123abc") && text.contains("ann"),
+                "{text}"
+            );
+        }
+    }
+}
+
+/// The sandbox a session makes for itself, and what is known of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnSandbox {
+    /// Not ours to make: cluster mode or `--sandbox NAME`.
+    None,
+    /// To be made at the first sync (after the old one, if terminating, is gone).
+    ToCreate,
+    /// Made (or left by an earlier run of this session and reused): ours to delete.
+    Made,
+}
+
+/// A running session.
+pub struct Session {
+    client: Client,
+    cfg: SessionConfig,
+    /// The registry client of the session's pushes (made at the first).
+    registry: Option<crate::registry::Registry>,
+    /// Where its Flux objects and Lease live.
+    namespace: String,
+    target: Target,
+    /// The sandbox it applies into (sandboxed mode).
+    sandbox_name: Option<String>,
+    own_sandbox: OwnSandbox,
+    /// Sandbox, Lease and Secrets exist (made at the first sync).
+    materialized: bool,
+    objects_ready: bool,
+    last_layer: Option<String>,
+    /// Flux gave its verdict on what was last pushed (Ready, or a failed
+    /// apply or rollout) and nothing was pushed since: the same content again
+    /// is "unchanged", not another push. A push failure, a fetch failure or a
+    /// superseded wait leave it unsettled, so the same content is synced again.
+    settled: bool,
+    /// The revision last synced Ready (what stays applied after a failure).
+    last_good: Option<String>,
+    /// Set while the sync waits for Flux: a newer save may supersede it.
+    waiting: Arc<AtomicBool>,
+    /// The last reconcile request made of the session's OCIRepository.
+    source_request: Option<crate::flux::ReconcileRequest>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+    /// The resourceVersion of the (stale) Lease seen at start, `None` when
+    /// there was none: the first write of the Lease is conditional on it.
+    lease_seen: Option<String>,
+    /// Set once the session no longer holds its Lease (see [`lease`]).
+    lost: Arc<tokio::sync::watch::Sender<Option<lease::Lost>>>,
+    report: Reporter,
+    started: DateTime<Utc>,
+    /// The directory is a Helm chart: a HelmRelease instead of a Kustomization.
+    chart: bool,
+    /// Namespace rewrites already pointed out (said once per session).
+    relocations_said: BTreeSet<String>,
+    /// What the last sync packaged (said when it changes).
+    packaging: Option<packaging::Packaging>,
+    /// The phases of the sync under way, timed.
+    timeline: std::sync::Mutex<Timeline>,
+    /// The last syncs (oldest first), as written into the Lease.
+    history: Vec<record::SyncEntry>,
+    /// The outcome of the sync under way, written into the Lease with its
+    /// history entry (one request per sync).
+    last_note: Option<record::LastSync>,
+    /// The last sync found no change-set event: Flux's event recorder is
+    /// likely dropping them (see [`changes::CHANGE_SET_WAIT`]), so the next
+    /// sync takes what is at hand rather than wait for one.
+    change_sets_missing: bool,
+}
+
+/// The phases of one sync as they happen (see [`Session::phase`]).
+#[derive(Debug, Default)]
+struct Timeline {
+    started: Option<(std::time::Instant, DateTime<Utc>)>,
+    current: Option<(Phase, std::time::Instant)>,
+    phases: Vec<record::PhaseTime>,
+    failed: Option<(Phase, String)>,
+    revision: Option<String>,
+}
+
+impl Timeline {
+    fn ms(d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn start(&mut self, phase: Phase, now: std::time::Instant) {
+        if self.started.is_none() {
+            self.started = Some((now, Utc::now()));
+        }
+        self.current = Some((phase, now));
+    }
+
+    /// The current phase ended (`phase` when it is the one under way).
+    fn end(&mut self, phase: Phase, now: std::time::Instant) {
+        let Some((current, at)) = self.current.take() else {
+            return;
+        };
+        if current != phase {
+            return;
+        }
+        let origin = self.started.map_or(at, |(t, _)| t);
+        self.phases.push(record::PhaseTime {
+            phase: phase.name().to_string(),
+            start_ms: Self::ms(at.saturating_duration_since(origin)),
+            ms: Self::ms(now.saturating_duration_since(at)),
+        });
+    }
+
+    /// The history entry of the finished sync (`None` when unchanged or never started).
+    fn entry(&mut self, outcome: &SyncOutcome) -> Option<record::SyncEntry> {
+        let t = std::mem::take(self);
+        let (_, at) = t.started?;
+        let (status, failed_phase, message) = match outcome {
+            SyncOutcome::Unchanged => return None,
+            SyncOutcome::Ready { .. } => ("Ready", None, String::new()),
+            SyncOutcome::Failed { phase, message } => (
+                "Failed",
+                Some(phase.name().to_string()),
+                message.chars().take(record::HISTORY_MESSAGE_LEN).collect(),
+            ),
+        };
+        let revision = match outcome {
+            SyncOutcome::Ready { revision } => revision.clone(),
+            _ => t.revision.unwrap_or_default(),
+        };
+        Some(record::SyncEntry {
+            at,
+            revision,
+            status: status.to_string(),
+            failed_phase,
+            message,
+            phases: t.phases,
+        })
+    }
+}
+
+fn session_labels(name: &str, sandbox: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = labels::managed("session");
+    l.insert(labels::SESSION.into(), name.into());
+    if let Some(s) = sandbox {
+        l.insert(labels::SANDBOX.into(), s.into());
+    }
+    l
+}
+
+/// Waits (at most two minutes) until the Lease of a session that someone
+/// is removing is gone, saying so.
+async fn await_removal(
+    leases: &Api<Lease>,
+    existing: &Lease,
+    report: &Reporter,
+) -> Result<(), SessionError> {
+    let name = existing.name_any();
+    let by = lease::removed_by(existing).unwrap_or_default();
+    report(&Event::Message {
+        message: format!("waiting for {by} to finish removing the last run of session {name}"),
+    });
+    let uid = existing.uid().unwrap_or_default();
+    kubeapi::await_object(
+        leases,
+        &name,
+        Duration::from_secs(120),
+        format!("{by} to finish removing the last run of session {name}"),
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Refuses to start when an object of a name the session will write exists
+/// and is not the session's own (see [`ownership`]).
+async fn refuse_foreign(
+    client: &Client,
+    namespace: &str,
+    cfg: &SessionConfig,
+    chart: bool,
+) -> Result<(), SessionError> {
+    let name = &cfg.name;
+    let repos: Api<crate::flux::OCIRepository> = Api::namespaced(client.clone(), namespace);
+    ownership::check(&repos, "OCIRepository", name, name).await?;
+    if chart {
+        let releases: Api<crate::flux::HelmRelease> = Api::namespaced(client.clone(), namespace);
+        ownership::check(&releases, "HelmRelease", name, name).await?;
+    } else {
+        let kss: Api<crate::flux::Kustomization> = Api::namespaced(client.clone(), namespace);
+        ownership::check(&kss, "Kustomization", name, name).await?;
+    }
+    if cfg.decryption_key.is_some() {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        ownership::check(&secrets, "Secret", &format!("{name}-sops"), name).await?;
+    }
+    Ok(())
+}
+
+/// The session's own Lease `existing` (left by an earlier run, or another
+/// command's): `Ok(resourceVersion)` to take over when nobody renews it,
+/// after waiting for a removal under way; refused when it is live (judged
+/// by [`liveness`]: never by this machine's clock alone).
+async fn take_over(
+    leases: &Api<Lease>,
+    existing: Lease,
+    cfg: &SessionConfig,
+    report: &Reporter,
+) -> Result<Option<String>, SessionError> {
+    let client = leases.clone().into_client();
+    let judged = liveness::judge(&client, vec![existing], &cfg.owner)
+        .await
+        .into_iter()
+        .next();
+    let Some(liveness::Judged { lease, verdict }) = judged else {
+        return Ok(None);
+    };
+    match verdict {
+        liveness::Verdict::Gone => Ok(None),
+        // A stale run of this session is being pruned: let it go first. (A
+        // claim that went stale is a remover that died: taken over like any
+        // stale Lease.)
+        liveness::Verdict::Live if lease::removed_by(&lease).is_some() => {
+            await_removal(leases, &lease, report).await?;
+            Ok(None)
+        }
+        liveness::Verdict::Live => Err(SessionError::AlreadyRunning {
+            name: cfg.name.clone(),
+            holder: record::holder(&lease).to_string(),
+            pid: record::Record::of(&lease).pid,
+        }),
+        liveness::Verdict::Stale => Ok(lease.resource_version()),
+    }
+}
+
+/// How long a session's own sandbox outlives the session's last heartbeat
+/// before `gitops-sandbox gc` may take it.
+pub const EPHEMERAL_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often a running session pushes its own sandbox's expiry forward.
+pub const EXTEND_EVERY: Duration = Duration::from_secs(5 * 60);
+
+fn now_micro() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl Session {
+    /// Prepares the session without changing the cluster: checks the name,
+    /// where it will apply and that it is not already running. The sandbox,
+    /// Lease and Flux objects are made by the first sync, once there is an
+    /// artifact to point at.
+    pub async fn start(
+        client: Client,
+        mut cfg: SessionConfig,
+        report: Reporter,
+    ) -> Result<Session, SessionError> {
+        record::validate_name(&cfg.name)?;
+        crate::duration::check_range(
+            "lease-duration",
+            cfg.lease_duration,
+            record::MIN_LEASE,
+            record::MAX_LEASE,
+        )
+        .map_err(|e| SessionError::Flag(e.to_string()))?;
+        // Read the Docker config (and run its helper) once, not on every push.
+        if cfg.registry_options.creds.is_none() {
+            let host = cfg
+                .registry
+                .push
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            cfg.registry_options.creds = registry::docker_config_credentials(&host);
+        }
+        let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
+            (Mode::Cluster, _) => {
+                let target = Target {
+                    namespace: cfg.namespace.clone(),
+                    service_account: None,
+                    kubeconfig_secret: None,
+                    target_namespace: cfg.target_namespace.clone(),
+                };
+                (cfg.namespace.clone(), target, None, OwnSandbox::None)
+            }
+            (Mode::Sandboxed, Some(existing)) => {
+                let sb = sandbox::get(&client, existing)
+                    .await?
+                    .ok_or_else(|| SessionError::NoSuchSandbox(existing.clone()))?;
+                if sb.isolation == sandbox::Isolation::Namespace {
+                    if sb.unconfined {
+                        report(&Event::Warning {
+                            message: format!(
+                                "sandbox {existing} was created --unconfined: it is NOT a \
+                                 security boundary; its payload can do whatever Flux can"
+                            ),
+                        });
+                    } else {
+                        // A sandbox made before the boundary existed, or
+                        // whose policy was removed since: refuse rather than
+                        // run a payload that could leave it.
+                        sandbox::boundary::probe(&client, &sb.namespace, Duration::from_secs(3))
+                            .await
+                            .map_err(SandboxError::from)?;
+                    }
+                }
+                (
+                    sb.namespace.clone(),
+                    sb.target,
+                    Some(existing.clone()),
+                    OwnSandbox::None,
+                )
+            }
+            (Mode::Sandboxed, None) => {
+                let name = cfg.name.clone();
+                let namespaces: Api<Namespace> = Api::all(client.clone());
+                let maker = ownership::SandboxMaker {
+                    namespace: &name,
+                    session: &name,
+                    owner: &cfg.owner,
+                };
+                match namespaces.get_opt(&name).await? {
+                    Some(ns) if !sandbox::is_sandbox(&ns) => {
+                        let mut f = ownership::foreign("Namespace", &ns.metadata, &name)
+                            .unwrap_or_else(|| ownership::Foreign {
+                                kind: "Namespace".into(),
+                                namespace: String::new(),
+                                name: name.clone(),
+                                manager: ownership::manager_of(&ns.metadata),
+                            });
+                        f.namespace = String::new();
+                        return Err(SessionError::Foreign(f));
+                    }
+                    // Someone else's sandbox, or one not made for this session.
+                    Some(ns)
+                        if ns.metadata.deletion_timestamp.is_none()
+                            && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
+                    {
+                        let owner = ns.annotations().get(labels::OWNER).cloned();
+                        return Err(SessionError::SandboxTaken {
+                            name: name.clone(),
+                            owner: match owner {
+                                Some(o) if o == cfg.owner => format!(
+                                    "you ({o}) but not for this session (run in it with \
+                                     --sandbox {name})"
+                                ),
+                                Some(o) => o,
+                                None => "someone else".into(),
+                            },
+                        });
+                    }
+                    // Absent, or the last run's sandbox still being deleted:
+                    // made (after it is gone) at the first sync.
+                    _ => {}
+                }
+                (
+                    name.clone(),
+                    Target::namespace_sandbox(&name),
+                    Some(name),
+                    OwnSandbox::ToCreate,
+                )
+            }
+        };
+        let rel = cfg.path.trim_start_matches("./");
+        let chart = crate::helm::is_chart(&if rel.is_empty() {
+            cfg.root.clone()
+        } else {
+            cfg.root.join(rel)
+        });
+        // Nothing of the names the session wants may be someone else's: all
+        // checked before anything is written.
+        refuse_foreign(&client, &namespace, &cfg, chart).await?;
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+        let lease_seen = match leases.get_opt(&cfg.name).await? {
+            Some(existing) => {
+                if let Some(f) = ownership::foreign("Lease", &existing.metadata, &cfg.name) {
+                    return Err(SessionError::Foreign(f));
+                }
+                take_over(&leases, existing, &cfg, &report).await?
+            }
+            None => None,
+        };
+        let session = Session {
+            registry: None,
+            chart,
+            relocations_said: BTreeSet::new(),
+            packaging: None,
+            timeline: Default::default(),
+            history: Vec::new(),
+            last_note: None,
+            change_sets_missing: false,
+            client,
+            namespace,
+            target,
+            sandbox_name,
+            own_sandbox,
+            materialized: false,
+            objects_ready: false,
+            last_layer: None,
+            settled: false,
+            last_good: None,
+            waiting: Arc::new(AtomicBool::new(false)),
+            source_request: None,
+            renewer: None,
+            lease_seen,
+            lost: Arc::new(tokio::sync::watch::channel(None).0),
+            report,
+            started: Utc::now(),
+            cfg,
+        };
+        (session.report)(&Event::Started {
+            session: session.cfg.name.clone(),
+            namespace: session.namespace.clone(),
+            mode: session.cfg.mode,
+            sandbox: session.sandbox_name.clone(),
+            registry: format!(
+                "{} ({})",
+                session.cfg.registry.push, session.cfg.registry.origin
+            ),
+            root: session.cfg.root.display().to_string(),
+            path: session.cfg.path.clone(),
+        });
+        Ok(session)
+    }
+
+    /// Makes what the session needs in the cluster before its first apply:
+    /// its sandbox (ephemeral), its Lease and heartbeat, the SOPS Secret.
+    /// What it makes is recorded first, so a stop at any point (Ctrl+C)
+    /// removes it.
+    async fn materialize(&mut self) -> Result<(), SessionError> {
+        if self.materialized {
+            return Ok(());
+        }
+        // Made at the first sync; again if a removal of the last run of this
+        // session was under way (its sandbox then goes first).
+        let make_sandbox = self.own_sandbox != OwnSandbox::None;
+        let mut attempts = 0;
+        loop {
+            if make_sandbox {
+                let name = self.cfg.name.clone();
+                let namespaces: Api<Namespace> = Api::all(self.client.clone());
+                if let Some(ns) = namespaces.get_opt(&name).await?
+                    && ns.metadata.deletion_timestamp.is_some()
+                {
+                    // The last run's sandbox is still being deleted: let it go first.
+                    let uid = ns.uid().unwrap_or_default();
+                    kubeapi::await_object(
+                        &namespaces,
+                        &name,
+                        Duration::from_secs(120),
+                        format!("the previous sandbox {name} to be deleted"),
+                        kube::runtime::wait::conditions::is_deleted(&uid),
+                    )
+                    .await?;
+                }
+                // From here on a stop removes the sandbox, made or half-made.
+                self.own_sandbox = OwnSandbox::Made;
+                if sandbox::get(&self.client, &name).await?.is_none() {
+                    let options = CreateOptions {
+                        owner: self.cfg.owner.clone(),
+                        // A safety net: `gitops-sandbox gc` removes it if cleanup
+                        // never runs (the heartbeat extends it while the session runs).
+                        ttl: Some(EPHEMERAL_TTL),
+                        // Who made it, so that only this session's cleanup removes it.
+                        labels: ownership::sandbox_record(&ownership::SandboxMaker {
+                            namespace: &self.namespace,
+                            session: &name,
+                            owner: &self.cfg.owner,
+                        }),
+                        ..Default::default()
+                    };
+                    match sandbox::create(&self.client, &name, &options).await {
+                        Ok(_) => {}
+                        // Made meanwhile: ours only if its record says so.
+                        Err(sandbox::SandboxError::AlreadyExists(_)) => {
+                            let maker = ownership::SandboxMaker {
+                                namespace: &self.namespace,
+                                session: &name,
+                                owner: &self.cfg.owner,
+                            };
+                            let ns = namespaces.get_opt(&name).await?;
+                            if !ns
+                                .is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker))
+                            {
+                                self.own_sandbox = OwnSandbox::None;
+                                return Err(SessionError::SandboxTaken {
+                                    name: name.clone(),
+                                    owner: "someone else, just now".into(),
+                                });
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            let Some(current) = self.write_lease().await? else {
+                break;
+            };
+            attempts += 1;
+            let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+            match current {
+                None => self.lease_seen = None,
+                Some(l) => {
+                    if let Some(f) = ownership::foreign("Lease", &l.metadata, &self.cfg.name) {
+                        return Err(SessionError::Foreign(f));
+                    }
+                    if attempts >= 4 {
+                        return Err(SessionError::AlreadyRunning {
+                            name: self.cfg.name.clone(),
+                            holder: record::holder(&l).to_string(),
+                            pid: record::Record::of(&l).pid,
+                        });
+                    }
+                    self.lease_seen = take_over(&leases, l, &self.cfg, &self.report).await?;
+                }
+            }
+        }
+        if let Some(key) = &self.cfg.decryption_key {
+            let name = format!("{}-sops", self.cfg.name);
+            let secret = Secret {
+                metadata: self.meta(&name),
+                data: Some(BTreeMap::from([(
+                    "identity.agekey".to_string(),
+                    k8s_openapi::ByteString(key.clone()),
+                )])),
+                ..Default::default()
+            };
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+            ownership::apply(&secrets, "Secret", &name, &secret, &self.cfg.name).await?;
+        }
+        self.renewer = Some(self.spawn_renewer());
+        self.materialized = true;
+        Ok(())
+    }
+
+    /// The session's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Where its objects live.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The Kubernetes client it uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The synced directory.
+    pub fn dir(&self) -> PathBuf {
+        let rel = self.cfg.path.trim_start_matches("./");
+        if rel.is_empty() {
+            self.cfg.root.clone()
+        } else {
+            self.cfg.root.join(rel)
+        }
+    }
+
+    /// Where and as whom it applies.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Where its workloads run in this cluster, and whether every pod there
+    /// is the session's (a namespace sandbox); `None` when they run in
+    /// another cluster (kubeconfig and vcluster sandboxes).
+    pub fn workloads(&self) -> Option<(String, bool)> {
+        if self.target.kubeconfig_secret.is_some() {
+            return None;
+        }
+        let ns = self
+            .target
+            .target_namespace
+            .clone()
+            .unwrap_or_else(|| self.namespace.clone());
+        Some((ns, self.cfg.mode == Mode::Sandboxed))
+    }
+
+    /// The flag that is set while a sync waits for Flux (a newer save may
+    /// supersede that wait).
+    pub fn waiting_flag(&self) -> Arc<AtomicBool> {
+        self.waiting.clone()
+    }
+
+    /// Replaces the session's reporter.
+    pub fn set_reporter(&mut self, report: Reporter) {
+        self.report = report;
+    }
+
+    /// Sends an event to the session's reporter.
+    pub fn report(&self, event: &Event) {
+        (self.report)(event)
+    }
+
+    fn meta(&self, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(session_labels(&self.cfg.name, self.sandbox_name.as_deref())),
+            annotations: Some(BTreeMap::from([(
+                labels::OWNER.to_string(),
+                self.cfg.owner.clone(),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// The session's record, as written into its Lease.
+    fn record(&self) -> record::Record {
+        record::Record {
+            pid: std::process::id().to_string(),
+            dir: self.dir().display().to_string(),
+            registry: self.cfg.registry.push.clone(),
+            mode: self.cfg.mode.as_str().to_string(),
+            sandbox: self.sandbox_name.clone(),
+            ephemeral_sandbox: self.own_sandbox == OwnSandbox::Made,
+            version: crate::VERSION.to_string(),
+            started_at: Some(self.started),
+            last: None,
+            port_forwards: self.cfg.port_forwards.clone(),
+            owner: self.cfg.owner.clone(),
+            history: self.history.clone(),
+        }
+    }
+
+    /// Writes the session's Lease: replaces the stale one seen (only if it
+    /// has not changed since), or creates it. `Ok(Some(current))` when that
+    /// condition failed: someone else wrote or removed it meanwhile.
+    async fn write_lease(&self) -> Result<Option<Option<Lease>>, kube::Error> {
+        let mut meta = self.meta(&self.cfg.name);
+        meta.annotations = Some(self.record().to_annotations());
+        meta.resource_version = self.lease_seen.clone();
+        let now = now_micro();
+        let seconds = i32::try_from(self.cfg.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let lease = Lease {
+            metadata: meta,
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.cfg.owner.clone()),
+                lease_duration_seconds: Some(seconds),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                ..Default::default()
+            }),
+        };
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        let written = match &self.lease_seen {
+            Some(_) => leases.replace(&self.cfg.name, &params, &lease).await,
+            None => leases.create(&params, &lease).await,
+        };
+        match written {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                Ok(Some(leases.get_opt(&self.cfg.name).await?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The signal that the session no longer holds its Lease.
+    pub fn lost(&self) -> tokio::sync::watch::Receiver<Option<lease::Lost>> {
+        self.lost.subscribe()
+    }
+
+    /// Renews the heartbeat at a third of the lease, while the Lease is
+    /// still the session's own; says when the API server is unreachable and
+    /// when it is back, and when a suspension longer than the lease ended.
+    fn spawn_renewer(&self) -> tokio::task::JoinHandle<()> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = self.cfg.name.clone();
+        let owner = self.cfg.owner.clone();
+        let pid = std::process::id().to_string();
+        let duration = self.cfg.lease_duration;
+        let every = (duration / 3).max(Duration::from_secs(1));
+        let report = self.report.clone();
+        let lost = self.lost.clone();
+        // The session's own sandbox: its expiry moves with the heartbeat.
+        let own_sandbox = (self.own_sandbox == OwnSandbox::Made)
+            .then(|| (self.cfg.name.clone(), self.namespace.clone()));
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            let mut renewed = Utc::now();
+            let mut extended = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let gap = lease::gap(renewed, Utc::now(), duration);
+                match lease::renew(&leases, &name, &owner, &pid).await {
+                    lease::Renewed::Held => {
+                        renewed = Utc::now();
+                        if let Some((sandbox, lease_ns)) = &own_sandbox
+                            && extended.elapsed() >= EXTEND_EVERY
+                        {
+                            extended = tokio::time::Instant::now();
+                            lease::extend_sandbox(&client, sandbox, lease_ns, &name, EPHEMERAL_TTL)
+                                .await;
+                        }
+                        if let Some(gap) = gap {
+                            report(&Event::Warning {
+                                message: format!(
+                                    "resumed after {} without a heartbeat (longer than the \
+                                     session's lease, {}); nobody took the session meanwhile, \
+                                     so it holds its Lease again",
+                                    crate::duration::human(gap),
+                                    crate::duration::human(duration)
+                                ),
+                            });
+                        } else if failing {
+                            report(&Event::Warning {
+                                message:
+                                    "reconnected to the API server; the session's heartbeat is back"
+                                        .into(),
+                            });
+                        }
+                        failing = false;
+                    }
+                    lease::Renewed::Lost(why) => {
+                        lost.send_replace(Some(why));
+                        return;
+                    }
+                    lease::Renewed::Unknown(e) if !failing => {
+                        failing = true;
+                        report(&Event::Warning {
+                            message: format!(
+                                "cannot renew the session's heartbeat ({e}); retrying"
+                            ),
+                        });
+                    }
+                    lease::Renewed::Unknown(_) => {}
+                }
+            }
+        })
+    }
+
+    /// Keeps a finished sync's phases in the Lease's `sync-history`, with
+    /// its outcome ([`Session::note`]) in the same request (best effort;
+    /// before the first sync made the Lease, only in memory: the Lease is
+    /// written with it).
+    pub(super) async fn record_sync(&mut self, outcome: &SyncOutcome) {
+        let entry = match self.timeline.lock() {
+            Ok(mut t) => t.entry(outcome),
+            Err(_) => None,
+        };
+        let note = self.last_note.take();
+        if let Some(entry) = entry {
+            self.history.push(entry);
+            let excess = self.history.len().saturating_sub(record::HISTORY_LEN);
+            self.history.drain(..excess);
+        } else if note.is_none() {
+            return;
+        }
+        if !self.materialized {
+            return;
+        }
+        let mut annotations = note.map(|n| n.to_annotations()).unwrap_or_default();
+        annotations.insert(
+            keys::SYNC_HISTORY.to_string(),
+            record::history_to_annotation(&self.history),
+        );
+        let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+        self.patch_lease(&patch, "record the sync in").await;
+    }
+
+    /// The revision the sync under way pushed.
+    pub(super) fn pushed(&self, revision: &str) {
+        if let Ok(mut t) = self.timeline.lock() {
+            t.revision = Some(revision.to_string());
+        }
+    }
+
+    /// Notes a sync's outcome, for the Lease ([`Session::record_sync`]
+    /// writes it once the sync is over).
+    fn note(&mut self, revision: &str, status: &str) {
+        self.last_note = Some(record::LastSync {
+            revision: revision.to_string(),
+            at: Some(Utc::now()),
+            status: status.to_string(),
+        });
+    }
+
+    /// Merge-patches the session's Lease (best effort: logged on failure).
+    pub(super) async fn patch_lease(&self, patch: &serde_json::Value, what: &str) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        if let Err(e) = leases
+            .patch(
+                &self.cfg.name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            tracing::debug!("cannot {what} the lease: {e}");
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+    }
+}
