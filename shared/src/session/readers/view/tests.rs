@@ -141,8 +141,8 @@ fn views_join_leases_and_flux_status() {
 #[test]
 fn json_output_matches_the_snapshot() {
     let json = serde_json::to_string_pretty(&fixture()).unwrap() + "\n";
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/session/view/snapshot.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/session/readers/view/snapshot.json");
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, &json).unwrap();
     }
