@@ -8,6 +8,10 @@
 //! files are executable is Git's word when the directory is in a work tree
 //! (the index's `100755`), so Windows, which has no executable bit, and a
 //! Linux checkout give the same digest; see [`GitModes`].
+//!
+//! What the artifact carries besides its layer (the manifest, its
+//! annotations and provenance) is in `manifest`; sending it is the
+//! registry client's ([`crate::registry::Registry`]).
 
 mod diff;
 mod gitmodes;
