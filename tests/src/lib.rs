@@ -1146,11 +1146,12 @@ pub async fn push_oci_source(
     dir: &Path,
 ) {
     use gitops::flux::{OCIRepository, OCIRepositoryRef, OCIRepositorySpec};
-    use gitops::registry::{self, ArtifactRef, PushOptions};
+    use gitops::registry::{ArtifactRef, PushOptions, Registry, RegistryOptions};
     let reference: ArtifactRef = format!("oci://{}/e2e/{repo}:latest", harness.registry)
         .parse()
         .expect("a valid reference");
-    registry::push(dir, &reference, &PushOptions::default())
+    Registry::new(&reference, &RegistryOptions::default())
+        .push(dir, &PushOptions::default())
         .await
         .expect("push to the harness registry");
     let mut source = OCIRepository::new(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use gitops::artifact::{self, WalkOptions};
-use gitops::registry::{self, ArtifactRef, Credentials, PushOptions, RegistryOptions};
+use gitops::registry::{ArtifactRef, Credentials, PushOptions, Registry, RegistryOptions};
 
 /// Which files go into the artifact.
 #[derive(Args, Debug, Clone)]
@@ -145,13 +145,15 @@ pub async fn push(args: PushArgs) -> Result<ExitCode> {
     let reference: ArtifactRef = args.reference.parse()?;
     let options = PushOptions {
         walk: args.select.walk_options(),
-        registry: args.registry.options()?,
         reproducible: args.reproducible,
         source: args.source.clone(),
         revision: args.revision.clone(),
     };
+    let registry = args.registry.options()?;
     packaged(&args.dir)?;
-    let pushed = registry::push(&args.dir, &reference, &options).await?;
+    let pushed = Registry::new(&reference, &registry)
+        .push(&args.dir, &options)
+        .await?;
     match args.output {
         Format::Json => gitops::outln!("{}", serde_json::to_string_pretty(&pushed)?),
         Format::Text => {
@@ -189,13 +191,9 @@ pub struct DiffArgs {
 pub async fn diff(args: DiffArgs) -> Result<ExitCode> {
     packaged(&args.dir)?;
     let reference: ArtifactRef = args.reference.parse()?;
-    let diff = registry::diff(
-        &args.dir,
-        &reference,
-        &args.select.walk_options(),
-        &args.registry.options()?,
-    )
-    .await?;
+    let diff = Registry::new(&reference, &args.registry.options()?)
+        .diff(&args.dir, &args.select.walk_options())
+        .await?;
     match args.output {
         Format::Json => gitops::outln!("{}", serde_json::to_string_pretty(&diff)?),
         Format::Text => {

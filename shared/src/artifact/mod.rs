@@ -8,9 +8,14 @@
 //! files are executable is Git's word when the directory is in a work tree
 //! (the index's `100755`), so Windows, which has no executable bit, and a
 //! Linux checkout give the same digest; see [`GitModes`].
+//!
+//! What the artifact carries besides its layer (the manifest, its
+//! annotations and provenance) is in `manifest`; sending it is the
+//! registry client's ([`crate::registry::Registry`]).
 
 mod diff;
 mod gitmodes;
+mod manifest;
 mod pgzip;
 mod walk;
 
@@ -25,6 +30,10 @@ pub use diff::{
     content_of_layer_within, size_in_words,
 };
 pub use gitmodes::GitModes;
+pub use manifest::{
+    ANNOTATION_CREATED, ANNOTATION_REVISION, ANNOTATION_SOURCE, CONFIG_BLOB, REPRODUCIBLE_CREATED,
+    manifest_json, oci_manifest, provenance,
+};
 pub use pgzip::ParallelGz;
 pub use walk::{
     DEFAULT_EXCLUDES, DEFAULT_MAX_FILE_SIZE, Entry, EntryKind, IgnoreRules, IgnoredBy, IgnoredKind,
@@ -345,6 +354,15 @@ pub fn build_to_temp(dir: &Path, options: &WalkOptions) -> Result<(File, Built),
             files: files(&entries),
         },
     ))
+}
+
+/// As [`build_to_temp`], off the async runtime's threads (a push's build).
+pub async fn build(dir: &Path, options: &WalkOptions) -> Result<(File, Built), ArtifactError> {
+    let (dir, options) = (dir.to_path_buf(), options.clone());
+    let at = dir.clone();
+    tokio::task::spawn_blocking(move || build_to_temp(&dir, &options))
+        .await
+        .map_err(|e| io_at(at)(io::Error::other(e)))?
 }
 
 /// Parses a size: bytes, or with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`, `K`, `M`, `G`).

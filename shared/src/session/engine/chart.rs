@@ -10,7 +10,6 @@ use kube::api::Api;
 use super::{Event, Phase, Session, SessionError, SyncOutcome, changes};
 use crate::flux::{self, OCIRepository, SourceReference};
 use crate::kubeapi;
-use crate::registry;
 
 /// The merged `--values` files (later files win), as HelmRelease values.
 pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionError> {
@@ -126,22 +125,9 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
         };
-        let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let annotations = [
-            (registry::ANNOTATION_CREATED, created.as_str()),
-            ("org.opencontainers.image.title", chart.meta.name.as_str()),
-            ("org.opencontainers.image.version", chart.version.as_str()),
-        ];
-        let upload = registry::Upload {
-            file: &file,
-            layer: &chart.layer,
-            layer_media_type: crate::helm::CONTENT_MEDIA_TYPE,
-            config: &chart.config,
-            config_media_type: crate::helm::CONFIG_MEDIA_TYPE,
-            annotations: &annotations,
-        };
-        let digest = match registry::upload(&reference, &self.cfg.registry_options, &upload).await {
-            Ok((digest, _)) => digest,
+        let client = self.registry_client(&reference);
+        let digest = match client.push_chart(&file, &chart).await {
+            Ok(digest) => digest,
             Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None, false),
         };
         self.settled = false;

@@ -198,7 +198,7 @@ pub struct Session {
     client: Client,
     cfg: SessionConfig,
     /// The registry client of the session's pushes (made at the first).
-    registry: Option<crate::registry::Registry>,
+    registry: crate::registry::KeptRegistry,
     /// Where its Flux objects and Lease live.
     namespace: String,
     target: Target,
@@ -437,14 +437,8 @@ impl Session {
         .map_err(|e| SessionError::Flag(e.to_string()))?;
         // Read the Docker config (and run its helper) once, not on every push.
         if cfg.registry_options.creds.is_none() {
-            let host = cfg
-                .registry
-                .push
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            cfg.registry_options.creds = registry::docker_config_credentials(&host);
+            let host = registry::registry_address(&cfg.registry.push);
+            cfg.registry_options.creds = registry::docker_config_credentials(host);
         }
         let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
             (Mode::Cluster, _) => {
@@ -554,7 +548,7 @@ impl Session {
             None => None,
         };
         let session = Session {
-            registry: None,
+            registry: Default::default(),
             chart,
             relocations_said: BTreeSet::new(),
             packaging: None,

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
-use crate::registry::is_loopback;
+use crate::registry::{is_loopback, registry_address};
 use crate::session::SessionError;
 
 /// Context name prefixes of local clusters.
@@ -32,14 +32,7 @@ pub fn check_local_context(
     if LOCAL_CONTEXT_PREFIXES.iter().any(|p| name.starts_with(p)) {
         return Ok(());
     }
-    let host = server
-        .split("://")
-        .nth(1)
-        .unwrap_or(server)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    if is_loopback(host) {
+    if is_loopback(registry_address(server)) {
         return Ok(());
     }
     Err(SessionError::NotLocal {
@@ -87,7 +80,7 @@ pub async fn choose_registry(
     let explicit = |value: &str, origin| {
         let host = strip_oci(value);
         RegistryChoice {
-            insecure: insecure_flag && !is_loopback(host.split('/').next().unwrap_or_default()),
+            insecure: insecure_flag && !is_loopback(registry_address(&host)),
             push: host.clone(),
             pull: host,
             origin,
@@ -103,8 +96,7 @@ pub async fn choose_registry(
     let cm = configmaps.get_opt("local-registry-hosting").await?;
     if let Some(choice) = cm.as_ref().and_then(from_configmap) {
         return Ok(RegistryChoice {
-            insecure: insecure_flag
-                || !is_loopback(choice.pull.split('/').next().unwrap_or_default()),
+            insecure: insecure_flag || !is_loopback(registry_address(&choice.pull)),
             ..choice
         });
     }

@@ -190,6 +190,15 @@ impl Session {
         Ok(format!("oci://{host}/gitops-run/{}:latest", self.cfg.name).parse::<ArtifactRef>()?)
     }
 
+    /// The registry client the session keeps for all its pushes, manifests
+    /// and charts alike: kept-alive connections, one login.
+    pub(super) fn registry_client(
+        &mut self,
+        reference: &ArtifactRef,
+    ) -> std::sync::Arc<registry::Registry> {
+        self.registry.client(reference, &self.cfg.registry_options)
+    }
+
     /// The session's OCIRepository (`layer`: which layer Flux takes, for charts).
     pub(super) fn oci_repository(
         &self,
@@ -434,7 +443,7 @@ impl Session {
         self.say_relocations(relocated);
 
         let t = self.phase(Phase::Build);
-        let (file, built) = match registry::build(&self.cfg.root, &walk).await {
+        let (file, built) = match crate::artifact::build(&self.cfg.root, &walk).await {
             Ok(b) => b,
             Err(e) => {
                 return self.fail(Phase::Build, crate::output::error_chain(&e), None, false);
@@ -471,29 +480,12 @@ impl Session {
         };
         let options = PushOptions {
             walk,
-            registry: self.cfg.registry_options.clone(),
             ..Default::default()
         };
-        // One client for the session's pushes: kept-alive connections, one login.
-        if self
-            .registry
-            .as_ref()
-            .is_none_or(|r| r.reference() != &reference)
-        {
-            self.registry = Some(registry::Registry::new(
-                &reference,
-                &self.cfg.registry_options,
-            ));
-        }
-        let pushed = match registry::push_built_with(
-            self.registry.as_ref(),
-            &self.cfg.root,
-            &file,
-            &built,
-            &reference,
-            &options,
-        )
-        .await
+        let client = self.registry_client(&reference);
+        let pushed = match client
+            .push_built(&self.cfg.root, &file, &built, &options)
+            .await
         {
             Ok(p) => p,
             Err(e) => {
