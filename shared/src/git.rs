@@ -39,8 +39,9 @@ impl GitInfo {
     /// Git facts for `dir`, or `None` if it is not in a work tree.
     pub fn for_dir(dir: &Path) -> Option<GitInfo> {
         let toplevel = PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"])?);
-        let prefix = git(dir, &["rev-parse", "--show-prefix"])
-            .unwrap_or_default()
+        // Empty at the top level; a failure here (never seen once the top
+        // level was found) is "no Git facts", not a wrong path.
+        let prefix = git(dir, &["rev-parse", "--show-prefix"])?
             .trim_end_matches('/')
             .to_string();
         let remote = git(dir, &["remote", "get-url", "origin"])

@@ -259,7 +259,8 @@ pub fn package<W: Write>(
     let (out, layer) = gz.finish().map_err(io_err)?.finish();
     let mut config = meta.json.clone();
     config["version"] = serde_json::Value::String(version.clone());
-    let config = serde_json::to_vec(&config).unwrap_or_default();
+    // A JSON value prints without fail (its keys are strings).
+    let config = config.to_string().into_bytes();
     Ok((
         out,
         PackagedChart {

@@ -92,6 +92,8 @@ where
     let Some(obj) = api.get_opt(name).await? else {
         return Ok(false);
     };
+    // The API server gives every stored object a UID (one without would
+    // end the wait below at once).
     let uid = obj.meta().uid.clone().unwrap_or_default();
     delete(api, name).await?;
     await_object(

@@ -3,6 +3,13 @@
 //! Every behaviour lives here, organised by concern; the plugin binaries only
 //! parse arguments and print. Errors are [`thiserror`] types per module, so
 //! the binaries can turn them into messages a user can act on.
+//!
+//! `unwrap_or_default()` means one of three things here, and nothing else:
+//! a Kubernetes field that is optional, whose absence means empty (labels,
+//! a status not written yet); the first piece of a split, which always
+//! exists; or printing a value of our own that cannot fail to serialise
+//! (said where it happens). A failure that can happen (a file, a request, a
+//! parse of outside input) is returned or reported, never defaulted away.
 
 pub mod artifact;
 pub mod cluster;

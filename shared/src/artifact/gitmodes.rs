@@ -184,6 +184,7 @@ fn hash_len(git_dir: &Path) -> usize {
     let common = fs::read_to_string(git_dir.join("commondir"))
         .map(|c| git_dir.join(c.trim()))
         .unwrap_or_else(|_| git_dir.to_path_buf());
+    // No readable config: Git itself then reads the repository as SHA-1.
     let config = fs::read_to_string(common.join("config")).unwrap_or_default();
     let sha256 = config.lines().any(|line| {
         let line: String = line

@@ -266,6 +266,7 @@ pub fn binding() -> Value {
 pub fn manifest_yaml() -> String {
     let docs = [policy(), binding()];
     docs.iter()
+        // Our own objects, plain maps and strings: they serialise without fail.
         .map(|d| serde_saphyr::to_string(d).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("---\n")

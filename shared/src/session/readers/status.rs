@@ -101,6 +101,7 @@ where
         }
         if kind == "Secret" {
             // Tokens are minted for service accounts, not applied by hand.
+            // An object the API server sent serialises back without fail.
             let json = serde_json::to_value(&obj).unwrap_or_default();
             if json["type"] == "kubernetes.io/service-account-token" {
                 continue;
