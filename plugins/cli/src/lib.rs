@@ -8,7 +8,7 @@
 //!   completion, the runtime, `error: …` and the exit code);
 //! - [`kube`]: kubectl's connection flags, into [`gitops::cluster::KubeOptions`];
 //! - [`completion`]: `completion SHELL` and kubectl's `__complete` protocol;
-//! - [`duration`], [`format`], [`registry`]: duration flags, `-o` list
+//! - [`duration`], [`format`](mod@format), [`registry`]: duration flags, `-o` list
 //!   formats and registry credentials;
 //! - [`session_dir`]: what `kubectl gitops-run DIR` packages and syncs.
 
