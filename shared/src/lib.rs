@@ -2,8 +2,9 @@
 //!
 //! Every behaviour lives here, organised by concern; it never sees a command
 //! line. The plugin binaries and their shared command-line crate
-//! (`plugins/cli`, `gitops_cli`) parse arguments and print. Errors are [`thiserror`] types per module, so
-//! the binaries can turn them into messages a user can act on.
+//! (`plugins/cli`, `gitops_cli`) parse arguments and print. Errors are
+//! [`thiserror`] types per module, so the binaries can turn them into
+//! messages a user can act on.
 //!
 //! `unwrap_or_default()` means one of three things here, and nothing else:
 //! a Kubernetes field that is optional, whose absence means empty (labels,
