@@ -22,8 +22,8 @@ test: ## Everything: harness up, unit and end-to-end tests, harness down
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --no-fail-fast --workspace --all-targets; rc=$$?; tests/cluster/down; exit $$rc
 
-unit: ## Unit tests only (no cluster needed)
-	$(CARGO) test --workspace --lib --bins
+unit: ## Unit tests and the plugins' --help snapshots (no cluster needed)
+	$(CARGO) test --workspace --lib --bins --test help
 
 e2e: ## End-to-end tests against an already running harness (tests/cluster/up)
 	tests/ui/setup

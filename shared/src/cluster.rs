@@ -1,17 +1,16 @@
 //! Kubernetes connection, resolved the kubectl way.
 //!
-//! [`KubeFlags`] carries the standard kubectl flags (`--kubeconfig`,
-//! `--context`, `--cluster`, `--user`, `-n`, `--as`, `--as-group`,
-//! `--request-timeout`). Without `--kubeconfig`, `KUBECONFIG` (a path list,
-//! merged) or `~/.kube/config` is read, then the in-cluster config.
+//! [`KubeOptions`] carries what kubectl's connection flags say (kubeconfig,
+//! context, cluster, user, namespace, impersonation, request timeout); the
+//! plugins' flags themselves are in the CLI crate. Without a kubeconfig
+//! path, `KUBECONFIG` (a path list, merged) or `~/.kube/config` is read,
+//! then the in-cluster config.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-
-use crate::duration;
 
 /// A client as kube's own (`Client::try_from`: TLS from the kubeconfig,
 /// the timeouts, retries of throttled requests, credentials, impersonation
@@ -86,40 +85,30 @@ pub enum ClusterError {
     Kubeconfig(#[source] kube::config::KubeconfigError),
     #[error("context {0:?} is not in the kubeconfig (see `kubectl config get-contexts`)")]
     UnknownContext(String),
-    #[error("--request-timeout: {0}")]
-    Timeout(#[from] duration::DurationError),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
 }
 
-/// The kubectl connection flags, shared by every plugin.
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "Kubernetes options")]
-pub struct KubeFlags {
-    /// Path to the kubeconfig file to use (default: $KUBECONFIG, then ~/.kube/config).
-    #[arg(long, global = true, value_name = "FILE")]
+/// How to reach the cluster, as kubectl's connection flags say it; the
+/// default is kubectl's with no flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeOptions {
+    /// The kubeconfig file (default: `$KUBECONFIG`, then `~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
-    /// The name of the kubeconfig context to use.
-    #[arg(long, global = true, value_name = "NAME")]
+    /// The kubeconfig context (default: its current context).
     pub context: Option<String>,
-    /// The name of the kubeconfig cluster to use.
-    #[arg(long, global = true, value_name = "NAME")]
+    /// The kubeconfig cluster (default: the context's).
     pub cluster: Option<String>,
-    /// The name of the kubeconfig user to use.
-    #[arg(long, global = true, value_name = "NAME")]
+    /// The kubeconfig user (default: the context's).
     pub user: Option<String>,
-    /// The namespace scope for this request (default: the context's namespace).
-    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    /// The namespace (default: the context's, else `default`).
     pub namespace: Option<String>,
-    /// Username to impersonate for the operation.
-    #[arg(long = "as", global = true, value_name = "USER")]
+    /// The user to impersonate.
     pub impersonate: Option<String>,
-    /// Group to impersonate for the operation (repeatable).
-    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    /// The groups to impersonate.
     pub impersonate_groups: Vec<String>,
-    /// How long to wait for a single API request (e.g. 30s, 1m; 0 means no limit).
-    #[arg(long, global = true, value_name = "DURATION", default_value = "0")]
-    pub request_timeout: String,
+    /// How long a single API request may take (zero: no limit).
+    pub request_timeout: Duration,
 }
 
 /// A connected cluster: the client plus what was resolved to build it.
@@ -144,7 +133,7 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-impl KubeFlags {
+impl KubeOptions {
     fn options(&self) -> KubeConfigOptions {
         KubeConfigOptions {
             context: self.context.clone(),
@@ -207,7 +196,7 @@ impl KubeFlags {
         if !self.impersonate_groups.is_empty() {
             config.auth_info.impersonate_groups = Some(self.impersonate_groups.clone());
         }
-        let timeout = duration::parse(&self.request_timeout)?;
+        let timeout = self.request_timeout;
         if timeout > Duration::ZERO {
             config.read_timeout = Some(timeout);
             config.write_timeout = Some(timeout);
@@ -241,13 +230,6 @@ impl KubeFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        kube: KubeFlags,
-    }
 
     const KUBECONFIG: &str = r#"
 apiVersion: v1
@@ -274,40 +256,43 @@ contexts:
         f
     }
 
-    #[tokio::test]
-    async fn honours_kubeconfig_context_and_namespace_flags() {
-        let file = write_kubeconfig();
-        let path = file.path().to_str().unwrap();
+    fn options(file: &tempfile::NamedTempFile) -> KubeOptions {
+        KubeOptions {
+            kubeconfig: Some(file.path().to_path_buf()),
+            ..Default::default()
+        }
+    }
 
-        let cli = Cli::parse_from(["x", "--kubeconfig", path]);
-        let (config, context) = cli.kube.config().await.unwrap();
+    #[tokio::test]
+    async fn honours_kubeconfig_context_and_namespace() {
+        let file = write_kubeconfig();
+
+        let (config, context) = options(&file).config().await.unwrap();
         assert_eq!(context.as_deref(), Some("one"));
         assert_eq!(config.default_namespace, "team-a");
         assert_eq!(config.cluster_url.host(), Some("127.0.0.1"));
 
-        let cli = Cli::parse_from(["x", "--kubeconfig", path, "--context", "two", "-n", "b"]);
-        let (config, context) = cli.kube.config().await.unwrap();
+        let two = KubeOptions {
+            context: Some("two".into()),
+            namespace: Some("b".into()),
+            ..options(&file)
+        };
+        let (config, context) = two.config().await.unwrap();
         assert_eq!(context.as_deref(), Some("two"));
         assert_eq!(config.default_namespace, "b");
         assert_eq!(config.cluster_url.host(), Some("10.0.0.2"));
     }
 
     #[tokio::test]
-    async fn impersonation_and_timeout_flags_reach_the_config() {
+    async fn impersonation_and_timeout_reach_the_config() {
         let file = write_kubeconfig();
-        let path = file.path().to_str().unwrap();
-        let cli = Cli::parse_from([
-            "x",
-            "--kubeconfig",
-            path,
-            "--as",
-            "jane",
-            "--as-group",
-            "devs",
-            "--request-timeout",
-            "5s",
-        ]);
-        let (config, _) = cli.kube.config().await.unwrap();
+        let options = KubeOptions {
+            impersonate: Some("jane".into()),
+            impersonate_groups: vec!["devs".into()],
+            request_timeout: Duration::from_secs(5),
+            ..options(&file)
+        };
+        let (config, _) = options.config().await.unwrap();
         assert_eq!(config.auth_info.impersonate.as_deref(), Some("jane"));
         assert_eq!(
             config.auth_info.impersonate_groups,
@@ -319,13 +304,18 @@ contexts:
     #[tokio::test]
     async fn unknown_context_and_missing_file_are_clear_errors() {
         let file = write_kubeconfig();
-        let path = file.path().to_str().unwrap();
-        let cli = Cli::parse_from(["x", "--kubeconfig", path, "--context", "nope"]);
-        let err = cli.kube.config().await.unwrap_err().to_string();
+        let nope = KubeOptions {
+            context: Some("nope".into()),
+            ..options(&file)
+        };
+        let err = nope.config().await.unwrap_err().to_string();
         assert!(err.contains("\"nope\" is not in the kubeconfig"), "{err}");
 
-        let cli = Cli::parse_from(["x", "--kubeconfig", "/does/not/exist"]);
-        let err = cli.kube.config().await.unwrap_err().to_string();
+        let missing = KubeOptions {
+            kubeconfig: Some("/does/not/exist".into()),
+            ..Default::default()
+        };
+        let err = missing.config().await.unwrap_err().to_string();
         assert!(
             err.contains("cannot read kubeconfig /does/not/exist"),
             "{err}"

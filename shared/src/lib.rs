@@ -1,8 +1,10 @@
 //! The library behind the kubectl-gitops plugins.
 //!
-//! Every behaviour lives here, organised by concern; the plugin binaries only
-//! parse arguments and print. Errors are [`thiserror`] types per module, so
-//! the binaries can turn them into messages a user can act on.
+//! Every behaviour lives here, organised by concern; it never sees a command
+//! line. The plugin binaries and their shared command-line crate
+//! (`plugins/cli`, `gitops_cli`) parse arguments and print. Errors are
+//! [`thiserror`] types per module, so the binaries can turn them into
+//! messages a user can act on.
 //!
 //! `unwrap_or_default()` means one of three things here, and nothing else:
 //! a Kubernetes field that is optional, whose absence means empty (labels,
@@ -13,7 +15,6 @@
 
 pub mod artifact;
 pub mod cluster;
-pub mod completion;
 pub mod duration;
 pub mod flux;
 pub mod git;
@@ -32,19 +33,9 @@ pub mod ui;
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Start-up shared by the plugins: the TLS crypto provider.
-///
-/// SIGPIPE stays ignored (Rust's default): a write to a peer that went away
-/// (an API server or registry killed mid-request) must be an error the
-/// session handles, never a signal that kills it before it cleans up. A
-/// closed stdout (`kubectl gitops-sessions | head`) is handled where stdout
-/// is written: see [`output::stdout`].
-pub fn init_process() {
-    install_crypto_provider();
-}
-
 /// Installs the process-wide TLS crypto provider (ring) used by both the
-/// Kubernetes client and the registry client. Call once, first thing in `main`.
+/// Kubernetes client and the registry client. Call once, first thing in `main`
+/// (the plugins' `gitops_cli::main` does).
 pub fn install_crypto_provider() {
     // An error only means a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,25 +1,8 @@
-//! Output helpers shared by the plugins: logging set-up, output formats, and
-//! the one place that makes text a remote party controls (pod logs, Lease
-//! annotations, event messages) safe to write to a terminal.
-
-use tracing_subscriber::EnvFilter;
-
-/// Sends diagnostics to stderr. `verbosity` counts `-v` flags; `RUST_LOG`
-/// overrides it.
-pub fn init_logging(verbosity: u8) {
-    let level = match verbosity {
-        0 => "warn",
-        1 => "info,gitops=debug",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
+//! Output helpers shared by the plugins: stdout that survives a closed pipe,
+//! error chains, list formats and tables, and the one place that makes text
+//! a remote party controls (pod logs, Lease annotations, event messages)
+//! safe to write to a terminal. Logging set-up and the `error: …` line of a
+//! failed command are the CLI crate's (`gitops_cli`).
 
 /// One line for an error and its causes, leaving out causes whose text the
 /// line already holds (many libraries repeat their source in their message).
@@ -89,12 +72,6 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*)) };
-}
-
-/// Prints `error: …` to stderr and gives the exit code for a failed command.
-pub fn report(err: &(dyn std::error::Error + 'static)) -> std::process::ExitCode {
-    stderr_line(&terminal_text(&format!("error: {}", error_chain(err))));
-    std::process::ExitCode::FAILURE
 }
 
 #[cfg(test)]
@@ -243,8 +220,8 @@ mod terminal_tests {
     }
 }
 
-/// Output formats of list commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Output formats of list commands (the plugins' `-o`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListFormat {
     Table,
     Wide,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gitops::cluster::{Cluster, KubeFlags};
+use gitops::cluster::{Cluster, KubeOptions};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::discovery::{ApiCapabilities, Discovery, Scope, verbs};
@@ -83,12 +83,12 @@ impl Harness {
         }
     }
 
-    /// The kubectl flags that select the harness.
-    pub fn kube_flags(&self) -> KubeFlags {
-        KubeFlags {
+    /// The connection options that select the harness.
+    pub fn kube_options(&self) -> KubeOptions {
+        KubeOptions {
             kubeconfig: Some(self.kubeconfig.clone()),
             context: Some(self.context.clone()),
-            request_timeout: "30s".into(),
+            request_timeout: Duration::from_secs(30),
             ..Default::default()
         }
     }
@@ -97,7 +97,7 @@ impl Harness {
     pub async fn cluster(&self) -> Cluster {
         gitops::install_crypto_provider();
         let cluster = self
-            .kube_flags()
+            .kube_options()
             .connect()
             .await
             .unwrap_or_else(|e| panic!("{NOT_RUNNING}: {e}"));
@@ -115,9 +115,9 @@ impl Harness {
         let kubeconfig = self.second_kubeconfig.clone().unwrap_or_else(|| {
             panic!("the second API server is not running: start the harness with `tests/cluster/up --second-cluster` (make test does)")
         });
-        let cluster = KubeFlags {
+        let cluster = KubeOptions {
             kubeconfig: Some(kubeconfig),
-            request_timeout: "30s".into(),
+            request_timeout: Duration::from_secs(30),
             ..Default::default()
         }
         .connect()

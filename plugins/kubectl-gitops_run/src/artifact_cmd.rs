@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use gitops::artifact::{self, WalkOptions};
-use gitops::registry::{ArtifactRef, Credentials, PushOptions, Registry, RegistryOptions};
+use gitops::registry::{ArtifactRef, PushOptions, Registry, RegistryOptions};
 
 /// Which files go into the artifact.
 #[derive(Args, Debug, Clone)]
@@ -43,7 +43,7 @@ pub struct RegistryArgs {
     #[arg(
         long,
         value_name = "USER:PASSWORD",
-        env = "GITOPS_REGISTRY_CREDS",
+        env = gitops_cli::registry::CREDS_ENV,
         hide_env_values = true
     )]
     creds: Option<String>,
@@ -55,15 +55,10 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     fn options(&self) -> Result<RegistryOptions> {
-        let creds = self
-            .creds
-            .as_deref()
-            .map(str::parse::<Credentials>)
-            .transpose()?;
-        Ok(RegistryOptions {
-            creds,
-            insecure: self.insecure_registry,
-        })
+        Ok(gitops_cli::registry::options(
+            self.creds.as_deref(),
+            self.insecure_registry,
+        )?)
     }
 }
 

@@ -6,8 +6,9 @@ mod run_cmd;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser, Subcommand};
-use gitops::cluster::KubeFlags;
+use clap::{Parser, Subcommand};
+use gitops_cli::completion::CompletionCommand;
+use gitops_cli::kube::KubeFlags;
 
 /// Sync a directory of manifests to the cluster through Flux on every save.
 ///
@@ -24,9 +25,8 @@ use gitops::cluster::KubeFlags;
 struct Cli {
     #[command(flatten)]
     kube: KubeFlags,
-    /// More diagnostics on stderr (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    verbosity: gitops_cli::Verbosity,
     #[command(flatten)]
     run: run_cmd::RunArgs,
     #[command(subcommand)]
@@ -44,33 +44,30 @@ enum Command {
     /// Compare DIR with an artifact by file content (exit 0 equal, 1 different, 2 error).
     Diff(artifact_cmd::DiffArgs),
     #[command(flatten)]
-    Completion(gitops::completion::CompletionCommand),
+    Completion(CompletionCommand),
 }
 
-const BIN: &str = "kubectl-gitops_run";
+impl gitops_cli::Plugin for Cli {
+    const BIN: &'static str = "kubectl-gitops_run";
 
-/// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
-fn completion(command: &Command) -> bool {
-    match command {
-        Command::Completion(c) => {
-            c.run(Cli::command(), BIN);
-            true
+    fn verbosity(&self) -> u8 {
+        self.verbosity.verbose
+    }
+
+    fn completion(&self) -> Option<&CompletionCommand> {
+        match &self.command {
+            Some(Command::Completion(c)) => Some(c),
+            _ => None,
         }
-        _ => false,
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    gitops::init_process();
-    let cli = Cli::parse();
-    gitops::output::init_logging(cli.verbose);
-    if let Some(command) = &cli.command
-        && completion(command)
-    {
-        return ExitCode::SUCCESS;
-    }
-    let result = match cli.command {
+fn main() -> ExitCode {
+    gitops_cli::main(run)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
         None => run_cmd::run(&cli.kube, cli.run).await,
         Some(Command::Completion(_)) => Ok(ExitCode::SUCCESS),
         Some(Command::Check) => check(&cli.kube).await.map(|()| ExitCode::SUCCESS),
@@ -78,18 +75,14 @@ async fn main() -> ExitCode {
         Some(Command::Push(args)) => artifact_cmd::push(args).await,
         Some(Command::Diff(args)) => {
             // diff(1)'s convention: 1 means "different", so trouble is 2.
-            return match artifact_cmd::diff(args).await {
+            Ok(match artifact_cmd::diff(args).await {
                 Ok(code) => code,
                 Err(e) => {
-                    gitops::output::report(e.as_ref());
+                    gitops_cli::report(&e);
                     ExitCode::from(2)
                 }
-            };
+            })
         }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => gitops::output::report(e.as_ref()),
     }
 }
 

@@ -9,15 +9,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gitops::artifact::{self, IgnoreRules, WalkOptions};
-use gitops::cluster::KubeFlags;
-use gitops::git::GitInfo;
 use gitops::portforward::ForwardSpec;
-use gitops::registry::{Credentials, RegistryOptions};
 use gitops::session::engine::live::{self, Forwards, LiveOptions};
 use gitops::session::engine::preflight;
 use gitops::session::engine::watch::{DirWatcher, WatchTarget};
 use gitops::session::readers::export;
 use gitops::session::{self, Event, Mode, Reporter, Session, SessionConfig};
+use gitops_cli::kube::KubeFlags;
+use gitops_cli::session_dir::SessionDir;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::artifact_cmd::Format;
@@ -57,7 +56,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "USER:PASSWORD",
-        env = "GITOPS_REGISTRY_CREDS",
+        env = gitops_cli::registry::CREDS_ENV,
         hide_env_values = true
     )]
     creds: Option<String>,
@@ -118,38 +117,11 @@ pub struct RunArgs {
     cleanup_timeout: String,
 }
 
-fn duration(flag: &str, s: &str) -> Result<Duration> {
-    gitops::duration::parse(s).with_context(|| format!("--{flag}"))
-}
-
 pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
-    let dir = args
-        .dir
-        .clone()
-        .or(args.path.clone())
-        .unwrap_or_else(|| PathBuf::from("."));
-    let dir = artifact::canonical_root(&dir)?;
-    artifact::refuse_too_broad(&dir)?;
-    let root = match &args.root_dir {
-        Some(r) => artifact::canonical_root(r)?,
-        None => GitInfo::for_dir(&dir)
-            .map(|g| g.toplevel)
-            .and_then(|t| std::fs::canonicalize(t).ok())
-            .unwrap_or_else(|| dir.clone()),
-    };
-    let Ok(rel) = dir.strip_prefix(&root) else {
-        bail!(
-            "{} is not inside --root-dir {}",
-            dir.display(),
-            root.display()
-        );
-    };
-    let rel = rel.to_string_lossy().replace('\\', "/");
-    let path = if rel.is_empty() {
-        "./".to_string()
-    } else {
-        format!("./{}", rel.trim_end_matches('/'))
-    };
+    let SessionDir { dir, root, path } = SessionDir::resolve(
+        args.dir.as_deref().or(args.path.as_deref()),
+        args.root_dir.as_deref(),
+    )?;
     // Sessions also follow Git's ignore rules; what the sync needs is
     // narrowed per sync (session::packaging).
     let walk = WalkOptions {
@@ -159,9 +131,9 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         only: None,
         keep: Vec::new(),
     };
-    let timeout = duration("timeout", &args.timeout)?;
-    let cleanup_timeout = duration("cleanup-timeout", &args.cleanup_timeout)?;
-    let lease_duration = duration("lease-duration", &args.lease_duration)?;
+    let timeout = gitops_cli::duration::flag("timeout", &args.timeout)?;
+    let cleanup_timeout = gitops_cli::duration::flag("cleanup-timeout", &args.cleanup_timeout)?;
+    let lease_duration = gitops_cli::duration::flag("lease-duration", &args.lease_duration)?;
     let decryption_key = match &args.decryption_key_file {
         Some(f) => Some(
             std::fs::read(f).with_context(|| format!("--decryption-key-file {}", f.display()))?,
@@ -175,11 +147,8 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     // A busy local port is refused before anything else happens.
     let forwards = Forwards::bind(&forwards).await?;
-    let creds = args
-        .creds
-        .as_deref()
-        .map(str::parse::<Credentials>)
-        .transpose()?;
+    let registry_options =
+        gitops_cli::registry::options(args.creds.as_deref(), args.insecure_registry)?;
     let values = args
         .values
         .iter()
@@ -224,10 +193,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         sandbox: args.sandbox.clone(),
         namespace: cluster.namespace.clone(),
         target_namespace: args.target_namespace.clone(),
-        registry_options: RegistryOptions {
-            creds,
-            insecure: args.insecure_registry,
-        },
+        registry_options,
         registry,
         walk: walk.clone(),
         decryption_key,

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use gitops::cluster::KubeFlags;
+use clap::{Parser, Subcommand, ValueEnum};
 use gitops::duration;
 use gitops::output::{ListFormat, serialize, table};
 use gitops::sandbox::{
     self, CreateOptions, DeleteOptions, Deleted, Isolation, Quota, Sandbox, VclusterChart,
 };
+use gitops_cli::completion::CompletionCommand;
+use gitops_cli::format::ListFormatArg;
+use gitops_cli::kube::KubeFlags;
 
 /// Create, list and delete isolated environments for GitOps Run sessions.
 #[derive(Parser)]
@@ -24,9 +26,8 @@ use gitops::sandbox::{
 struct Cli {
     #[command(flatten)]
     kube: KubeFlags,
-    /// More diagnostics on stderr (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    verbosity: gitops_cli::Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,7 +51,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "namespace")]
         isolation: IsolationArg,
         /// Expire after this long (e.g. 8h, 2d); `gc` deletes expired sandboxes.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = gitops_cli::duration::value)]
         ttl: Option<Duration>,
         /// Resource limits for a namespace sandbox, e.g. cpu=2,memory=4Gi,pods=20.
         #[arg(long, value_name = "cpu=…,memory=…,pods=…")]
@@ -62,7 +63,7 @@ enum Command {
         #[arg(long)]
         wait: bool,
         /// How long --wait waits.
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = gitops_cli::duration::value)]
         timeout: Duration,
         /// The Helm repository of the vcluster chart (https://… or oci://…), e.g. a mirror.
         #[arg(
@@ -98,7 +99,7 @@ enum Command {
         #[arg(long)]
         wait: bool,
         /// How long each step may take.
-        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = gitops_cli::duration::value)]
         timeout: Duration,
     },
     /// List sandboxes (yours; -A for everyone's).
@@ -107,49 +108,37 @@ enum Command {
         #[arg(short = 'A', long)]
         all: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-        output: ListFormat,
+        output: ListFormatArg,
     },
     /// Delete the sandboxes whose TTL has passed.
     Gc {
-        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = gitops_cli::duration::value)]
         timeout: Duration,
     },
     #[command(flatten)]
-    Completion(gitops::completion::CompletionCommand),
+    Completion(CompletionCommand),
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    duration::parse(s).map_err(|e| e.to_string())
-}
+impl gitops_cli::Plugin for Cli {
+    const BIN: &'static str = "kubectl-gitops_sandbox";
 
-const BIN: &str = "kubectl-gitops_sandbox";
+    fn verbosity(&self) -> u8 {
+        self.verbosity.verbose
+    }
 
-/// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
-fn completion(command: &Command) -> bool {
-    match command {
-        Command::Completion(c) => {
-            c.run(Cli::command(), BIN);
-            true
+    fn completion(&self) -> Option<&CompletionCommand> {
+        match &self.command {
+            Command::Completion(c) => Some(c),
+            _ => None,
         }
-        _ => false,
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    gitops::init_process();
-    let cli = Cli::parse();
-    gitops::output::init_logging(cli.verbose);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => gitops::output::report(e.as_ref()),
-    }
+fn main() -> ExitCode {
+    gitops_cli::main(|cli| async { run(cli).await.map(|()| ExitCode::SUCCESS) })
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if completion(&cli.command) {
-        return Ok(());
-    }
     if let Command::Policy { install: false } = cli.command {
         gitops::out!("{}", sandbox::boundary::manifest_yaml());
         return Ok(());
@@ -245,6 +234,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::List { all, output } => {
+            let output = ListFormat::from(output);
             let owner = gitops::labels::owner();
             let sandboxes = sandbox::list(&client, (!all).then_some(owner.as_str())).await?;
             match output {

@@ -1,64 +1,12 @@
-//! `--help` of `kubectl-gitops_sandbox` and of each of its subcommands, as a user
-//! reads it (100 columns, no colour, no environment): a flag, a default or a
-//! wording that changes shows up as a snapshot diff to review
-//! (`cargo insta review`, or `INSTA_UPDATE=always cargo test` then `git diff`).
-
-use std::process::Command;
-
-/// `kubectl-gitops_sandbox [ARGS…] --help`: its stdout. It must succeed and print
-/// nothing else.
-fn help(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-gitops_sandbox"))
-        .args(args)
-        .arg("--help")
-        .env_clear()
-        .env("COLUMNS", "100")
-        .env("NO_COLOR", "1")
-        .output()
-        .map_err(|e| format!("cannot run kubectl-gitops_sandbox: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success() && stderr.is_empty(),
-        "kubectl-gitops_sandbox {args:?} --help: {}\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(!stdout.contains('\x1b'), "no colour: {stdout:?}");
-    Ok(stdout)
-}
+//! `--help` of `kubectl-gitops_sandbox` and of each of its subcommands, as a
+//! user reads it: one snapshot each in `snapshots/` (see `gitops_cli::testing`).
 
 #[test]
-fn top_level() -> Result<(), String> {
-    insta::assert_snapshot!("top_level", help(&[])?);
-    Ok(())
-}
-
-#[test]
-fn create() -> Result<(), String> {
-    insta::assert_snapshot!("create", help(&["create"])?);
-    Ok(())
-}
-
-#[test]
-fn delete() -> Result<(), String> {
-    insta::assert_snapshot!("delete", help(&["delete"])?);
-    Ok(())
-}
-
-#[test]
-fn list() -> Result<(), String> {
-    insta::assert_snapshot!("list", help(&["list"])?);
-    Ok(())
-}
-
-#[test]
-fn gc() -> Result<(), String> {
-    insta::assert_snapshot!("gc", help(&["gc"])?);
-    Ok(())
-}
-
-#[test]
-fn completion() -> Result<(), String> {
-    insta::assert_snapshot!("completion", help(&["completion"])?);
+fn help() -> Result<(), String> {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-gitops_sandbox"));
+    let table = ["create", "policy", "delete", "list", "gc", "completion"];
+    for (name, text) in gitops_cli::testing::cases(bin, &table)? {
+        insta::assert_snapshot!(name, text);
+    }
     Ok(())
 }

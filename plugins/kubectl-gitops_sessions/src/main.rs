@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chrono::Utc;
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use gitops::cluster::KubeFlags;
-use gitops::duration;
+use clap::{Parser, Subcommand, ValueEnum};
 use gitops::output::{ListFormat, serialize, table_with, terminal_line, terminal_text, use_colour};
 use gitops::session::readers::admin;
 use gitops::session::readers::status::cluster_status;
 use gitops::session::readers::view::{self, Filter, HEADERS, SessionView, WIDE, row};
+use gitops_cli::completion::CompletionCommand;
+use gitops_cli::format::ListFormatArg;
+use gitops_cli::kube::KubeFlags;
 use kube::Client;
 
 /// List and manage live and stale GitOps Run sessions across the cluster.
@@ -24,9 +25,8 @@ use kube::Client;
 struct Cli {
     #[command(flatten)]
     kube: KubeFlags,
-    /// More diagnostics on stderr (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    verbosity: gitops_cli::Verbosity,
     #[command(flatten)]
     list: ListArgs,
     #[command(subcommand)]
@@ -73,16 +73,16 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// How long Flux may take to prune what the session applied.
-        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = gitops_cli::duration::value)]
         timeout: Duration,
     },
     /// Delete every session whose heartbeat is stale (crashed or killed commands).
     Prune {
         /// Only sessions stale for at least this long.
-        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = gitops_cli::duration::value)]
         stale_after: Duration,
         /// How long Flux may take to prune what each session applied.
-        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = gitops_cli::duration::value)]
         timeout: Duration,
     },
     /// Stream the logs of a session's pods (prefixed pod/container), following new pods.
@@ -99,46 +99,32 @@ enum Command {
     /// The cluster's mode: Run (live sessions), GitOps (Flux-managed namespaces), Snowflake (hand-applied objects).
     Status {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-        output: ListFormat,
+        output: ListFormatArg,
     },
     #[command(flatten)]
-    Completion(gitops::completion::CompletionCommand),
+    Completion(CompletionCommand),
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    duration::parse(s).map_err(|e| e.to_string())
-}
+impl gitops_cli::Plugin for Cli {
+    const BIN: &'static str = "kubectl-gitops_sessions";
 
-const BIN: &str = "kubectl-gitops_sessions";
+    fn verbosity(&self) -> u8 {
+        self.verbosity.verbose
+    }
 
-/// Answers `completion SHELL` and `__complete WORDS…` without touching the cluster.
-fn completion(command: &Command) -> bool {
-    match command {
-        Command::Completion(c) => {
-            c.run(Cli::command(), BIN);
-            true
+    fn completion(&self) -> Option<&CompletionCommand> {
+        match &self.command {
+            Some(Command::Completion(c)) => Some(c),
+            _ => None,
         }
-        _ => false,
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    gitops::init_process();
-    let cli = Cli::parse();
-    gitops::output::init_logging(cli.verbose);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => gitops::output::report(e.as_ref()),
-    }
+fn main() -> ExitCode {
+    gitops_cli::main(|cli| async { run(cli).await.map(|()| ExitCode::SUCCESS) })
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if let Some(command) = &cli.command
-        && completion(command)
-    {
-        return Ok(());
-    }
     let cluster = cli.kube.connect().await?;
     let client = cluster.client;
     let namespace = cli.kube.namespace.clone();
@@ -202,7 +188,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Some(Command::Status { output }) => status(&client, output).await,
+        Some(Command::Status { output }) => status(&client, output.into()).await,
         Some(Command::Ui { port, no_open }) => {
             gitops::ui::serve(client, port, !no_open, |r| {
                 gitops::outln!("serving the sessions page at {}", r.page);
