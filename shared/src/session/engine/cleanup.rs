@@ -225,3 +225,6 @@ impl Session {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
