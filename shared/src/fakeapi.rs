@@ -793,3 +793,121 @@ async fn handle_any(
 ) -> Response {
     handle(state, method, uri, headers, body).await
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fake answers as the API server does where the rules depend on it.
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+
+    fn cm(name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: Some([("app".to_string(), name.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn code(r: Result<impl Sized, kube::Error>) -> u16 {
+        match r {
+            Ok(_) => 200,
+            Err(kube::Error::Api(s)) => s.code,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn preconditions_conflicts_and_finalizers() {
+        let fake = FakeApi::start().await;
+        let api: Api<ConfigMap> = Api::namespaced(fake.client.clone(), "ns");
+        let a = api.create(&Default::default(), &cm("a")).await.unwrap();
+        assert_eq!(code(api.create(&Default::default(), &cm("a")).await), 409);
+        let rv = a.metadata.resource_version.clone().unwrap();
+        // A merge patch or replace with a resourceVersion that is not the
+        // current one: 409.
+        let stale = serde_json::json!({"metadata": {"resourceVersion": "1"}, "data": {"k": "v"}});
+        let merge = |p| Patch::Merge(p);
+        assert_eq!(
+            code(
+                api.patch("a", &PatchParams::default(), &merge(&stale))
+                    .await
+            ),
+            409
+        );
+        let fresh = serde_json::json!({"metadata": {"resourceVersion": rv}, "data": {"k": "v"}});
+        let b = api
+            .patch("a", &PatchParams::default(), &merge(&fresh))
+            .await
+            .unwrap();
+        assert_eq!(b.data.unwrap()["k"], "v");
+        assert_eq!(code(api.replace("a", &Default::default(), &a).await), 409);
+        // A JSON patch whose test fails: 422, nothing written.
+        let test: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "test", "path": "/data/k", "value": "w"},
+            {"op": "replace", "path": "/data/k", "value": "x"},
+        ]))
+        .unwrap();
+        assert_eq!(
+            code(
+                api.patch("a", &PatchParams::default(), &Patch::Json::<()>(test))
+                    .await
+            ),
+            422
+        );
+        assert_eq!(
+            fake.get::<ConfigMap>("ns", "a").unwrap().data.unwrap()["k"],
+            "v"
+        );
+        // A delete with a precondition that does not hold: 409.
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(rv),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(code(api.delete("a", &dp).await), 409);
+        // Finalizers keep an object, marked, until they are gone.
+        let mut f = cm("f");
+        f.metadata.finalizers = Some(vec!["x".into()]);
+        fake.put(f);
+        api.delete("f", &DeleteParams::background()).await.unwrap();
+        let marked = fake.get::<ConfigMap>("ns", "f").unwrap();
+        assert!(marked.metadata.deletion_timestamp.is_some());
+        fake.update::<ConfigMap>("ns", "f", |c| c.metadata.finalizers = None);
+        assert!(fake.get::<ConfigMap>("ns", "f").is_none());
+        // Lists filter by label; discovery serves only the declared groups.
+        fake.put(cm("b"));
+        let l = api
+            .list(&kube::api::ListParams::default().labels("app in (b,c)"))
+            .await
+            .unwrap();
+        assert_eq!(l.items.len(), 1);
+        assert!(
+            !crate::flux::serves(&fake.client, "helm.toolkit.fluxcd.io/v2", "HelmRelease")
+                .await
+                .unwrap()
+        );
+        fake.serve_group(
+            "helm.toolkit.fluxcd.io/v2",
+            &[("helmreleases", "HelmRelease")],
+        );
+        assert!(
+            crate::flux::serves(&fake.client, "helm.toolkit.fluxcd.io/v2", "HelmRelease")
+                .await
+                .unwrap()
+        );
+        let log: Vec<String> = fake.requests().iter().map(Request::line).collect();
+        assert_eq!(log[0], "POST /api/v1/namespaces/ns/configmaps 201");
+        assert!(
+            fake.requests()
+                .iter()
+                .any(|r| r.query.contains("labelSelector"))
+        );
+    }
+}

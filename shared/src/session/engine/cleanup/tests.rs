@@ -63,6 +63,15 @@ async fn the_applier_goes_first_and_is_awaited_then_source_secrets_sandbox_lease
     .unwrap();
     let during = controller.await.unwrap();
     assert_eq!(during, [format!("DELETE {KS} 200")], "while Flux pruned");
+    // Awaited with a watch on it (no polling).
+    let requests = api.requests();
+    let deleted = requests.iter().position(|r| r.method == "DELETE").unwrap();
+    assert!(
+        requests[deleted..]
+            .iter()
+            .any(|r| r.is_watch() && r.path.ends_with("/kustomizations")),
+        "{requests:?}"
+    );
     assert_eq!(
         deletes(&api.requests()),
         [

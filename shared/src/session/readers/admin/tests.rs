@@ -66,6 +66,7 @@ async fn of_two_concurrent_prunes_of_a_stale_session_one_removes_it() {
         "{claims:?}"
     );
     for claim in api.requests().iter().filter(|r| r.method == "PATCH") {
+        assert_eq!(claim.content_type, "application/merge-patch+json");
         let body = claim.body.as_ref().unwrap();
         assert!(body["metadata"]["resourceVersion"].is_string(), "{body}");
     }
