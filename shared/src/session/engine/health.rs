@@ -657,11 +657,11 @@ pub async fn watch(
             tracing::debug!("verdict from {rs:?}");
             return Outcome::Failed(v);
         }
-        if let Some(expect) = &expect {
-            if all_healthy(expect, &rollouts, &pod_map) {
-                tracing::debug!("healthy: {expect:?}");
-                return Outcome::Healthy;
-            }
+        if let Some(expect) = &expect
+            && all_healthy(expect, &rollouts, &pod_map)
+        {
+            tracing::debug!("healthy: {expect:?}");
+            return Outcome::Healthy;
         }
     }
     std::future::pending().await
