@@ -23,10 +23,12 @@ pub mod kubeapi;
 pub mod kustomize;
 pub mod labels;
 pub mod output;
+pub mod pod;
 pub mod portforward;
 pub mod process;
 pub mod registry;
 pub mod sandbox;
+pub mod selector;
 pub mod session;
 pub mod ui;
 

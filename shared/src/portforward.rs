@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::pod::Readiness;
+use crate::selector::Selector;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -126,27 +128,10 @@ pub fn target_port(service: &Service, port: u16, pod: &Pod) -> Result<u16, Forwa
     }
 }
 
-/// A label selector (`k=v,…`) from match labels.
-pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Picks the pod to forward to: ready pods first, newest first.
+/// Picks the pod to forward to: the newest of those that can take traffic
+/// ([`Readiness::serving`]: ready, and not being deleted).
 pub fn pick_pod(mut pods: Vec<Pod>) -> Option<Pod> {
-    pods.retain(is_ready);
+    pods.retain(|p| Readiness::of(p).serving());
     pods.sort_by_key(|p| {
         std::cmp::Reverse(
             p.metadata
@@ -165,11 +150,16 @@ pub async fn resolve(
     spec: &ForwardSpec,
 ) -> Result<(String, u16), ForwardError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let by_selector = |selector: String| {
+    // The API server filters by the selector, as Kubernetes defines it
+    // (one that selects nothing has no pod to offer).
+    let by_selector = |selector: Selector| {
         let pods = pods.clone();
         async move {
-            Ok::<_, kube::Error>(pick_pod(
-                pods.list(&ListParams::default().labels(&selector))
+            let Some(query) = selector.query() else {
+                return Ok::<_, kube::Error>(None);
+            };
+            Ok(pick_pod(
+                pods.list(&ListParams::default().labels(&query))
                     .await?
                     .items,
             ))
@@ -181,11 +171,8 @@ pub async fn resolve(
             let deploy: Deployment = Api::namespaced(client.clone(), namespace)
                 .get(&spec.name)
                 .await?;
-            let labels = deploy
-                .spec
-                .and_then(|s| s.selector.match_labels)
-                .unwrap_or_default();
-            let pod = by_selector(selector_string(&labels))
+            let selector = Selector::of(deploy.spec.as_ref().map(|s| &s.selector));
+            let pod = by_selector(selector)
                 .await?
                 .ok_or_else(|| ForwardError::NoPod(format!("deployment {}", spec.name)))?;
             Ok((pod.name_any(), spec.remote))
@@ -194,13 +181,12 @@ pub async fn resolve(
             let svc: Service = Api::namespaced(client.clone(), namespace)
                 .get(&spec.name)
                 .await?;
-            let labels = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.selector.clone())
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| ForwardError::NoSelector(spec.name.clone()))?;
-            let pod = by_selector(selector_string(&labels))
+            let selector =
+                Selector::of_service(svc.spec.as_ref().and_then(|s| s.selector.as_ref()));
+            if selector == Selector::Nothing {
+                return Err(ForwardError::NoSelector(spec.name.clone()));
+            }
+            let pod = by_selector(selector)
                 .await?
                 .ok_or_else(|| ForwardError::NoPod(format!("service {}", spec.name)))?;
             let port = target_port(&svc, spec.remote, &pod)?;
@@ -379,7 +365,7 @@ mod props {
 
         #[test]
         fn any_labels_make_a_selector(labels in proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4)) {
-            let _ = selector_string(&labels);
+            let _ = Selector::of_service(Some(&labels)).query();
         }
     }
 }

@@ -19,6 +19,8 @@ pub mod engine;
 mod error;
 pub mod readers;
 pub mod record;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 pub use crate::kubeapi::FIELD_MANAGER;
 pub use engine::changes::{Action, Change};

@@ -15,6 +15,7 @@ use kube::ResourceExt;
 
 use super::esc;
 use crate::flux::Condition;
+use crate::pod::Readiness;
 use crate::sandbox::Sandbox;
 use crate::session::engine::health::{self, Rollout};
 use crate::session::readers::status::ClusterMode;
@@ -533,8 +534,11 @@ pub fn sync_history(history: &[SyncEntry], last_sync: Option<DateTime<Utc>>) -> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub name: String,
-    /// `Ready`, a waiting container's reason (`CrashLoopBackOff`), or the phase.
+    /// `Ready`, `Completed`, `Terminating`, a waiting container's reason
+    /// (`CrashLoopBackOff`), or the phase.
     pub state: String,
+    /// It got where it should: ready, or ran to completion
+    /// ([`Readiness::settled`]).
     pub ready: bool,
     pub restarts: i32,
     /// Why it is not ready (a certain failure first, else what keeps it).
@@ -587,27 +591,22 @@ pub fn pod_not_ready(pod: &Pod) -> Option<String> {
     })
 }
 
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// What the tree shows of a pod.
 pub fn pod_info(pod: &Pod) -> PodInfo {
     let status = pod.status.as_ref();
-    let ready = pod_ready(pod);
+    let readiness = Readiness::of(pod);
+    // Green when it got where it should (ready, or ran to completion), as
+    // the sync's health judges it; a pod being deleted is on its way out.
+    let ready = readiness.settled();
     let problem = health::pod_problem(pod);
     let failing = problem.is_some();
     PodInfo {
         name: pod.name_any(),
-        state: if pod.metadata.deletion_timestamp.is_some() {
-            "Terminating".into()
-        } else if ready {
-            "Ready".into()
-        } else {
-            status
+        state: match readiness {
+            Readiness::Terminating => "Terminating".into(),
+            Readiness::Ready => "Ready".into(),
+            Readiness::Completed => "Completed".into(),
+            Readiness::NotReady => status
                 .and_then(|s| s.container_statuses.as_ref())
                 .and_then(|c| {
                     c.iter().find_map(|c| {
@@ -618,7 +617,7 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
                     })
                 })
                 .or_else(|| status.and_then(|s| s.phase.clone()))
-                .unwrap_or_else(|| "Pending".into())
+                .unwrap_or_else(|| "Pending".into()),
         },
         ready,
         restarts: status
@@ -648,11 +647,6 @@ pub struct ObjectNode {
     pub pods: Vec<PodInfo>,
 }
 
-fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
-    let labels = pod.labels();
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 /// What the cluster holds of a session's workloads, from the watches.
 #[derive(Debug, Clone, Default)]
 pub struct Workloads {
@@ -671,7 +665,7 @@ fn workload_node(r: &Rollout, pods: &[Pod]) -> ObjectNode {
     );
     let mut mine: Vec<PodInfo> = pods
         .iter()
-        .filter(|p| selects(&r.selector, p))
+        .filter(|p| r.selector.matches(p.labels()))
         .map(pod_info)
         .collect();
     mine.sort_by(|a, b| a.name.cmp(&b.name));
@@ -776,7 +770,12 @@ pub fn object_tree(
                 };
                 (
                     tone,
-                    if info.ready { "ready" } else { "not ready" }.to_string(),
+                    match Readiness::of(p) {
+                        Readiness::Completed => "completed",
+                        r if r.settled() => "ready",
+                        _ => "not ready",
+                    }
+                    .to_string(),
                     info.reason.clone(),
                     Vec::new(),
                 )

@@ -1,5 +1,5 @@
 //! Removing a session: the applier first (Flux's pruning awaited), then the
-//! source, Secrets, the Lease and the sandbox the session made. Only objects
+//! source, Secrets, the sandbox the session made and the Lease. Only objects
 //! labelled with the session are touched.
 
 use std::time::Duration;
@@ -225,3 +225,6 @@ impl Session {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

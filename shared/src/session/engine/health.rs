@@ -20,6 +20,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::Event;
+use crate::pod::Readiness;
+use crate::selector::Selector;
 
 /// A workload's rollout, as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +34,8 @@ pub struct Rollout {
     pub done: bool,
     /// A reason from the workload itself (e.g. a quota refusing its pods).
     pub problem: Option<String>,
-    /// The pods it selects (`matchLabels`).
-    pub selector: BTreeMap<String, String>,
+    /// The pods it selects (its `spec.selector`).
+    pub selector: Selector,
     /// The label (key, value) of its current pods (the newest ReplicaSet's
     /// `pod-template-hash`, a StatefulSet's update revision): only those
     /// count, not the old ones a rollout is replacing.
@@ -91,9 +93,7 @@ pub fn deployment(d: &Deployment) -> Rollout {
             && ready >= desired
             && total <= desired,
         problem,
-        selector: spec
-            .and_then(|s| s.selector.match_labels.clone())
-            .unwrap_or_default(),
+        selector: Selector::of(spec.map(|s| &s.selector)),
         current: None,
         uid: d.metadata.uid.clone().unwrap_or_default(),
         revision: d.annotations().get(REVISION).cloned(),
@@ -137,9 +137,7 @@ pub fn statefulset(s: &StatefulSet) -> Rollout {
         ready,
         done: observed && ready >= desired && (updated >= desired || revision_done),
         problem: None,
-        selector: spec
-            .and_then(|s| s.selector.match_labels.clone())
-            .unwrap_or_default(),
+        selector: Selector::of(spec.map(|s| &s.selector)),
         revision: None,
         template_labels: spec
             .and_then(|s| s.template.metadata.as_ref())
@@ -166,11 +164,7 @@ pub fn daemonset(d: &DaemonSet) -> Rollout {
         ready,
         done: observed && st.updated_number_scheduled.unwrap_or(0) >= desired && ready >= desired,
         problem: None,
-        selector: d
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.match_labels.clone())
-            .unwrap_or_default(),
+        selector: Selector::of(d.spec.as_ref().map(|s| &s.selector)),
         current: None,
         uid: d.metadata.uid.clone().unwrap_or_default(),
         revision: None,
@@ -399,8 +393,7 @@ fn probe_failures(mut events: Vec<KubeEvent>) -> BTreeMap<String, String> {
 
 fn selects(r: &Rollout, pod: &Pod) -> bool {
     let labels = pod.labels();
-    !r.selector.is_empty()
-        && r.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    r.selector.matches(labels)
         && r.current
             .as_ref()
             .is_none_or(|(k, v)| labels.get(k) == Some(v))
@@ -549,14 +542,6 @@ pub fn inventory_id(object: &str) -> String {
     format!("{ns}_{name}_{group}_{kind}")
 }
 
-fn pod_ready(pod: &Pod) -> bool {
-    let status = pod.status.as_ref();
-    status.and_then(|s| s.phase.as_deref()) == Some("Succeeded")
-        || status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Watches the workloads a session applies (Flux labels them with the
 /// Kustomization's name and namespace) and their pods in `namespace`;
 /// reports rollout progress as it changes; returns once a workload is
@@ -672,21 +657,32 @@ pub async fn watch(
             tracing::debug!("verdict from {rs:?}");
             return Outcome::Failed(v);
         }
-        if let Some(expect) = &expect {
-            let healthy = expect.iter().all(|id| match id.split_once('/') {
-                Some(("Pod", rest)) => rest
-                    .split_once('/')
-                    .and_then(|(_, name)| pod_map.get(name))
-                    .is_some_and(pod_ready),
-                _ => rollouts.get(id).is_some_and(|r| r.done && r.observed),
-            });
-            if healthy {
-                tracing::debug!("healthy: {expect:?}");
-                return Outcome::Healthy;
-            }
+        if let Some(expect) = &expect
+            && all_healthy(expect, &rollouts, &pod_map)
+        {
+            tracing::debug!("healthy: {expect:?}");
+            return Outcome::Healthy;
         }
     }
     std::future::pending().await
+}
+
+/// Whether every workload `expect` names (`Kind/namespace/name`) is
+/// healthy: a workload rolled out (seen by its controller), a bare Pod
+/// ready or run to completion and not being deleted (kstatus' rule, as
+/// Flux's health check: [`Readiness::settled`]). `pods` by name.
+fn all_healthy(
+    expect: &std::collections::BTreeSet<String>,
+    rollouts: &BTreeMap<String, Rollout>,
+    pods: &BTreeMap<String, Pod>,
+) -> bool {
+    expect.iter().all(|id| match id.split_once('/') {
+        Some(("Pod", rest)) => rest
+            .split_once('/')
+            .and_then(|(_, name)| pods.get(name))
+            .is_some_and(|p| Readiness::of(p).settled()),
+        _ => rollouts.get(id).is_some_and(|r| r.done && r.observed),
+    })
 }
 
 enum Changed {
@@ -776,6 +772,73 @@ mod tests {
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
+    }
+
+    /// A bare Pod of the revision is healthy by kstatus' rule (as Flux's
+    /// health check): ready or run to completion, and not being deleted.
+    #[test]
+    fn bare_pods_are_healthy_when_ready_or_completed_and_not_leaving() {
+        let bare = |name: &str, phase: &str, ready: &str, deleting: bool| {
+            let mut p = pod(serde_json::json!({
+                "metadata": {"name": name, "namespace": "sbx"},
+                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]}
+            }));
+            if deleting {
+                p.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+                    ));
+            }
+            (name.to_string(), p)
+        };
+        let pods: BTreeMap<String, Pod> = [
+            bare("ready", "Running", "True", false),
+            bare("once", "Succeeded", "False", false),
+            bare("starting", "Running", "False", false),
+            bare("leaving", "Running", "True", true),
+        ]
+        .into();
+        let rows = [
+            ("ready", true),
+            ("once", true),
+            ("starting", false),
+            ("leaving", false),
+            ("absent", false),
+        ];
+        for (name, healthy) in rows {
+            let expect = [format!("Pod/sbx/{name}")].into();
+            assert_eq!(
+                all_healthy(&expect, &BTreeMap::new(), &pods),
+                healthy,
+                "{name}"
+            );
+        }
+    }
+
+    /// A workload selecting its pods with `matchExpressions` only: its
+    /// pods are its own (they were matched by `matchLabels` alone, so none).
+    #[test]
+    fn pods_selected_by_match_expressions_count() {
+        let d = deploy(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sbx", "generation": 1},
+            "spec": {"replicas": 1, "template": {},
+                "selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}},
+            "status": {"observedGeneration": 1, "replicas": 1}
+        }));
+        let crashing = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "sbx", "labels": {"app": "web"}},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "web", "image": "x", "imageID": "",
+                "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]}
+        }));
+        let other = pod(serde_json::json!({
+            "metadata": {"name": "api-1", "namespace": "sbx", "labels": {"app": "api"}},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "api", "image": "x", "imageID": "",
+                "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]}
+        }));
+        let v = verdict(&[deployment(&d)], &[other, crashing]).unwrap();
+        assert!(v.starts_with("Deployment/sbx/web: pod web-1"), "{v}");
     }
 
     #[test]

@@ -21,6 +21,9 @@ mod sync;
 pub mod validate;
 pub mod watch;
 
+#[cfg(test)]
+mod takeover_tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;

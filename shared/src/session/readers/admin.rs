@@ -431,3 +431,6 @@ impl Description {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

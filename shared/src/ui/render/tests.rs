@@ -592,3 +592,53 @@ fn the_head_says_the_last_sync_failed_while_flux_still_reconciles() {
     assert!(!session_head(Some(&s), Some(&ok)).contains("Last sync failed"));
     assert!(session_head(None, None).contains("no longer exists"));
 }
+
+/// Bare pods in the tree, read by [`crate::pod::Readiness`] as the sync's
+/// health reads them: one that ran to completion is done (green), one
+/// being deleted is on its way out (not green, whatever its conditions).
+#[test]
+fn bare_pods_show_as_the_health_check_judges_them() {
+    let completed = serde_json::json!({"phase": "Succeeded",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}]});
+    let ready = serde_json::json!({"phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}]});
+    let mut leaving = pod("leaving", "leaving", ready.clone());
+    leaving.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        ));
+    let w = Workloads {
+        pods: vec![
+            pod("once", "once", completed),
+            pod("serving", "serving", ready),
+            leaving,
+        ],
+        ..Default::default()
+    };
+    let inventory = ["Pod/app/once", "Pod/app/serving", "Pod/app/leaving"].map(String::from);
+    let tree = object_tree(&inventory, Some(&w));
+    let pods = &tree.iter().find(|(k, _)| k == "Pod").unwrap().1;
+    let shown = |n: &str| {
+        let p = pods.iter().find(|p| p.name == n).unwrap();
+        (p.tone, p.health.as_str(), p.reason.clone())
+    };
+    assert_eq!(shown("once"), (Tone::Ok, "completed", None));
+    assert_eq!(shown("serving"), (Tone::Ok, "ready", None));
+    assert_eq!(shown("leaving"), (Tone::Progress, "not ready", None));
+    let states: Vec<(String, bool)> = w
+        .pods
+        .iter()
+        .map(|p| {
+            let i = pod_info(p);
+            (i.state, i.ready)
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("Completed".to_string(), true),
+            ("Ready".to_string(), true),
+            ("Terminating".to_string(), false)
+        ]
+    );
+}

@@ -1,0 +1,127 @@
+//! Fixtures for the session tests over [`crate::fakeapi`] (test builds
+//! only): a session's Lease and its objects, labelled as the session makes
+//! them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::ObjectMeta;
+
+use crate::flux::{Kustomization, KustomizationSpec, OCIRepository, OCIRepositorySpec};
+use crate::labels;
+use crate::session::record::{self, ownership};
+
+/// Someone else's session (never this process's `user@host`, so its
+/// holder's process is never "gone" by this machine's process table).
+pub const HOLDER: &str = "ann@laptop";
+
+/// The metadata of a session's object: the suite's labels and the session's.
+pub fn meta(namespace: &str, name: &str, session: &str) -> ObjectMeta {
+    let mut l = labels::managed("session");
+    l.insert(labels::SESSION.into(), session.into());
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(l),
+        ..Default::default()
+    }
+}
+
+fn micro(t: DateTime<Utc>) -> MicroTime {
+    MicroTime(
+        k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+/// A session's Lease held by `holder`, renewed at `renewed`, for `seconds`.
+pub fn lease(
+    namespace: &str,
+    name: &str,
+    holder: &str,
+    renewed: DateTime<Utc>,
+    seconds: i32,
+) -> Lease {
+    let record = record::Record {
+        pid: "4242".into(),
+        mode: "cluster".into(),
+        owner: holder.into(),
+        ..Default::default()
+    };
+    let mut metadata = meta(namespace, name, name);
+    metadata.annotations = Some(record.to_annotations());
+    Lease {
+        metadata,
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(seconds),
+            renew_time: Some(micro(renewed)),
+            acquire_time: Some(micro(renewed)),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A Lease nobody has renewed for ten minutes (a one-second lease: judged
+/// stale after one second of watching).
+pub fn stale_lease(namespace: &str, name: &str) -> Lease {
+    lease(
+        namespace,
+        name,
+        HOLDER,
+        Utc::now() - chrono::Duration::minutes(10),
+        1,
+    )
+}
+
+/// A Lease renewed just now (a thirty-second lease: live at a glance).
+pub fn live_lease(namespace: &str, name: &str) -> Lease {
+    lease(namespace, name, HOLDER, Utc::now(), 30)
+}
+
+/// A session's Kustomization, with kustomize-controller's finalizer.
+pub fn kustomization(namespace: &str, session: &str) -> Kustomization {
+    let mut ks = Kustomization::new(session, KustomizationSpec::default());
+    ks.metadata = meta(namespace, session, session);
+    ks.metadata.finalizers = Some(vec!["finalizers.fluxcd.io".into()]);
+    ks
+}
+
+/// A session's OCIRepository.
+pub fn source(namespace: &str, session: &str) -> OCIRepository {
+    let mut repo = OCIRepository::new(session, OCIRepositorySpec::default());
+    repo.metadata = meta(namespace, session, session);
+    repo
+}
+
+/// A Secret of the session's (`{session}-sops`).
+pub fn secret(namespace: &str, session: &str) -> Secret {
+    Secret {
+        metadata: meta(namespace, &format!("{session}-sops"), session),
+        data: Some(BTreeMap::new()),
+        ..Default::default()
+    }
+}
+
+/// The ephemeral sandbox namespace a session (Lease `lease_ns`/`session`,
+/// run by `owner`) made for itself.
+pub fn own_sandbox(name: &str, lease_ns: &str, session: &str, owner: &str) -> Namespace {
+    let mut l = labels::managed("sandbox");
+    l.extend(ownership::sandbox_record(&ownership::SandboxMaker {
+        namespace: lease_ns,
+        session,
+        owner,
+    }));
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(l),
+            annotations: Some(BTreeMap::from([(labels::OWNER.into(), owner.into())])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
