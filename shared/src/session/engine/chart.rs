@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
-use super::{Event, Phase, Session, SessionError, SyncOutcome, changes};
+use super::verdict::{self, Step};
+use super::{Event, Phase, Pushed, Session, SessionError, SyncOutcome, changes};
 use crate::flux::{self, OCIRepository, SourceReference};
 use crate::kubeapi;
 
@@ -108,7 +109,7 @@ impl Session {
         let values_key =
             serde_json::to_string(&self.values().unwrap_or_default()).unwrap_or_default();
         let key = format!("{}:{values_key}", chart.layer.digest);
-        if self.settled && self.last_layer.as_deref() == Some(key.as_str()) {
+        if self.pushed.settled_as(&key) {
             (self.report)(&Event::Unchanged {
                 digest: chart.layer.digest,
             });
@@ -130,15 +131,14 @@ impl Session {
             Ok(digest) => digest,
             Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None, false),
         };
-        self.settled = false;
-        self.last_layer = Some(key);
+        self.pushed = Pushed::Unsettled(key);
         self.done(
             Phase::Push,
             t,
             Some(format!("{}@{digest}", reference.repository_url())),
         );
         let revision = format!("latest@{digest}");
-        self.pushed(&revision);
+        self.lease.pushed(&revision);
         match self
             .wait_for_release(&revision, &chart.version, started)
             .await
@@ -191,15 +191,7 @@ impl Session {
             &name,
             limit,
             format!("helm-controller to release chart {version}"),
-            move |o: Option<&flux::HelmRelease>| {
-                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
-                    s.last_attempted_revision
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with(want.as_str()))
-                        && flux::condition(&s.conditions, "Ready")
-                            .is_some_and(|c| c.status != "Unknown")
-                })
-            },
+            move |o: Option<&flux::HelmRelease>| verdict::release(o, &want).is_done(),
         );
         // Meanwhile, a word when helm-controller has not started on it.
         let done = tokio::select! {
@@ -207,18 +199,17 @@ impl Session {
             never = stall => match never {},
         };
         self.waiting.store(false, Ordering::SeqCst);
-        let status = done.and_then(|o| o.status).unwrap_or_default();
-        if let Some(message) = flux::helm_failure(&status) {
-            self.settled = true;
-            self.note(revision, "Failed");
+        if let Step::Failed { message, .. } = verdict::release(done.as_ref(), version) {
+            self.pushed.settle();
+            self.lease.note(revision, "Failed");
             // A failed upgrade leaves the previous release in place.
             return Ok(self.fail(Phase::Apply, message, None, false));
         }
         self.done(Phase::Apply, t, Some(format!("chart {version}")));
         let after = changes::helm_objects(&self.client, &release_ns, &name).await;
-        self.settled = true;
+        self.pushed.settle();
         self.last_good = Some(format!("{revision} (chart {version})"));
-        self.note(revision, "Ready");
+        self.lease.note(revision, "Ready");
         (self.report)(&Event::Synced {
             revision: format!("{revision} (chart {version})"),
             changes: changes::compare_versions(&before, &after),

@@ -28,6 +28,7 @@ pub mod lease;
 pub mod liveness;
 mod name;
 pub mod ownership;
+pub mod writer;
 
 pub use name::{derive_name, validate_name};
 
