@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use kube::api::Api;
 
 use super::verdict::{self, Step};
-use super::{Event, Phase, Pushed, Session, SessionError, SyncOutcome, changes};
+use super::{EngineError, Event, Phase, Pushed, Session, SyncOutcome, changes};
 use crate::flux::{self, OCIRepository, SourceReference};
 use crate::kubeapi;
 
 /// The merged `--values` files (later files win), as HelmRelease values.
-pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionError> {
+pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, EngineError> {
     let mut merged = serde_json::Value::Object(Default::default());
     for file in files {
-        let err = |message: String| SessionError::Values {
+        let err = |message: String| EngineError::Values {
             file: file.clone(),
             message,
         };
@@ -28,11 +28,11 @@ pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionErro
 
 impl Session {
     /// The merged `--values` files (later files win), as HelmRelease values.
-    fn values(&self) -> Result<serde_json::Value, SessionError> {
+    fn values(&self) -> Result<serde_json::Value, EngineError> {
         merged_values(&self.cfg.values)
     }
 
-    async fn ensure_release(&mut self) -> Result<(), SessionError> {
+    async fn ensure_release(&mut self) -> Result<(), EngineError> {
         let name = self.cfg.name.clone();
         let repo = self.oci_repository(Some(flux::LayerSelector {
             media_type: crate::helm::CONTENT_MEDIA_TYPE.into(),
@@ -153,7 +153,7 @@ impl Session {
         revision: &str,
         version: &str,
         started: Instant,
-    ) -> Result<SyncOutcome, SessionError> {
+    ) -> Result<SyncOutcome, EngineError> {
         self.materialize().await?;
         let name = self.cfg.name.clone();
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);

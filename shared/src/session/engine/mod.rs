@@ -12,6 +12,7 @@
 pub mod changes;
 mod chart;
 pub mod cleanup;
+mod error;
 pub mod events;
 pub mod health;
 pub mod live;
@@ -41,10 +42,10 @@ use crate::registry::{self, RegistryOptions};
 use crate::sandbox::{self, CreateOptions, SandboxError, Target};
 
 pub use changes::{Action, Change};
+pub use error::EngineError;
 pub use events::{Event, Mode, Phase, Reporter, SyncOutcome};
 pub use preflight::RegistryChoice;
 
-use super::SessionError;
 use crate::session::record::writer::{self, Ended, Writer};
 use crate::session::record::{self, lease, liveness, ownership};
 
@@ -302,7 +303,7 @@ async fn await_removal(
     leases: &Api<Lease>,
     existing: &Lease,
     report: &Reporter,
-) -> Result<(), SessionError> {
+) -> Result<(), EngineError> {
     let name = existing.name_any();
     let by = lease::removed_by(existing).unwrap_or_default();
     report(&Event::Message {
@@ -327,7 +328,7 @@ async fn refuse_foreign(
     namespace: &str,
     cfg: &SessionConfig,
     chart: bool,
-) -> Result<(), SessionError> {
+) -> Result<(), EngineError> {
     let name = &cfg.name;
     let repos: Api<crate::flux::OCIRepository> = Api::namespaced(client.clone(), namespace);
     ownership::check(&repos, "OCIRepository", name, name).await?;
@@ -354,7 +355,7 @@ async fn take_over(
     existing: Lease,
     cfg: &SessionConfig,
     report: &Reporter,
-) -> Result<Option<String>, SessionError> {
+) -> Result<Option<String>, EngineError> {
     let client = leases.clone().into_client();
     let judged = liveness::judge(&client, vec![existing], &cfg.owner)
         .await
@@ -372,7 +373,7 @@ async fn take_over(
             await_removal(leases, &lease, report).await?;
             Ok(None)
         }
-        liveness::Verdict::Live => Err(SessionError::AlreadyRunning {
+        liveness::Verdict::Live => Err(EngineError::AlreadyRunning {
             name: cfg.name.clone(),
             holder: record::holder(&lease).to_string(),
             pid: record::Record::of(&lease).pid,
@@ -392,7 +393,7 @@ impl Session {
         client: Client,
         mut cfg: SessionConfig,
         report: Reporter,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Session, EngineError> {
         record::validate_name(&cfg.name)?;
         crate::duration::check_range(
             "lease-duration",
@@ -400,7 +401,7 @@ impl Session {
             record::MIN_LEASE,
             record::MAX_LEASE,
         )
-        .map_err(|e| SessionError::Flag(e.to_string()))?;
+        .map_err(|e| EngineError::Flag(e.to_string()))?;
         // Read the Docker config (and run its helper) once, not on every push.
         if cfg.registry_options.creds.is_none() {
             let host = registry::registry_address(&cfg.registry.push);
@@ -419,7 +420,7 @@ impl Session {
             (Mode::Sandboxed, Some(existing)) => {
                 let sb = sandbox::get(&client, existing)
                     .await?
-                    .ok_or_else(|| SessionError::NoSuchSandbox(existing.clone()))?;
+                    .ok_or_else(|| EngineError::NoSuchSandbox(existing.clone()))?;
                 if sb.isolation == sandbox::Isolation::Namespace {
                     if sb.unconfined {
                         report(&Event::Warning {
@@ -462,7 +463,7 @@ impl Session {
                                 manager: ownership::manager_of(&ns.metadata),
                             });
                         f.namespace = String::new();
-                        return Err(SessionError::Foreign(f));
+                        return Err(EngineError::Foreign(f));
                     }
                     // Someone else's sandbox, or one not made for this session.
                     Some(ns)
@@ -470,7 +471,7 @@ impl Session {
                             && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
                     {
                         let owner = ns.annotations().get(labels::OWNER).cloned();
-                        return Err(SessionError::SandboxTaken {
+                        return Err(EngineError::SandboxTaken {
                             name: name.clone(),
                             owner: match owner {
                                 Some(o) if o == cfg.owner => format!(
@@ -507,7 +508,7 @@ impl Session {
         let lease_seen = match leases.get_opt(&cfg.name).await? {
             Some(existing) => {
                 if let Some(f) = ownership::foreign("Lease", &existing.metadata, &cfg.name) {
-                    return Err(SessionError::Foreign(f));
+                    return Err(EngineError::Foreign(f));
                 }
                 take_over(&leases, existing, &cfg, &report).await?
             }
@@ -560,7 +561,7 @@ impl Session {
     /// its sandbox (ephemeral), its Lease and heartbeat, the SOPS Secret.
     /// What it makes is recorded first, so a stop at any point (Ctrl+C)
     /// removes it.
-    async fn materialize(&mut self) -> Result<(), SessionError> {
+    async fn materialize(&mut self) -> Result<(), EngineError> {
         if self.stage != Stage::Prepared {
             return Ok(());
         }
@@ -616,7 +617,7 @@ impl Session {
                                 .is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker))
                             {
                                 self.own_sandbox = OwnSandbox::None;
-                                return Err(SessionError::SandboxTaken {
+                                return Err(EngineError::SandboxTaken {
                                     name: name.clone(),
                                     owner: "someone else, just now".into(),
                                 });
@@ -637,10 +638,10 @@ impl Session {
                 None => self.lease.replace_next(None),
                 Some(l) => {
                     if let Some(f) = ownership::foreign("Lease", &l.metadata, &self.cfg.name) {
-                        return Err(SessionError::Foreign(f));
+                        return Err(EngineError::Foreign(f));
                     }
                     if attempts >= 4 {
-                        return Err(SessionError::AlreadyRunning {
+                        return Err(EngineError::AlreadyRunning {
                             name: self.cfg.name.clone(),
                             holder: record::holder(&l).to_string(),
                             pid: record::Record::of(&l).pid,

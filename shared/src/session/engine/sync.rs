@@ -8,8 +8,8 @@ use kube::api::Api;
 
 use super::verdict::{self, Step};
 use super::{
-    Event, Kind, Mode, Phase, Pushed, Session, SessionError, Stage, SyncOutcome, changes,
-    packaging, validate,
+    EngineError, Event, Kind, Mode, Phase, Pushed, Session, Stage, SyncOutcome, changes, packaging,
+    validate,
 };
 use crate::flux::{
     self, Decryption, Kustomization, KustomizationSpec, LocalObjectReference, OCIRepository,
@@ -183,7 +183,7 @@ impl Session {
         SyncOutcome::Failed { phase, message }
     }
 
-    pub(super) fn reference(&self, host: &str) -> Result<ArtifactRef, SessionError> {
+    pub(super) fn reference(&self, host: &str) -> Result<ArtifactRef, EngineError> {
         Ok(format!("oci://{host}/gitops-run/{}:latest", self.cfg.name).parse::<ArtifactRef>()?)
     }
 
@@ -200,7 +200,7 @@ impl Session {
     pub(super) fn oci_repository(
         &self,
         layer: Option<flux::LayerSelector>,
-    ) -> Result<OCIRepository, SessionError> {
+    ) -> Result<OCIRepository, EngineError> {
         let pull = self.reference(&self.cfg.registry.pull)?;
         Ok(OCIRepository {
             metadata: self.meta(&self.cfg.name),
@@ -225,7 +225,7 @@ impl Session {
         &mut self,
         repo: &OCIRepository,
         applier: &K,
-    ) -> Result<(), SessionError>
+    ) -> Result<(), EngineError>
     where
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
             + Clone
@@ -261,7 +261,7 @@ impl Session {
         &mut self,
         revision: &str,
         what: &str,
-    ) -> Result<Option<SyncOutcome>, SessionError> {
+    ) -> Result<Option<SyncOutcome>, EngineError> {
         let t = self.phase(Phase::Fetch);
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let want = revision.to_string();
@@ -335,7 +335,7 @@ impl Session {
         }
     }
 
-    async fn ensure_objects(&mut self) -> Result<(), SessionError> {
+    async fn ensure_objects(&mut self) -> Result<(), EngineError> {
         let name = self.cfg.name.clone();
         let repo = self.oci_repository(None)?;
         let mut spec = KustomizationSpec {
@@ -518,7 +518,7 @@ impl Session {
         revision: &str,
         index: &validate::ObjectIndex,
         started: Instant,
-    ) -> Result<SyncOutcome, SessionError> {
+    ) -> Result<SyncOutcome, EngineError> {
         self.materialize().await?;
         let name = self.cfg.name.clone();
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
