@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
+use super::push::{Build, Payload};
 use super::verdict::{self, Step};
-use super::{EngineError, Event, Phase, Pushed, Session, SyncOutcome, changes};
+use super::{EngineError, Event, Phase, Session, SyncOutcome, changes};
 use crate::flux::{self, OCIRepository, SourceReference};
 use crate::kubeapi;
 
@@ -109,36 +110,23 @@ impl Session {
         let values_key =
             serde_json::to_string(&self.values().unwrap_or_default()).unwrap_or_default();
         let key = format!("{}:{values_key}", chart.layer.digest);
-        if self.pushed.settled_as(&key) {
-            (self.report)(&Event::Unchanged {
-                digest: chart.layer.digest,
-            });
-            return SyncOutcome::Unchanged;
-        }
-        self.done(
-            Phase::Build,
-            t,
-            Some(format!("chart {} {}", chart.meta.name, chart.version)),
-        );
-
-        let t = self.phase(Phase::Push);
-        let reference = match self.reference(&self.cfg.registry.push) {
+        let detail = format!("chart {} {}", chart.meta.name, chart.version);
+        let revision = match self
+            .push_step(Build {
+                started: t,
+                key,
+                digest: &chart.layer.digest,
+                detail,
+                payload: Payload::Chart {
+                    file: &file,
+                    chart: &chart,
+                },
+            })
+            .await
+        {
             Ok(r) => r,
-            Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
+            Err(outcome) => return outcome,
         };
-        let client = self.registry_client(&reference);
-        let digest = match client.push_chart(&file, &chart).await {
-            Ok(digest) => digest,
-            Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None, false),
-        };
-        self.pushed = Pushed::Unsettled(key);
-        self.done(
-            Phase::Push,
-            t,
-            Some(format!("{}@{digest}", reference.repository_url())),
-        );
-        let revision = format!("latest@{digest}");
-        self.lease.pushed(&revision);
         match self
             .wait_for_release(&revision, &chart.version, started)
             .await

@@ -18,6 +18,7 @@ pub mod health;
 pub mod live;
 pub mod packaging;
 pub mod preflight;
+mod push;
 mod sync;
 pub mod validate;
 pub mod verdict;

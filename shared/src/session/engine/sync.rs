@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
+use super::push::{Build, Payload};
 use super::verdict::{self, Step};
 use super::{
-    EngineError, Event, Kind, Mode, Phase, Pushed, Session, Stage, SyncOutcome, changes, packaging,
+    EngineError, Event, Kind, Mode, Phase, Session, Stage, SyncOutcome, changes, packaging,
     validate,
 };
 use crate::flux::{
@@ -16,7 +17,7 @@ use crate::flux::{
     OCIRepositoryRef, OCIRepositorySpec, SourceReference,
 };
 use crate::kubeapi;
-use crate::registry::{self, ArtifactRef, PushOptions};
+use crate::registry::{self, ArtifactRef};
 
 /// How long source-controller gets to fetch a pushed revision.
 const FETCH_LIMIT: Duration = Duration::from_secs(60);
@@ -449,49 +450,26 @@ impl Session {
             }
             self.said.packaging = Some(packaging);
         }
-        if self.pushed.settled_as(&built.layer.digest) {
-            (self.report)(&Event::Unchanged {
-                digest: built.layer.digest,
-            });
-            return SyncOutcome::Unchanged;
-        }
-        self.done(
-            Phase::Build,
-            t,
-            Some(format!(
-                "{} entries, {} bytes",
-                built.entries, built.layer.size
-            )),
-        );
-
-        let t = self.phase(Phase::Push);
-        let reference = match self.reference(&self.cfg.registry.push) {
+        let detail = format!("{} entries, {} bytes", built.entries, built.layer.size);
+        let revision = match self
+            .push_step(Build {
+                started: t,
+                key: built.layer.digest.clone(),
+                digest: &built.layer.digest,
+                detail,
+                payload: Payload::Manifests {
+                    file: &file,
+                    built: &built,
+                    walk,
+                },
+            })
+            .await
+        {
             Ok(r) => r,
-            Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
+            Err(outcome) => return outcome,
         };
-        let options = PushOptions {
-            walk,
-            ..Default::default()
-        };
-        let client = self.registry_client(&reference);
-        let pushed = match client
-            .push_built(&self.cfg.root, &file, &built, &options)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                return self.fail(Phase::Push, crate::output::error_chain(&e), None, false);
-            }
-        };
-        // What the tag points at is not confirmed applied until Flux says so.
-        self.pushed = Pushed::Unsettled(built.layer.digest.clone());
-        self.done(Phase::Push, t, Some(pushed.digest_url.clone()));
-        self.lease.pushed(&pushed.flux_revision);
 
-        match self
-            .wait_for_flux(&pushed.flux_revision, &index, started)
-            .await
-        {
+        match self.wait_for_flux(&revision, &index, started).await {
             Ok(outcome) => outcome,
             Err(e) => self.fail(Phase::Apply, crate::output::error_chain(&e), None, false),
         }
