@@ -383,6 +383,142 @@ async fn take_over(
     }
 }
 
+/// Where a session applies, decided at start (nothing written yet).
+struct Placement {
+    /// Where its Flux objects and Lease live.
+    namespace: String,
+    target: Target,
+    /// The sandbox it applies into (sandboxed mode).
+    sandbox_name: Option<String>,
+    own_sandbox: OwnSandbox,
+}
+
+/// Where the session applies: cluster mode, an existing sandbox (checked:
+/// it exists, and is still a boundary unless made `--unconfined`), or its
+/// own sandbox, made at the first sync (refused when a namespace of its
+/// name is not a sandbox, or is someone else's).
+async fn place(
+    client: &Client,
+    cfg: &SessionConfig,
+    report: &Reporter,
+) -> Result<Placement, EngineError> {
+    let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
+        (Mode::Cluster, _) => {
+            let target = Target {
+                namespace: cfg.namespace.clone(),
+                service_account: None,
+                kubeconfig_secret: None,
+                target_namespace: cfg.target_namespace.clone(),
+            };
+            (cfg.namespace.clone(), target, None, OwnSandbox::None)
+        }
+        (Mode::Sandboxed, Some(existing)) => {
+            let sb = sandbox::get(client, existing)
+                .await?
+                .ok_or_else(|| EngineError::NoSuchSandbox(existing.clone()))?;
+            if sb.isolation == sandbox::Isolation::Namespace {
+                if sb.unconfined {
+                    report(&Event::Warning {
+                        message: format!(
+                            "sandbox {existing} was created --unconfined: it is NOT a \
+                             security boundary; its payload can do whatever Flux can"
+                        ),
+                    });
+                } else {
+                    // A sandbox made before the boundary existed, or
+                    // whose policy was removed since: refuse rather than
+                    // run a payload that could leave it.
+                    sandbox::boundary::probe(client, &sb.namespace, Duration::from_secs(3))
+                        .await
+                        .map_err(SandboxError::from)?;
+                }
+            }
+            (
+                sb.namespace.clone(),
+                sb.target,
+                Some(existing.clone()),
+                OwnSandbox::None,
+            )
+        }
+        (Mode::Sandboxed, None) => {
+            let name = cfg.name.clone();
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            let maker = ownership::SandboxMaker {
+                namespace: &name,
+                session: &name,
+                owner: &cfg.owner,
+            };
+            match namespaces.get_opt(&name).await? {
+                Some(ns) if !sandbox::is_sandbox(&ns) => {
+                    let mut f = ownership::foreign("Namespace", &ns.metadata, &name)
+                        .unwrap_or_else(|| ownership::Foreign {
+                            kind: "Namespace".into(),
+                            namespace: String::new(),
+                            name: name.clone(),
+                            manager: ownership::manager_of(&ns.metadata),
+                        });
+                    f.namespace = String::new();
+                    return Err(EngineError::Foreign(f));
+                }
+                // Someone else's sandbox, or one not made for this session.
+                Some(ns)
+                    if ns.metadata.deletion_timestamp.is_none()
+                        && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
+                {
+                    let owner = ns.annotations().get(labels::OWNER).cloned();
+                    return Err(EngineError::SandboxTaken {
+                        name: name.clone(),
+                        owner: match owner {
+                            Some(o) if o == cfg.owner => format!(
+                                "you ({o}) but not for this session (run in it with \
+                                 --sandbox {name})"
+                            ),
+                            Some(o) => o,
+                            None => "someone else".into(),
+                        },
+                    });
+                }
+                // Absent, or the last run's sandbox still being deleted:
+                // made (after it is gone) at the first sync.
+                _ => {}
+            }
+            (
+                name.clone(),
+                Target::namespace_sandbox(&name),
+                Some(name),
+                OwnSandbox::ToCreate,
+            )
+        }
+    };
+    Ok(Placement {
+        namespace,
+        target,
+        sandbox_name,
+        own_sandbox,
+    })
+}
+
+/// The session's own Lease left by an earlier run, to take over at the
+/// first sync: its resourceVersion, `None` when there is none (refused
+/// when it is not the session's, or live).
+async fn stale_lease(
+    client: &Client,
+    namespace: &str,
+    cfg: &SessionConfig,
+    report: &Reporter,
+) -> Result<Option<String>, EngineError> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    match leases.get_opt(&cfg.name).await? {
+        Some(existing) => {
+            if let Some(f) = ownership::foreign("Lease", &existing.metadata, &cfg.name) {
+                return Err(EngineError::Foreign(f));
+            }
+            take_over(&leases, existing, cfg, report).await
+        }
+        None => Ok(None),
+    }
+}
+
 pub use crate::session::record::writer::{EPHEMERAL_TTL, EXTEND_EVERY};
 
 impl Session {
@@ -408,94 +544,12 @@ impl Session {
             let host = registry::registry_address(&cfg.registry.push);
             cfg.registry_options.creds = registry::docker_config_credentials(host);
         }
-        let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
-            (Mode::Cluster, _) => {
-                let target = Target {
-                    namespace: cfg.namespace.clone(),
-                    service_account: None,
-                    kubeconfig_secret: None,
-                    target_namespace: cfg.target_namespace.clone(),
-                };
-                (cfg.namespace.clone(), target, None, OwnSandbox::None)
-            }
-            (Mode::Sandboxed, Some(existing)) => {
-                let sb = sandbox::get(&client, existing)
-                    .await?
-                    .ok_or_else(|| EngineError::NoSuchSandbox(existing.clone()))?;
-                if sb.isolation == sandbox::Isolation::Namespace {
-                    if sb.unconfined {
-                        report(&Event::Warning {
-                            message: format!(
-                                "sandbox {existing} was created --unconfined: it is NOT a \
-                                 security boundary; its payload can do whatever Flux can"
-                            ),
-                        });
-                    } else {
-                        // A sandbox made before the boundary existed, or
-                        // whose policy was removed since: refuse rather than
-                        // run a payload that could leave it.
-                        sandbox::boundary::probe(&client, &sb.namespace, Duration::from_secs(3))
-                            .await
-                            .map_err(SandboxError::from)?;
-                    }
-                }
-                (
-                    sb.namespace.clone(),
-                    sb.target,
-                    Some(existing.clone()),
-                    OwnSandbox::None,
-                )
-            }
-            (Mode::Sandboxed, None) => {
-                let name = cfg.name.clone();
-                let namespaces: Api<Namespace> = Api::all(client.clone());
-                let maker = ownership::SandboxMaker {
-                    namespace: &name,
-                    session: &name,
-                    owner: &cfg.owner,
-                };
-                match namespaces.get_opt(&name).await? {
-                    Some(ns) if !sandbox::is_sandbox(&ns) => {
-                        let mut f = ownership::foreign("Namespace", &ns.metadata, &name)
-                            .unwrap_or_else(|| ownership::Foreign {
-                                kind: "Namespace".into(),
-                                namespace: String::new(),
-                                name: name.clone(),
-                                manager: ownership::manager_of(&ns.metadata),
-                            });
-                        f.namespace = String::new();
-                        return Err(EngineError::Foreign(f));
-                    }
-                    // Someone else's sandbox, or one not made for this session.
-                    Some(ns)
-                        if ns.metadata.deletion_timestamp.is_none()
-                            && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
-                    {
-                        let owner = ns.annotations().get(labels::OWNER).cloned();
-                        return Err(EngineError::SandboxTaken {
-                            name: name.clone(),
-                            owner: match owner {
-                                Some(o) if o == cfg.owner => format!(
-                                    "you ({o}) but not for this session (run in it with \
-                                     --sandbox {name})"
-                                ),
-                                Some(o) => o,
-                                None => "someone else".into(),
-                            },
-                        });
-                    }
-                    // Absent, or the last run's sandbox still being deleted:
-                    // made (after it is gone) at the first sync.
-                    _ => {}
-                }
-                (
-                    name.clone(),
-                    Target::namespace_sandbox(&name),
-                    Some(name),
-                    OwnSandbox::ToCreate,
-                )
-            }
-        };
+        let Placement {
+            namespace,
+            target,
+            sandbox_name,
+            own_sandbox,
+        } = place(&client, &cfg, &report).await?;
         let rel = cfg.path.trim_start_matches("./");
         let chart = crate::helm::is_chart(&if rel.is_empty() {
             cfg.root.clone()
@@ -505,16 +559,7 @@ impl Session {
         // Nothing of the names the session wants may be someone else's: all
         // checked before anything is written.
         refuse_foreign(&client, &namespace, &cfg, chart).await?;
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-        let lease_seen = match leases.get_opt(&cfg.name).await? {
-            Some(existing) => {
-                if let Some(f) = ownership::foreign("Lease", &existing.metadata, &cfg.name) {
-                    return Err(EngineError::Foreign(f));
-                }
-                take_over(&leases, existing, &cfg, &report).await?
-            }
-            None => None,
-        };
+        let lease_seen = stale_lease(&client, &namespace, &cfg, &report).await?;
         let lease = Writer::new(
             client.clone(),
             &namespace,
@@ -572,87 +617,116 @@ impl Session {
         let mut attempts = 0;
         loop {
             if make_sandbox {
-                let name = self.cfg.name.clone();
-                let namespaces: Api<Namespace> = Api::all(self.client.clone());
-                if let Some(ns) = namespaces.get_opt(&name).await?
-                    && ns.metadata.deletion_timestamp.is_some()
-                {
-                    // The last run's sandbox is still being deleted: let it go first.
-                    let uid = ns.uid().unwrap_or_default();
-                    kubeapi::await_object(
-                        &namespaces,
-                        &name,
-                        Duration::from_secs(120),
-                        format!("the previous sandbox {name} to be deleted"),
-                        kube::runtime::wait::conditions::is_deleted(&uid),
-                    )
-                    .await?;
-                }
-                // From here on a stop removes the sandbox, made or half-made.
-                self.own_sandbox = OwnSandbox::Made;
-                if sandbox::get(&self.client, &name).await?.is_none() {
-                    let options = CreateOptions {
-                        owner: self.cfg.owner.clone(),
-                        // A safety net: `gitops-sandbox gc` removes it if cleanup
-                        // never runs (the heartbeat extends it while the session runs).
-                        ttl: Some(EPHEMERAL_TTL),
-                        // Who made it, so that only this session's cleanup removes it.
-                        labels: ownership::sandbox_record(&ownership::SandboxMaker {
-                            namespace: &self.namespace,
-                            session: &name,
-                            owner: &self.cfg.owner,
-                        }),
-                        ..Default::default()
-                    };
-                    match sandbox::create(&self.client, &name, &options).await {
-                        Ok(_) => {}
-                        // Made meanwhile: ours only if its record says so.
-                        Err(sandbox::SandboxError::AlreadyExists(_)) => {
-                            let maker = ownership::SandboxMaker {
-                                namespace: &self.namespace,
-                                session: &name,
-                                owner: &self.cfg.owner,
-                            };
-                            let ns = namespaces.get_opt(&name).await?;
-                            if !ns
-                                .is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker))
-                            {
-                                self.own_sandbox = OwnSandbox::None;
-                                return Err(EngineError::SandboxTaken {
-                                    name: name.clone(),
-                                    owner: "someone else, just now".into(),
-                                });
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                self.make_own_sandbox().await?;
             }
-            let meta = self.meta(&self.cfg.name);
-            let record = self.record();
-            let Some(current) = self.lease.write(meta, &record).await? else {
+            if self.write_lease(&mut attempts).await? {
                 break;
-            };
-            attempts += 1;
-            let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-            match current {
-                None => self.lease.replace_next(None),
-                Some(l) => {
-                    if let Some(f) = ownership::foreign("Lease", &l.metadata, &self.cfg.name) {
-                        return Err(EngineError::Foreign(f));
-                    }
-                    if attempts >= 4 {
-                        return Err(EngineError::AlreadyRunning {
-                            name: self.cfg.name.clone(),
-                            holder: record::holder(&l).to_string(),
-                            pid: record::Record::of(&l).pid,
-                        });
-                    }
-                    let seen = take_over(&leases, l, &self.cfg, &self.report).await?;
-                    self.lease.replace_next(seen);
-                }
             }
         }
+        self.apply_sops_secret().await?;
+        let report = self.report.clone();
+        let say: writer::Say = Arc::new(move |message| report(&Event::Warning { message }));
+        let own_sandbox = (self.own_sandbox == OwnSandbox::Made).then(|| self.cfg.name.clone());
+        self.lease.start_renewing(say, own_sandbox);
+        self.stage = Stage::Materialized {
+            flux_objects: false,
+        };
+        Ok(())
+    }
+
+    /// Makes the session's own sandbox, after the last run's is gone;
+    /// refused when one of its name appeared meanwhile that is not the
+    /// session's.
+    async fn make_own_sandbox(&mut self) -> Result<(), EngineError> {
+        let name = self.cfg.name.clone();
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        if let Some(ns) = namespaces.get_opt(&name).await?
+            && ns.metadata.deletion_timestamp.is_some()
+        {
+            // The last run's sandbox is still being deleted: let it go first.
+            let uid = ns.uid().unwrap_or_default();
+            kubeapi::await_object(
+                &namespaces,
+                &name,
+                Duration::from_secs(120),
+                format!("the previous sandbox {name} to be deleted"),
+                kube::runtime::wait::conditions::is_deleted(&uid),
+            )
+            .await?;
+        }
+        // From here on a stop removes the sandbox, made or half-made.
+        self.own_sandbox = OwnSandbox::Made;
+        if sandbox::get(&self.client, &name).await?.is_none() {
+            let options = CreateOptions {
+                owner: self.cfg.owner.clone(),
+                // A safety net: `gitops-sandbox gc` removes it if cleanup
+                // never runs (the heartbeat extends it while the session runs).
+                ttl: Some(EPHEMERAL_TTL),
+                // Who made it, so that only this session's cleanup removes it.
+                labels: ownership::sandbox_record(&ownership::SandboxMaker {
+                    namespace: &self.namespace,
+                    session: &name,
+                    owner: &self.cfg.owner,
+                }),
+                ..Default::default()
+            };
+            match sandbox::create(&self.client, &name, &options).await {
+                Ok(_) => {}
+                // Made meanwhile: ours only if its record says so.
+                Err(sandbox::SandboxError::AlreadyExists(_)) => {
+                    let maker = ownership::SandboxMaker {
+                        namespace: &self.namespace,
+                        session: &name,
+                        owner: &self.cfg.owner,
+                    };
+                    let ns = namespaces.get_opt(&name).await?;
+                    if !ns.is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker)) {
+                        self.own_sandbox = OwnSandbox::None;
+                        return Err(EngineError::SandboxTaken {
+                            name: name.clone(),
+                            owner: "someone else, just now".into(),
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the session's Lease (`attempts` so far): `Ok(true)` once
+    /// written, `Ok(false)` to try again: someone wrote or removed it
+    /// meanwhile (a stale one is then taken over).
+    async fn write_lease(&mut self, attempts: &mut u32) -> Result<bool, EngineError> {
+        let meta = self.meta(&self.cfg.name);
+        let record = self.record();
+        let Some(current) = self.lease.write(meta, &record).await? else {
+            return Ok(true);
+        };
+        *attempts += 1;
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        match current {
+            None => self.lease.replace_next(None),
+            Some(l) => {
+                if let Some(f) = ownership::foreign("Lease", &l.metadata, &self.cfg.name) {
+                    return Err(EngineError::Foreign(f));
+                }
+                if *attempts >= 4 {
+                    return Err(EngineError::AlreadyRunning {
+                        name: self.cfg.name.clone(),
+                        holder: record::holder(&l).to_string(),
+                        pid: record::Record::of(&l).pid,
+                    });
+                }
+                let seen = take_over(&leases, l, &self.cfg, &self.report).await?;
+                self.lease.replace_next(seen);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The age key as the Secret Flux decrypts with (`--decryption-key`).
+    async fn apply_sops_secret(&self) -> Result<(), EngineError> {
         if let Some(key) = &self.cfg.decryption_key {
             let name = format!("{}-sops", self.cfg.name);
             let secret = Secret {
@@ -666,13 +740,6 @@ impl Session {
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
             ownership::apply(&secrets, "Secret", &name, &secret, &self.cfg.name).await?;
         }
-        let report = self.report.clone();
-        let say: writer::Say = Arc::new(move |message| report(&Event::Warning { message }));
-        let own_sandbox = (self.own_sandbox == OwnSandbox::Made).then(|| self.cfg.name.clone());
-        self.lease.start_renewing(say, own_sandbox);
-        self.stage = Stage::Materialized {
-            flux_objects: false,
-        };
         Ok(())
     }
 
