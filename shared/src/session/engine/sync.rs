@@ -601,85 +601,21 @@ impl Session {
                 );
                 let (kss, want, feed) = (kss.clone(), revision.to_string(), feed.clone());
                 let local: Vec<String> = index.keys().cloned().collect();
-                futures::future::Either::Left(async move {
-                    // ("Building manifests for revision X" comes before the apply.)
-                    let sign = want.clone();
-                    let applied = kubeapi::await_object(
-                        &kss,
-                        &session,
-                        limit,
-                        "",
-                        move |o: Option<&Kustomization>| verdict::kustomization_applied(o, &sign),
-                    )
-                    .await;
-                    let applied = match applied {
-                        Ok(k) => k,
-                        Err(_) => return std::future::pending().await,
-                    };
-                    tracing::debug!(
-                        "health watch starts: {:?}",
-                        applied
-                            .as_ref()
-                            .and_then(|k| k.status.as_ref())
-                            .map(|s| &s.conditions)
-                    );
-                    // What this revision created or changed (its change-set
-                    // event comes before the health check), on top of the
-                    // inventory Flux holds then (the previous revision's, or
-                    // this one's), minus what it deleted: the revision's
-                    // objects. When this watch can judge all of them, it
-                    // says "healthy" as soon as they are, not at Flux's next
-                    // health poll (5 s).
-                    let events = feed.applied(&want, sync_started, change_set_wait).await;
-                    let set = changes::parse_change_set(&events);
-                    let changed: std::collections::BTreeSet<String> = set
-                        .iter()
-                        .filter(|(_, a)| *a != changes::Action::Deleted)
-                        .map(|(o, _)| o.clone())
-                        .collect();
-                    let deleted: std::collections::BTreeSet<String> = set
-                        .iter()
-                        .filter(|(_, a)| *a == changes::Action::Deleted)
-                        .map(|(o, _)| o.clone())
-                        .collect();
-                    let mut objects: Vec<String> = applied
-                        .as_ref()
-                        .and_then(|k| k.status.as_ref())
-                        .and_then(|s| s.inventory.as_ref())
-                        .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
-                        .unwrap_or_default();
-                    objects.retain(|id| !deleted.contains(&changes::display_id(id)));
-                    objects.extend(changed.iter().map(|o| super::health::inventory_id(o)));
-                    objects.sort();
-                    objects.dedup();
-                    let mut expect = if objects.is_empty() {
-                        None
-                    } else {
-                        super::health::judgeable(&objects, &ns)
-                    };
-                    // Every workload the files define is among them.
-                    if let Some(e) = &expect
-                        && !super::health::covers(e, &local)
-                    {
-                        expect = None;
-                    }
-                    if expect.is_some()
-                        && objects.iter().any(|id| id.ends_with("__Service"))
-                        && !no_load_balancers(&client, &ns, &session, &flux_ns).await
-                    {
-                        expect = None;
-                    }
-                    tracing::debug!("the revision's objects: {objects:?}; judged here: {expect:?}");
-                    let _ = judging_w.set(if expect.is_some() {
-                        verdict::Judge::Watch
-                    } else {
-                        verdict::Judge::Flux
-                    });
-                    let outcome =
-                        super::health::watch(client, ns, session, flux_ns, report, expect, changed)
-                            .await;
-                    (outcome, applied, events, objects)
-                })
+                futures::future::Either::Left(watch_workloads(WorkloadWatch {
+                    client,
+                    kss,
+                    session,
+                    flux_ns,
+                    ns,
+                    report,
+                    want,
+                    feed,
+                    local,
+                    limit,
+                    sync_started,
+                    change_set_wait,
+                    judging: judging_w,
+                }))
             }
             None => futures::future::Either::Right(std::future::pending()),
         };
@@ -780,6 +716,134 @@ impl Session {
             revision: revision.to_string(),
         })
     }
+}
+
+/// What the workloads' watch of one revision needs (see [`watch_workloads`]).
+struct WorkloadWatch {
+    client: kube::Client,
+    kss: Api<Kustomization>,
+    /// The session (its Kustomization's name).
+    session: String,
+    /// Where its Flux objects live.
+    flux_ns: String,
+    /// Where its workloads run.
+    ns: String,
+    report: super::Reporter,
+    /// The revision pushed.
+    want: String,
+    feed: std::sync::Arc<changes::EventsFeed>,
+    /// The objects the files define.
+    local: Vec<String>,
+    limit: Duration,
+    sync_started: chrono::DateTime<chrono::Utc>,
+    change_set_wait: Duration,
+    /// Set once it is known whether this watch judges the revision.
+    judging: std::sync::Arc<std::sync::OnceLock<verdict::Judge>>,
+}
+
+/// Watches the workloads' rollouts of one revision (this cluster only):
+/// progress as it happens, and a certain failure as soon as it shows.
+/// Starts once Flux has applied the revision (it health-checks it then):
+/// before that, the workloads still show the previous one. Never ends
+/// when the Kustomization cannot be watched (Flux's verdict decides).
+async fn watch_workloads(
+    w: WorkloadWatch,
+) -> (
+    super::health::Outcome,
+    Option<Kustomization>,
+    Vec<String>,
+    Vec<String>,
+) {
+    let WorkloadWatch {
+        client,
+        kss,
+        session,
+        flux_ns,
+        ns,
+        report,
+        want,
+        feed,
+        local,
+        limit,
+        sync_started,
+        change_set_wait,
+        judging,
+    } = w;
+    // ("Building manifests for revision X" comes before the apply.)
+    let sign = want.clone();
+    let applied = kubeapi::await_object(
+        &kss,
+        &session,
+        limit,
+        "",
+        move |o: Option<&Kustomization>| verdict::kustomization_applied(o, &sign),
+    )
+    .await;
+    let applied = match applied {
+        Ok(k) => k,
+        Err(_) => return std::future::pending().await,
+    };
+    tracing::debug!(
+        "health watch starts: {:?}",
+        applied
+            .as_ref()
+            .and_then(|k| k.status.as_ref())
+            .map(|s| &s.conditions)
+    );
+    // What this revision created or changed (its change-set
+    // event comes before the health check), on top of the
+    // inventory Flux holds then (the previous revision's, or
+    // this one's), minus what it deleted: the revision's
+    // objects. When this watch can judge all of them, it
+    // says "healthy" as soon as they are, not at Flux's next
+    // health poll (5 s).
+    let events = feed.applied(&want, sync_started, change_set_wait).await;
+    let set = changes::parse_change_set(&events);
+    let changed: std::collections::BTreeSet<String> = set
+        .iter()
+        .filter(|(_, a)| *a != changes::Action::Deleted)
+        .map(|(o, _)| o.clone())
+        .collect();
+    let deleted: std::collections::BTreeSet<String> = set
+        .iter()
+        .filter(|(_, a)| *a == changes::Action::Deleted)
+        .map(|(o, _)| o.clone())
+        .collect();
+    let mut objects: Vec<String> = applied
+        .as_ref()
+        .and_then(|k| k.status.as_ref())
+        .and_then(|s| s.inventory.as_ref())
+        .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
+        .unwrap_or_default();
+    objects.retain(|id| !deleted.contains(&changes::display_id(id)));
+    objects.extend(changed.iter().map(|o| super::health::inventory_id(o)));
+    objects.sort();
+    objects.dedup();
+    let mut expect = if objects.is_empty() {
+        None
+    } else {
+        super::health::judgeable(&objects, &ns)
+    };
+    // Every workload the files define is among them.
+    if let Some(e) = &expect
+        && !super::health::covers(e, &local)
+    {
+        expect = None;
+    }
+    if expect.is_some()
+        && objects.iter().any(|id| id.ends_with("__Service"))
+        && !no_load_balancers(&client, &ns, &session, &flux_ns).await
+    {
+        expect = None;
+    }
+    tracing::debug!("the revision's objects: {objects:?}; judged here: {expect:?}");
+    let _ = judging.set(if expect.is_some() {
+        verdict::Judge::Watch
+    } else {
+        verdict::Judge::Flux
+    });
+    let outcome = super::health::watch(client, ns, session, flux_ns, report, expect, changed).await;
+    (outcome, applied, events, objects)
 }
 
 /// Whether none of the Services the session applied in `namespace` is a
