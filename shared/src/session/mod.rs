@@ -16,17 +16,18 @@
 //! session's objects are removed.
 
 pub mod engine;
-mod error;
 pub mod readers;
 pub mod record;
 #[cfg(test)]
 pub(crate) mod testkit;
 
 pub use crate::kubeapi::FIELD_MANAGER;
+pub use engine::EngineError;
 pub use engine::changes::{Action, Change};
 pub use engine::cleanup::cleanup;
 pub use engine::events::{Event, Mode, Phase, Reporter, SyncOutcome};
 pub use engine::preflight::RegistryChoice;
 pub use engine::{Session, SessionConfig};
-pub use error::SessionError;
+pub use readers::ReaderError;
+pub use record::RecordError;
 pub use record::{derive_name, keys, lease_is_live, validate_name};

@@ -42,12 +42,12 @@ use tokio::sync::{mpsc, watch};
 use crate::flux::{self, HelmRelease, Kustomization, OCIRepository};
 use crate::labels;
 use crate::sandbox;
-use crate::session::SessionError;
 use crate::session::readers::admin;
 use crate::session::readers::logs;
 use crate::session::readers::status;
 use crate::session::readers::view::{self, Heartbeat};
 use crate::session::record::Record;
+use crate::session::{ReaderError, RecordError};
 
 pub mod auth;
 pub mod bounded;
@@ -199,10 +199,10 @@ async fn events(State(app): State<Arc<App>>) -> Response {
 
 /// A page saying what went wrong talking to the API server (or that the
 /// session does not exist), with the right status code.
-fn error_page(app: &App, e: &SessionError) -> Response {
+fn error_page(app: &App, e: &ReaderError) -> Response {
     let status = match e {
-        SessionError::NotFound(_) => StatusCode::NOT_FOUND,
-        SessionError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        ReaderError::NotFound(_) => StatusCode::NOT_FOUND,
+        ReaderError::Record(RecordError::InvalidName(_)) => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     };
     let title = if status == StatusCode::NOT_FOUND {
@@ -676,7 +676,7 @@ async fn workload_namespace(
     client: &Client,
     ns: &str,
     name: &str,
-) -> Result<Option<(String, bool)>, SessionError> {
+) -> Result<Option<(String, bool)>, ReaderError> {
     let s = admin::find(client, Some(ns), name).await?;
     admin::workloads(client, &s).await
 }
@@ -922,7 +922,7 @@ async fn delete_session(
 ) -> Response {
     let s = match admin::find(&app.client, Some(&ns), &name).await {
         Ok(s) => s,
-        Err(SessionError::NotFound(_)) => {
+        Err(ReaderError::NotFound(_)) => {
             return back("/", &format!("session {name} no longer exists"));
         }
         Err(e) => return error_page(&app, &e),
@@ -932,7 +932,7 @@ async fn delete_session(
             "/",
             &format!("session {name} deleted ({} objects removed)", removed.len()),
         ),
-        Err(e @ SessionError::Live { .. }) => {
+        Err(e @ ReaderError::Live { .. }) => {
             (StatusCode::CONFLICT, format!("{e}\n")).into_response()
         }
         Err(e) => back(

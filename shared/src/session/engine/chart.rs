@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
-use super::{Event, Phase, Session, SessionError, SyncOutcome, changes};
+use super::push::{Build, Payload};
+use super::verdict::{self, Step};
+use super::{EngineError, Event, Phase, Session, SyncOutcome, changes};
 use crate::flux::{self, OCIRepository, SourceReference};
 use crate::kubeapi;
 
 /// The merged `--values` files (later files win), as HelmRelease values.
-pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionError> {
+pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, EngineError> {
     let mut merged = serde_json::Value::Object(Default::default());
     for file in files {
-        let err = |message: String| SessionError::Values {
+        let err = |message: String| EngineError::Values {
             file: file.clone(),
             message,
         };
@@ -27,11 +29,11 @@ pub fn merged_values(files: &[PathBuf]) -> Result<serde_json::Value, SessionErro
 
 impl Session {
     /// The merged `--values` files (later files win), as HelmRelease values.
-    fn values(&self) -> Result<serde_json::Value, SessionError> {
+    fn values(&self) -> Result<serde_json::Value, EngineError> {
         merged_values(&self.cfg.values)
     }
 
-    async fn ensure_release(&mut self) -> Result<(), SessionError> {
+    async fn ensure_release(&mut self) -> Result<(), EngineError> {
         let name = self.cfg.name.clone();
         let repo = self.oci_repository(Some(flux::LayerSelector {
             media_type: crate::helm::CONTENT_MEDIA_TYPE.into(),
@@ -108,37 +110,23 @@ impl Session {
         let values_key =
             serde_json::to_string(&self.values().unwrap_or_default()).unwrap_or_default();
         let key = format!("{}:{values_key}", chart.layer.digest);
-        if self.settled && self.last_layer.as_deref() == Some(key.as_str()) {
-            (self.report)(&Event::Unchanged {
-                digest: chart.layer.digest,
-            });
-            return SyncOutcome::Unchanged;
-        }
-        self.done(
-            Phase::Build,
-            t,
-            Some(format!("chart {} {}", chart.meta.name, chart.version)),
-        );
-
-        let t = self.phase(Phase::Push);
-        let reference = match self.reference(&self.cfg.registry.push) {
+        let detail = format!("chart {} {}", chart.meta.name, chart.version);
+        let revision = match self
+            .push_step(Build {
+                started: t,
+                key,
+                digest: &chart.layer.digest,
+                detail,
+                payload: Payload::Chart {
+                    file: &file,
+                    chart: &chart,
+                },
+            })
+            .await
+        {
             Ok(r) => r,
-            Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
+            Err(outcome) => return outcome,
         };
-        let client = self.registry_client(&reference);
-        let digest = match client.push_chart(&file, &chart).await {
-            Ok(digest) => digest,
-            Err(e) => return self.fail(Phase::Push, crate::output::error_chain(&e), None, false),
-        };
-        self.settled = false;
-        self.last_layer = Some(key);
-        self.done(
-            Phase::Push,
-            t,
-            Some(format!("{}@{digest}", reference.repository_url())),
-        );
-        let revision = format!("latest@{digest}");
-        self.pushed(&revision);
         match self
             .wait_for_release(&revision, &chart.version, started)
             .await
@@ -153,7 +141,7 @@ impl Session {
         revision: &str,
         version: &str,
         started: Instant,
-    ) -> Result<SyncOutcome, SessionError> {
+    ) -> Result<SyncOutcome, EngineError> {
         self.materialize().await?;
         let name = self.cfg.name.clone();
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -191,15 +179,7 @@ impl Session {
             &name,
             limit,
             format!("helm-controller to release chart {version}"),
-            move |o: Option<&flux::HelmRelease>| {
-                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
-                    s.last_attempted_revision
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with(want.as_str()))
-                        && flux::condition(&s.conditions, "Ready")
-                            .is_some_and(|c| c.status != "Unknown")
-                })
-            },
+            move |o: Option<&flux::HelmRelease>| verdict::release(o, &want).is_done(),
         );
         // Meanwhile, a word when helm-controller has not started on it.
         let done = tokio::select! {
@@ -207,18 +187,17 @@ impl Session {
             never = stall => match never {},
         };
         self.waiting.store(false, Ordering::SeqCst);
-        let status = done.and_then(|o| o.status).unwrap_or_default();
-        if let Some(message) = flux::helm_failure(&status) {
-            self.settled = true;
-            self.note(revision, "Failed");
+        if let Step::Failed { message, .. } = verdict::release(done.as_ref(), version) {
+            self.pushed.settle();
+            self.lease.note(revision, "Failed");
             // A failed upgrade leaves the previous release in place.
             return Ok(self.fail(Phase::Apply, message, None, false));
         }
         self.done(Phase::Apply, t, Some(format!("chart {version}")));
         let after = changes::helm_objects(&self.client, &release_ns, &name).await;
-        self.settled = true;
+        self.pushed.settle();
         self.last_good = Some(format!("{revision} (chart {version})"));
-        self.note(revision, "Ready");
+        self.lease.note(revision, "Ready");
         (self.report)(&Event::Synced {
             revision: format!("{revision} (chart {version})"),
             changes: changes::compare_versions(&before, &after),

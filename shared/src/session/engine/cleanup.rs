@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, ObjectMeta};
 use kube::{Client, ResourceExt};
 
-use super::{Event, OwnSandbox, Session, SessionError, changes};
+use super::{EngineError, Event, Kind, OwnSandbox, Session, Stage, changes};
 use crate::flux::{self, Kustomization, OCIRepository};
 use crate::kubeapi;
 use crate::labels;
@@ -31,7 +31,7 @@ pub async fn cleanup(
     ephemeral_sandbox: Option<&str>,
     owner: &str,
     timeout: Duration,
-) -> Result<Vec<String>, SessionError> {
+) -> Result<Vec<String>, EngineError> {
     crate::session::validate_name(session)?;
     let mut removed = Vec::new();
     let started = tokio::time::Instant::now();
@@ -121,11 +121,7 @@ pub async fn cleanup(
 
 /// Whether any of a session's Flux objects (its applier or its source)
 /// still exists and is not being deleted.
-pub async fn remains(
-    client: &Client,
-    namespace: &str,
-    session: &str,
-) -> Result<bool, SessionError> {
+pub async fn remains(client: &Client, namespace: &str, session: &str) -> Result<bool, EngineError> {
     let alive = |meta: &ObjectMeta| owned_by(meta, session) && meta.deletion_timestamp.is_none();
     let kss: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
     if kss
@@ -158,16 +154,14 @@ pub async fn remains(
 
 impl Session {
     pub(super) fn stop_heartbeat(&mut self) {
-        if let Some(r) = self.renewer.take() {
-            r.abort();
-        }
+        self.lease.stop_renewing();
     }
 
     /// Stops the heartbeat and removes what the session created. A session
     /// that never got to apply anything has nothing in the cluster.
-    pub async fn cleanup(&mut self, timeout: Duration) -> Result<Vec<String>, SessionError> {
+    pub async fn cleanup(&mut self, timeout: Duration) -> Result<Vec<String>, EngineError> {
         self.stop_heartbeat();
-        let removed = if self.materialized || self.own_sandbox == OwnSandbox::Made {
+        let removed = if self.stage != Stage::Prepared || self.own_sandbox == OwnSandbox::Made {
             let sandbox = (self.own_sandbox == OwnSandbox::Made).then_some(self.cfg.name.as_str());
             cleanup(
                 &self.client,
@@ -181,7 +175,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        self.materialized = false;
+        self.stage = Stage::Prepared;
         (self.report)(&Event::Cleaned {
             removed: removed.clone(),
         });
@@ -192,23 +186,22 @@ impl Session {
     /// Lease is released (no holder), so the session shows as not running.
     pub async fn detach(&mut self) {
         self.stop_heartbeat();
-        if !self.materialized {
+        if self.stage == Stage::Prepared {
             return;
         }
-        let patch = serde_json::json!({"spec": {"holderIdentity": null}});
-        self.patch_lease(&patch, "release").await;
+        self.lease.release().await;
     }
 
     /// What is left in the cluster if the session stops without cleanup.
     pub fn leftovers(&self) -> Vec<String> {
-        if !self.materialized && self.own_sandbox != OwnSandbox::Made {
+        if self.stage == Stage::Prepared && self.own_sandbox != OwnSandbox::Made {
             return Vec::new();
         }
         let n = &self.cfg.name;
         let mut left = vec![
             format!(
                 "{}/{n}",
-                if self.chart {
+                if self.kind == Kind::Chart {
                     "helmrelease"
                 } else {
                     "kustomization"

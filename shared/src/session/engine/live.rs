@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::watch::DirWatcher;
-use super::{Event, Session, SessionError, SyncOutcome};
+use super::{EngineError, Event, Session, SyncOutcome};
 use crate::portforward::{self, ForwardSpec};
 use crate::session::record::lease::Lost;
 
@@ -220,12 +220,12 @@ pub struct Forwards(Vec<(tokio::net::TcpListener, ForwardSpec)>);
 
 impl Forwards {
     /// Binds every spec's local port on 127.0.0.1.
-    pub async fn bind(specs: &[ForwardSpec]) -> Result<Forwards, SessionError> {
+    pub async fn bind(specs: &[ForwardSpec]) -> Result<Forwards, EngineError> {
         let mut listeners = Vec::new();
         for spec in specs {
             let listener = portforward::listen(spec)
                 .await
-                .map_err(|e| SessionError::Flag(e.to_string()))?;
+                .map_err(|e| EngineError::Flag(e.to_string()))?;
             listeners.push((listener, spec.clone()));
         }
         Ok(Forwards(listeners))
@@ -238,12 +238,12 @@ fn start_forwards(
     session: &Session,
     forwards: Forwards,
     background: &mut Background,
-) -> Result<(), SessionError> {
+) -> Result<(), EngineError> {
     if forwards.0.is_empty() {
         return Ok(());
     }
     if session.target().kubeconfig_secret.is_some() {
-        return Err(SessionError::Flag(
+        return Err(EngineError::Flag(
             "--port-forward reaches pods of this cluster; it cannot reach into a kubeconfig or \
              vcluster sandbox"
                 .into(),
@@ -286,7 +286,7 @@ pub async fn run<F, Fut, G, GFut>(
     forwards: Forwards,
     signal: F,
     interrupt: G,
-) -> Result<LiveEnd, SessionError>
+) -> Result<LiveEnd, EngineError>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
@@ -450,7 +450,7 @@ async fn lost_lease<G, GFut>(
     opts: &LiveOptions,
     report: &super::Reporter,
     interrupt: G,
-) -> Result<LiveEnd, SessionError>
+) -> Result<LiveEnd, EngineError>
 where
     G: FnOnce() -> GFut,
     GFut: Future<Output = ()>,
@@ -495,8 +495,8 @@ where
 
 /// Whether a failed cleanup is worth another try: anything but the API
 /// server's refusal of the request itself (a 4xx other than 429).
-fn retryable(e: &SessionError) -> bool {
-    !matches!(e, SessionError::Kube(kube::Error::Api(s)) if s.code < 500 && s.code != 429)
+fn retryable(e: &EngineError) -> bool {
+    !matches!(e, EngineError::Kube(kube::Error::Api(s)) if s.code < 500 && s.code != 429)
 }
 
 /// Removes what the session made, retrying (for at most the cleanup
@@ -508,7 +508,7 @@ async fn clean_up<G, GFut>(
     opts: &LiveOptions,
     report: &super::Reporter,
     interrupt: G,
-) -> Result<Option<LiveEnd>, SessionError>
+) -> Result<Option<LiveEnd>, EngineError>
 where
     G: FnOnce() -> GFut,
     GFut: Future<Output = ()>,

@@ -12,13 +12,16 @@
 pub mod changes;
 mod chart;
 pub mod cleanup;
+mod error;
 pub mod events;
 pub mod health;
 pub mod live;
 pub mod packaging;
 pub mod preflight;
+mod push;
 mod sync;
 pub mod validate;
+pub mod verdict;
 pub mod watch;
 
 #[cfg(test)]
@@ -31,10 +34,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta};
 use kube::{Client, ResourceExt};
 
 use crate::artifact::WalkOptions;
@@ -44,12 +46,12 @@ use crate::registry::{self, RegistryOptions};
 use crate::sandbox::{self, CreateOptions, SandboxError, Target};
 
 pub use changes::{Action, Change};
+pub use error::EngineError;
 pub use events::{Event, Mode, Phase, Reporter, SyncOutcome};
 pub use preflight::RegistryChoice;
 
-use super::SessionError;
-use crate::kubeapi::FIELD_MANAGER;
-use crate::session::record::{self, keys, lease, liveness, ownership};
+use crate::session::record::writer::{self, Ended, Writer};
+use crate::session::record::{self, lease, liveness, ownership};
 
 /// Everything a session needs to start. `Debug` never shows the age key.
 #[derive(Clone)]
@@ -196,124 +198,98 @@ enum OwnSandbox {
     Made,
 }
 
+/// What a session syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Manifests (kustomize), applied by a Kustomization.
+    Manifests,
+    /// A Helm chart, released by a HelmRelease.
+    Chart,
+}
+
+/// Where a session stands in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing made yet: the first sync makes it all once it pushed
+    /// something (again after a cleanup).
+    Prepared,
+    /// Its sandbox (when its own), Lease and Secrets exist and its
+    /// heartbeat runs; `flux_objects`: its OCIRepository and applier
+    /// (Kustomization or HelmRelease) were applied too.
+    Materialized { flux_objects: bool },
+}
+
+/// What the session last pushed (the layer's key), and whether Flux gave
+/// its verdict on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pushed {
+    /// Nothing yet.
+    Nothing,
+    /// Pushed; no verdict yet (a failed fetch or a superseded wait leave
+    /// it so): the same content is synced again.
+    Unsettled(String),
+    /// Flux gave its verdict (Ready, or a failed apply or rollout) and
+    /// nothing was pushed since: the same content again is "unchanged",
+    /// not another push.
+    Settled(String),
+}
+
+impl Pushed {
+    /// Whether `key` is what was pushed and settled.
+    fn settled_as(&self, key: &str) -> bool {
+        matches!(self, Pushed::Settled(k) if k == key)
+    }
+
+    /// Flux gave its verdict on what was pushed.
+    fn settle(&mut self) {
+        if let Pushed::Unsettled(k) = self {
+            *self = Pushed::Settled(std::mem::take(k));
+        }
+    }
+}
+
 /// A running session.
 pub struct Session {
     client: Client,
     cfg: SessionConfig,
-    /// The registry client of the session's pushes (made at the first).
-    registry: crate::registry::KeptRegistry,
+    kind: Kind,
     /// Where its Flux objects and Lease live.
     namespace: String,
     target: Target,
     /// The sandbox it applies into (sandboxed mode).
     sandbox_name: Option<String>,
     own_sandbox: OwnSandbox,
-    /// Sandbox, Lease and Secrets exist (made at the first sync).
-    materialized: bool,
-    objects_ready: bool,
-    last_layer: Option<String>,
-    /// Flux gave its verdict on what was last pushed (Ready, or a failed
-    /// apply or rollout) and nothing was pushed since: the same content again
-    /// is "unchanged", not another push. A push failure, a fetch failure or a
-    /// superseded wait leave it unsettled, so the same content is synced again.
-    settled: bool,
+    stage: Stage,
+    pushed: Pushed,
+    /// The registry client of the session's pushes (made at the first).
+    registry: crate::registry::KeptRegistry,
     /// The revision last synced Ready (what stays applied after a failure).
     last_good: Option<String>,
     /// Set while the sync waits for Flux: a newer save may supersede it.
     waiting: Arc<AtomicBool>,
     /// The last reconcile request made of the session's OCIRepository.
     source_request: Option<crate::flux::ReconcileRequest>,
-    renewer: Option<tokio::task::JoinHandle<()>>,
-    /// The resourceVersion of the (stale) Lease seen at start, `None` when
-    /// there was none: the first write of the Lease is conditional on it.
-    lease_seen: Option<String>,
-    /// Set once the session no longer holds its Lease (see [`lease`]).
-    lost: Arc<tokio::sync::watch::Sender<Option<lease::Lost>>>,
+    /// Its Lease: written at the first sync, renewed, and each sync
+    /// recorded in it.
+    lease: Writer,
     report: Reporter,
     started: DateTime<Utc>,
-    /// The directory is a Helm chart: a HelmRelease instead of a Kustomization.
-    chart: bool,
-    /// Namespace rewrites already pointed out (said once per session).
-    relocations_said: BTreeSet<String>,
-    /// What the last sync packaged (said when it changes).
-    packaging: Option<packaging::Packaging>,
-    /// The phases of the sync under way, timed.
-    timeline: std::sync::Mutex<Timeline>,
-    /// The last syncs (oldest first), as written into the Lease.
-    history: Vec<record::SyncEntry>,
-    /// The outcome of the sync under way, written into the Lease with its
-    /// history entry (one request per sync).
-    last_note: Option<record::LastSync>,
+    /// What was said once: namespace rewrites pointed out, what the last
+    /// sync packaged (said again when it changes).
+    said: Said,
     /// The last sync found no change-set event: Flux's event recorder is
     /// likely dropping them (see [`changes::CHANGE_SET_WAIT`]), so the next
     /// sync takes what is at hand rather than wait for one.
     change_sets_missing: bool,
 }
 
-/// The phases of one sync as they happen (see [`Session::phase`]).
+/// What a session said once (not again until it changes).
 #[derive(Debug, Default)]
-struct Timeline {
-    started: Option<(std::time::Instant, DateTime<Utc>)>,
-    current: Option<(Phase, std::time::Instant)>,
-    phases: Vec<record::PhaseTime>,
-    failed: Option<(Phase, String)>,
-    revision: Option<String>,
-}
-
-impl Timeline {
-    fn ms(d: Duration) -> u64 {
-        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn start(&mut self, phase: Phase, now: std::time::Instant) {
-        if self.started.is_none() {
-            self.started = Some((now, Utc::now()));
-        }
-        self.current = Some((phase, now));
-    }
-
-    /// The current phase ended (`phase` when it is the one under way).
-    fn end(&mut self, phase: Phase, now: std::time::Instant) {
-        let Some((current, at)) = self.current.take() else {
-            return;
-        };
-        if current != phase {
-            return;
-        }
-        let origin = self.started.map_or(at, |(t, _)| t);
-        self.phases.push(record::PhaseTime {
-            phase: phase.name().to_string(),
-            start_ms: Self::ms(at.saturating_duration_since(origin)),
-            ms: Self::ms(now.saturating_duration_since(at)),
-        });
-    }
-
-    /// The history entry of the finished sync (`None` when unchanged or never started).
-    fn entry(&mut self, outcome: &SyncOutcome) -> Option<record::SyncEntry> {
-        let t = std::mem::take(self);
-        let (_, at) = t.started?;
-        let (status, failed_phase, message) = match outcome {
-            SyncOutcome::Unchanged => return None,
-            SyncOutcome::Ready { .. } => ("Ready", None, String::new()),
-            SyncOutcome::Failed { phase, message } => (
-                "Failed",
-                Some(phase.name().to_string()),
-                message.chars().take(record::HISTORY_MESSAGE_LEN).collect(),
-            ),
-        };
-        let revision = match outcome {
-            SyncOutcome::Ready { revision } => revision.clone(),
-            _ => t.revision.unwrap_or_default(),
-        };
-        Some(record::SyncEntry {
-            at,
-            revision,
-            status: status.to_string(),
-            failed_phase,
-            message,
-            phases: t.phases,
-        })
-    }
+struct Said {
+    /// Namespace rewrites already pointed out (said once per session).
+    relocations: BTreeSet<String>,
+    /// What the last sync packaged (said when it changes).
+    packaging: Option<packaging::Packaging>,
 }
 
 fn session_labels(name: &str, sandbox: Option<&str>) -> BTreeMap<String, String> {
@@ -331,7 +307,7 @@ async fn await_removal(
     leases: &Api<Lease>,
     existing: &Lease,
     report: &Reporter,
-) -> Result<(), SessionError> {
+) -> Result<(), EngineError> {
     let name = existing.name_any();
     let by = lease::removed_by(existing).unwrap_or_default();
     report(&Event::Message {
@@ -356,7 +332,7 @@ async fn refuse_foreign(
     namespace: &str,
     cfg: &SessionConfig,
     chart: bool,
-) -> Result<(), SessionError> {
+) -> Result<(), EngineError> {
     let name = &cfg.name;
     let repos: Api<crate::flux::OCIRepository> = Api::namespaced(client.clone(), namespace);
     ownership::check(&repos, "OCIRepository", name, name).await?;
@@ -383,7 +359,7 @@ async fn take_over(
     existing: Lease,
     cfg: &SessionConfig,
     report: &Reporter,
-) -> Result<Option<String>, SessionError> {
+) -> Result<Option<String>, EngineError> {
     let client = leases.clone().into_client();
     let judged = liveness::judge(&client, vec![existing], &cfg.owner)
         .await
@@ -401,7 +377,7 @@ async fn take_over(
             await_removal(leases, &lease, report).await?;
             Ok(None)
         }
-        liveness::Verdict::Live => Err(SessionError::AlreadyRunning {
+        liveness::Verdict::Live => Err(EngineError::AlreadyRunning {
             name: cfg.name.clone(),
             holder: record::holder(&lease).to_string(),
             pid: record::Record::of(&lease).pid,
@@ -410,15 +386,143 @@ async fn take_over(
     }
 }
 
-/// How long a session's own sandbox outlives the session's last heartbeat
-/// before `gitops-sandbox gc` may take it.
-pub const EPHEMERAL_TTL: Duration = Duration::from_secs(24 * 3600);
-/// How often a running session pushes its own sandbox's expiry forward.
-pub const EXTEND_EVERY: Duration = Duration::from_secs(5 * 60);
-
-fn now_micro() -> MicroTime {
-    MicroTime(k8s_openapi::jiff::Timestamp::now())
+/// Where a session applies, decided at start (nothing written yet).
+struct Placement {
+    /// Where its Flux objects and Lease live.
+    namespace: String,
+    target: Target,
+    /// The sandbox it applies into (sandboxed mode).
+    sandbox_name: Option<String>,
+    own_sandbox: OwnSandbox,
 }
+
+/// Where the session applies: cluster mode, an existing sandbox (checked:
+/// it exists, and is still a boundary unless made `--unconfined`), or its
+/// own sandbox, made at the first sync (refused when a namespace of its
+/// name is not a sandbox, or is someone else's).
+async fn place(
+    client: &Client,
+    cfg: &SessionConfig,
+    report: &Reporter,
+) -> Result<Placement, EngineError> {
+    let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
+        (Mode::Cluster, _) => {
+            let target = Target {
+                namespace: cfg.namespace.clone(),
+                service_account: None,
+                kubeconfig_secret: None,
+                target_namespace: cfg.target_namespace.clone(),
+            };
+            (cfg.namespace.clone(), target, None, OwnSandbox::None)
+        }
+        (Mode::Sandboxed, Some(existing)) => {
+            let sb = sandbox::get(client, existing)
+                .await?
+                .ok_or_else(|| EngineError::NoSuchSandbox(existing.clone()))?;
+            if sb.isolation == sandbox::Isolation::Namespace {
+                if sb.unconfined {
+                    report(&Event::Warning {
+                        message: format!(
+                            "sandbox {existing} was created --unconfined: it is NOT a \
+                             security boundary; its payload can do whatever Flux can"
+                        ),
+                    });
+                } else {
+                    // A sandbox made before the boundary existed, or
+                    // whose policy was removed since: refuse rather than
+                    // run a payload that could leave it.
+                    sandbox::boundary::probe(client, &sb.namespace, Duration::from_secs(3))
+                        .await
+                        .map_err(SandboxError::from)?;
+                }
+            }
+            (
+                sb.namespace.clone(),
+                sb.target,
+                Some(existing.clone()),
+                OwnSandbox::None,
+            )
+        }
+        (Mode::Sandboxed, None) => {
+            let name = cfg.name.clone();
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            let maker = ownership::SandboxMaker {
+                namespace: &name,
+                session: &name,
+                owner: &cfg.owner,
+            };
+            match namespaces.get_opt(&name).await? {
+                Some(ns) if !sandbox::is_sandbox(&ns) => {
+                    let mut f = ownership::foreign("Namespace", &ns.metadata, &name)
+                        .unwrap_or_else(|| ownership::Foreign {
+                            kind: "Namespace".into(),
+                            namespace: String::new(),
+                            name: name.clone(),
+                            manager: ownership::manager_of(&ns.metadata),
+                        });
+                    f.namespace = String::new();
+                    return Err(EngineError::Foreign(f));
+                }
+                // Someone else's sandbox, or one not made for this session.
+                Some(ns)
+                    if ns.metadata.deletion_timestamp.is_none()
+                        && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
+                {
+                    let owner = ns.annotations().get(labels::OWNER).cloned();
+                    return Err(EngineError::SandboxTaken {
+                        name: name.clone(),
+                        owner: match owner {
+                            Some(o) if o == cfg.owner => format!(
+                                "you ({o}) but not for this session (run in it with \
+                                 --sandbox {name})"
+                            ),
+                            Some(o) => o,
+                            None => "someone else".into(),
+                        },
+                    });
+                }
+                // Absent, or the last run's sandbox still being deleted:
+                // made (after it is gone) at the first sync.
+                _ => {}
+            }
+            (
+                name.clone(),
+                Target::namespace_sandbox(&name),
+                Some(name),
+                OwnSandbox::ToCreate,
+            )
+        }
+    };
+    Ok(Placement {
+        namespace,
+        target,
+        sandbox_name,
+        own_sandbox,
+    })
+}
+
+/// The session's own Lease left by an earlier run, to take over at the
+/// first sync: its resourceVersion, `None` when there is none (refused
+/// when it is not the session's, or live).
+async fn stale_lease(
+    client: &Client,
+    namespace: &str,
+    cfg: &SessionConfig,
+    report: &Reporter,
+) -> Result<Option<String>, EngineError> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    match leases.get_opt(&cfg.name).await? {
+        Some(existing) => {
+            if let Some(f) = ownership::foreign("Lease", &existing.metadata, &cfg.name) {
+                return Err(EngineError::Foreign(f));
+            }
+            take_over(&leases, existing, cfg, report).await
+        }
+        None => Ok(None),
+    }
+}
+
+pub use crate::session::record::writer::{EPHEMERAL_TTL, EXTEND_EVERY};
 
 impl Session {
     /// Prepares the session without changing the cluster: checks the name,
@@ -429,7 +533,7 @@ impl Session {
         client: Client,
         mut cfg: SessionConfig,
         report: Reporter,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Session, EngineError> {
         record::validate_name(&cfg.name)?;
         crate::duration::check_range(
             "lease-duration",
@@ -437,100 +541,18 @@ impl Session {
             record::MIN_LEASE,
             record::MAX_LEASE,
         )
-        .map_err(|e| SessionError::Flag(e.to_string()))?;
+        .map_err(|e| EngineError::Flag(e.to_string()))?;
         // Read the Docker config (and run its helper) once, not on every push.
         if cfg.registry_options.creds.is_none() {
             let host = registry::registry_address(&cfg.registry.push);
             cfg.registry_options.creds = registry::docker_config_credentials(host);
         }
-        let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
-            (Mode::Cluster, _) => {
-                let target = Target {
-                    namespace: cfg.namespace.clone(),
-                    service_account: None,
-                    kubeconfig_secret: None,
-                    target_namespace: cfg.target_namespace.clone(),
-                };
-                (cfg.namespace.clone(), target, None, OwnSandbox::None)
-            }
-            (Mode::Sandboxed, Some(existing)) => {
-                let sb = sandbox::get(&client, existing)
-                    .await?
-                    .ok_or_else(|| SessionError::NoSuchSandbox(existing.clone()))?;
-                if sb.isolation == sandbox::Isolation::Namespace {
-                    if sb.unconfined {
-                        report(&Event::Warning {
-                            message: format!(
-                                "sandbox {existing} was created --unconfined: it is NOT a \
-                                 security boundary; its payload can do whatever Flux can"
-                            ),
-                        });
-                    } else {
-                        // A sandbox made before the boundary existed, or
-                        // whose policy was removed since: refuse rather than
-                        // run a payload that could leave it.
-                        sandbox::boundary::probe(&client, &sb.namespace, Duration::from_secs(3))
-                            .await
-                            .map_err(SandboxError::from)?;
-                    }
-                }
-                (
-                    sb.namespace.clone(),
-                    sb.target,
-                    Some(existing.clone()),
-                    OwnSandbox::None,
-                )
-            }
-            (Mode::Sandboxed, None) => {
-                let name = cfg.name.clone();
-                let namespaces: Api<Namespace> = Api::all(client.clone());
-                let maker = ownership::SandboxMaker {
-                    namespace: &name,
-                    session: &name,
-                    owner: &cfg.owner,
-                };
-                match namespaces.get_opt(&name).await? {
-                    Some(ns) if !sandbox::is_sandbox(&ns) => {
-                        let mut f = ownership::foreign("Namespace", &ns.metadata, &name)
-                            .unwrap_or_else(|| ownership::Foreign {
-                                kind: "Namespace".into(),
-                                namespace: String::new(),
-                                name: name.clone(),
-                                manager: ownership::manager_of(&ns.metadata),
-                            });
-                        f.namespace = String::new();
-                        return Err(SessionError::Foreign(f));
-                    }
-                    // Someone else's sandbox, or one not made for this session.
-                    Some(ns)
-                        if ns.metadata.deletion_timestamp.is_none()
-                            && !ownership::sandbox_made_by(&ns.metadata, &maker) =>
-                    {
-                        let owner = ns.annotations().get(labels::OWNER).cloned();
-                        return Err(SessionError::SandboxTaken {
-                            name: name.clone(),
-                            owner: match owner {
-                                Some(o) if o == cfg.owner => format!(
-                                    "you ({o}) but not for this session (run in it with \
-                                     --sandbox {name})"
-                                ),
-                                Some(o) => o,
-                                None => "someone else".into(),
-                            },
-                        });
-                    }
-                    // Absent, or the last run's sandbox still being deleted:
-                    // made (after it is gone) at the first sync.
-                    _ => {}
-                }
-                (
-                    name.clone(),
-                    Target::namespace_sandbox(&name),
-                    Some(name),
-                    OwnSandbox::ToCreate,
-                )
-            }
-        };
+        let Placement {
+            namespace,
+            target,
+            sandbox_name,
+            own_sandbox,
+        } = place(&client, &cfg, &report).await?;
         let rel = cfg.path.trim_start_matches("./");
         let chart = crate::helm::is_chart(&if rel.is_empty() {
             cfg.root.clone()
@@ -540,40 +562,31 @@ impl Session {
         // Nothing of the names the session wants may be someone else's: all
         // checked before anything is written.
         refuse_foreign(&client, &namespace, &cfg, chart).await?;
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-        let lease_seen = match leases.get_opt(&cfg.name).await? {
-            Some(existing) => {
-                if let Some(f) = ownership::foreign("Lease", &existing.metadata, &cfg.name) {
-                    return Err(SessionError::Foreign(f));
-                }
-                take_over(&leases, existing, &cfg, &report).await?
-            }
-            None => None,
-        };
+        let lease_seen = stale_lease(&client, &namespace, &cfg, &report).await?;
+        let lease = Writer::new(
+            client.clone(),
+            &namespace,
+            &cfg.name,
+            &cfg.owner,
+            cfg.lease_duration,
+            lease_seen,
+        );
         let session = Session {
             registry: Default::default(),
-            chart,
-            relocations_said: BTreeSet::new(),
-            packaging: None,
-            timeline: Default::default(),
-            history: Vec::new(),
-            last_note: None,
+            kind: if chart { Kind::Chart } else { Kind::Manifests },
+            said: Said::default(),
             change_sets_missing: false,
             client,
             namespace,
             target,
             sandbox_name,
             own_sandbox,
-            materialized: false,
-            objects_ready: false,
-            last_layer: None,
-            settled: false,
+            stage: Stage::Prepared,
+            pushed: Pushed::Nothing,
             last_good: None,
             waiting: Arc::new(AtomicBool::new(false)),
             source_request: None,
-            renewer: None,
-            lease_seen,
-            lost: Arc::new(tokio::sync::watch::channel(None).0),
+            lease,
             report,
             started: Utc::now(),
             cfg,
@@ -597,8 +610,8 @@ impl Session {
     /// its sandbox (ephemeral), its Lease and heartbeat, the SOPS Secret.
     /// What it makes is recorded first, so a stop at any point (Ctrl+C)
     /// removes it.
-    async fn materialize(&mut self) -> Result<(), SessionError> {
-        if self.materialized {
+    async fn materialize(&mut self) -> Result<(), EngineError> {
+        if self.stage != Stage::Prepared {
             return Ok(());
         }
         // Made at the first sync; again if a removal of the last run of this
@@ -607,84 +620,116 @@ impl Session {
         let mut attempts = 0;
         loop {
             if make_sandbox {
-                let name = self.cfg.name.clone();
-                let namespaces: Api<Namespace> = Api::all(self.client.clone());
-                if let Some(ns) = namespaces.get_opt(&name).await?
-                    && ns.metadata.deletion_timestamp.is_some()
-                {
-                    // The last run's sandbox is still being deleted: let it go first.
-                    let uid = ns.uid().unwrap_or_default();
-                    kubeapi::await_object(
-                        &namespaces,
-                        &name,
-                        Duration::from_secs(120),
-                        format!("the previous sandbox {name} to be deleted"),
-                        kube::runtime::wait::conditions::is_deleted(&uid),
-                    )
-                    .await?;
-                }
-                // From here on a stop removes the sandbox, made or half-made.
-                self.own_sandbox = OwnSandbox::Made;
-                if sandbox::get(&self.client, &name).await?.is_none() {
-                    let options = CreateOptions {
-                        owner: self.cfg.owner.clone(),
-                        // A safety net: `gitops-sandbox gc` removes it if cleanup
-                        // never runs (the heartbeat extends it while the session runs).
-                        ttl: Some(EPHEMERAL_TTL),
-                        // Who made it, so that only this session's cleanup removes it.
-                        labels: ownership::sandbox_record(&ownership::SandboxMaker {
-                            namespace: &self.namespace,
-                            session: &name,
-                            owner: &self.cfg.owner,
-                        }),
-                        ..Default::default()
-                    };
-                    match sandbox::create(&self.client, &name, &options).await {
-                        Ok(_) => {}
-                        // Made meanwhile: ours only if its record says so.
-                        Err(sandbox::SandboxError::AlreadyExists(_)) => {
-                            let maker = ownership::SandboxMaker {
-                                namespace: &self.namespace,
-                                session: &name,
-                                owner: &self.cfg.owner,
-                            };
-                            let ns = namespaces.get_opt(&name).await?;
-                            if !ns
-                                .is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker))
-                            {
-                                self.own_sandbox = OwnSandbox::None;
-                                return Err(SessionError::SandboxTaken {
-                                    name: name.clone(),
-                                    owner: "someone else, just now".into(),
-                                });
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                self.make_own_sandbox().await?;
             }
-            let Some(current) = self.write_lease().await? else {
+            if self.write_lease(&mut attempts).await? {
                 break;
-            };
-            attempts += 1;
-            let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-            match current {
-                None => self.lease_seen = None,
-                Some(l) => {
-                    if let Some(f) = ownership::foreign("Lease", &l.metadata, &self.cfg.name) {
-                        return Err(SessionError::Foreign(f));
-                    }
-                    if attempts >= 4 {
-                        return Err(SessionError::AlreadyRunning {
-                            name: self.cfg.name.clone(),
-                            holder: record::holder(&l).to_string(),
-                            pid: record::Record::of(&l).pid,
-                        });
-                    }
-                    self.lease_seen = take_over(&leases, l, &self.cfg, &self.report).await?;
-                }
             }
         }
+        self.apply_sops_secret().await?;
+        let report = self.report.clone();
+        let say: writer::Say = Arc::new(move |message| report(&Event::Warning { message }));
+        let own_sandbox = (self.own_sandbox == OwnSandbox::Made).then(|| self.cfg.name.clone());
+        self.lease.start_renewing(say, own_sandbox);
+        self.stage = Stage::Materialized {
+            flux_objects: false,
+        };
+        Ok(())
+    }
+
+    /// Makes the session's own sandbox, after the last run's is gone;
+    /// refused when one of its name appeared meanwhile that is not the
+    /// session's.
+    async fn make_own_sandbox(&mut self) -> Result<(), EngineError> {
+        let name = self.cfg.name.clone();
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        if let Some(ns) = namespaces.get_opt(&name).await?
+            && ns.metadata.deletion_timestamp.is_some()
+        {
+            // The last run's sandbox is still being deleted: let it go first.
+            let uid = ns.uid().unwrap_or_default();
+            kubeapi::await_object(
+                &namespaces,
+                &name,
+                Duration::from_secs(120),
+                format!("the previous sandbox {name} to be deleted"),
+                kube::runtime::wait::conditions::is_deleted(&uid),
+            )
+            .await?;
+        }
+        // From here on a stop removes the sandbox, made or half-made.
+        self.own_sandbox = OwnSandbox::Made;
+        if sandbox::get(&self.client, &name).await?.is_none() {
+            let options = CreateOptions {
+                owner: self.cfg.owner.clone(),
+                // A safety net: `gitops-sandbox gc` removes it if cleanup
+                // never runs (the heartbeat extends it while the session runs).
+                ttl: Some(EPHEMERAL_TTL),
+                // Who made it, so that only this session's cleanup removes it.
+                labels: ownership::sandbox_record(&ownership::SandboxMaker {
+                    namespace: &self.namespace,
+                    session: &name,
+                    owner: &self.cfg.owner,
+                }),
+                ..Default::default()
+            };
+            match sandbox::create(&self.client, &name, &options).await {
+                Ok(_) => {}
+                // Made meanwhile: ours only if its record says so.
+                Err(sandbox::SandboxError::AlreadyExists(_)) => {
+                    let maker = ownership::SandboxMaker {
+                        namespace: &self.namespace,
+                        session: &name,
+                        owner: &self.cfg.owner,
+                    };
+                    let ns = namespaces.get_opt(&name).await?;
+                    if !ns.is_some_and(|ns| ownership::sandbox_made_by(&ns.metadata, &maker)) {
+                        self.own_sandbox = OwnSandbox::None;
+                        return Err(EngineError::SandboxTaken {
+                            name: name.clone(),
+                            owner: "someone else, just now".into(),
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the session's Lease (`attempts` so far): `Ok(true)` once
+    /// written, `Ok(false)` to try again: someone wrote or removed it
+    /// meanwhile (a stale one is then taken over).
+    async fn write_lease(&mut self, attempts: &mut u32) -> Result<bool, EngineError> {
+        let meta = self.meta(&self.cfg.name);
+        let record = self.record();
+        let Some(current) = self.lease.write(meta, &record).await? else {
+            return Ok(true);
+        };
+        *attempts += 1;
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        match current {
+            None => self.lease.replace_next(None),
+            Some(l) => {
+                if let Some(f) = ownership::foreign("Lease", &l.metadata, &self.cfg.name) {
+                    return Err(EngineError::Foreign(f));
+                }
+                if *attempts >= 4 {
+                    return Err(EngineError::AlreadyRunning {
+                        name: self.cfg.name.clone(),
+                        holder: record::holder(&l).to_string(),
+                        pid: record::Record::of(&l).pid,
+                    });
+                }
+                let seen = take_over(&leases, l, &self.cfg, &self.report).await?;
+                self.lease.replace_next(seen);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The age key as the Secret Flux decrypts with (`--decryption-key`).
+    async fn apply_sops_secret(&self) -> Result<(), EngineError> {
         if let Some(key) = &self.cfg.decryption_key {
             let name = format!("{}-sops", self.cfg.name);
             let secret = Secret {
@@ -698,8 +743,6 @@ impl Session {
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
             ownership::apply(&secrets, "Secret", &name, &secret, &self.cfg.name).await?;
         }
-        self.renewer = Some(self.spawn_renewer());
-        self.materialized = true;
         Ok(())
     }
 
@@ -791,188 +834,26 @@ impl Session {
             last: None,
             port_forwards: self.cfg.port_forwards.clone(),
             owner: self.cfg.owner.clone(),
-            history: self.history.clone(),
-        }
-    }
-
-    /// Writes the session's Lease: replaces the stale one seen (only if it
-    /// has not changed since), or creates it. `Ok(Some(current))` when that
-    /// condition failed: someone else wrote or removed it meanwhile.
-    async fn write_lease(&self) -> Result<Option<Option<Lease>>, kube::Error> {
-        let mut meta = self.meta(&self.cfg.name);
-        meta.annotations = Some(self.record().to_annotations());
-        meta.resource_version = self.lease_seen.clone();
-        let now = now_micro();
-        let seconds = i32::try_from(self.cfg.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
-        let lease = Lease {
-            metadata: meta,
-            spec: Some(LeaseSpec {
-                holder_identity: Some(self.cfg.owner.clone()),
-                lease_duration_seconds: Some(seconds),
-                acquire_time: Some(now.clone()),
-                renew_time: Some(now),
-                ..Default::default()
-            }),
-        };
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
-        let written = match &self.lease_seen {
-            Some(_) => leases.replace(&self.cfg.name, &params, &lease).await,
-            None => leases.create(&params, &lease).await,
-        };
-        match written {
-            Ok(_) => Ok(None),
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                Ok(Some(leases.get_opt(&self.cfg.name).await?))
-            }
-            Err(e) => Err(e),
+            history: self.lease.history().to_vec(),
         }
     }
 
     /// The signal that the session no longer holds its Lease.
     pub fn lost(&self) -> tokio::sync::watch::Receiver<Option<lease::Lost>> {
-        self.lost.subscribe()
+        self.lease.lost()
     }
 
-    /// Renews the heartbeat at a third of the lease, while the Lease is
-    /// still the session's own; says when the API server is unreachable and
-    /// when it is back, and when a suspension longer than the lease ended.
-    fn spawn_renewer(&self) -> tokio::task::JoinHandle<()> {
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        let name = self.cfg.name.clone();
-        let owner = self.cfg.owner.clone();
-        let pid = std::process::id().to_string();
-        let duration = self.cfg.lease_duration;
-        let every = (duration / 3).max(Duration::from_secs(1));
-        let report = self.report.clone();
-        let lost = self.lost.clone();
-        // The session's own sandbox: its expiry moves with the heartbeat.
-        let own_sandbox = (self.own_sandbox == OwnSandbox::Made)
-            .then(|| (self.cfg.name.clone(), self.namespace.clone()));
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let mut failing = false;
-            let mut renewed = Utc::now();
-            let mut extended = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(every).await;
-                let gap = lease::gap(renewed, Utc::now(), duration);
-                match lease::renew(&leases, &name, &owner, &pid).await {
-                    lease::Renewed::Held => {
-                        renewed = Utc::now();
-                        if let Some((sandbox, lease_ns)) = &own_sandbox
-                            && extended.elapsed() >= EXTEND_EVERY
-                        {
-                            extended = tokio::time::Instant::now();
-                            lease::extend_sandbox(&client, sandbox, lease_ns, &name, EPHEMERAL_TTL)
-                                .await;
-                        }
-                        if let Some(gap) = gap {
-                            report(&Event::Warning {
-                                message: format!(
-                                    "resumed after {} without a heartbeat (longer than the \
-                                     session's lease, {}); nobody took the session meanwhile, \
-                                     so it holds its Lease again",
-                                    crate::duration::human(gap),
-                                    crate::duration::human(duration)
-                                ),
-                            });
-                        } else if failing {
-                            report(&Event::Warning {
-                                message:
-                                    "reconnected to the API server; the session's heartbeat is back"
-                                        .into(),
-                            });
-                        }
-                        failing = false;
-                    }
-                    lease::Renewed::Lost(why) => {
-                        lost.send_replace(Some(why));
-                        return;
-                    }
-                    lease::Renewed::Unknown(e) if !failing => {
-                        failing = true;
-                        report(&Event::Warning {
-                            message: format!(
-                                "cannot renew the session's heartbeat ({e}); retrying"
-                            ),
-                        });
-                    }
-                    lease::Renewed::Unknown(_) => {}
-                }
-            }
-        })
-    }
-
-    /// Keeps a finished sync's phases in the Lease's `sync-history`, with
-    /// its outcome ([`Session::note`]) in the same request (best effort;
-    /// before the first sync made the Lease, only in memory: the Lease is
-    /// written with it).
-    pub(super) async fn record_sync(&mut self, outcome: &SyncOutcome) {
-        let entry = match self.timeline.lock() {
-            Ok(mut t) => t.entry(outcome),
-            Err(_) => None,
+    /// Records a finished sync in the Lease (see [`Writer::record_sync`]).
+    async fn record_sync(&mut self, outcome: &SyncOutcome) {
+        let ended = match outcome {
+            SyncOutcome::Unchanged => Ended::Unchanged,
+            SyncOutcome::Ready { revision } => Ended::Ready { revision },
+            SyncOutcome::Failed { phase, message } => Ended::Failed {
+                phase: phase.name(),
+                message,
+            },
         };
-        let note = self.last_note.take();
-        if let Some(entry) = entry {
-            self.history.push(entry);
-            let excess = self.history.len().saturating_sub(record::HISTORY_LEN);
-            self.history.drain(..excess);
-        } else if note.is_none() {
-            return;
-        }
-        if !self.materialized {
-            return;
-        }
-        let mut annotations = note.map(|n| n.to_annotations()).unwrap_or_default();
-        annotations.insert(
-            keys::SYNC_HISTORY.to_string(),
-            record::history_to_annotation(&self.history),
-        );
-        let patch = serde_json::json!({"metadata": {"annotations": annotations}});
-        self.patch_lease(&patch, "record the sync in").await;
-    }
-
-    /// The revision the sync under way pushed.
-    pub(super) fn pushed(&self, revision: &str) {
-        if let Ok(mut t) = self.timeline.lock() {
-            t.revision = Some(revision.to_string());
-        }
-    }
-
-    /// Notes a sync's outcome, for the Lease ([`Session::record_sync`]
-    /// writes it once the sync is over).
-    fn note(&mut self, revision: &str, status: &str) {
-        self.last_note = Some(record::LastSync {
-            revision: revision.to_string(),
-            at: Some(Utc::now()),
-            status: status.to_string(),
-        });
-    }
-
-    /// Merge-patches the session's Lease (best effort: logged on failure).
-    pub(super) async fn patch_lease(&self, patch: &serde_json::Value, what: &str) {
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        if let Err(e) = leases
-            .patch(
-                &self.cfg.name,
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await
-        {
-            tracing::debug!("cannot {what} the lease: {e}");
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Some(r) = self.renewer.take() {
-            r.abort();
-        }
+        let written = self.stage != Stage::Prepared;
+        self.lease.record_sync(ended, written).await;
     }
 }

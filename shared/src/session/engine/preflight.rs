@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
 use crate::registry::{is_loopback, registry_address};
-use crate::session::SessionError;
+use crate::session::EngineError;
 
 /// Context name prefixes of local clusters.
 const LOCAL_CONTEXT_PREFIXES: &[&str] = &[
@@ -24,7 +24,7 @@ pub fn check_local_context(
     context: Option<&str>,
     server: &str,
     allowed: &[String],
-) -> Result<(), SessionError> {
+) -> Result<(), EngineError> {
     let name = context.unwrap_or("(in-cluster)");
     if allowed.iter().any(|a| a == name) {
         return Ok(());
@@ -35,7 +35,7 @@ pub fn check_local_context(
     if is_loopback(registry_address(server)) {
         return Ok(());
     }
-    Err(SessionError::NotLocal {
+    Err(EngineError::NotLocal {
         context: name.to_string(),
         server: server.to_string(),
     })
@@ -76,7 +76,7 @@ pub async fn choose_registry(
     flag: Option<&str>,
     env: Option<&str>,
     insecure_flag: bool,
-) -> Result<RegistryChoice, SessionError> {
+) -> Result<RegistryChoice, EngineError> {
     let explicit = |value: &str, origin| {
         let host = strip_oci(value);
         RegistryChoice {
@@ -100,7 +100,7 @@ pub async fn choose_registry(
             ..choice
         });
     }
-    Err(SessionError::NoRegistry)
+    Err(EngineError::NoRegistry)
 }
 
 fn from_configmap(cm: &ConfigMap) -> Option<RegistryChoice> {

@@ -6,13 +6,18 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 
-use super::{Event, Mode, Phase, Session, SessionError, SyncOutcome, changes, packaging, validate};
+use super::push::{Build, Payload};
+use super::verdict::{self, Step};
+use super::{
+    EngineError, Event, Kind, Mode, Phase, Session, Stage, SyncOutcome, changes, packaging,
+    validate,
+};
 use crate::flux::{
     self, Decryption, Kustomization, KustomizationSpec, LocalObjectReference, OCIRepository,
     OCIRepositoryRef, OCIRepositorySpec, SourceReference,
 };
 use crate::kubeapi;
-use crate::registry::{self, ArtifactRef, PushOptions};
+use crate::registry::{self, ArtifactRef};
 
 /// How long source-controller gets to fetch a pushed revision.
 const FETCH_LIMIT: Duration = Duration::from_secs(60);
@@ -142,16 +147,12 @@ impl Session {
     pub(super) fn phase(&self, phase: Phase) -> Instant {
         (self.report)(&Event::PhaseStarted { phase });
         let now = Instant::now();
-        if let Ok(mut t) = self.timeline.lock() {
-            t.start(phase, now);
-        }
+        self.lease.phase_starts(phase.name(), now);
         now
     }
 
     pub(super) fn done(&self, phase: Phase, start: Instant, detail: Option<String>) {
-        if let Ok(mut t) = self.timeline.lock() {
-            t.end(phase, Instant::now());
-        }
+        self.lease.phase_ends(phase.name(), Instant::now());
         (self.report)(&Event::PhaseDone {
             phase,
             elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -170,10 +171,7 @@ impl Session {
         applied: bool,
     ) -> SyncOutcome {
         self.waiting.store(false, Ordering::SeqCst);
-        if let Ok(mut t) = self.timeline.lock() {
-            t.end(phase, Instant::now());
-            t.failed = Some((phase, message.clone()));
-        }
+        self.lease.phase_ends(phase.name(), Instant::now());
         if applied {
             self.last_good = None;
         }
@@ -186,7 +184,7 @@ impl Session {
         SyncOutcome::Failed { phase, message }
     }
 
-    pub(super) fn reference(&self, host: &str) -> Result<ArtifactRef, SessionError> {
+    pub(super) fn reference(&self, host: &str) -> Result<ArtifactRef, EngineError> {
         Ok(format!("oci://{host}/gitops-run/{}:latest", self.cfg.name).parse::<ArtifactRef>()?)
     }
 
@@ -203,7 +201,7 @@ impl Session {
     pub(super) fn oci_repository(
         &self,
         layer: Option<flux::LayerSelector>,
-    ) -> Result<OCIRepository, SessionError> {
+    ) -> Result<OCIRepository, EngineError> {
         let pull = self.reference(&self.cfg.registry.pull)?;
         Ok(OCIRepository {
             metadata: self.meta(&self.cfg.name),
@@ -228,7 +226,7 @@ impl Session {
         &mut self,
         repo: &OCIRepository,
         applier: &K,
-    ) -> Result<(), SessionError>
+    ) -> Result<(), EngineError>
     where
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
             + Clone
@@ -255,7 +253,7 @@ impl Session {
             name,
         )
         .await?;
-        self.objects_ready = true;
+        self.stage = Stage::Materialized { flux_objects: true };
         Ok(())
     }
 
@@ -264,7 +262,7 @@ impl Session {
         &mut self,
         revision: &str,
         what: &str,
-    ) -> Result<Option<SyncOutcome>, SessionError> {
+    ) -> Result<Option<SyncOutcome>, EngineError> {
         let t = self.phase(Phase::Fetch);
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
         let want = revision.to_string();
@@ -273,16 +271,7 @@ impl Session {
             &self.cfg.name,
             FETCH_LIMIT,
             format!("source-controller to fetch {revision}"),
-            move |o: Option<&OCIRepository>| {
-                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
-                    s.artifact.as_ref().is_some_and(|a| a.revision == want)
-                        || flux::condition(&s.conditions, "Ready").is_some_and(|c| {
-                            c.status == "False"
-                                && c.reason != "Progressing"
-                                && c.message.contains(&want)
-                        })
-                })
-            },
+            move |o: Option<&OCIRepository>| verdict::source(o, &want).is_done(),
         );
         // Meanwhile, a word when source-controller has not started on it.
         let fetched = {
@@ -300,15 +289,20 @@ impl Session {
                 }
             }
         };
-        let status = fetched.and_then(|o| o.status).unwrap_or_default();
-        if status
-            .artifact
-            .as_ref()
-            .is_none_or(|a| a.revision != revision)
-        {
-            let message = flux::condition(&status.conditions, "Ready")
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
+        let message = match verdict::source(fetched.as_ref(), revision) {
+            Step::Ready => None,
+            Step::Failed { message, .. } => Some(message),
+            // (The wait ends only on a verdict: not seen.)
+            Step::Wait | Step::Applied => Some(
+                fetched
+                    .and_then(|o| o.status)
+                    .and_then(|s| {
+                        flux::condition(&s.conditions, "Ready").map(|c| c.message.clone())
+                    })
+                    .unwrap_or_default(),
+            ),
+        };
+        if let Some(message) = message {
             let text = format!("Flux could not fetch the {what}: {message}");
             return Ok(Some(self.fail(Phase::Fetch, text, None, false)));
         }
@@ -342,7 +336,7 @@ impl Session {
         }
     }
 
-    async fn ensure_objects(&mut self) -> Result<(), SessionError> {
+    async fn ensure_objects(&mut self) -> Result<(), EngineError> {
         let name = self.cfg.name.clone();
         let repo = self.oci_repository(None)?;
         let mut spec = KustomizationSpec {
@@ -384,10 +378,8 @@ impl Session {
     /// Each sync's phases are timed and kept in the Lease's `sync-history`.
     pub async fn sync(&mut self) -> SyncOutcome {
         self.waiting.store(false, Ordering::SeqCst);
-        if let Ok(mut t) = self.timeline.lock() {
-            *t = Default::default();
-        }
-        let outcome = if self.chart {
+        self.lease.sync_starts();
+        let outcome = if self.kind == Kind::Chart {
             self.sync_chart().await
         } else {
             self.sync_manifests().await
@@ -449,59 +441,35 @@ impl Session {
                 return self.fail(Phase::Build, crate::output::error_chain(&e), None, false);
             }
         };
-        if self.packaging.as_ref() != Some(&packaging) {
+        if self.said.packaging.as_ref() != Some(&packaging) {
             (self.report)(&Event::Message {
                 message: packaging.describe(built.files),
             });
             for message in packaging.remote_warnings() {
                 (self.report)(&Event::Warning { message });
             }
-            self.packaging = Some(packaging);
+            self.said.packaging = Some(packaging);
         }
-        if self.settled && self.last_layer.as_deref() == Some(built.layer.digest.as_str()) {
-            (self.report)(&Event::Unchanged {
-                digest: built.layer.digest,
-            });
-            return SyncOutcome::Unchanged;
-        }
-        self.done(
-            Phase::Build,
-            t,
-            Some(format!(
-                "{} entries, {} bytes",
-                built.entries, built.layer.size
-            )),
-        );
-
-        let t = self.phase(Phase::Push);
-        let reference = match self.reference(&self.cfg.registry.push) {
+        let detail = format!("{} entries, {} bytes", built.entries, built.layer.size);
+        let revision = match self
+            .push_step(Build {
+                started: t,
+                key: built.layer.digest.clone(),
+                digest: &built.layer.digest,
+                detail,
+                payload: Payload::Manifests {
+                    file: &file,
+                    built: &built,
+                    walk,
+                },
+            })
+            .await
+        {
             Ok(r) => r,
-            Err(e) => return self.fail(Phase::Push, e.to_string(), None, false),
+            Err(outcome) => return outcome,
         };
-        let options = PushOptions {
-            walk,
-            ..Default::default()
-        };
-        let client = self.registry_client(&reference);
-        let pushed = match client
-            .push_built(&self.cfg.root, &file, &built, &options)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                return self.fail(Phase::Push, crate::output::error_chain(&e), None, false);
-            }
-        };
-        // What the tag points at is not confirmed applied until Flux says so.
-        self.settled = false;
-        self.last_layer = Some(built.layer.digest.clone());
-        self.done(Phase::Push, t, Some(pushed.digest_url.clone()));
-        self.pushed(&pushed.flux_revision);
 
-        match self
-            .wait_for_flux(&pushed.flux_revision, &index, started)
-            .await
-        {
+        match self.wait_for_flux(&revision, &index, started).await {
             Ok(outcome) => outcome,
             Err(e) => self.fail(Phase::Apply, crate::output::error_chain(&e), None, false),
         }
@@ -517,7 +485,7 @@ impl Session {
         };
         for r in found {
             let message = r.message(&target, why);
-            if self.relocations_said.insert(message.clone()) {
+            if self.said.relocations.insert(message.clone()) {
                 (self.report)(&Event::Warning { message });
             }
         }
@@ -528,7 +496,7 @@ impl Session {
         revision: &str,
         index: &validate::ObjectIndex,
         started: Instant,
-    ) -> Result<SyncOutcome, SessionError> {
+    ) -> Result<SyncOutcome, EngineError> {
         self.materialize().await?;
         let name = self.cfg.name.clone();
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -543,7 +511,7 @@ impl Session {
         // together (Flux changes its inventory only after its health check).
         // The request is polled first: it is what Flux waits for, so it
         // takes the kept-alive connection rather than waiting for a new one.
-        let requested = self.objects_ready;
+        let requested = self.stage == (Stage::Materialized { flux_objects: true });
         let (current, request) = if requested {
             let (r, c) = futures::join!(flux::request_reconcile(&repos, &name), kss.get_opt(&name));
             (c?, Some(r))
@@ -565,16 +533,20 @@ impl Session {
                 .unwrap_or_default(),
             None => {
                 // Gone (deleted by hand, or first sync): apply it again.
-                self.objects_ready = false;
+                self.stage = Stage::Materialized {
+                    flux_objects: false,
+                };
                 Vec::new()
             }
         };
         self.waiting.store(true, Ordering::SeqCst);
         match request {
-            Some(Ok(r)) if self.objects_ready => self.source_request = Some(r),
+            Some(Ok(r)) if self.stage == (Stage::Materialized { flux_objects: true }) => {
+                self.source_request = Some(r);
+            }
             // Not made yet, or gone: (re)apply, then ask.
             _ => {
-                if !self.objects_ready {
+                if self.stage != (Stage::Materialized { flux_objects: true }) {
                     self.ensure_objects().await?;
                 }
                 self.source_request = Some(flux::request_reconcile(&repos, &name).await?);
@@ -593,15 +565,7 @@ impl Session {
             &name,
             limit,
             format!("kustomize-controller to apply {revision}"),
-            move |o: Option<&Kustomization>| {
-                o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
-                    s.last_attempted_revision.as_deref() == Some(want.as_str())
-                        && flux::condition(&s.conditions, "Ready").is_some_and(|c| {
-                            // A cancelled health check is the previous revision's.
-                            c.status != "Unknown" && c.reason != "HealthCheckCanceled"
-                        })
-                })
-            },
+            move |o: Option<&Kustomization>| verdict::kustomization(o, &want).is_done(),
         );
         // Meanwhile, a word when kustomize-controller has not started on it.
         let applied = {
@@ -623,9 +587,9 @@ impl Session {
         // as it happens, and a certain failure as soon as it shows.
         // Judged only once Flux has applied this revision (it health-checks
         // it then): before that, the workloads still show the previous one.
-        // Whether the watch below judges this revision itself: 0 not known
-        // yet, 1 yes, 2 no (then Flux's Ready decides alone).
-        let judging = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+        // Whether the watch below judges this revision itself (unset while
+        // not known yet).
+        let judging = std::sync::Arc::new(std::sync::OnceLock::<verdict::Judge>::new());
         let judging_w = judging.clone();
         let workloads = match self.workloads() {
             Some((ns, _)) => {
@@ -637,96 +601,21 @@ impl Session {
                 );
                 let (kss, want, feed) = (kss.clone(), revision.to_string(), feed.clone());
                 let local: Vec<String> = index.keys().cloned().collect();
-                futures::future::Either::Left(async move {
-                    // ("Building manifests for revision X" comes before the apply.)
-                    let health_checked = format!("Running health checks for revision {want}");
-                    let applied_msg = format!("Applied revision: {want}");
-                    let applied = kubeapi::await_object(
-                        &kss,
-                        &session,
-                        limit,
-                        "",
-                        move |o: Option<&Kustomization>| {
-                            // lastAttemptedRevision is set when the reconcile
-                            // starts, before anything is applied: not a sign.
-                            o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
-                                // Only current conditions: a revision pushed
-                                // again may name an old "Applied revision".
-                                s.conditions.iter().any(|c| {
-                                    (c.type_ == "Reconciling"
-                                        && c.message.contains(&health_checked))
-                                        || (c.type_ == "Ready"
-                                            && c.status == "True"
-                                            && c.message.contains(&applied_msg))
-                                })
-                            })
-                        },
-                    )
-                    .await;
-                    let applied = match applied {
-                        Ok(k) => k,
-                        Err(_) => return std::future::pending().await,
-                    };
-                    tracing::debug!(
-                        "health watch starts: {:?}",
-                        applied
-                            .as_ref()
-                            .and_then(|k| k.status.as_ref())
-                            .map(|s| &s.conditions)
-                    );
-                    // What this revision created or changed (its change-set
-                    // event comes before the health check), on top of the
-                    // inventory Flux holds then (the previous revision's, or
-                    // this one's), minus what it deleted: the revision's
-                    // objects. When this watch can judge all of them, it
-                    // says "healthy" as soon as they are, not at Flux's next
-                    // health poll (5 s).
-                    let events = feed.applied(&want, sync_started, change_set_wait).await;
-                    let set = changes::parse_change_set(&events);
-                    let changed: std::collections::BTreeSet<String> = set
-                        .iter()
-                        .filter(|(_, a)| *a != changes::Action::Deleted)
-                        .map(|(o, _)| o.clone())
-                        .collect();
-                    let deleted: std::collections::BTreeSet<String> = set
-                        .iter()
-                        .filter(|(_, a)| *a == changes::Action::Deleted)
-                        .map(|(o, _)| o.clone())
-                        .collect();
-                    let mut objects: Vec<String> = applied
-                        .as_ref()
-                        .and_then(|k| k.status.as_ref())
-                        .and_then(|s| s.inventory.as_ref())
-                        .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
-                        .unwrap_or_default();
-                    objects.retain(|id| !deleted.contains(&changes::display_id(id)));
-                    objects.extend(changed.iter().map(|o| super::health::inventory_id(o)));
-                    objects.sort();
-                    objects.dedup();
-                    let mut expect = if objects.is_empty() {
-                        None
-                    } else {
-                        super::health::judgeable(&objects, &ns)
-                    };
-                    // Every workload the files define is among them.
-                    if let Some(e) = &expect
-                        && !super::health::covers(e, &local)
-                    {
-                        expect = None;
-                    }
-                    if expect.is_some()
-                        && objects.iter().any(|id| id.ends_with("__Service"))
-                        && !no_load_balancers(&client, &ns, &session, &flux_ns).await
-                    {
-                        expect = None;
-                    }
-                    tracing::debug!("the revision's objects: {objects:?}; judged here: {expect:?}");
-                    judging_w.store(if expect.is_some() { 1 } else { 2 }, Ordering::SeqCst);
-                    let outcome =
-                        super::health::watch(client, ns, session, flux_ns, report, expect, changed)
-                            .await;
-                    (outcome, applied, events, objects)
-                })
+                futures::future::Either::Left(watch_workloads(WorkloadWatch {
+                    client,
+                    kss,
+                    session,
+                    flux_ns,
+                    ns,
+                    report,
+                    want,
+                    feed,
+                    local,
+                    limit,
+                    sync_started,
+                    change_set_wait,
+                    judging: judging_w,
+                }))
             }
             None => futures::future::Either::Right(std::future::pending()),
         };
@@ -736,16 +625,10 @@ impl Session {
                 let a = a?;
                 // Flux's health check was as quick: give the watch, which
                 // judges the same, a moment to say so (and show the rollouts).
-                let failed = a
-                    .as_ref()
-                    .and_then(|k| k.status.as_ref())
-                    .and_then(flux::failure)
-                    .is_some();
-                let grace = if failed || judging.load(Ordering::SeqCst) == 2 {
-                    Duration::ZERO
-                } else {
-                    Duration::from_millis(1500)
-                };
+                let grace = verdict::grace(
+                    &verdict::kustomization(a.as_ref(), revision),
+                    judging.get().copied(),
+                );
                 match tokio::time::timeout(grace, &mut workloads).await {
                     Ok((super::health::Outcome::Healthy, _, events, objects)) => {
                         (a, Some((events, objects)))
@@ -755,10 +638,10 @@ impl Session {
             }
             (outcome, seen, events, objects) = &mut workloads => match outcome {
                 super::health::Outcome::Failed(failure) => {
-                    self.settled = true;
+                    self.pushed.settle();
                     let file = validate::file_for(index, &failure);
-                    self.note(revision, "Failed");
-                    let message = format!("the rollout cannot succeed: {failure}");
+                    self.lease.note(revision, "Failed");
+                    let message = verdict::rollout_failure(&failure);
                     return Ok(self.fail(Phase::Apply, message, file, true));
                 }
                 // Healthy before Flux's health check says so: Flux's Ready
@@ -768,15 +651,22 @@ impl Session {
             }
         };
         self.waiting.store(false, Ordering::SeqCst);
+        let step = match &early {
+            Some(_) => Step::Ready,
+            None => verdict::kustomization(applied.as_ref(), revision),
+        };
         let status = applied.and_then(|o| o.status).unwrap_or_default();
         if early.is_some() {
             tracing::debug!("healthy before Flux's health check reported it");
-        } else if let Some(mut message) = flux::failure(&status) {
-            self.settled = true;
-            // Applied but not healthy: the failed revision is what the cluster has now.
-            let applied = flux::condition(&status.conditions, "Ready")
-                .is_some_and(|c| c.reason == "HealthCheckFailed");
-            // Timed out: pods that run but are not ready are why, in words.
+        } else if let Step::Failed {
+            mut message,
+            applied,
+        } = step
+        {
+            self.pushed.settle();
+            // Applied but not healthy: the failed revision is what the
+            // cluster has now. Timed out: pods that run but are not ready
+            // are why, in words.
             if applied && let Some((ns, _)) = self.workloads() {
                 let why = super::health::explain_unready(
                     self.client.clone(),
@@ -786,16 +676,11 @@ impl Session {
                 )
                 .await;
                 if let Some(why) = why {
-                    // kustomize-controller waits at least 30 s, whatever --timeout says.
-                    message = format!(
-                        "applied, but the workloads did not become healthy within Flux's \
-                         health check timeout ({}s): {why}",
-                        self.cfg.timeout.as_secs().max(30)
-                    );
+                    message = verdict::unhealthy_in_time(&why, self.cfg.timeout);
                 }
             }
             let file = validate::file_for(index, &message);
-            self.note(revision, "Failed");
+            self.lease.note(revision, "Failed");
             return Ok(self.fail(Phase::Apply, message, file, applied));
         }
         self.done(Phase::Apply, t, None);
@@ -818,7 +703,7 @@ impl Session {
         tracing::debug!("change set of {revision}: {events:?}");
         self.change_sets_missing = changes::parse_change_set(&events).is_empty();
         let changes = changes::changes(&before, &after, &events);
-        self.settled = true;
+        self.pushed.settle();
         self.last_good = Some(revision.to_string());
         (self.report)(&Event::Synced {
             revision: revision.to_string(),
@@ -826,11 +711,139 @@ impl Session {
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
         // Bookkeeping after the user is told.
-        self.note(revision, "Ready");
+        self.lease.note(revision, "Ready");
         Ok(SyncOutcome::Ready {
             revision: revision.to_string(),
         })
     }
+}
+
+/// What the workloads' watch of one revision needs (see [`watch_workloads`]).
+struct WorkloadWatch {
+    client: kube::Client,
+    kss: Api<Kustomization>,
+    /// The session (its Kustomization's name).
+    session: String,
+    /// Where its Flux objects live.
+    flux_ns: String,
+    /// Where its workloads run.
+    ns: String,
+    report: super::Reporter,
+    /// The revision pushed.
+    want: String,
+    feed: std::sync::Arc<changes::EventsFeed>,
+    /// The objects the files define.
+    local: Vec<String>,
+    limit: Duration,
+    sync_started: chrono::DateTime<chrono::Utc>,
+    change_set_wait: Duration,
+    /// Set once it is known whether this watch judges the revision.
+    judging: std::sync::Arc<std::sync::OnceLock<verdict::Judge>>,
+}
+
+/// Watches the workloads' rollouts of one revision (this cluster only):
+/// progress as it happens, and a certain failure as soon as it shows.
+/// Starts once Flux has applied the revision (it health-checks it then):
+/// before that, the workloads still show the previous one. Never ends
+/// when the Kustomization cannot be watched (Flux's verdict decides).
+async fn watch_workloads(
+    w: WorkloadWatch,
+) -> (
+    super::health::Outcome,
+    Option<Kustomization>,
+    Vec<String>,
+    Vec<String>,
+) {
+    let WorkloadWatch {
+        client,
+        kss,
+        session,
+        flux_ns,
+        ns,
+        report,
+        want,
+        feed,
+        local,
+        limit,
+        sync_started,
+        change_set_wait,
+        judging,
+    } = w;
+    // ("Building manifests for revision X" comes before the apply.)
+    let sign = want.clone();
+    let applied = kubeapi::await_object(
+        &kss,
+        &session,
+        limit,
+        "",
+        move |o: Option<&Kustomization>| verdict::kustomization_applied(o, &sign),
+    )
+    .await;
+    let applied = match applied {
+        Ok(k) => k,
+        Err(_) => return std::future::pending().await,
+    };
+    tracing::debug!(
+        "health watch starts: {:?}",
+        applied
+            .as_ref()
+            .and_then(|k| k.status.as_ref())
+            .map(|s| &s.conditions)
+    );
+    // What this revision created or changed (its change-set
+    // event comes before the health check), on top of the
+    // inventory Flux holds then (the previous revision's, or
+    // this one's), minus what it deleted: the revision's
+    // objects. When this watch can judge all of them, it
+    // says "healthy" as soon as they are, not at Flux's next
+    // health poll (5 s).
+    let events = feed.applied(&want, sync_started, change_set_wait).await;
+    let set = changes::parse_change_set(&events);
+    let changed: std::collections::BTreeSet<String> = set
+        .iter()
+        .filter(|(_, a)| *a != changes::Action::Deleted)
+        .map(|(o, _)| o.clone())
+        .collect();
+    let deleted: std::collections::BTreeSet<String> = set
+        .iter()
+        .filter(|(_, a)| *a == changes::Action::Deleted)
+        .map(|(o, _)| o.clone())
+        .collect();
+    let mut objects: Vec<String> = applied
+        .as_ref()
+        .and_then(|k| k.status.as_ref())
+        .and_then(|s| s.inventory.as_ref())
+        .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
+        .unwrap_or_default();
+    objects.retain(|id| !deleted.contains(&changes::display_id(id)));
+    objects.extend(changed.iter().map(|o| super::health::inventory_id(o)));
+    objects.sort();
+    objects.dedup();
+    let mut expect = if objects.is_empty() {
+        None
+    } else {
+        super::health::judgeable(&objects, &ns)
+    };
+    // Every workload the files define is among them.
+    if let Some(e) = &expect
+        && !super::health::covers(e, &local)
+    {
+        expect = None;
+    }
+    if expect.is_some()
+        && objects.iter().any(|id| id.ends_with("__Service"))
+        && !no_load_balancers(&client, &ns, &session, &flux_ns).await
+    {
+        expect = None;
+    }
+    tracing::debug!("the revision's objects: {objects:?}; judged here: {expect:?}");
+    let _ = judging.set(if expect.is_some() {
+        verdict::Judge::Watch
+    } else {
+        verdict::Judge::Flux
+    });
+    let outcome = super::health::watch(client, ns, session, flux_ns, report, expect, changed).await;
+    (outcome, applied, events, objects)
 }
 
 /// Whether none of the Services the session applied in `namespace` is a

@@ -17,14 +17,14 @@ use crate::flux::{self, Condition, Kustomization, OCIRepository};
 use crate::session::cleanup;
 use crate::session::record;
 use crate::session::record::liveness::{self, Glance, Verdict};
-use crate::session::{SessionError, validate_name};
+use crate::session::{ReaderError, validate_name};
 
 /// The one session named `name` (in `namespace`, or anywhere).
 pub async fn find(
     client: &Client,
     namespace: Option<&str>,
     name: &str,
-) -> Result<SessionView, SessionError> {
+) -> Result<SessionView, ReaderError> {
     validate_name(name)?;
     let filter = Filter {
         namespace: namespace.map(str::to_string),
@@ -33,9 +33,9 @@ pub async fn find(
     };
     let mut found = view::list(client, &filter).await?;
     match found.len() {
-        0 => Err(SessionError::NotFound(name.to_string())),
+        0 => Err(ReaderError::NotFound(name.to_string())),
         1 => Ok(found.remove(0)),
-        _ => Err(SessionError::Ambiguous(
+        _ => Err(ReaderError::Ambiguous(
             name.to_string(),
             found
                 .iter()
@@ -60,13 +60,13 @@ pub fn own_sandbox(s: &SessionView) -> Option<&str> {
 /// The session's Lease is claimed first (see [`crate::session::record::lease`]): its command,
 /// if it still runs, stops syncing; without `force` the claim holds only if
 /// the Lease is still the one judged not live, so a session that came back
-/// to life meanwhile is left alone ([`SessionError::CameBack`]).
+/// to life meanwhile is left alone ([`ReaderError::CameBack`]).
 pub async fn delete(
     client: &Client,
     s: &SessionView,
     force: bool,
     timeout: Duration,
-) -> Result<Vec<String>, SessionError> {
+) -> Result<Vec<String>, ReaderError> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &s.namespace);
     let Some(current) = leases.get_opt(&s.name).await? else {
         return remove(client, &s.namespace, &s.name, None, None, timeout).await;
@@ -84,14 +84,14 @@ pub async fn delete(
     } else {
         match liveness::judge(client, vec![current], &me).await.pop() {
             Some(j) => j,
-            None => return Err(SessionError::CameBack(s.name.clone())),
+            None => return Err(ReaderError::CameBack(s.name.clone())),
         }
     };
     match judged.verdict {
         Verdict::Live => {
             let r = record::Record::of(&judged.lease);
             let holder = record::holder(&judged.lease);
-            Err(SessionError::Live {
+            Err(ReaderError::Live {
                 name: s.name.clone(),
                 pid: r.pid,
                 host: holder
@@ -99,7 +99,7 @@ pub async fn delete(
                     .map_or(s.host.clone(), |(_, h)| h.to_string()),
             })
         }
-        Verdict::Gone => Err(SessionError::CameBack(s.name.clone())),
+        Verdict::Gone => Err(ReaderError::CameBack(s.name.clone())),
         Verdict::Stale => {
             let rv = judged.lease.resource_version();
             remove(
@@ -125,21 +125,21 @@ async fn remove(
     lease: Option<&Lease>,
     precondition: Option<&str>,
     timeout: Duration,
-) -> Result<Vec<String>, SessionError> {
+) -> Result<Vec<String>, ReaderError> {
     let Some(lease) = lease else {
-        return cleanup(client, namespace, name, None, "", timeout).await;
+        return Ok(cleanup(client, namespace, name, None, "", timeout).await?);
     };
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let me = crate::process::owner();
     if !crate::session::record::lease::claim(&leases, name, &me, precondition).await? {
-        return Err(SessionError::CameBack(name.to_string()));
+        return Err(ReaderError::CameBack(name.to_string()));
     }
     let r = record::Record::of(lease);
     let sandbox = r
         .ephemeral_sandbox
         .then_some(r.sandbox.as_deref())
         .flatten();
-    cleanup(client, namespace, name, sandbox, &r.owner, timeout).await
+    Ok(cleanup(client, namespace, name, sandbox, &r.owner, timeout).await?)
 }
 
 /// One pruned session and what went with it.
@@ -188,7 +188,7 @@ pub async fn prune(
     namespace: Option<&str>,
     stale_after: Duration,
     timeout: Duration,
-) -> Result<Vec<Pruned>, SessionError> {
+) -> Result<Vec<Pruned>, ReaderError> {
     let leases: Api<Lease> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -215,7 +215,7 @@ pub async fn prune(
         // Another prune got there first, or the session came back to life.
         let removed = match remove(client, &ns, &name, Some(&lease), rv.as_deref(), timeout).await {
             Ok(removed) => removed,
-            Err(SessionError::CameBack(_)) => continue,
+            Err(ReaderError::CameBack(_)) => continue,
             Err(e) => return Err(e),
         };
         pruned.push(Pruned {
@@ -233,7 +233,7 @@ pub async fn prune(
 pub async fn workloads(
     client: &Client,
     s: &SessionView,
-) -> Result<Option<(String, bool)>, SessionError> {
+) -> Result<Option<(String, bool)>, ReaderError> {
     let sandboxed = s.mode == crate::session::Mode::Sandboxed.as_str();
     if let Some(ks) = Api::<Kustomization>::namespaced(client.clone(), &s.namespace)
         .get_opt(&s.name)
@@ -272,7 +272,7 @@ pub struct Description {
 }
 
 /// Reads a session's Flux conditions and recent events.
-pub async fn describe(client: &Client, s: &SessionView) -> Result<Description, SessionError> {
+pub async fn describe(client: &Client, s: &SessionView) -> Result<Description, ReaderError> {
     let ns = &s.namespace;
     let ks = Api::<Kustomization>::namespaced(client.clone(), ns)
         .get_opt(&s.name)

@@ -7,7 +7,10 @@
 //! none of them depends on the running command's engine.
 
 pub mod admin;
+mod error;
 pub mod export;
 pub mod logs;
 pub mod status;
 pub mod view;
+
+pub use error::ReaderError;

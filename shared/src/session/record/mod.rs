@@ -24,11 +24,14 @@
 //! `spec.renewTime` + `leaseDurationSeconds` decide whether the heartbeat
 //! is live.
 
+mod error;
 pub mod lease;
 pub mod liveness;
 mod name;
 pub mod ownership;
+pub mod writer;
 
+pub use error::RecordError;
 pub use name::{derive_name, validate_name};
 
 use std::collections::BTreeMap;

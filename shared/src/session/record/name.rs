@@ -6,9 +6,9 @@ use std::path::Path;
 
 use sha2::Digest as _;
 
+use super::RecordError;
 use crate::artifact;
 use crate::sandbox;
-use crate::session::SessionError;
 
 /// Derives a session name from a directory: `run-<dir>-<hash>`, unique per
 /// user and directory, stable across restarts.
@@ -38,8 +38,8 @@ pub fn derive_name(dir: &Path, owner: &str) -> String {
 
 /// Checks a session name (it names a namespace in sandboxed mode and goes
 /// into label selectors).
-pub fn validate_name(name: &str) -> Result<(), SessionError> {
-    sandbox::validate_name(name).map_err(|_| SessionError::InvalidName(name.to_string()))
+pub fn validate_name(name: &str) -> Result<(), RecordError> {
+    sandbox::validate_name(name).map_err(|_| RecordError::InvalidName(name.to_string()))
 }
 
 #[cfg(test)]

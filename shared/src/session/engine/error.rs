@@ -1,4 +1,6 @@
 //! Why a session could not start, sync or stop: in words a user can act on.
+//! (What the readers refuse is [`crate::session::readers::ReaderError`];
+//! a bad session name is the record's, [`crate::session::record::RecordError`].)
 
 use std::path::PathBuf;
 
@@ -6,10 +8,11 @@ use crate::flux;
 use crate::kubeapi::{DeleteWaitError, WaitError};
 use crate::registry::RegistryError;
 use crate::sandbox::SandboxError;
+use crate::session::record::RecordError;
 
 /// Why a session could not start, sync or stop.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub enum EngineError {
     #[error(
         "context {context:?} (API server {server}) does not look like a local cluster; GitOps Run \
          changes what it syncs on every save, so it only runs on local clusters by default. If \
@@ -22,8 +25,8 @@ pub enum SessionError {
          in the ConfigMap kube-public/local-registry-hosting (kind, k3d, minikube and ctlptl do)"
     )]
     NoRegistry,
-    #[error("invalid session name {0:?}: use lowercase letters, digits and '-' (at most 63)")]
-    InvalidName(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error(
         "session {name} is already running ({holder}, pid {pid}); stop it first, or pick another --name"
     )]
@@ -38,7 +41,7 @@ pub enum SessionError {
     SandboxTaken { name: String, owner: String },
     /// An object of a name the session wants that it did not create.
     #[error("{0}")]
-    Foreign(super::record::ownership::Foreign),
+    Foreign(crate::session::record::ownership::Foreign),
     #[error("sandbox {0} does not exist; create it with `kubectl gitops-sandbox create {0}`")]
     NoSuchSandbox(String),
     #[error("{what}: {path}: {source}")]
@@ -62,39 +65,24 @@ pub enum SessionError {
     Wait(#[from] WaitError),
     #[error("{0}")]
     Kube(#[from] kube::Error),
-    #[error("no session named {0} (see `kubectl gitops-sessions -A`)")]
-    NotFound(String),
-    #[error("sessions named {0} exist in several namespaces ({1}); choose one with -n")]
-    Ambiguous(String, String),
-    #[error(
-        "session {0} changed while it was being removed (its command renewed it, or another \
-         `gitops-sessions prune` or `delete` is removing it); it was left alone"
-    )]
-    CameBack(String),
-    #[error(
-        "session {name} is running (pid {pid} on {host}); stop it with Ctrl+C where it runs, or pass --force"
-    )]
-    Live {
-        name: String,
-        pid: String,
-        host: String,
-    },
 }
 
-impl From<super::record::ownership::OwnershipError> for SessionError {
-    fn from(e: super::record::ownership::OwnershipError) -> Self {
+impl From<crate::session::record::ownership::OwnershipError> for EngineError {
+    fn from(e: crate::session::record::ownership::OwnershipError) -> Self {
         match e {
-            super::record::ownership::OwnershipError::Foreign(f) => SessionError::Foreign(f),
-            super::record::ownership::OwnershipError::Kube(e) => SessionError::Kube(e),
+            crate::session::record::ownership::OwnershipError::Foreign(f) => {
+                EngineError::Foreign(f)
+            }
+            crate::session::record::ownership::OwnershipError::Kube(e) => EngineError::Kube(e),
         }
     }
 }
 
-impl From<DeleteWaitError> for SessionError {
+impl From<DeleteWaitError> for EngineError {
     fn from(e: DeleteWaitError) -> Self {
         match e {
-            DeleteWaitError::Kube(e) => SessionError::Kube(e),
-            DeleteWaitError::Wait(e) => SessionError::Wait(e),
+            DeleteWaitError::Kube(e) => EngineError::Kube(e),
+            DeleteWaitError::Wait(e) => EngineError::Wait(e),
         }
     }
 }
