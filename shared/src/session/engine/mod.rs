@@ -25,6 +25,8 @@ pub mod verdict;
 pub mod watch;
 
 #[cfg(test)]
+mod materialize_tests;
+#[cfg(test)]
 mod takeover_tests;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -336,7 +336,7 @@ impl Session {
         }
     }
 
-    async fn ensure_objects(&mut self) -> Result<(), EngineError> {
+    pub(super) async fn ensure_objects(&mut self) -> Result<(), EngineError> {
         let name = self.cfg.name.clone();
         let repo = self.oci_repository(None)?;
         let mut spec = KustomizationSpec {

@@ -1,7 +1,7 @@
 //! A restarted session and the Lease its last run left, over the fake API
 //! server: a stale Lease is taken over with the resourceVersion it was
 //! judged at as the precondition of the write; a live one is refused
-//! ([`SessionError::AlreadyRunning`]), also when it came to life between
+//! ([`EngineError::AlreadyRunning`]), also when it came to life between
 //! the judgement and the write.
 
 use std::time::Duration;
@@ -71,7 +71,7 @@ async fn a_stale_lease_is_taken_over_with_the_resource_version_judged() {
         .unwrap();
     // Nothing written before the first sync.
     assert!(lease_writes(&api).is_empty());
-    assert_eq!(session.lease_seen.as_deref(), Some(seen.as_str()));
+    assert_eq!(session.lease.seen(), Some(seen.as_str()));
     session.materialize().await.unwrap();
     let writes = lease_writes(&api);
     assert_eq!(writes.len(), 1, "{writes:?}");
@@ -92,7 +92,7 @@ async fn a_live_lease_is_refused() {
         .err()
         .unwrap();
     assert!(
-        matches!(&e, SessionError::AlreadyRunning { holder, pid, .. } if holder == HOLDER && pid == "4242"),
+        matches!(&e, EngineError::AlreadyRunning { holder, pid, .. } if holder == HOLDER && pid == "4242"),
         "{e}"
     );
     assert!(lease_writes(&api).is_empty());
@@ -114,7 +114,7 @@ async fn a_lease_renewed_after_it_was_judged_is_not_overwritten() {
     });
     let e = session.materialize().await.err().unwrap();
     assert!(
-        matches!(&e, SessionError::AlreadyRunning { holder, .. } if holder == HOLDER),
+        matches!(&e, EngineError::AlreadyRunning { holder, .. } if holder == HOLDER),
         "{e}"
     );
     let writes: Vec<String> = lease_writes(&api).iter().map(|r| r.line()).collect();

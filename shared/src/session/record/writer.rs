@@ -171,6 +171,12 @@ impl Writer {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// The resourceVersion of the stale Lease the next write replaces.
+    #[cfg(test)]
+    pub fn seen(&self) -> Option<&str> {
+        self.seen.as_deref()
+    }
+
     /// A stale Lease to replace at the next [`Writer::write`] (`None`: create it).
     pub fn replace_next(&mut self, seen: Option<String>) {
         self.seen = seen;

@@ -101,7 +101,7 @@ async fn a_session_that_renews_between_judge_and_claim_is_left_alone() {
     let s = find(&api.client, Some(NS), "run-a").await.unwrap();
     let e = delete(&api.client, &s, false, TIMEOUT).await.unwrap_err();
     assert!(
-        matches!(e, SessionError::CameBack(ref n) if n == "run-a"),
+        matches!(e, ReaderError::CameBack(ref n) if n == "run-a"),
         "{e}"
     );
     assert!(!api.requests().iter().any(|r| r.method == "DELETE"));
@@ -113,7 +113,7 @@ async fn a_live_session_is_deleted_only_with_force() {
     let s = find(&api.client, Some(NS), "run-a").await.unwrap();
     let e = delete(&api.client, &s, false, TIMEOUT).await.unwrap_err();
     assert!(
-        matches!(e, SessionError::Live { ref name, ref pid, .. } if name == "run-a" && pid == "4242"),
+        matches!(e, ReaderError::Live { ref name, ref pid, .. } if name == "run-a" && pid == "4242"),
         "{e}"
     );
     let writes = |api: &FakeApi| {
