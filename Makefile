@@ -40,9 +40,10 @@ down: ## Stop the local control plane and remove its state
 dist: ## Release archives (linux, darwin: amd64, arm64; windows: amd64) and Krew manifests
 	krew/dist
 
-lint: ## rustfmt and clippy, as CI runs them
+lint: ## rustfmt and clippy (as CI runs them), and the docs' links
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	tests/docs/check-links
 
 bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/cluster/up --second-cluster

@@ -1,8 +1,10 @@
 //! Who runs this command and whether a process is still alive, on Linux,
 //! macOS and Windows alike (no `/proc`).
 //!
-//! The only `unsafe` code of the library is here: three operating-system
-//! calls with no memory-safety obligations beyond valid arguments.
+//! The only `unsafe` code of the library is here: operating-system calls
+//! (the user database, `gethostname` and `kill(pid, 0)` on Unix;
+//! `OpenProcess`/`GetExitCodeProcess` on Windows), each block with its
+//! `SAFETY` comment.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
