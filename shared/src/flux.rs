@@ -230,6 +230,24 @@ pub struct InventoryEntry {
     pub v: String,
 }
 
+/// An inventory entry's `<namespace>_<name>_<group>_<kind>` as the suite
+/// names objects in output: `Kind/namespace/name` (`Kind/name` when
+/// cluster-scoped).
+pub fn display_id(id: &str) -> String {
+    let parts: Vec<&str> = id.split('_').collect();
+    if parts.len() < 4 {
+        return id.to_string();
+    }
+    let kind = parts[parts.len() - 1];
+    let ns = parts[0];
+    let name = parts[1..parts.len() - 2].join("_");
+    if ns.is_empty() {
+        format!("{kind}/{name}")
+    } else {
+        format!("{kind}/{ns}/{name}")
+    }
+}
+
 /// A reconcile request, as [`request_reconcile`] made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileRequest {
@@ -585,5 +603,15 @@ mod tests {
         let ready = condition(&status.conditions, "Ready").unwrap();
         assert_eq!(ready.reason, "BuildFailed");
         assert_eq!(status.inventory.unwrap().entries.len(), 1);
+    }
+
+    #[test]
+    fn ids_display_as_kind_namespace_name() {
+        assert_eq!(display_id("dev_app__ConfigMap"), "ConfigMap/dev/app");
+        assert_eq!(
+            display_id("_admin_rbac.authorization.k8s.io_ClusterRole"),
+            "ClusterRole/admin"
+        );
+        assert_eq!(display_id("dev_web_apps_Deployment"), "Deployment/dev/web");
     }
 }

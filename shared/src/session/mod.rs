@@ -12,8 +12,8 @@
 //!
 //! Every object a session creates carries the suite's labels and the
 //! session's name, and cleanup deletes only those. The readers depend on
-//! the record; of the engine they use only [`cleanup`], the one way a
-//! session's objects are removed.
+//! the record; of the engine they use only [`cleanup`] (and its error), the
+//! one way a session's objects are removed.
 
 pub mod engine;
 pub mod readers;
@@ -25,9 +25,9 @@ pub use crate::kubeapi::FIELD_MANAGER;
 pub use engine::EngineError;
 pub use engine::changes::{Action, Change};
 pub use engine::cleanup::cleanup;
-pub use engine::events::{Event, Mode, Phase, Reporter, SyncOutcome};
+pub use engine::events::{Event, Phase, Reporter, SyncOutcome};
 pub use engine::preflight::RegistryChoice;
 pub use engine::{Session, SessionConfig};
 pub use readers::ReaderError;
 pub use record::RecordError;
-pub use record::{derive_name, keys, lease_is_live, validate_name};
+pub use record::{Mode, derive_name, keys, lease_is_live, validate_name};

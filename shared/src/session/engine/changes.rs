@@ -9,7 +9,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use crate::flux::InventoryEntry;
+use crate::flux::{self, InventoryEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,22 +43,6 @@ pub struct Change {
     pub action: Action,
 }
 
-/// `<namespace>_<name>_<group>_<kind>` → `Kind/namespace/name`.
-pub fn display_id(id: &str) -> String {
-    let parts: Vec<&str> = id.split('_').collect();
-    if parts.len() < 4 {
-        return id.to_string();
-    }
-    let kind = parts[parts.len() - 1];
-    let ns = parts[0];
-    let name = parts[1..parts.len() - 2].join("_");
-    if ns.is_empty() {
-        format!("{kind}/{name}")
-    } else {
-        format!("{kind}/{ns}/{name}")
-    }
-}
-
 /// Objects the controller reported as `configured`/`created` for this sync,
 /// from its `Progressing` events (`Kind/ns/name configured`, one per line).
 pub fn parse_change_set(messages: &[String]) -> BTreeSet<(String, Action)> {
@@ -87,8 +71,8 @@ pub fn changes(
     after: &[InventoryEntry],
     events: &[String],
 ) -> Vec<Change> {
-    let before: BTreeSet<String> = before.iter().map(|e| display_id(&e.id)).collect();
-    let after: BTreeSet<String> = after.iter().map(|e| display_id(&e.id)).collect();
+    let before: BTreeSet<String> = before.iter().map(|e| flux::display_id(&e.id)).collect();
+    let after: BTreeSet<String> = after.iter().map(|e| flux::display_id(&e.id)).collect();
     let reported = parse_change_set(events);
     let before: BTreeSet<&str> = before.iter().map(String::as_str).collect();
     let after: BTreeSet<&str> = after.iter().map(String::as_str).collect();
@@ -517,16 +501,6 @@ mod tests {
             1,
         );
         assert!(for_revision(vec![once], "B", since).is_empty());
-    }
-
-    #[test]
-    fn ids_display_as_kind_namespace_name() {
-        assert_eq!(display_id("dev_app__ConfigMap"), "ConfigMap/dev/app");
-        assert_eq!(
-            display_id("_admin_rbac.authorization.k8s.io_ClusterRole"),
-            "ClusterRole/admin"
-        );
-        assert_eq!(display_id("dev_web_apps_Deployment"), "Deployment/dev/web");
     }
 
     #[test]

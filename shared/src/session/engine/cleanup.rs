@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, ObjectMeta};
 use kube::{Client, ResourceExt};
 
-use super::{EngineError, Event, Kind, OwnSandbox, Session, Stage, changes};
+use super::{EngineError, Event, Kind, OwnSandbox, Session, Stage};
 use crate::flux::{self, Kustomization, OCIRepository};
 use crate::kubeapi;
 use crate::labels;
@@ -60,7 +60,7 @@ pub async fn cleanup(
             .map(|i| {
                 i.entries
                     .iter()
-                    .map(|e| changes::display_id(&e.id))
+                    .map(|e| crate::flux::display_id(&e.id))
                     .collect()
             })
             .unwrap_or_default();

@@ -8,24 +8,7 @@ use serde::Serialize;
 
 pub use super::changes::{Action, Change};
 
-/// Where a session applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Into a sandbox (the default).
-    Sandboxed,
-    /// Straight into the cluster (`--no-session`).
-    Cluster,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Sandboxed => "sandboxed",
-            Mode::Cluster => "cluster",
-        }
-    }
-}
+pub use crate::session::record::Mode;
 
 /// A phase of a sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

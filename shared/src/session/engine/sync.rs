@@ -815,7 +815,7 @@ async fn watch_workloads(
         .and_then(|s| s.inventory.as_ref())
         .map(|i| i.entries.iter().map(|e| e.id.clone()).collect())
         .unwrap_or_default();
-    objects.retain(|id| !deleted.contains(&changes::display_id(id)));
+    objects.retain(|id| !deleted.contains(&crate::flux::display_id(id)));
     objects.extend(changed.iter().map(|o| super::health::inventory_id(o)));
     objects.sort();
     objects.dedup();

@@ -4,7 +4,8 @@
 //! [`status`] tells the cluster's mode (Run, GitOps, Snowflake), [`logs`]
 //! follows their pods and Flux's warnings, and [`export`] hands a directory
 //! over to GitOps mode. They read the session [`record`](super::record);
-//! none of them depends on the running command's engine.
+//! of the running command's engine they use only its cleanup, so that a
+//! `delete` or `prune` removes a session exactly as its own command would.
 
 pub mod admin;
 mod error;

@@ -219,7 +219,7 @@ pub fn build_views(
                     .map(|i| {
                         i.entries
                             .iter()
-                            .map(|e| crate::session::engine::changes::display_id(&e.id))
+                            .map(|e| crate::flux::display_id(&e.id))
                             .collect()
                     })
                     .unwrap_or_default(),

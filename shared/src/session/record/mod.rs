@@ -43,6 +43,26 @@ use kube::ResourceExt;
 
 use crate::duration::parse_time;
 use crate::labels;
+use serde::Serialize;
+
+/// Where a session applies: its record's `mode` annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Into a sandbox (the default).
+    Sandboxed,
+    /// Straight into the cluster (`--no-session`).
+    Cluster,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sandboxed => "sandboxed",
+            Mode::Cluster => "cluster",
+        }
+    }
+}
 
 /// Lease annotations, under the suite's prefix.
 pub mod keys {
