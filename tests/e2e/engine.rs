@@ -2,16 +2,18 @@
 //! real API server and registry: what the cluster and the registry hold,
 //! not what the command printed.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
-use gitops_e2e::{Harness, NamespaceWatch, RunningSession, output, plugin, unique, write_tree};
+use gitops_e2e::{
+    Harness, NamespaceWatch, RunningSession, configmap, output, plugin, unique, write_tree,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
-
-fn cm(name: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
-}
 
 /// The tags the registry holds for a session's repository (none: 404).
 fn registry_tags(harness: &Harness, session: &str) -> Option<String> {
@@ -59,7 +61,7 @@ async fn once_on_an_empty_or_invalid_dir_or_a_dead_registry_touches_nothing() {
 
     // A registry nobody listens on.
     std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     let out = run_once(
         &harness,
         dir.path(),
@@ -90,7 +92,7 @@ async fn an_overlay_reaching_outside_the_root_is_refused_before_the_push() {
         top.path(),
         &[
             ("base/kustomization.yaml", "resources:\n- cm.yaml\n"),
-            ("base/cm.yaml", &cm("from-base")),
+            ("base/cm.yaml", &configmap("from-base", &[("k", "v")])),
             (
                 "app/overlay/kustomization.yaml",
                 "resources:\n- ../../base\n",
@@ -143,7 +145,7 @@ async fn ctrl_c_during_the_first_sync_leaves_nothing_behind() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     let name = unique("run-intr");
     let mut session = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     // Interrupt as soon as the session starts making its objects.
@@ -181,7 +183,7 @@ async fn port_forwards_are_recorded_in_the_lease_and_listed() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     let name = unique("run-pf");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -244,7 +246,7 @@ fn bad_names_and_out_of_range_durations_are_refused_with_clear_errors() {
     assert!(!huge.stderr.contains("panicked"), "{huge:?}");
 
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     let out = run_once(&harness, dir.path(), &["--lease-duration", "0s"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("--lease-duration"), "{out:?}");
@@ -295,7 +297,10 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
 "#
     ));
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("restricted"))]);
+    write_tree(
+        dir.path(),
+        &[("cm.yaml", &configmap("restricted", &[("k", "v")]))],
+    );
     let name = unique("run-rbac");
     let registry = format!("oci://{}", harness.registry);
     let out = run_once(
@@ -360,7 +365,10 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
 
     // A file name with a newline in it: named, escaped.
     names.push(refuse(
-        &[("cm.yaml", &cm("a")), ("evil\nname.yaml", &cm("b"))],
+        &[
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
+            ("evil\nname.yaml", &configmap("b", &[("k", "v")])),
+        ],
         &[],
         &["control character", "evil\\nname.yaml"],
     ));
@@ -369,7 +377,7 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     names.push(refuse(
         &[
             ("kustomization.yaml", "resources: [cm.yaml\n"),
-            ("cm.yaml", &cm("a")),
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
         ],
         &[],
         &["kustomization.yaml"],
@@ -377,7 +385,7 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     names.push(refuse(
         &[
             ("kustomization.yaml", "resources:\n- cm.yaml\n- gone.yaml\n"),
-            ("cm.yaml", &cm("a")),
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
         ],
         &[],
         &["gone.yaml", "does not exist"],
@@ -389,7 +397,10 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     )
     .unwrap();
     names.push(refuse(
-        &[("secret.sops.yaml", &sops), ("cm.yaml", &cm("a"))],
+        &[
+            ("secret.sops.yaml", &sops),
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
+        ],
         &[],
         &[
             "secret.sops.yaml",
@@ -401,10 +412,8 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     // A chart: --values that is not YAML, and dependencies not in charts/.
     let chart = "apiVersion: v2\nname: app\nversion: 0.1.0\n";
     let deps = "apiVersion: v2\nname: app\nversion: 0.1.0\ndependencies:\n- name: redis\n  version: 17.x\n  repository: https://charts.example.com\n";
-    let template = (
-        "templates/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n",
-    );
+    let template = configmap("app", &[]);
+    let template = ("templates/cm.yaml", template.as_str());
     let values = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(values.path(), "replicas: [1\n").unwrap();
     let values_arg = values.path().display().to_string();
@@ -437,7 +446,7 @@ async fn a_home_directory_an_unreadable_directory_and_the_root_are_refused() {
 
     // `/` and the home directory: refused before walking them.
     let home = tempfile::tempdir().unwrap();
-    write_tree(home.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(home.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     for (dir, what) in [
         (std::path::PathBuf::from("/"), "the root of the filesystem"),
         (home.path().to_path_buf(), "your home directory"),
@@ -468,7 +477,13 @@ async fn a_home_directory_an_unreadable_directory_and_the_root_are_refused() {
     // A directory the user cannot read (as a user other than root).
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("app");
-    write_tree(&dir, &[("cm.yaml", &cm("a")), ("secret/cm.yaml", &cm("b"))]);
+    write_tree(
+        &dir,
+        &[
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
+            ("secret/cm.yaml", &configmap("b", &[("k", "v")])),
+        ],
+    );
     let chmod = |p: &std::path::Path, mode: u32| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
