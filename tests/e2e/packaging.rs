@@ -1,6 +1,7 @@
-//! Sessions in an application repository, as developers have them: source
-//! code and assets, Git-ignored build output (hundreds of MB in `target/`, a
-//! deep `node_modules/`), and manifests in `deploy/` on a `base/`. The
+//! What a session packages and watches in an application repository, as
+//! developers have them: source code and assets, Git-ignored build output
+//! (hundreds of MB in `target/`, a deep `node_modules/`), and manifests in
+//! `deploy/` on a `base/`. The
 //! session packages `deploy/` and what it references, nothing else, and only
 //! those directories' changes sync. Asserts on what the registry holds (pulled
 //! with the `flux` CLI) and what the API server holds, and compares what Flux

@@ -625,3 +625,81 @@ async fn bad_names_and_quotas_are_clear_errors() {
         "{kc:?}"
     );
 }
+
+#[tokio::test]
+async fn a_session_in_a_named_sandbox_needs_only_rights_in_that_sandbox() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let sbx = unique("sbx-rbac");
+    let created = output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["create", &sbx]),
+    );
+    assert_eq!(created.code, Some(0), "{created:?}");
+    // A developer who may read namespaces one by one (no list) and work in
+    // this sandbox only: no cluster-wide Lease rights.
+    let dev = unique("dev");
+    harness.kubectl_apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {dev}}}
+rules:
+- {{apiGroups: [""], resources: [namespaces], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {dev}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {dev}}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {dev}, namespace: {sbx}}}
+rules:
+- {{apiGroups: [""], resources: [secrets, events], verbs: ["*"]}}
+- {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: ["*"]}}
+- {{apiGroups: [source.toolkit.fluxcd.io], resources: [ocirepositories], verbs: ["*"]}}
+- {{apiGroups: [kustomize.toolkit.fluxcd.io], resources: [kustomizations], verbs: ["*"]}}
+- {{apiGroups: [helm.toolkit.fluxcd.io], resources: [helmreleases], verbs: ["*"]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {dev}, namespace: {sbx}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {dev}}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
+"#
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[("cm.yaml", &configmap("restricted", &[("k", "v")]))],
+    );
+    let name = unique("run-rbac");
+    let registry = format!("oci://{}", harness.registry);
+    let out = run_cli(
+        &harness,
+        dir.path(),
+        &[
+            "--once",
+            "--name",
+            &name,
+            "--sandbox",
+            &sbx,
+            "--registry",
+            &registry,
+            "--as",
+            &dev,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &sbx);
+    // --once cleaned up: Flux pruned what it applied.
+    assert!(cms.get_opt("restricted").await.unwrap().is_none());
+    let deleted = output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["delete", &sbx]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
+}

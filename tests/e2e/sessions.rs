@@ -12,6 +12,7 @@ use gitops_e2e::{
     Harness, RunningSession, configmap, create_namespace, delete_namespace, eventually, output,
     plugin, run, unique, write_tree,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
@@ -615,4 +616,51 @@ async fn watching_lists_once_then_follows_a_watch() {
     drop(watcher);
     eprintln!("shown {shown_after:?} after creation; audit: {last:?}");
     delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn port_forwards_are_recorded_in_the_lease_and_listed() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
+    let name = unique("run-pf");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spec = format!("resource=svc/web,port={port}:80");
+    let mut session = RunningSession::start(
+        &harness,
+        dir.path(),
+        &["--name", &name, "--port-forward", &spec],
+    );
+    session.next_sync().unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
+    let lease = leases.get(&name).await.unwrap();
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("gitops.kubectl.dev/port-forwards")
+            .map(String::as_str),
+        Some(spec.as_str())
+    );
+    let listed = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["-A", "-o", "json"]),
+    );
+    assert_eq!(listed.code, Some(0), "{listed:?}");
+    let all: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let me = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(me["port_forwards"], serde_json::json!([spec]));
+    session.signal("INT");
+    assert_eq!(session.wait_exit(Duration::from_secs(120)), Some(0));
 }

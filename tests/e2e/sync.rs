@@ -1,5 +1,8 @@
-//! `kubectl gitops-run [DIR]` end to end: real sessions against the real
-//! API server, Flux and registry.
+//! `kubectl gitops-run [DIR]` end to end: a session syncs a directory's
+//! edits, prunes and deletions (manifests, SOPS-encrypted ones, a cluster
+//! mode), rides out bad YAML and a registry outage, and cleans up after
+//! itself, or leaves a Lease that goes stale when killed. Real sessions
+//! against the real API server, Flux and registry.
 
 // A test that cannot reach its peer, or finds the world other than it
 // expects, fails loudly: panics are these tests' verdicts.
@@ -10,8 +13,8 @@ use std::time::Duration;
 
 use gitops::session::lease_is_live;
 use gitops_e2e::{
-    Footprint, Harness, NamespaceWatch, OwnRegistry, RunningSession, configmap, create_namespace,
-    delete_namespace, eventually, output, plugin, unique, write_tree,
+    Footprint, Harness, OwnRegistry, RunningSession, configmap, create_namespace, delete_namespace,
+    eventually, output, plugin, unique, write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -477,31 +480,6 @@ async fn a_killed_session_breaks_nothing_and_its_lease_goes_stale() {
 }
 
 #[tokio::test]
-async fn refuses_a_context_that_does_not_look_local() {
-    let harness = Harness::get();
-    // The harness's kubeconfig with the server renamed to a non-loopback host.
-    let text = std::fs::read_to_string(&harness.kubeconfig).unwrap();
-    let remote = text
-        .replace("https://127.0.0.1:", "https://prod.example.com:")
-        .replace(&harness.context, "prod");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("kubeconfig"), remote).unwrap();
-    let out = output(
-        plugin("kubectl-gitops_run")
-            .arg("--kubeconfig")
-            .arg(dir.path().join("kubeconfig"))
-            .args(["--once"])
-            .current_dir(dir.path()),
-    );
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(
-        out.stderr.contains("does not look like a local cluster")
-            && out.stderr.contains("--allow-k8s-context prod"),
-        "{out:?}"
-    );
-}
-
-#[tokio::test]
 async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
@@ -545,55 +523,6 @@ async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
     .await
     .unwrap();
     assert_nothing_left(&client, &footprint).await;
-}
-
-#[tokio::test]
-async fn port_forward_specs_and_busy_ports_are_refused_before_anything_starts() {
-    let harness = Harness::get();
-    let client = harness.cluster().await.client;
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(
-        dir.path(),
-        &[("app.yaml", &configmap("app", &[("value", "1")]))],
-    );
-    let name = unique("run-pf");
-    let namespaces = NamespaceWatch::start(client.clone()).await;
-    let run = |spec: &str| {
-        output(
-            plugin("kubectl-gitops_run")
-                .args(harness.kube_args())
-                .args(["--once", "--name", &name, "--port-forward", spec])
-                .current_dir(dir.path()),
-        )
-    };
-    let bad = run("svc/web:8080");
-    assert_eq!(bad.code, Some(1), "{bad:?}");
-    assert!(
-        bad.stderr.contains("resource=svc/NAME,port=LOCAL[:REMOTE]"),
-        "{bad:?}"
-    );
-    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = busy.local_addr().unwrap().port();
-    let taken = run(&format!("resource=svc/web,port={port}:80"));
-    assert_eq!(taken.code, Some(1), "{taken:?}");
-    assert!(
-        taken
-            .stderr
-            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
-        "{taken:?}"
-    );
-    // Nothing was started: no sandbox namespace ever existed, nothing
-    // labelled with the session exists.
-    assert!(!namespaces.saw(&name).await, "no sandbox was created");
-    Footprint::expected(&name, &name, true)
-        .with_payload(dir.path(), &name, Some(&name))
-        .assert_gone(&client)
-        .await;
-    // And the port is refused before the session announces itself.
-    assert!(
-        !taken.stderr.contains("session "),
-        "nothing may be announced before the ports are checked: {taken:?}"
-    );
 }
 
 #[tokio::test]
