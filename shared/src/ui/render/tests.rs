@@ -1,4 +1,4 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 use crate::session::readers::view::SyncStatus;
@@ -70,23 +70,20 @@ fn rows_escape_what_the_cluster_says_and_carry_text_badges() {
     }
 }
 
+/// How long this takes is measured by `make bench` (shared/benches/budgets.rs).
 #[test]
-fn two_hundred_sessions_render_in_milliseconds() {
+fn two_hundred_sessions_render_one_row_each_and_their_counts() {
     let sessions: Vec<SessionView> = (0..200)
         .map(|i| {
             let state = ["Ready", "Reconciling", "Failed"][i % 3];
             session(&format!("s{i:03}"), state, Heartbeat::Live)
         })
         .collect();
-    let t = Instant::now();
     let html = session_rows(&sessions);
     let counts = session_counts(&sessions);
-    let took = t.elapsed();
     assert_eq!(html.matches("<tr data-key=").count(), 200);
     assert!(counts.contains("<span class=\"n\">200</span> <span class=\"l\">Sessions</span>"));
     assert!(counts.contains("<span class=\"n\">67</span> <span class=\"l\">Ready</span>"));
-    // Unoptimised test build on a busy machine: generous; a release build takes ~1 ms.
-    assert!(took < Duration::from_millis(200), "{took:?}");
 }
 
 fn entry(status: &str, failed: Option<&str>, ms: &[(&str, u64)]) -> SyncEntry {
