@@ -46,6 +46,7 @@ lint: ## rustfmt and clippy (as CI runs them), and the docs' links
 	tests/docs/check-links
 
 bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
+	$(CARGO) bench -p kubectl-gitops --bench budgets
 	tests/cluster/up --second-cluster
 	tests/bench/artifact-build
 	tests/bench/session-latency

@@ -1,27 +1,35 @@
 //! The artifact engine against the real `flux` CLI, the real registry and
 //! the real source-controller.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::time::Duration;
 
 use gitops::artifact::{WalkOptions, content_of_dir};
 use gitops::flux::{OCIRepository, OCIRepositoryRef, OCIRepositorySpec, condition};
 use gitops_e2e::{
-    Harness, create_namespace, delete_namespace, eventually, output, plugin, run, unique,
-    write_tree,
+    Harness, configmap, create_namespace, delete_namespace, eventually, output, plugin, run,
+    unique, write_tree,
 };
 use kube::Api;
 use kube::api::PostParams;
 
-const TREE: &[(&str, &str)] = &[
-    ("kustomization.yaml", "resources:\n- deploy/app.yaml\n"),
-    (
-        "deploy/app.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  k: v\n",
-    ),
-    ("deploy/nested/deep/values.yaml", "replicas: 2\n"),
-    ("scripts/run.sh", "#!/bin/sh\necho hi\n"),
-];
+/// Writes the tree every test packs: a kustomization, its manifest, nested
+/// values and a script.
+fn write_app_tree(dir: &Path) {
+    write_tree(
+        dir,
+        &[
+            ("kustomization.yaml", "resources:\n- deploy/app.yaml\n"),
+            ("deploy/app.yaml", &configmap("app", &[("k", "v")])),
+            ("deploy/nested/deep/values.yaml", "replicas: 2\n"),
+            ("scripts/run.sh", "#!/bin/sh\necho hi\n"),
+        ],
+    );
+}
 
 fn push_json(harness: &Harness, dir: &Path, reference: &str, extra: &[&str]) -> serde_json::Value {
     let stdout = run(plugin("kubectl-gitops_run")
@@ -45,7 +53,7 @@ fn same_tree(a: &Path, b: &Path) {
 fn flux_pulls_our_artifact_into_an_identical_tree() {
     let harness = Harness::get();
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), TREE);
+    write_app_tree(src.path());
     let reference = format!("oci://{}/e2e/{}:v1", harness.registry, unique("ours"));
     let pushed = push_json(&harness, src.path(), &reference, &[]);
 
@@ -70,7 +78,7 @@ fn flux_pulls_our_artifact_into_an_identical_tree() {
 fn an_artifact_pushed_by_flux_diffs_equal_to_its_source() {
     let harness = Harness::get();
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), TREE);
+    write_app_tree(src.path());
     let reference = format!("oci://{}/e2e/{}:latest", harness.registry, unique("flux"));
     run(harness.flux().args([
         "push",
@@ -126,7 +134,7 @@ async fn source_controller_reports_the_digest_we_printed() {
     let ns = unique("e2e-artifact");
     create_namespace(&cluster.client, &ns).await;
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), TREE);
+    write_app_tree(src.path());
     let repo_name = unique("app");
     let reference = format!("oci://{}/e2e/{repo_name}:dev", harness.registry);
     let pushed = push_json(&harness, src.path(), &reference, &["--reproducible"]);
@@ -175,7 +183,7 @@ async fn source_controller_reports_the_digest_we_printed() {
 fn reproducible_pushes_of_an_unchanged_tree_upload_nothing_the_second_time() {
     let harness = Harness::get();
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), TREE);
+    write_app_tree(src.path());
     let reference = format!("oci://{}/e2e/{}:v1", harness.registry, unique("twice"));
     // Same content and the same provenance: the same manifest.
     let pin = ["--reproducible", "--source", "file:///e2e"];
@@ -183,7 +191,7 @@ fn reproducible_pushes_of_an_unchanged_tree_upload_nothing_the_second_time() {
     assert_eq!(first["uploaded"].as_array().unwrap().len(), 2, "{first}");
     // A fresh copy of the same content, with other mtimes: same digests, no uploads.
     let copy = tempfile::tempdir().unwrap();
-    write_tree(copy.path(), TREE);
+    write_app_tree(copy.path());
     let second = push_json(&harness, copy.path(), &reference, &pin);
     assert_eq!(second["uploaded"], serde_json::json!([]), "{second}");
     assert_eq!(second["digest"], first["digest"]);
@@ -194,7 +202,7 @@ fn reproducible_pushes_of_an_unchanged_tree_upload_nothing_the_second_time() {
 fn credentials_are_used_and_never_printed() {
     let harness = Harness::get();
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), TREE);
+    write_app_tree(src.path());
     let reference = format!("oci://{}/e2e/{}:v1", harness.auth_registry, unique("auth"));
     let (_, password) = harness.auth_creds.split_once(':').unwrap();
     let push = |creds: Option<&str>| {
@@ -258,7 +266,7 @@ fn credentials_are_used_and_never_printed() {
 #[test]
 fn an_unreachable_registry_is_reported_in_plain_words() {
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), TREE);
+    write_app_tree(src.path());
     // A port nothing listens on.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -280,7 +288,7 @@ fn an_unreachable_registry_is_reported_in_plain_words() {
 #[test]
 fn build_cli_writes_the_layer_and_refuses_bad_input() {
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), TREE);
+    write_app_tree(src.path());
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("layer.tgz");
     let built = output(

@@ -4,14 +4,18 @@
 //! it acts with its sandbox ServiceAccount's rights inside the sandbox, or
 //! it is refused; nothing it asks for appears outside.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use gitops::flux::{Kustomization, KustomizationSpec, OCIRepository, SourceReference};
 use gitops::labels;
 use gitops::sandbox;
 use gitops_e2e::{
-    Footprint, Harness, eventually, kustomization_verdict, output, plugin, push_oci_source,
-    sandbox_cli, unique, write_tree,
+    Footprint, Harness, configmap, eventually, kustomization_verdict, output, plugin,
+    push_oci_source, sandbox_cli, unique, write_tree,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
@@ -97,10 +101,7 @@ async fn a_nested_kustomization_in_a_session_is_refused_before_anything_is_pushe
                     ),
                 ),
             ),
-            (
-                "deploy/cm.yaml",
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  k: v\n",
-            ),
+            ("deploy/cm.yaml", &configmap("app", &[("k", "v")])),
             ("escape/crb.yaml", &escape_binding(&crb, &session)),
         ],
     );
@@ -264,7 +265,7 @@ async fn hostile_flux_objects_in_a_payload_are_refused_by_the_api_server() {
     ));
     files.push((
         "payload/cm.yaml".into(),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: nested-ok\ndata:\n  k: v\n".into(),
+        configmap("nested-ok", &[("k", "v")]),
     ));
     // Confined, but asking for a cluster-wide object: the sandbox's rights say no.
     files.push((

@@ -17,6 +17,10 @@
 //! builds what these tests use into `target/cross`; without it they fail and
 //! say so. The Wine shim `bcryptprimitives.dll` is test infrastructure only.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +28,9 @@ use std::time::Duration;
 
 use gitops::labels;
 use gitops::session::record::lease_is_live;
-use gitops_e2e::{Harness, RunningSession, eventually, git, output, run, unique, write_tree};
+use gitops_e2e::{
+    Harness, RunningSession, configmap, eventually, git, output, run, unique, write_tree,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::ListParams;
@@ -120,10 +126,10 @@ impl Wine {
     }
 }
 
+/// The suite's ConfigMap fixture with `eol` line endings (CRLF: as Windows
+/// editors save).
 fn cm(name: &str, eol: &str) -> String {
-    format!(
-        "apiVersion: v1{eol}kind: ConfigMap{eol}metadata:{eol}  name: {name}{eol}data:{eol}  value: \"1\"{eol}"
-    )
+    configmap(name, &[("value", "1")]).replace('\n', eol)
 }
 
 #[test]

@@ -3,20 +3,18 @@
 //! completes by itself once the controller is back. Its own test binary:
 //! it stops a controller that every other test needs.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gitops_e2e::{
-    Footprint, Harness, OwnRegistry, RunningSession, free_port, output, plugin, run, unique,
-    write_tree,
+    Footprint, Harness, OwnRegistry, RunningSession, configmap, free_port, output, plugin, run,
+    unique, write_tree,
 };
-
-fn cm(value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: \"{value}\"\n"
-    )
-}
 
 /// Stops a component the harness started (SIGTERM, as a Deployment's pod
 /// is stopped; the API server, whose graceful stop waits for its
@@ -85,7 +83,10 @@ async fn stopped_flux_controllers_are_named_within_seconds_and_the_session_recov
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique("run-fluxdown");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     s.next_sync().unwrap();
@@ -100,7 +101,11 @@ async fn stopped_flux_controllers_are_named_within_seconds_and_the_session_recov
     ] {
         stop(&harness, controller);
         let saved = Instant::now();
-        std::fs::write(dir.path().join("app.yaml"), cm(value)).unwrap();
+        std::fs::write(
+            dir.path().join("app.yaml"),
+            configmap("app", &[("value", value)]),
+        )
+        .unwrap();
         expect_not_started(&mut s, saved, controller, &format!("{kind} {name}/{name}"));
         restart_missing(&harness);
         s.next_sync().unwrap();
@@ -109,7 +114,11 @@ async fn stopped_flux_controllers_are_named_within_seconds_and_the_session_recov
     }
 
     // Healthy controllers draw no such warning.
-    std::fs::write(dir.path().join("app.yaml"), cm("4")).unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        configmap("app", &[("value", "4")]),
+    )
+    .unwrap();
     s.next_sync().unwrap();
     let warnings = s
         .seen
@@ -184,7 +193,10 @@ async fn ctrl_c_with_the_api_server_down_retries_then_says_what_is_left_and_how_
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique("run-apidown");
     let mut s = RunningSession::start(
         &harness,
@@ -292,7 +304,10 @@ async fn a_registry_out_of_space_mid_push_tags_nothing_retries_and_recovers() {
     let port = free_port();
     let _registry = OwnRegistry::start(storage.path(), port);
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique("run-diskfull");
     let reg = format!("oci://127.0.0.1:{port}");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name, "--registry", &reg]);
@@ -308,7 +323,11 @@ async fn a_registry_out_of_space_mid_push_tags_nothing_retries_and_recovers() {
         .map(|i| format!("{:063x}\n", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
         .collect();
     std::fs::write(dir.path().join("noise.txt"), &noise).unwrap();
-    std::fs::write(dir.path().join("app.yaml"), cm("2")).unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        configmap("app", &[("value", "2")]),
+    )
+    .unwrap();
     let err = s.next_sync().unwrap_err();
     assert!(
         err.contains("storage") || err.contains("space"),

@@ -1,13 +1,17 @@
 //! The harness itself: real Flux syncs what the real `flux` CLI pushed to the
 //! real registry into the real API server.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use gitops::flux::{
     Kustomization, KustomizationSpec, OCIRepository, OCIRepositoryRef, OCIRepositorySpec,
     SourceReference, request_reconcile,
 };
-use gitops_e2e::{Harness, create_namespace, delete_namespace, eventually, run, unique};
+use gitops_e2e::{Harness, configmap, create_namespace, delete_namespace, eventually, run, unique};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
@@ -17,9 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 fn write_configmap(dir: &std::path::Path, greeting: &str) {
     std::fs::write(
         dir.join("configmap.yaml"),
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\ndata:\n  greeting: {greeting}\n"
-        ),
+        configmap("demo", &[("greeting", greeting)]),
     )
     .unwrap();
 }

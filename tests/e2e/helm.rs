@@ -1,6 +1,10 @@
 //! Helm chart directories in a session: packaged as a Helm OCI chart and
 //! released by the real helm-controller.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use gitops_e2e::{

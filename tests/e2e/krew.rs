@@ -2,6 +2,10 @@
 //! real Krew into a temporary KREW_ROOT, run through the real kubectl, and
 //! uninstalled.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::Command;
 

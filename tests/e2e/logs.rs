@@ -6,13 +6,19 @@
 //! The reference is what the API server holds (restart counts, pods and
 //! their owners), never the plugins' own code.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gitops_e2e::{Harness, RunningSession, eventually, output, plugin, unique, write_tree};
+use gitops_e2e::{
+    Harness, RunningSession, configmap, eventually, output, plugin, unique, write_tree,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -755,13 +761,7 @@ async fn lease_annotations_are_shown_not_obeyed() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(
-        dir.path(),
-        &[(
-            "cm.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"1\"\n",
-        )],
-    );
+    write_tree(dir.path(), &[("cm.yaml", &configmap("c", &[("a", "1")]))]);
     let ns = unique("run-esclease");
     let ran = output(
         plugin("kubectl-gitops_run")

@@ -11,6 +11,10 @@
 //! - a forged Lease in another namespace cannot make `prune` or `delete`
 //!   remove someone else's sandbox.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use gitops::flux::{Kustomization, OCIRepository, condition};
 use gitops_e2e::{
-    Harness, Output, RunningSession, create_namespace, delete_namespace, eventually, plugin, run,
-    unique, write_tree,
+    Harness, Output, RunningSession, configmap, create_namespace, delete_namespace, eventually,
+    plugin, run, unique, write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -27,10 +31,6 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn cm(name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: \"{value}\"\n")
-}
 
 /// Runs a command to its end, or kills it after `limit` (`code: None`).
 fn output_within(cmd: &mut Command, limit: Duration) -> Output {
@@ -91,7 +91,10 @@ fn sessions_cmd(harness: &Harness, args: &[&str]) -> Command {
 /// pushed with the `flux` CLI: its inventory holds the ConfigMap `payload`.
 async fn flux_pair(harness: &Harness, client: &Client, ns: &str, source: &str, ks: &str) {
     let tree = tempfile::tempdir().unwrap();
-    write_tree(tree.path(), &[("payload.yaml", &cm("payload", "theirs"))]);
+    write_tree(
+        tree.path(),
+        &[("payload.yaml", &configmap("payload", &[("k", "theirs")]))],
+    );
     let reference = format!("oci://{}/e2e/{source}:v1", harness.registry);
     run(harness.flux().args([
         "push",
@@ -203,7 +206,10 @@ async fn a_look_alike_kustomization_is_refused_and_its_inventory_survives() {
     assert!(before.payload_uid.is_some());
 
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("mine", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("mine", &[("k", "1")]))],
+    );
     let out = gitops_run(
         &harness,
         dir.path(),
@@ -249,7 +255,10 @@ async fn look_alike_sources_secrets_leases_and_namespaces_are_refused_untouched(
     flux_pair(&harness, &client, &ns, &source, &ks).await;
     let before = platform(&client, &ns, &source, &ks).await;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("mine", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("mine", &[("k", "1")]))],
+    );
 
     // The platform's OCIRepository, by name.
     let out = gitops_run(
@@ -420,7 +429,10 @@ fn session_as(
     wrap: impl FnOnce(Command) -> Command,
 ) -> (tempfile::TempDir, String, RunningSession) {
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("k", "1")]))],
+    );
     let name = unique(prefix);
     let mut cmd = plugin("kubectl-gitops_run");
     cmd.args(harness.kube_args())
@@ -493,7 +505,7 @@ async fn assert_syncs(
     s: &mut RunningSession,
     value: &str,
 ) {
-    write_tree(dir, &[("app.yaml", &cm("app", value))]);
+    write_tree(dir, &[("app.yaml", &configmap("app", &[("k", value)]))]);
     s.next_sync().unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), name);
     eventually("the live session's new value applied", WAIT, || async {

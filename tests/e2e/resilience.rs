@@ -4,13 +4,18 @@
 //! or moved away, a filesystem that does not deliver file events. Every
 //! claim is checked on the real API server.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gitops::session::{keys, lease_is_live};
 use gitops_e2e::{
-    Footprint, Harness, RunningSession, eventually, output, plugin, run, unique, write_tree,
+    Footprint, Harness, RunningSession, configmap, eventually, output, plugin, run, unique,
+    write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -18,12 +23,6 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn cm(value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: \"{value}\"\n"
-    )
-}
 
 async fn value(client: &Client, ns: &str) -> Option<String> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -61,7 +60,10 @@ fn expect_said(s: &mut RunningSession, needle: &str, within: Duration) -> String
 /// after its first sync.
 fn started(harness: &Harness, prefix: &str) -> (tempfile::TempDir, String, RunningSession) {
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique(prefix);
     let mut s = RunningSession::start(
         harness,
@@ -128,7 +130,11 @@ async fn a_lease_taken_over_stops_the_session_without_touching_its_objects() {
     let lease = leases.get(&name).await.unwrap();
     assert_eq!(gitops::session::record::holder(&lease), "bob@other-laptop");
     assert_eq!(value(&client, &name).await.as_deref(), Some("1"));
-    std::fs::write(dir.path().join("app.yaml"), cm("2")).unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        configmap("app", &[("value", "2")]),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         value(&client, &name).await.as_deref(),
@@ -169,7 +175,11 @@ async fn a_suspended_session_resumes_holds_its_lease_again_and_syncs_what_change
 
     // A laptop lid closed for longer than the lease; a save made meanwhile.
     s.signal("STOP");
-    std::fs::write(dir.path().join("app.yaml"), cm("2")).unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        configmap("app", &[("value", "2")]),
+    )
+    .unwrap();
     eventually("the Lease to turn stale", WAIT, || async {
         let lease = leases.get(&name).await.map_err(|e| e.to_string())?;
         if lease_is_live(&lease, chrono::Utc::now()) {
@@ -224,7 +234,10 @@ async fn concurrent_prunes_and_a_prune_racing_a_restart_delete_nothing_live() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
 
     // Two crashed sessions, two prunes at once: each removed exactly once,
     // neither prune fails.
@@ -275,7 +288,10 @@ async fn concurrent_prunes_and_a_prune_racing_a_restart_delete_nothing_live() {
     first.signal("KILL");
     first.wait_exit(WAIT);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    write_tree(dir.path(), &[("app.yaml", &cm("2"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "2")]))],
+    );
     let pruning = prune(&name);
     let mut second = RunningSession::start(
         &harness,
@@ -312,7 +328,7 @@ async fn a_directory_moved_away_keeps_what_was_applied_and_its_return_syncs() {
     let client = harness.cluster().await.client;
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("deploy");
-    write_tree(&dir, &[("app.yaml", &cm("1"))]);
+    write_tree(&dir, &[("app.yaml", &configmap("app", &[("value", "1")]))]);
     let name = unique("run-moved");
     let mut s = RunningSession::start(&harness, &dir, &["--name", &name, "--root-dir", "."]);
     s.next_sync().unwrap();
@@ -330,7 +346,7 @@ async fn a_directory_moved_away_keeps_what_was_applied_and_its_return_syncs() {
     );
     assert_eq!(value(&client, &name).await.as_deref(), Some("1"));
 
-    std::fs::write(away.join("app.yaml"), cm("2")).unwrap();
+    std::fs::write(away.join("app.yaml"), configmap("app", &[("value", "2")])).unwrap();
     std::fs::rename(&away, &dir).unwrap();
     expect_said(&mut s, "is back", Duration::from_secs(10));
     s.next_sync().unwrap();
@@ -344,7 +360,7 @@ async fn a_directory_moved_away_keeps_what_was_applied_and_its_return_syncs() {
             .is_some_and(|m| m.contains("deleted or moved away"))
     });
     assert_eq!(value(&client, &name).await.as_deref(), Some("2"));
-    write_tree(&dir, &[("app.yaml", &cm("3"))]);
+    write_tree(&dir, &[("app.yaml", &configmap("app", &[("value", "3")]))]);
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name).await.as_deref(), Some("3"));
 
@@ -403,7 +419,10 @@ async fn a_directory_on_a_fuse_filesystem_is_polled_and_changes_underneath_sync(
     let client = harness.cluster().await.client;
     let base = tempfile::tempdir().unwrap();
     let source = base.path().join("source");
-    write_tree(&source, &[("app.yaml", &cm("1"))]);
+    write_tree(
+        &source,
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let fuse = Bindfs::mount(&source, &base.path().join("mnt"));
     let name = unique("run-fuse");
     let mut s = RunningSession::start(&harness, &fuse.mount, &["--name", &name]);
@@ -412,7 +431,7 @@ async fn a_directory_on_a_fuse_filesystem_is_polled_and_changes_underneath_sync(
     s.next_sync().unwrap();
 
     // Edited underneath the mount: no inotify event reaches the mount.
-    std::fs::write(source.join("app.yaml"), cm("2")).unwrap();
+    std::fs::write(source.join("app.yaml"), configmap("app", &[("value", "2")])).unwrap();
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name).await.as_deref(), Some("2"));
 

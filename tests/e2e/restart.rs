@@ -1,22 +1,23 @@
 //! An API server restart in the middle of a session: the session resumes.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use gitops_e2e::{Harness, RunningSession, run, unique, write_tree};
-
-fn cm(value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: \"{value}\"\n"
-    )
-}
+use gitops_e2e::{Harness, RunningSession, configmap, run, unique, write_tree};
 
 #[tokio::test]
 async fn a_session_resumes_after_the_api_server_restarts() {
     let harness = Harness::get();
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique("run-restart");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     s.next_sync().unwrap();
@@ -35,7 +36,11 @@ async fn a_session_resumes_after_the_api_server_restarts() {
     run(Command::new(root.join("tests/cluster/up")).env("GITOPS_HARNESS_DIR", &harness.dir));
 
     // The next save syncs as if nothing happened.
-    std::fs::write(dir.path().join("app.yaml"), cm("2")).unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        configmap("app", &[("value", "2")]),
+    )
+    .unwrap();
     s.next_sync().unwrap();
     let client = harness.cluster().await.client;
     let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =

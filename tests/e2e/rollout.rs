@@ -3,11 +3,15 @@
 //! Flux. Asserts on what the API server holds (and what the port-forward
 //! answers), and on the session's events for what it reports.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use gitops_e2e::{Harness, RunningSession, eventually, plugin, unique, write_tree};
+use gitops_e2e::{Harness, RunningSession, configmap, eventually, plugin, unique, write_tree};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
@@ -527,10 +531,7 @@ async fn flux_warnings_about_the_sessions_objects_are_shown_as_they_happen() {
     let dir = tempfile::tempdir().unwrap();
     write_tree(
         dir.path(),
-        &[(
-            "cm.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\ndata:\n  a: \"1\"\n",
-        )],
+        &[("cm.yaml", &configmap("frozen", &[("a", "1")]))],
     );
     let ns = unique("run-warn");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &ns]);

@@ -1,14 +1,18 @@
 //! Sandboxes against the real API server and real Flux: what they confine,
 //! how they are deleted, and that nothing else is touched.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use gitops::flux::{Kustomization, KustomizationSpec, SourceReference};
 use gitops::labels;
 use gitops::sandbox::{self, Target};
 use gitops_e2e::{
-    Footprint, Harness, eventually, kustomization_verdict, output, plugin, push_oci_source,
-    sandbox_cli, unique, write_tree,
+    Footprint, Harness, configmap, configmap_in, eventually, kustomization_verdict, output, plugin,
+    push_oci_source, sandbox_cli, unique, write_tree,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -37,13 +41,6 @@ async fn configmaps_named(client: &Client, name: &str) -> Vec<String> {
         .iter()
         .map(|c| c.namespace().unwrap_or_default())
         .collect()
-}
-
-fn configmap(name: &str, namespace: Option<&str>) -> String {
-    let ns = namespace
-        .map(|n| format!("  namespace: {n}\n"))
-        .unwrap_or_default();
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{ns}data:\n  k: v\n")
 }
 
 /// Pushes `files` and points an OCIRepository + Kustomization in the
@@ -102,7 +99,7 @@ async fn namespace_sandbox_applies_a_namespaced_payload_as_its_service_account()
         &client,
         &target,
         "good",
-        &[("cm.yaml", &configmap("good", None))],
+        &[("cm.yaml", &configmap("good", &[("k", "v")]))],
     )
     .await;
     kustomization_verdict(&client, &name, "good", TIMEOUT)
@@ -131,7 +128,10 @@ async fn a_session_cannot_put_an_object_into_another_namespace() {
     assert_eq!(created.code, Some(0), "{created:?}");
     let dir = tempfile::tempdir().unwrap();
     let cm = unique("elsewhere");
-    write_tree(dir.path(), &[("cm.yaml", &configmap(&cm, Some("default")))]);
+    write_tree(
+        dir.path(),
+        &[("cm.yaml", &configmap_in("default", &cm, &[("k", "v")]))],
+    );
     let session = unique("run-xns");
 
     let out = run_cli(
@@ -274,7 +274,7 @@ async fn kubeconfig_sandbox_applies_into_the_other_cluster_and_cleans_it() {
         &client,
         &target,
         "remote",
-        &[("cm.yaml", &configmap(&cm, Some("default")))],
+        &[("cm.yaml", &configmap_in("default", &cm, &[("k", "v")]))],
     )
     .await;
     kustomization_verdict(&client, &name, "remote", TIMEOUT)
@@ -571,7 +571,10 @@ async fn vcluster_sandbox_rolls_out_its_statefulset_and_sessions_apply_through_i
     // A session in it applies into the "virtual cluster".
     let dir = tempfile::tempdir().unwrap();
     let cm = unique("in-vc");
-    write_tree(dir.path(), &[("cm.yaml", &configmap(&cm, Some("default")))]);
+    write_tree(
+        dir.path(),
+        &[("cm.yaml", &configmap_in("default", &cm, &[("k", "v")]))],
+    );
     let out = run_cli(
         &harness,
         dir.path(),
@@ -621,4 +624,82 @@ async fn bad_names_and_quotas_are_clear_errors() {
         kc.stderr.contains("--target-kubeconfig is required"),
         "{kc:?}"
     );
+}
+
+#[tokio::test]
+async fn a_session_in_a_named_sandbox_needs_only_rights_in_that_sandbox() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let sbx = unique("sbx-rbac");
+    let created = output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["create", &sbx]),
+    );
+    assert_eq!(created.code, Some(0), "{created:?}");
+    // A developer who may read namespaces one by one (no list) and work in
+    // this sandbox only: no cluster-wide Lease rights.
+    let dev = unique("dev");
+    harness.kubectl_apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {dev}}}
+rules:
+- {{apiGroups: [""], resources: [namespaces], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {dev}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {dev}}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {dev}, namespace: {sbx}}}
+rules:
+- {{apiGroups: [""], resources: [secrets, events], verbs: ["*"]}}
+- {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: ["*"]}}
+- {{apiGroups: [source.toolkit.fluxcd.io], resources: [ocirepositories], verbs: ["*"]}}
+- {{apiGroups: [kustomize.toolkit.fluxcd.io], resources: [kustomizations], verbs: ["*"]}}
+- {{apiGroups: [helm.toolkit.fluxcd.io], resources: [helmreleases], verbs: ["*"]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {dev}, namespace: {sbx}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {dev}}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
+"#
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[("cm.yaml", &configmap("restricted", &[("k", "v")]))],
+    );
+    let name = unique("run-rbac");
+    let registry = format!("oci://{}", harness.registry);
+    let out = run_cli(
+        &harness,
+        dir.path(),
+        &[
+            "--once",
+            "--name",
+            &name,
+            "--sandbox",
+            &sbx,
+            "--registry",
+            &registry,
+            "--as",
+            &dev,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &sbx);
+    // --once cleaned up: Flux pruned what it applied.
+    assert!(cms.get_opt("restricted").await.unwrap().is_none());
+    let deleted = output(
+        plugin("kubectl-gitops_sandbox")
+            .args(harness.kube_args())
+            .args(["delete", &sbx]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
 }

@@ -1,22 +1,23 @@
 //! `kubectl gitops-sessions` against real sessions on the harness.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use gitops::session::readers::view;
 use gitops_e2e::{
-    Harness, RunningSession, create_namespace, delete_namespace, eventually, output, plugin, run,
-    unique, write_tree,
+    Harness, RunningSession, configmap, create_namespace, delete_namespace, eventually, output,
+    plugin, run, unique, write_tree,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn cm(name: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
-}
 
 fn sessions(harness: &Harness, args: &[&str]) -> gitops_e2e::Output {
     output(
@@ -49,8 +50,8 @@ async fn sessions_in_both_modes_are_listed_with_their_status() {
     let ns = unique("e2e-sessions");
     create_namespace(&client, &ns).await;
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write_tree(a.path(), &[("app.yaml", &cm("app"))]);
-    write_tree(b.path(), &[("app.yaml", &cm("app"))]);
+    write_tree(a.path(), &[("app.yaml", &configmap("app", &[("k", "v")]))]);
+    write_tree(b.path(), &[("app.yaml", &configmap("app", &[("k", "v")]))]);
     let (sbx, cluster) = (unique("ls-sbx"), unique("ls-cluster"));
     let mut s1 = RunningSession::start(&harness, a.path(), &["--name", &sbx]);
     let mut s2 = RunningSession::start(
@@ -227,13 +228,7 @@ async fn sessions_in_both_modes_are_listed_with_their_status() {
 async fn a_failing_payload_shows_failed_with_the_reason() {
     let harness = Harness::get();
     let dir = tempfile::tempdir().unwrap();
-    write_tree(
-        dir.path(),
-        &[(
-            "bad.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_Valid\n",
-        )],
-    );
+    write_tree(dir.path(), &[("bad.yaml", &configmap("Not_Valid", &[]))]);
     let name = unique("ls-failed");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     s.next_sync().unwrap_err();
@@ -269,8 +264,8 @@ async fn prune_removes_a_killed_session_and_nothing_else() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write_tree(a.path(), &[("app.yaml", &cm("app"))]);
-    write_tree(b.path(), &[("app.yaml", &cm("app"))]);
+    write_tree(a.path(), &[("app.yaml", &configmap("app", &[("k", "v")]))]);
+    write_tree(b.path(), &[("app.yaml", &configmap("app", &[("k", "v")]))]);
     let (killed, alive) = (unique("ls-killed"), unique("ls-alive"));
     let mut k = RunningSession::start(
         &harness,
@@ -332,7 +327,10 @@ async fn status_tells_run_gitops_and_snowflake_apart() {
     let gitops_ns = unique("e2e-gitops");
     create_namespace(&client, &gitops_ns).await;
     let src = tempfile::tempdir().unwrap();
-    write_tree(src.path(), &[("app.yaml", &cm("managed"))]);
+    write_tree(
+        src.path(),
+        &[("app.yaml", &configmap("managed", &[("k", "v")]))],
+    );
     let url = format!("oci://{}/e2e/{gitops_ns}", harness.registry);
     run(harness.flux().args([
         "push",
@@ -364,7 +362,10 @@ async fn status_tells_run_gitops_and_snowflake_apart() {
         .unwrap();
     // Run: a live session.
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("app"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("k", "v")]))],
+    );
     let name = unique("st-live");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     s.next_sync().unwrap();
@@ -615,4 +616,51 @@ async fn watching_lists_once_then_follows_a_watch() {
     drop(watcher);
     eprintln!("shown {shown_after:?} after creation; audit: {last:?}");
     delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn port_forwards_are_recorded_in_the_lease_and_listed() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
+    let name = unique("run-pf");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spec = format!("resource=svc/web,port={port}:80");
+    let mut session = RunningSession::start(
+        &harness,
+        dir.path(),
+        &["--name", &name, "--port-forward", &spec],
+    );
+    session.next_sync().unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
+    let lease = leases.get(&name).await.unwrap();
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("gitops.kubectl.dev/port-forwards")
+            .map(String::as_str),
+        Some(spec.as_str())
+    );
+    let listed = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["-A", "-o", "json"]),
+    );
+    assert_eq!(listed.code, Some(0), "{listed:?}");
+    let all: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let me = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(me["port_forwards"], serde_json::json!([spec]));
+    session.signal("INT");
+    assert_eq!(session.wait_exit(Duration::from_secs(120)), Some(0));
 }

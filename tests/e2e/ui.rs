@@ -19,18 +19,18 @@
 //!   (load, filter, a change pushed through the watch). Screenshots are kept
 //!   in target/ui-e2e/.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gitops_e2e::{
-    Harness, RunningSession, output, plugin, unique, wait_namespace_gone, write_tree,
+    Harness, RunningSession, configmap, output, plugin, unique, wait_namespace_gone, write_tree,
 };
-
-fn cm() -> String {
-    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  k: v\n".to_string()
-}
 
 #[tokio::test]
 async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
@@ -41,8 +41,8 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
     assert_eq!(setup.code, Some(0), "tests/ui/setup: {setup:?}");
 
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write_tree(a.path(), &[("app.yaml", &cm())]);
-    write_tree(b.path(), &[("app.yaml", &cm())]);
+    write_tree(a.path(), &[("app.yaml", &configmap("app", &[("k", "v")]))]);
+    write_tree(b.path(), &[("app.yaml", &configmap("app", &[("k", "v")]))]);
     let (live, doomed) = (unique("ui-live"), unique("ui-doomed"));
     let mut s1 = RunningSession::start(&harness, a.path(), &["--name", &live]);
     let mut s2 = RunningSession::start(
@@ -187,7 +187,7 @@ fn app(dir: &Path, web_fail: Option<&str>, api_fail: Option<&str>) {
                 "deploy/service.yaml",
                 "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n",
             ),
-            ("deploy/config.yaml", &cm()),
+            ("deploy/config.yaml", &configmap("app", &[("k", "v")])),
             (
                 "deploy/kustomization.yaml",
                 "resources:\n- web.yaml\n- api.yaml\n- service.yaml\n- config.yaml\n",

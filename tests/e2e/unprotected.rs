@@ -4,8 +4,12 @@
 //! `--unconfined` creates a sandbox that says it is none, and a session into
 //! a sandbox the boundary no longer protects is refused.
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use gitops::sandbox;
-use gitops_e2e::{Harness, output, plugin, sandbox_cli, unique, write_tree};
+use gitops_e2e::{Harness, configmap, output, plugin, sandbox_cli, unique, write_tree};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::DynamicObject;
@@ -142,10 +146,7 @@ async fn without_the_boundary_create_refuses_unless_unconfined() {
     let run_dir = tempfile::tempdir().unwrap();
     write_tree(
         run_dir.path(),
-        &[(
-            "cm.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: v\n",
-        )],
+        &[("cm.yaml", &configmap("c", &[("k", "v")]))],
     );
     let session = unique("run-nob");
     let run = output(

@@ -4,6 +4,10 @@
 //! status, logs from a file, port-forward to a local server, the failure
 //! labels of tests/cluster/kwok-stages.yaml).
 
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -4,6 +4,10 @@
 //! A test that cannot reach the harness panics with the command that starts
 //! it; nothing here ever skips a test.
 
+// These helpers fail the test that calls them loudly when a peer cannot be
+// reached or the world is not as expected: panics are the tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -220,6 +224,34 @@ pub fn write_tree(dir: &Path, files: &[(&str, &str)]) {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("create dir");
         std::fs::write(p, content).expect("write file");
     }
+}
+
+/// A ConfigMap manifest named `name` holding `data`, the fixture most
+/// tests write into a session's directory. Each value is a double-quoted
+/// YAML string (`"1"` stays a string); empty `data` writes no `data` field.
+pub fn configmap(name: &str, data: &[(&str, &str)]) -> String {
+    configmap_manifest(name, None, data)
+}
+
+/// As [`configmap`], with `metadata.namespace` set to `namespace`.
+pub fn configmap_in(namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+    configmap_manifest(name, Some(namespace), data)
+}
+
+fn configmap_manifest(name: &str, namespace: Option<&str>, data: &[(&str, &str)]) -> String {
+    let mut yaml = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n");
+    if let Some(ns) = namespace {
+        yaml.push_str(&format!("  namespace: {ns}\n"));
+    }
+    if !data.is_empty() {
+        yaml.push_str("data:\n");
+        for (key, value) in data {
+            // A JSON string is a YAML double-quoted scalar.
+            let quoted = serde_json::to_string(value).expect("a string serialises");
+            yaml.push_str(&format!("  {key}: {quoted}\n"));
+        }
+    }
+    yaml
 }
 
 /// Runs a command; panics with its output if it fails.

@@ -1077,16 +1077,16 @@ mod tests {
         .unwrap()
     }
 
-    /// What the hub does on every change and every second, with 200 sessions.
+    /// What the hub does on every change and every second, with 200
+    /// sessions (`make bench` measures how long it takes).
     #[test]
-    fn two_hundred_sessions_render_from_the_watches_quickly() {
+    fn two_hundred_sessions_render_from_the_watches() {
         let leases: Vec<Lease> = (0..200).map(lease).collect();
         let gitops: Kustomization = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "apps", "namespace": "flux-system"},
             "spec": {"sourceRef": {"kind": "GitRepository", "name": "x"}, "prune": true, "interval": "10m", "targetNamespace": "prod"}
         }))
         .unwrap();
-        let t = std::time::Instant::now();
         let s = hub_sections(
             &leases,
             std::slice::from_ref(&gitops),
@@ -1096,7 +1096,6 @@ mod tests {
             &[],
             &WatchState::default(),
         );
-        let took = t.elapsed();
         assert_eq!(s["sessions-body"].matches("<tr data-key=").count(), 200);
         assert_eq!(
             s["sessions-body"]
@@ -1110,7 +1109,6 @@ mod tests {
             s["cluster-mode"]
         );
         assert!(s["cluster-mode"].contains("200 live sessions"));
-        assert!(took < std::time::Duration::from_millis(300), "{took:?}");
         // Without sessions, Flux's own Kustomization makes it GitOps.
         let s = hub_sections(&[], &[gitops], &[], &[], &[], &[], &WatchState::default());
         assert!(s["cluster-mode"].contains("<strong>GitOps</strong>"));

@@ -1,4 +1,4 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 use crate::session::readers::view::SyncStatus;
@@ -70,23 +70,20 @@ fn rows_escape_what_the_cluster_says_and_carry_text_badges() {
     }
 }
 
+/// How long this takes is measured by `make bench` (shared/benches/budgets.rs).
 #[test]
-fn two_hundred_sessions_render_in_milliseconds() {
+fn two_hundred_sessions_render_one_row_each_and_their_counts() {
     let sessions: Vec<SessionView> = (0..200)
         .map(|i| {
             let state = ["Ready", "Reconciling", "Failed"][i % 3];
             session(&format!("s{i:03}"), state, Heartbeat::Live)
         })
         .collect();
-    let t = Instant::now();
     let html = session_rows(&sessions);
     let counts = session_counts(&sessions);
-    let took = t.elapsed();
     assert_eq!(html.matches("<tr data-key=").count(), 200);
     assert!(counts.contains("<span class=\"n\">200</span> <span class=\"l\">Sessions</span>"));
     assert!(counts.contains("<span class=\"n\">67</span> <span class=\"l\">Ready</span>"));
-    // Unoptimised test build on a busy machine: generous; a release build takes ~1 ms.
-    assert!(took < Duration::from_millis(200), "{took:?}");
 }
 
 fn entry(status: &str, failed: Option<&str>, ms: &[(&str, u64)]) -> SyncEntry {
@@ -364,12 +361,30 @@ fn sandboxes_show_expiry_and_quota() {
     assert!(sandbox_rows(&[sb], &quotas, later).contains("expired"));
 }
 
-/// Renders every page from fixtures (a smoke test of the whole page), and
-/// writes them to `$UI_PREVIEW_DIR` when set, to look at the design without
-/// a cluster (`UI_PREVIEW_DIR=/tmp/p cargo test -p kubectl-gitops --lib
-/// preview`).
+/// A whole page: the document, its title, styles and script, and which
+/// navigation tab is current.
+fn assert_whole_page(page: &str, title: &str, current: Option<&str>) {
+    assert!(
+        page.starts_with("<!doctype html><html lang=\"en\">"),
+        "{page}"
+    );
+    assert!(page.ends_with("</script></body></html>"), "{page}");
+    assert!(page.contains(&format!("<title>{title} · kubectl-gitops</title>")));
+    assert!(page.contains(&format!("<h1>{title}</h1>")));
+    assert!(!page.contains("<style></style>") && !page.contains("<script></script>"));
+    let tabs = ["Sessions", "Sandboxes"];
+    for tab in tabs {
+        let marked = page.contains(&format!("aria-current=\"page\">{tab}</a>"));
+        assert_eq!(marked, current == Some(tab), "{tab} tab: {page}");
+    }
+}
+
+/// Renders every page from fixtures and checks each is whole and shows
+/// what it was given; writes them to `$UI_PREVIEW_DIR` when set, to look
+/// at the design without a cluster (`UI_PREVIEW_DIR=/tmp/p cargo test -p
+/// kubectl-gitops --lib preview`).
 #[test]
-fn preview() {
+fn preview_pages_are_whole_and_show_their_fixtures() {
     use crate::ui::{Tab, index_body, page_html, sandboxes_body, session_body};
     let scratch = tempfile::tempdir().unwrap();
     let dir = std::env::var("UI_PREVIEW_DIR")
@@ -403,6 +418,20 @@ fn preview() {
         Tab::Sessions,
         &mode,
         &index_body("", &session_counts(&sessions), &session_rows(&sessions)),
+    );
+    assert_whole_page(&index, "Sessions", Some("Sessions"));
+    assert_eq!(index.matches("<tr data-key=").count(), sessions.len());
+    for s in &sessions {
+        assert!(
+            index.contains(&format!("data-name=\"{}\"", s.name)),
+            "{}",
+            s.name
+        );
+    }
+    assert!(index.contains("<span class=\"n\">6</span> <span class=\"l\">Sessions</span>"));
+    assert!(
+        index.contains("<strong>Run</strong>"),
+        "the cluster mode: {index}"
     );
     std::fs::write(dir.join("index.html"), index).unwrap();
 
@@ -547,6 +576,23 @@ fn preview() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let page = page_html(&s.name, Tab::None, &mode, &session_body(&s, &sections));
+    assert_whole_page(&page, "search", None);
+    assert!(page.contains("data-namespace=\"ns-search\" data-name=\"search\""));
+    // Every section holds what it was given; none is left loading.
+    for (id, content) in &sections {
+        assert!(!content.is_empty(), "{id}");
+        assert!(
+            page.contains(&format!(
+                "<div id=\"{id}\" aria-live=\"off\">{content}</div>"
+            )),
+            "{id}: {page}"
+        );
+    }
+    assert!(!page.contains("Loading…"));
+    for reason in ["BackOff", "HealthCheckFailed", "Unhealthy", "NewArtifact"] {
+        assert!(sections["events"].contains(reason), "{reason}");
+    }
+    assert!(sections["history"].contains("mapping values are not allowed"));
     std::fs::write(dir.join("session.html"), page).unwrap();
 
     let nsj = |name: &str, expires: &str| -> k8s_openapi::api::core::v1::Namespace {
@@ -576,6 +622,14 @@ fn preview() {
         Tab::Sandboxes,
         &mode,
         &sandboxes_body("", &sandbox_rows(&sbs, &quotas, now)),
+    );
+    assert_whole_page(&page, "Sandboxes", Some("Sandboxes"));
+    for name in ["team-a", "review-42"] {
+        assert!(page.contains(&format!("data-sandbox=\"{name}\"")), "{name}");
+    }
+    assert!(
+        page.contains("4 / 20"),
+        "team-a's pods against its quota: {page}"
     );
     std::fs::write(dir.join("sandboxes.html"), page).unwrap();
 }

@@ -1,11 +1,16 @@
-//! Sessions in an application repository, as developers have them: source
-//! code and assets, Git-ignored build output (hundreds of MB in `target/`, a
-//! deep `node_modules/`), and manifests in `deploy/` on a `base/`. The
+//! What a session packages and watches in an application repository, as
+//! developers have them: source code and assets, Git-ignored build output
+//! (hundreds of MB in `target/`, a deep `node_modules/`), and manifests in
+//! `deploy/` on a `base/`. The
 //! session packages `deploy/` and what it references, nothing else, and only
 //! those directories' changes sync. Asserts on what the registry holds (pulled
 //! with the `flux` CLI) and what the API server holds, and compares what Flux
 //! renders from the narrowed artifact with what it renders from the whole
 //! tree pushed by `flux push artifact`.
+
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,17 +18,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use gitops::flux::{Kustomization, OCIRepository};
-use gitops_e2e::{Harness, RunningSession, eventually, git, run, unique, write_tree};
+use gitops_e2e::{Harness, RunningSession, configmap, eventually, git, run, unique, write_tree};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn cm(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
-    )
-}
 
 /// A repository with 256 MiB of Git-ignored build output, a 3,000-directory
 /// `node_modules/`, 20 MiB of source assets, and deploy/ (an overlay) on base/.
@@ -37,11 +36,11 @@ fn app_repository(root: &Path) {
                 "deploy/kustomization.yaml",
                 "resources:\n- ../base\n- app.yaml\n",
             ),
-            ("deploy/app.yaml", &cm("app", "1")),
+            ("deploy/app.yaml", &configmap("app", &[("value", "1")])),
             ("base/kustomization.yaml", "resources:\n- base.yaml\n"),
-            ("base/base.yaml", &cm("base", "1")),
+            ("base/base.yaml", &configmap("base", &[("value", "1")])),
             ("extra/kustomization.yaml", "resources:\n- extra.yaml\n"),
-            ("extra/extra.yaml", &cm("extra", "1")),
+            ("extra/extra.yaml", &configmap("extra", &[("value", "1")])),
             ("deploy/debug.log", "not for the cluster\n"),
         ],
     );
@@ -167,7 +166,11 @@ async fn a_session_packages_and_watches_only_deploy_and_what_it_references() {
     )
     .unwrap();
     std::fs::write(root.join("src/main.rs"), "fn main() { println!(); }\n").unwrap();
-    std::fs::write(root.join("extra/extra.yaml"), cm("extra", "2")).unwrap();
+    std::fs::write(
+        root.join("extra/extra.yaml"),
+        configmap("extra", &[("value", "2")]),
+    )
+    .unwrap();
     std::fs::write(root.join("deploy/debug.log"), "more\n").unwrap();
     let quiet = s.events_within(Duration::from_secs(3));
     assert_eq!(syncs(&quiet), 0, "{quiet:?}");
@@ -182,7 +185,11 @@ async fn a_session_packages_and_watches_only_deploy_and_what_it_references() {
     let before = revision(client.clone(), ns.clone()).await;
 
     // base/ feeds the artifact: a save there syncs.
-    std::fs::write(root.join("base/base.yaml"), cm("base", "2")).unwrap();
+    std::fs::write(
+        root.join("base/base.yaml"),
+        configmap("base", &[("value", "2")]),
+    )
+    .unwrap();
     s.next_sync().unwrap();
     assert_eq!(value(&client, &ns, "base").await.as_deref(), Some("2"));
     // The session says "synced" as soon as the change is applied and healthy;
@@ -217,7 +224,11 @@ async fn a_session_packages_and_watches_only_deploy_and_what_it_references() {
             .await
             .contains("extra/extra.yaml")
     );
-    std::fs::write(root.join("extra/extra.yaml"), cm("extra", "3")).unwrap();
+    std::fs::write(
+        root.join("extra/extra.yaml"),
+        configmap("extra", &[("value", "3")]),
+    )
+    .unwrap();
     s.next_sync().unwrap();
     assert_eq!(value(&client, &ns, "extra").await.as_deref(), Some("3"));
 
@@ -252,16 +263,19 @@ async fn narrowing_does_not_change_what_flux_renders() {
                 "base/kustomization.yaml",
                 "resources:\n- cm.yaml\n- ../shared/cm.yaml\n",
             ),
-            ("base/cm.yaml", &cm("web", "base")),
-            ("shared/cm.yaml", &cm("shared", "s")),
+            ("base/cm.yaml", &configmap("web", &[("value", "base")])),
+            ("shared/cm.yaml", &configmap("shared", &[("value", "s")])),
             (
                 "components/team/kustomization.yaml",
                 "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources:\n- team.yaml\ncommonLabels:\n  team: blue\n",
             ),
-            ("components/team/team.yaml", &cm("team", "t")),
+            (
+                "components/team/team.yaml",
+                &configmap("team", &[("value", "t")]),
+            ),
             (
                 "patches/replicas.yaml",
-                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  value: \"patched\"\n",
+                &configmap("web", &[("value", "patched")]),
             ),
             ("config/app.conf", "mode=dev\n"),
             ("config/dev.env", "LEVEL=debug\n"),
@@ -400,7 +414,7 @@ async fn a_git_ignored_env_file_of_a_secret_generator_is_packaged() {
                 "deploy/kustomization.yaml",
                 "resources:\n- app.yaml\nsecretGenerator:\n- name: db\n  envs:\n  - .env\ngeneratorOptions:\n  disableNameSuffixHash: true\n",
             ),
-            ("deploy/app.yaml", &cm("app", "1")),
+            ("deploy/app.yaml", &configmap("app", &[("value", "1")])),
             ("deploy/.env", "PASSWORD=s3cret\nUSER=app\n"),
             ("deploy/debug.log", "not for the cluster\n"),
         ],
@@ -478,9 +492,15 @@ async fn the_users_global_git_excludes_file_applies_but_never_to_tracked_files()
     write_tree(
         repo.path(),
         &[
-            ("deploy/app.yaml", &cm("kept", "1")),
-            ("deploy/local-dev.yaml", &cm("leak", "1")),
-            ("deploy/local-tracked.yaml", &cm("tracked", "1")),
+            ("deploy/app.yaml", &configmap("kept", &[("value", "1")])),
+            (
+                "deploy/local-dev.yaml",
+                &configmap("leak", &[("value", "1")]),
+            ),
+            (
+                "deploy/local-tracked.yaml",
+                &configmap("tracked", &[("value", "1")]),
+            ),
         ],
     );
     git(repo.path(), &["init", "-q"]);

@@ -1,25 +1,26 @@
-//! `kubectl gitops-run [DIR]` end to end: real sessions against the real
-//! API server, Flux and registry.
+//! `kubectl gitops-run [DIR]` end to end: a session syncs a directory's
+//! edits, prunes and deletions (manifests, SOPS-encrypted ones, a cluster
+//! mode), rides out bad YAML and a registry outage, and cleans up after
+//! itself, or leaves a Lease that goes stale when killed. Real sessions
+//! against the real API server, Flux and registry.
+
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::time::Duration;
 
 use gitops::session::lease_is_live;
 use gitops_e2e::{
-    Footprint, Harness, NamespaceWatch, OwnRegistry, RunningSession, create_namespace,
-    delete_namespace, eventually, output, plugin, unique, write_tree,
+    Footprint, Harness, OwnRegistry, RunningSession, configmap, create_namespace, delete_namespace,
+    eventually, output, plugin, unique, write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn cm(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
-    )
-}
 
 async fn value(client: &Client, ns: &str, name: &str) -> Option<String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -94,7 +95,10 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
     let dir = tempfile::tempdir().unwrap();
     write_tree(
         dir.path(),
-        &[("a.yaml", &cm("a", "1")), ("b.yaml", &cm("b", "1"))],
+        &[
+            ("a.yaml", &configmap("a", &[("value", "1")])),
+            ("b.yaml", &configmap("b", &[("value", "1")])),
+        ],
     );
     write_app(dir.path());
     let name = unique("run-sbx");
@@ -106,7 +110,7 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
     assert_eq!(value(&client, &name, "a").await.as_deref(), Some("1"));
 
     // Edit a file: the object is updated.
-    std::fs::write(dir.path().join("a.yaml"), cm("a", "2")).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), configmap("a", &[("value", "2")])).unwrap();
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name, "a").await.as_deref(), Some("2"));
     let synced = s.seen.last().unwrap().clone();
@@ -128,7 +132,7 @@ async fn sandboxed_session_syncs_edits_prunes_deletes_survives_bad_yaml_and_clea
     // by the event recorder into the previous one (count 2, the earlier
     // revision's annotations). Still this save's change, as the API server's
     // events hold it.
-    std::fs::write(dir.path().join("a.yaml"), cm("a", "3")).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), configmap("a", &[("value", "3")])).unwrap();
     s.next_sync().unwrap();
     assert_eq!(value(&client, &name, "a").await.as_deref(), Some("3"));
     let synced = s.seen.last().unwrap().clone();
@@ -211,7 +215,10 @@ async fn a_session_whose_output_reader_goes_away_ends_and_cleans_up() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("a.yaml", &cm("a", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("a.yaml", &configmap("a", &[("value", "1")]))],
+    );
     let name = unique("run-pipe");
     let mut cmd = plugin("kubectl-gitops_run");
     cmd.args(harness.kube_args())
@@ -234,7 +241,7 @@ async fn a_session_whose_output_reader_goes_away_ends_and_cleans_up() {
     );
 
     // A save makes the session write an event into the closed pipe.
-    std::fs::write(dir.path().join("a.yaml"), cm("a", "2")).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), configmap("a", &[("value", "2")])).unwrap();
     assert_eq!(s.wait_exit(WAIT), Some(0));
     assert_nothing_left(&client, &footprint).await;
 }
@@ -246,7 +253,10 @@ async fn cluster_mode_applies_into_the_namespace_and_once_reports_the_result() {
     let ns = unique("e2e-cluster-mode");
     create_namespace(&client, &ns).await;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     write_app(dir.path());
     let name = unique("run-cluster");
     let once = |extra: &[&str]| {
@@ -298,7 +308,7 @@ async fn cluster_mode_applies_into_the_namespace_and_once_reports_the_result() {
     // An object the API server rejects: --once exits 1 with the controller's words.
     std::fs::write(
         dir.path().join("bad.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_A_Valid_Name\ndata: {}\n",
+        configmap("Not_A_Valid_Name", &[]),
     )
     .unwrap();
     let failed = once(&[]);
@@ -331,7 +341,7 @@ async fn a_cluster_role_in_a_sandboxed_session_is_refused_in_plain_words() {
     write_tree(
         dir.path(),
         &[
-            ("cm.yaml", &cm("ok", "1")),
+            ("cm.yaml", &configmap("ok", &[("value", "1")])),
             (
                 "role.yaml",
                 &format!(
@@ -373,14 +383,21 @@ async fn a_session_recovers_when_its_registry_comes_back() {
     };
     let mut registry = OwnRegistry::start(storage.path(), port);
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique("run-registry");
     let reg = format!("oci://127.0.0.1:{port}");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name, "--registry", &reg]);
     s.next_sync().unwrap();
 
     registry.stop();
-    std::fs::write(dir.path().join("app.yaml"), cm("app", "2")).unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        configmap("app", &[("value", "2")]),
+    )
+    .unwrap();
     let err = s.next_sync().unwrap_err();
     assert!(err.contains("cannot reach the registry"), "{err}");
     assert_eq!(
@@ -408,7 +425,10 @@ async fn a_killed_session_breaks_nothing_and_its_lease_goes_stale() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique("run-killed");
     let mut s = RunningSession::start(
         &harness,
@@ -460,31 +480,6 @@ async fn a_killed_session_breaks_nothing_and_its_lease_goes_stale() {
 }
 
 #[tokio::test]
-async fn refuses_a_context_that_does_not_look_local() {
-    let harness = Harness::get();
-    // The harness's kubeconfig with the server renamed to a non-loopback host.
-    let text = std::fs::read_to_string(&harness.kubeconfig).unwrap();
-    let remote = text
-        .replace("https://127.0.0.1:", "https://prod.example.com:")
-        .replace(&harness.context, "prod");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("kubeconfig"), remote).unwrap();
-    let out = output(
-        plugin("kubectl-gitops_run")
-            .arg("--kubeconfig")
-            .arg(dir.path().join("kubeconfig"))
-            .args(["--once"])
-            .current_dir(dir.path()),
-    );
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(
-        out.stderr.contains("does not look like a local cluster")
-            && out.stderr.contains("--allow-k8s-context prod"),
-        "{out:?}"
-    );
-}
-
-#[tokio::test]
 async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
@@ -531,57 +526,14 @@ async fn sops_encrypted_manifests_are_decrypted_with_the_given_age_key() {
 }
 
 #[tokio::test]
-async fn port_forward_specs_and_busy_ports_are_refused_before_anything_starts() {
-    let harness = Harness::get();
-    let client = harness.cluster().await.client;
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
-    let name = unique("run-pf");
-    let namespaces = NamespaceWatch::start(client.clone()).await;
-    let run = |spec: &str| {
-        output(
-            plugin("kubectl-gitops_run")
-                .args(harness.kube_args())
-                .args(["--once", "--name", &name, "--port-forward", spec])
-                .current_dir(dir.path()),
-        )
-    };
-    let bad = run("svc/web:8080");
-    assert_eq!(bad.code, Some(1), "{bad:?}");
-    assert!(
-        bad.stderr.contains("resource=svc/NAME,port=LOCAL[:REMOTE]"),
-        "{bad:?}"
-    );
-    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = busy.local_addr().unwrap().port();
-    let taken = run(&format!("resource=svc/web,port={port}:80"));
-    assert_eq!(taken.code, Some(1), "{taken:?}");
-    assert!(
-        taken
-            .stderr
-            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
-        "{taken:?}"
-    );
-    // Nothing was started: no sandbox namespace ever existed, nothing
-    // labelled with the session exists.
-    assert!(!namespaces.saw(&name).await, "no sandbox was created");
-    Footprint::expected(&name, &name, true)
-        .with_payload(dir.path(), &name, Some(&name))
-        .assert_gone(&client)
-        .await;
-    // And the port is refused before the session announces itself.
-    assert!(
-        !taken.stderr.contains("session "),
-        "nothing may be announced before the ports are checked: {taken:?}"
-    );
-}
-
-#[tokio::test]
 async fn a_session_started_again_at_once_waits_for_its_last_sandbox_to_go() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("app.yaml", &cm("app", "1"))]);
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
     let name = unique("run-again");
     for _ in 0..2 {
         let out = output(
@@ -609,7 +561,10 @@ async fn a_saved_object_is_never_reported_unchanged_when_flux_stops_recording_ch
     let dir = tempfile::tempdir().unwrap();
     write_tree(
         dir.path(),
-        &[("a.yaml", &cm("a", "0")), ("b.yaml", &cm("b", "0"))],
+        &[
+            ("a.yaml", &configmap("a", &[("value", "0")])),
+            ("b.yaml", &configmap("b", &[("value", "0")])),
+        ],
     );
     let name = unique("run-many-saves");
     let mut s = RunningSession::start(&harness, dir.path(), &["--name", &name]);
@@ -617,7 +572,11 @@ async fn a_saved_object_is_never_reported_unchanged_when_flux_stops_recording_ch
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &name);
     let mut applied = 0;
     for i in 1..=16 {
-        std::fs::write(dir.path().join("a.yaml"), cm("a", &i.to_string())).unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            configmap("a", &[("value", &i.to_string())]),
+        )
+        .unwrap();
         s.next_sync().unwrap();
         assert_eq!(value(&client, &name, "a").await, Some(i.to_string()));
         let synced = s.seen.last().unwrap().clone();
@@ -696,7 +655,10 @@ async fn ignored_dangling_links_never_break_a_sync() {
     let dir = tempfile::tempdir().unwrap();
     write_tree(
         dir.path(),
-        &[("app.yaml", &cm("app", "1")), (".sourceignore", "result\n")],
+        &[
+            ("app.yaml", &configmap("app", &[("value", "1")])),
+            (".sourceignore", "result\n"),
+        ],
     );
     symlink(
         "/nix/store/00000000000000000000000000000000-app",
@@ -711,7 +673,11 @@ async fn ignored_dangling_links_never_break_a_sync() {
     // The buffer is modified: Emacs makes its lock, a link to nowhere, and
     // keeps it until the save.
     symlink("ann@laptop.4242:1700000000", dir.path().join(".#app.yaml")).unwrap();
-    std::fs::write(dir.path().join("app.yaml"), cm("app", "2")).unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        configmap("app", &[("value", "2")]),
+    )
+    .unwrap();
     let revision = s.next_sync().unwrap();
     assert_eq!(value(&client, &name, "app").await.as_deref(), Some("2"));
     // Flux applied that revision, and its inventory is the one ConfigMap.
@@ -763,7 +729,7 @@ async fn ignored_dangling_links_never_break_a_sync() {
     assert_eq!(files, [".sourceignore", "app.yaml"]);
     assert_eq!(
         std::fs::read_to_string(pulled.path().join("app.yaml")).unwrap(),
-        cm("app", "2")
+        configmap("app", &[("value", "2")])
     );
 
     s.signal("INT");

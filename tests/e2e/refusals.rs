@@ -1,17 +1,25 @@
-//! The session engine's defects found in review, each proven fixed on the
-//! real API server and registry: what the cluster and the registry hold,
-//! not what the command printed.
+//! What a session refuses, in plain words and before anything is pushed or
+//! created: an empty or invalid directory, an unreachable registry, an
+//! overlay reaching outside its root, bad names, durations and kustomizations,
+//! the home directory, `/` and an unreadable directory, a context that does
+//! not look local, bad or busy port-forwards; and a first sync interrupted
+//! by Ctrl+C leaves nothing behind. Proven on the real API server and
+//! registry: what the cluster and the registry hold, not what the command
+//! printed.
+
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
-use gitops_e2e::{Harness, NamespaceWatch, RunningSession, output, plugin, unique, write_tree};
+use gitops_e2e::{
+    Footprint, Harness, NamespaceWatch, RunningSession, configmap, output, plugin, unique,
+    write_tree,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
-
-fn cm(name: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
-}
 
 /// The tags the registry holds for a session's repository (none: 404).
 fn registry_tags(harness: &Harness, session: &str) -> Option<String> {
@@ -59,7 +67,7 @@ async fn once_on_an_empty_or_invalid_dir_or_a_dead_registry_touches_nothing() {
 
     // A registry nobody listens on.
     std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     let out = run_once(
         &harness,
         dir.path(),
@@ -90,7 +98,7 @@ async fn an_overlay_reaching_outside_the_root_is_refused_before_the_push() {
         top.path(),
         &[
             ("base/kustomization.yaml", "resources:\n- cm.yaml\n"),
-            ("base/cm.yaml", &cm("from-base")),
+            ("base/cm.yaml", &configmap("from-base", &[("k", "v")])),
             (
                 "app/overlay/kustomization.yaml",
                 "resources:\n- ../../base\n",
@@ -143,7 +151,7 @@ async fn ctrl_c_during_the_first_sync_leaves_nothing_behind() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     let name = unique("run-intr");
     let mut session = RunningSession::start(&harness, dir.path(), &["--name", &name]);
     // Interrupt as soon as the session starts making its objects.
@@ -176,53 +184,6 @@ async fn ctrl_c_during_the_first_sync_leaves_nothing_behind() {
     assert!(left.items.is_empty(), "lease left: {:?}", left.items);
 }
 
-#[tokio::test]
-async fn port_forwards_are_recorded_in_the_lease_and_listed() {
-    let harness = Harness::get();
-    let client = harness.cluster().await.client;
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
-    let name = unique("run-pf");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let spec = format!("resource=svc/web,port={port}:80");
-    let mut session = RunningSession::start(
-        &harness,
-        dir.path(),
-        &["--name", &name, "--port-forward", &spec],
-    );
-    session.next_sync().unwrap();
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
-    let lease = leases.get(&name).await.unwrap();
-    assert_eq!(
-        lease
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .get("gitops.kubectl.dev/port-forwards")
-            .map(String::as_str),
-        Some(spec.as_str())
-    );
-    let listed = output(
-        plugin("kubectl-gitops_sessions")
-            .args(harness.kube_args())
-            .args(["-A", "-o", "json"]),
-    );
-    assert_eq!(listed.code, Some(0), "{listed:?}");
-    let all: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
-    let me = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name.as_str())
-        .unwrap();
-    assert_eq!(me["port_forwards"], serde_json::json!([spec]));
-    session.signal("INT");
-    assert_eq!(session.wait_exit(Duration::from_secs(120)), Some(0));
-}
-
 #[test]
 fn bad_names_and_out_of_range_durations_are_refused_with_clear_errors() {
     let harness = Harness::get();
@@ -244,84 +205,10 @@ fn bad_names_and_out_of_range_durations_are_refused_with_clear_errors() {
     assert!(!huge.stderr.contains("panicked"), "{huge:?}");
 
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(dir.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     let out = run_once(&harness, dir.path(), &["--lease-duration", "0s"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("--lease-duration"), "{out:?}");
-}
-
-#[tokio::test]
-async fn a_session_in_a_named_sandbox_needs_only_rights_in_that_sandbox() {
-    let harness = Harness::get();
-    let client = harness.cluster().await.client;
-    let sbx = unique("sbx-rbac");
-    let created = output(
-        plugin("kubectl-gitops_sandbox")
-            .args(harness.kube_args())
-            .args(["create", &sbx]),
-    );
-    assert_eq!(created.code, Some(0), "{created:?}");
-    // A developer who may read namespaces one by one (no list) and work in
-    // this sandbox only: no cluster-wide Lease rights.
-    let dev = unique("dev");
-    harness.kubectl_apply(&format!(
-        r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{name: {dev}}}
-rules:
-- {{apiGroups: [""], resources: [namespaces], verbs: [get]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {dev}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {dev}}}
-subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: {dev}, namespace: {sbx}}}
-rules:
-- {{apiGroups: [""], resources: [secrets, events], verbs: ["*"]}}
-- {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: ["*"]}}
-- {{apiGroups: [source.toolkit.fluxcd.io], resources: [ocirepositories], verbs: ["*"]}}
-- {{apiGroups: [kustomize.toolkit.fluxcd.io], resources: [kustomizations], verbs: ["*"]}}
-- {{apiGroups: [helm.toolkit.fluxcd.io], resources: [helmreleases], verbs: ["*"]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: {dev}, namespace: {sbx}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {dev}}}
-subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {dev}}}]
-"#
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("cm.yaml", &cm("restricted"))]);
-    let name = unique("run-rbac");
-    let registry = format!("oci://{}", harness.registry);
-    let out = run_once(
-        &harness,
-        dir.path(),
-        &[
-            "--name",
-            &name,
-            "--sandbox",
-            &sbx,
-            "--registry",
-            &registry,
-            "--as",
-            &dev,
-        ],
-    );
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &sbx);
-    // --once cleaned up: Flux pruned what it applied.
-    assert!(cms.get_opt("restricted").await.unwrap().is_none());
-    let deleted = output(
-        plugin("kubectl-gitops_sandbox")
-            .args(harness.kube_args())
-            .args(["delete", &sbx]),
-    );
-    assert_eq!(deleted.code, Some(0), "{deleted:?}");
 }
 
 /// Runs `cmd` as the unprivileged user `nobody` (setpriv, util-linux).
@@ -360,7 +247,10 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
 
     // A file name with a newline in it: named, escaped.
     names.push(refuse(
-        &[("cm.yaml", &cm("a")), ("evil\nname.yaml", &cm("b"))],
+        &[
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
+            ("evil\nname.yaml", &configmap("b", &[("k", "v")])),
+        ],
         &[],
         &["control character", "evil\\nname.yaml"],
     ));
@@ -369,7 +259,7 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     names.push(refuse(
         &[
             ("kustomization.yaml", "resources: [cm.yaml\n"),
-            ("cm.yaml", &cm("a")),
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
         ],
         &[],
         &["kustomization.yaml"],
@@ -377,7 +267,7 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     names.push(refuse(
         &[
             ("kustomization.yaml", "resources:\n- cm.yaml\n- gone.yaml\n"),
-            ("cm.yaml", &cm("a")),
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
         ],
         &[],
         &["gone.yaml", "does not exist"],
@@ -389,7 +279,10 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     )
     .unwrap();
     names.push(refuse(
-        &[("secret.sops.yaml", &sops), ("cm.yaml", &cm("a"))],
+        &[
+            ("secret.sops.yaml", &sops),
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
+        ],
         &[],
         &[
             "secret.sops.yaml",
@@ -401,10 +294,8 @@ async fn bad_input_is_refused_in_plain_words_before_anything_is_pushed_or_create
     // A chart: --values that is not YAML, and dependencies not in charts/.
     let chart = "apiVersion: v2\nname: app\nversion: 0.1.0\n";
     let deps = "apiVersion: v2\nname: app\nversion: 0.1.0\ndependencies:\n- name: redis\n  version: 17.x\n  repository: https://charts.example.com\n";
-    let template = (
-        "templates/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n",
-    );
+    let template = configmap("app", &[]);
+    let template = ("templates/cm.yaml", template.as_str());
     let values = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(values.path(), "replicas: [1\n").unwrap();
     let values_arg = values.path().display().to_string();
@@ -437,7 +328,7 @@ async fn a_home_directory_an_unreadable_directory_and_the_root_are_refused() {
 
     // `/` and the home directory: refused before walking them.
     let home = tempfile::tempdir().unwrap();
-    write_tree(home.path(), &[("cm.yaml", &cm("a"))]);
+    write_tree(home.path(), &[("cm.yaml", &configmap("a", &[("k", "v")]))]);
     for (dir, what) in [
         (std::path::PathBuf::from("/"), "the root of the filesystem"),
         (home.path().to_path_buf(), "your home directory"),
@@ -468,7 +359,13 @@ async fn a_home_directory_an_unreadable_directory_and_the_root_are_refused() {
     // A directory the user cannot read (as a user other than root).
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("app");
-    write_tree(&dir, &[("cm.yaml", &cm("a")), ("secret/cm.yaml", &cm("b"))]);
+    write_tree(
+        &dir,
+        &[
+            ("cm.yaml", &configmap("a", &[("k", "v")])),
+            ("secret/cm.yaml", &configmap("b", &[("k", "v")])),
+        ],
+    );
     let chmod = |p: &std::path::Path, mode: u32| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -494,4 +391,78 @@ async fn a_home_directory_an_unreadable_directory_and_the_root_are_refused() {
     );
     assert!(!namespaces.saw(&name).await);
     assert!(registry_tags(&harness, &name).is_none());
+}
+
+#[tokio::test]
+async fn refuses_a_context_that_does_not_look_local() {
+    let harness = Harness::get();
+    // The harness's kubeconfig with the server renamed to a non-loopback host.
+    let text = std::fs::read_to_string(&harness.kubeconfig).unwrap();
+    let remote = text
+        .replace("https://127.0.0.1:", "https://prod.example.com:")
+        .replace(&harness.context, "prod");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kubeconfig"), remote).unwrap();
+    let out = output(
+        plugin("kubectl-gitops_run")
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubeconfig"))
+            .args(["--once"])
+            .current_dir(dir.path()),
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("does not look like a local cluster")
+            && out.stderr.contains("--allow-k8s-context prod"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn port_forward_specs_and_busy_ports_are_refused_before_anything_starts() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
+    let name = unique("run-pf");
+    let namespaces = NamespaceWatch::start(client.clone()).await;
+    let run = |spec: &str| {
+        output(
+            plugin("kubectl-gitops_run")
+                .args(harness.kube_args())
+                .args(["--once", "--name", &name, "--port-forward", spec])
+                .current_dir(dir.path()),
+        )
+    };
+    let bad = run("svc/web:8080");
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert!(
+        bad.stderr.contains("resource=svc/NAME,port=LOCAL[:REMOTE]"),
+        "{bad:?}"
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let taken = run(&format!("resource=svc/web,port={port}:80"));
+    assert_eq!(taken.code, Some(1), "{taken:?}");
+    assert!(
+        taken
+            .stderr
+            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{taken:?}"
+    );
+    // Nothing was started: no sandbox namespace ever existed, nothing
+    // labelled with the session exists.
+    assert!(!namespaces.saw(&name).await, "no sandbox was created");
+    Footprint::expected(&name, &name, true)
+        .with_payload(dir.path(), &name, Some(&name))
+        .assert_gone(&client)
+        .await;
+    // And the port is refused before the session announces itself.
+    assert!(
+        !taken.stderr.contains("session "),
+        "nothing may be announced before the ports are checked: {taken:?}"
+    );
 }
