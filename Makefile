@@ -47,6 +47,7 @@ lint: ## rustfmt and clippy (as CI runs them), and the docs' links
 
 bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/cluster/up --second-cluster
+	tests/bench/binary-size
 	tests/bench/artifact-build
 	tests/bench/session-latency
 	tests/bench/sessions-list
