@@ -48,6 +48,7 @@ lint: ## rustfmt and clippy (as CI runs them), and the docs' links
 bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	$(CARGO) bench -p kubectl-gitops --bench budgets
 	tests/cluster/up --second-cluster
+	tests/bench/binary-size
 	tests/bench/artifact-build
 	tests/bench/session-latency
 	tests/bench/sessions-list
