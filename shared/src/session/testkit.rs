@@ -125,3 +125,48 @@ pub fn own_sandbox(name: &str, lease_ns: &str, session: &str, owner: &str) -> Na
         ..Default::default()
     }
 }
+
+/// A session's configuration for the tests over the fake API server: named
+/// `run-a`, its Flux objects in `namespace`, a root that is not a chart,
+/// credentials given (no Docker config is read).
+pub fn config(
+    namespace: &str,
+    owner: &str,
+    mode: crate::session::Mode,
+    key: Option<&str>,
+) -> crate::session::SessionConfig {
+    use crate::session::{RegistryChoice, SessionConfig};
+    SessionConfig {
+        name: "run-a".into(),
+        // Not a chart (no Chart.yaml there).
+        root: std::env::temp_dir().join("gitops-session-test-no-such-dir"),
+        path: "./".into(),
+        mode,
+        sandbox: None,
+        namespace: namespace.into(),
+        target_namespace: None,
+        registry: RegistryChoice {
+            push: "localhost:5000".into(),
+            pull: "localhost:5000".into(),
+            origin: "--registry",
+            insecure: true,
+        },
+        registry_options: crate::registry::RegistryOptions {
+            creds: Some("ann:secret".parse().unwrap()),
+            insecure: true,
+        },
+        walk: crate::artifact::WalkOptions::default(),
+        decryption_key: key.map(|k| k.as_bytes().to_vec()),
+        timeout: std::time::Duration::from_secs(60),
+        lease_duration: std::time::Duration::from_secs(30),
+        port_forwards: Vec::new(),
+        values: Vec::new(),
+        release_namespace: None,
+        owner: owner.into(),
+    }
+}
+
+/// A reporter that says nothing.
+pub fn quiet() -> crate::session::Reporter {
+    std::sync::Arc::new(|_: &crate::session::Event| {})
+}

@@ -6,8 +6,6 @@
 //! Lease, needs the sandbox boundary's admission policies, which the fake
 //! does not serve: the e2e tests cover it.)
 
-use std::time::Duration;
-
 use kube::api::ObjectMeta;
 
 use super::*;
@@ -19,39 +17,7 @@ const NS: &str = "team";
 const ME: &str = "bob@desk";
 
 fn config(mode: Mode, key: Option<&str>) -> SessionConfig {
-    SessionConfig {
-        name: "run-a".into(),
-        // Not a chart (no Chart.yaml there).
-        root: std::env::temp_dir().join("gitops-materialize-test-no-such-dir"),
-        path: "./".into(),
-        mode,
-        sandbox: None,
-        namespace: NS.into(),
-        target_namespace: None,
-        registry: RegistryChoice {
-            push: "localhost:5000".into(),
-            pull: "localhost:5000".into(),
-            origin: "--registry",
-            insecure: true,
-        },
-        registry_options: registry::RegistryOptions {
-            // Given, so that no Docker config is read.
-            creds: Some("ann:secret".parse().unwrap()),
-            insecure: true,
-        },
-        walk: WalkOptions::default(),
-        decryption_key: key.map(|k| k.as_bytes().to_vec()),
-        timeout: Duration::from_secs(60),
-        lease_duration: Duration::from_secs(30),
-        port_forwards: Vec::new(),
-        values: Vec::new(),
-        release_namespace: None,
-        owner: ME.into(),
-    }
-}
-
-fn quiet() -> Reporter {
-    Arc::new(|_: &Event| {})
+    testkit::config(NS, ME, mode, key)
 }
 
 /// The requests that change something (not GET), as `METHOD path status`.
@@ -67,7 +33,7 @@ fn writes(api: &FakeApi) -> Vec<String> {
 async fn the_first_sync_makes_the_lease_then_the_secret_then_the_flux_objects() {
     let api = FakeApi::start().await;
     let cfg = config(Mode::Cluster, Some("AGE-SECRET-KEY-1TEST"));
-    let mut session = Session::start(api.client.clone(), cfg, quiet())
+    let mut session = Session::start(api.client.clone(), cfg, testkit::quiet())
         .await
         .unwrap();
     // Started: nothing written, nothing to clean up.
@@ -131,7 +97,13 @@ async fn a_look_alike_flux_object_is_refused_at_start_and_nothing_is_written() {
         ..Default::default()
     };
     api.put(foreign);
-    let e = match Session::start(api.client.clone(), config(Mode::Cluster, None), quiet()).await {
+    let e = match Session::start(
+        api.client.clone(),
+        config(Mode::Cluster, None),
+        testkit::quiet(),
+    )
+    .await
+    {
         Ok(_) => panic!("a look-alike Kustomization was not refused"),
         Err(e) => e,
     };
@@ -151,7 +123,13 @@ async fn a_namespace_of_the_session_s_name_is_refused_unless_it_is_its_sandbox()
         },
         ..Default::default()
     });
-    let e = match Session::start(api.client.clone(), config(Mode::Sandboxed, None), quiet()).await {
+    let e = match Session::start(
+        api.client.clone(),
+        config(Mode::Sandboxed, None),
+        testkit::quiet(),
+    )
+    .await
+    {
         Ok(_) => panic!("a look-alike namespace was not refused"),
         Err(e) => e,
     };
@@ -166,7 +144,13 @@ async fn a_namespace_of_the_session_s_name_is_refused_unless_it_is_its_sandbox()
         "run-a",
         "ann@laptop",
     ));
-    let e = match Session::start(api.client.clone(), config(Mode::Sandboxed, None), quiet()).await {
+    let e = match Session::start(
+        api.client.clone(),
+        config(Mode::Sandboxed, None),
+        testkit::quiet(),
+    )
+    .await
+    {
         Ok(_) => panic!("someone else's sandbox was not refused"),
         Err(e) => e,
     };

@@ -4,8 +4,6 @@
 //! ([`EngineError::AlreadyRunning`]), also when it came to life between
 //! the judgement and the write.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -19,39 +17,7 @@ const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/team/leases/run-a";
 const ME: &str = "bob@desk";
 
 fn config() -> SessionConfig {
-    SessionConfig {
-        name: "run-a".into(),
-        // Not a chart (no Chart.yaml there).
-        root: std::env::temp_dir().join("gitops-takeover-test-no-such-dir"),
-        path: "./".into(),
-        mode: Mode::Cluster,
-        sandbox: None,
-        namespace: NS.into(),
-        target_namespace: None,
-        registry: RegistryChoice {
-            push: "localhost:5000".into(),
-            pull: "localhost:5000".into(),
-            origin: "--registry",
-            insecure: true,
-        },
-        registry_options: registry::RegistryOptions {
-            // Given, so that no Docker config is read.
-            creds: Some("ann:secret".parse().unwrap()),
-            insecure: true,
-        },
-        walk: WalkOptions::default(),
-        decryption_key: None,
-        timeout: Duration::from_secs(60),
-        lease_duration: Duration::from_secs(30),
-        port_forwards: Vec::new(),
-        values: Vec::new(),
-        release_namespace: None,
-        owner: ME.into(),
-    }
-}
-
-fn quiet() -> Reporter {
-    Arc::new(|_: &Event| {})
+    testkit::config(NS, ME, Mode::Cluster, None)
 }
 
 fn lease_writes(api: &FakeApi) -> Vec<crate::fakeapi::Request> {
@@ -66,7 +32,7 @@ async fn a_stale_lease_is_taken_over_with_the_resource_version_judged() {
     let api = FakeApi::start().await;
     let stale = api.put(testkit::stale_lease(NS, "run-a"));
     let seen = stale.metadata.resource_version.clone().unwrap();
-    let mut session = Session::start(api.client.clone(), config(), quiet())
+    let mut session = Session::start(api.client.clone(), config(), testkit::quiet())
         .await
         .unwrap();
     // Nothing written before the first sync.
@@ -87,7 +53,7 @@ async fn a_stale_lease_is_taken_over_with_the_resource_version_judged() {
 async fn a_live_lease_is_refused() {
     let api = FakeApi::start().await;
     api.put(testkit::live_lease(NS, "run-a"));
-    let e = Session::start(api.client.clone(), config(), quiet())
+    let e = Session::start(api.client.clone(), config(), testkit::quiet())
         .await
         .err()
         .unwrap();
@@ -102,7 +68,7 @@ async fn a_live_lease_is_refused() {
 async fn a_lease_renewed_after_it_was_judged_is_not_overwritten() {
     let api = FakeApi::start().await;
     api.put(testkit::stale_lease(NS, "run-a"));
-    let mut session = Session::start(api.client.clone(), config(), quiet())
+    let mut session = Session::start(api.client.clone(), config(), testkit::quiet())
         .await
         .unwrap();
     // The last run comes back between the judgement and the first sync.
