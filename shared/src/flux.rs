@@ -248,6 +248,16 @@ pub fn display_id(id: &str) -> String {
     }
 }
 
+/// What a Kustomization last applied, each object named as in output
+/// ([`display_id`]); empty before its first apply.
+pub fn applied_objects(ks: &Kustomization) -> Vec<String> {
+    ks.status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .map(|i| i.entries.iter().map(|e| display_id(&e.id)).collect())
+        .unwrap_or_default()
+}
+
 /// A reconcile request, as [`request_reconcile`] made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileRequest {

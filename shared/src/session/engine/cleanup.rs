@@ -53,17 +53,7 @@ pub async fn cleanup(
     if let Some(ks) = kss.get_opt(session).await?
         && owned_by(&ks.metadata, session)
     {
-        let pruned: Vec<String> = ks
-            .status
-            .as_ref()
-            .and_then(|s| s.inventory.as_ref())
-            .map(|i| {
-                i.entries
-                    .iter()
-                    .map(|e| crate::flux::display_id(&e.id))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let pruned = crate::flux::applied_objects(&ks);
         let what = format!(
             "kustomize-controller to prune what Kustomization {namespace}/{session} applied (is it running?)"
         );

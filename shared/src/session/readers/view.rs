@@ -213,16 +213,7 @@ pub fn build_views(
                 port_forwards: r.port_forwards,
                 version: r.version,
                 started: r.started_at,
-                inventory: ks
-                    .and_then(|k| k.status.as_ref())
-                    .and_then(|s| s.inventory.as_ref())
-                    .map(|i| {
-                        i.entries
-                            .iter()
-                            .map(|e| crate::flux::display_id(&e.id))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                inventory: ks.map(crate::flux::applied_objects).unwrap_or_default(),
                 lease_duration: record::lease_duration(lease),
             }
         })
