@@ -311,6 +311,84 @@ fn next_batch(
     }
 }
 
+/// The synced directory was deleted or moved away: nothing to sync (an
+/// empty artifact would prune everything). Says so, waits for it to come
+/// back, watches it afresh and asks for a sync of it. `false`: the session
+/// stopped meanwhile (or the watcher's state is gone).
+fn await_return(
+    target: &WatchTarget,
+    tx: &mpsc::UnboundedSender<Result<Vec<PathBuf>, String>>,
+    raw_rx: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>,
+    raw_tx: &Raw,
+    manager: &Mutex<Inner>,
+    say: &dyn Fn(Result<Vec<PathBuf>, String>),
+) -> bool {
+    say(Err(format!(
+        "{} was deleted or moved away; what was last synced stays applied. \
+         Waiting for it to come back (Ctrl+C to stop and clean up)",
+        target.dir.display()
+    )));
+    while !target.dir.is_dir() {
+        if tx.is_closed() {
+            return false;
+        }
+        std::thread::sleep(VANISHED_POLL);
+    }
+    // Events of its return are for the old watches: drop them.
+    while raw_rx.try_recv().is_ok() {}
+    let Ok(mut i) = manager.lock() else {
+        return false;
+    };
+    let (rules, dirs) = plan(target);
+    i.rules = rules;
+    for old in std::mem::take(&mut i.watched) {
+        i.backend.unwatch(&old);
+    }
+    i.set(dirs, raw_tx, say);
+    drop(i);
+    say(Err(format!("{} is back; syncing it", target.dir.display())));
+    tx.send(Ok(vec![target.dir.clone()])).is_ok()
+}
+
+/// The paths of a batch of events that matter to the session: changes (not
+/// reads) under the root, kept by the packaging rules when there are any.
+fn changed_paths(
+    events: &[notify::Event],
+    root: &Path,
+    rules: Option<&IgnoreRules>,
+) -> BTreeSet<PathBuf> {
+    events
+        .iter()
+        .filter(|e| !e.kind.is_access() && !e.kind.is_other())
+        .flat_map(|e| e.paths.iter())
+        .filter(|p| match rules {
+            Some(rules) => relevant(root, rules, p),
+            None => p.starts_with(root),
+        })
+        .cloned()
+        .collect()
+}
+
+/// Whether an event changes what decides what is packaged and watched: a
+/// directory made, removed or renamed (or a watched one), or a
+/// kustomization file touched.
+fn replans(e: &notify::Event, watched: &BTreeSet<PathBuf>) -> bool {
+    use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind};
+    let dir_event = matches!(
+        e.kind,
+        EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+    ) || ((e.kind.is_create()
+        || e.kind.is_remove()
+        || matches!(e.kind, EventKind::Modify(ModifyKind::Name(_))))
+        && e.paths.iter().any(|p| p.is_dir() || watched.contains(p)));
+    dir_event
+        || e.paths.iter().any(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| crate::kustomize::FILE_NAMES.contains(&n))
+        })
+}
+
 fn limit_message() -> String {
     let now = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
         .map(|v| format!(" ({})", v.trim()))
@@ -496,31 +574,7 @@ impl DirWatcher {
                 // to sync (an empty artifact would prune everything); wait
                 // for it to come back.
                 if !target.dir.is_dir() {
-                    say(Err(format!(
-                        "{} was deleted or moved away; what was last synced stays applied. \
-                         Waiting for it to come back (Ctrl+C to stop and clean up)",
-                        target.dir.display()
-                    )));
-                    while !target.dir.is_dir() {
-                        if tx.is_closed() {
-                            return;
-                        }
-                        std::thread::sleep(VANISHED_POLL);
-                    }
-                    // Events of its return are for the old watches: drop them.
-                    while raw_rx.try_recv().is_ok() {}
-                    let Ok(mut i) = manager.lock() else {
-                        return;
-                    };
-                    let (rules, dirs) = plan(&target);
-                    i.rules = rules;
-                    for old in std::mem::take(&mut i.watched) {
-                        i.backend.unwatch(&old);
-                    }
-                    i.set(dirs, &raw_tx, &say);
-                    drop(i);
-                    say(Err(format!("{} is back; syncing it", target.dir.display())));
-                    if tx.send(Ok(vec![target.dir.clone()])).is_err() {
+                    if !await_return(&target, &tx, &raw_rx, &raw_tx, &manager, &say) {
                         return;
                     }
                     continue;
@@ -528,16 +582,7 @@ impl DirWatcher {
                 let Ok(mut i) = manager.lock() else {
                     return;
                 };
-                let mut paths: BTreeSet<PathBuf> = events
-                    .iter()
-                    .filter(|e| !e.kind.is_access() && !e.kind.is_other())
-                    .flat_map(|e| e.paths.iter())
-                    .filter(|p| match &i.rules {
-                        Some(rules) => relevant(&target.root, rules, p),
-                        None => p.starts_with(&target.root),
-                    })
-                    .cloned()
-                    .collect();
+                let mut paths = changed_paths(&events, &target.root, i.rules.as_ref());
                 // The OS dropped events (its queue overflowed): anything may
                 // have changed.
                 let rescan = events.iter().any(|e| e.need_rescan());
@@ -545,24 +590,7 @@ impl DirWatcher {
                     paths.insert(target.dir.clone());
                 }
                 // What decides what is packaged changed: plan again.
-                let replan = rescan
-                    || events.iter().any(|e| {
-                        use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind};
-                        let dir_event = matches!(
-                            e.kind,
-                            EventKind::Create(CreateKind::Folder)
-                                | EventKind::Remove(RemoveKind::Folder)
-                        ) || ((e.kind.is_create()
-                            || e.kind.is_remove()
-                            || matches!(e.kind, EventKind::Modify(ModifyKind::Name(_))))
-                            && e.paths.iter().any(|p| p.is_dir() || i.watched.contains(p)));
-                        dir_event
-                            || e.paths.iter().any(|p| {
-                                p.file_name()
-                                    .and_then(|n| n.to_str())
-                                    .is_some_and(|n| crate::kustomize::FILE_NAMES.contains(&n))
-                            })
-                    });
+                let replan = rescan || events.iter().any(|e| replans(e, &i.watched));
                 if replan {
                     let (rules, dirs) = plan(&target);
                     i.rules = rules;
@@ -615,6 +643,41 @@ mod tests {
     use super::*;
     use crate::artifact::canonical_root;
     use crate::git::tests::run as git;
+
+    #[test]
+    fn what_replans_and_which_paths_count() {
+        use notify::event::{
+            AccessKind, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        };
+        let root = Path::new("/repo");
+        let ev = |kind, p: &str| notify::Event::new(kind).add_path(root.join(p));
+        let watched: BTreeSet<PathBuf> = [root.join("deploy/old")].into_iter().collect();
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        // A directory made, or a watched one removed; a kustomization file touched.
+        assert!(replans(
+            &ev(EventKind::Create(CreateKind::Folder), "deploy/new"),
+            &watched
+        ));
+        assert!(replans(
+            &ev(EventKind::Remove(RemoveKind::Any), "deploy/old"),
+            &watched
+        ));
+        assert!(replans(&ev(data, "deploy/kustomization.yaml"), &watched));
+        // A manifest saved: a sync, not a new plan.
+        assert!(!replans(&ev(data, "deploy/app.yaml"), &watched));
+        assert!(!replans(
+            &ev(EventKind::Remove(RemoveKind::File), "deploy/app.yaml"),
+            &watched
+        ));
+
+        let events = [
+            ev(data, "deploy/app.yaml"),
+            ev(EventKind::Access(AccessKind::Read), "deploy/read.yaml"),
+            notify::Event::new(data).add_path(PathBuf::from("/elsewhere/x.yaml")),
+        ];
+        let paths: Vec<PathBuf> = changed_paths(&events, root, None).into_iter().collect();
+        assert_eq!(paths, vec![root.join("deploy/app.yaml")]);
+    }
 
     #[test]
     fn editor_temp_files_are_recognised() {
