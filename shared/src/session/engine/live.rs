@@ -273,6 +273,90 @@ fn start_forwards(
     Ok(())
 }
 
+/// Failures the syncs report (the last minute's), kept so that Flux's
+/// warning about the same thing is not printed a second time.
+type Failures = Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>;
+
+/// `inner`, remembering the failures it reports.
+fn remembering_failures(inner: super::Reporter) -> (super::Reporter, Failures) {
+    let failures: Failures = Arc::default();
+    let report: super::Reporter = {
+        let failures = failures.clone();
+        Arc::new(move |e: &Event| {
+            if let Event::Failed { message, .. } = e
+                && let Ok(mut f) = failures.lock()
+            {
+                f.retain(|(t, _)| t.elapsed() < Duration::from_secs(60));
+                f.push((std::time::Instant::now(), message.clone()));
+            }
+            inner(e)
+        })
+    };
+    (report, failures)
+}
+
+/// Flux's warnings about the session's objects, as they happen (a burst at
+/// once, repeats folded), unless a sync reported the same failure.
+fn follow_flux_warnings(
+    session: &Session,
+    report: &super::Reporter,
+    failures: Failures,
+    background: &mut Background,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    background
+        .0
+        .push(tokio::spawn(crate::session::readers::logs::flux_warnings(
+            session.client().clone(),
+            session.namespace().to_string(),
+            session.name().to_string(),
+            tx,
+        )));
+    let report = report.clone();
+    background
+        .0
+        .push(tokio::spawn(crate::session::readers::logs::fold_warnings(
+            rx,
+            move |w| {
+                let core = w.message.as_str();
+                failures.lock().is_ok_and(|f| {
+                    f.iter().any(|(_, m)| {
+                        m.contains(core) || core.contains(m.as_str()) || same_lines(m, core)
+                    })
+                })
+            },
+            move |message| report(&Event::Warning { message }),
+        )));
+}
+
+/// The logs of the session's pods (`--logs`), when it has workloads.
+fn follow_logs(session: &Session, report: &super::Reporter, background: &mut Background) {
+    let Some((namespace, all_pods)) = session.workloads() else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    background
+        .0
+        .push(tokio::spawn(crate::session::readers::logs::follow(
+            session.client().clone(),
+            namespace,
+            session.name().to_string(),
+            session.namespace().to_string(),
+            all_pods,
+            tx,
+        )));
+    let report = report.clone();
+    background.0.push(tokio::spawn(async move {
+        while let Some(l) = rx.recv().await {
+            report(&Event::Log {
+                pod: l.pod,
+                container: l.container,
+                line: l.line,
+            });
+        }
+    }));
+}
+
 /// Runs a live session to its end: port-forwards, the sync loop on
 /// `watcher`'s changes, then cleanup (or `--keep`). `signal` makes a future
 /// that resolves on a stop request (the user's, or the output's reader
@@ -295,75 +379,11 @@ where
 {
     let mut background = Background::default();
     start_forwards(&session, forwards, &mut background)?;
-    // Failures the syncs report, so Flux's warning about the same thing is
-    // not printed a second time.
-    let failures: Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
-    let report: super::Reporter = {
-        let inner = session.report.clone();
-        let failures = failures.clone();
-        Arc::new(move |e: &Event| {
-            if let Event::Failed { message, .. } = e
-                && let Ok(mut f) = failures.lock()
-            {
-                f.retain(|(t, _)| t.elapsed() < Duration::from_secs(60));
-                f.push((std::time::Instant::now(), message.clone()));
-            }
-            inner(e)
-        })
-    };
+    let (report, failures) = remembering_failures(session.report.clone());
     session.set_reporter(report.clone());
-    // Flux's warnings about the session's objects, as they happen (a burst
-    // at once, repeats folded), unless a sync reports the same failure.
-    {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        background
-            .0
-            .push(tokio::spawn(crate::session::readers::logs::flux_warnings(
-                session.client().clone(),
-                session.namespace().to_string(),
-                session.name().to_string(),
-                tx,
-            )));
-        let report = report.clone();
-        background
-            .0
-            .push(tokio::spawn(crate::session::readers::logs::fold_warnings(
-                rx,
-                move |w| {
-                    let core = w.message.as_str();
-                    failures.lock().is_ok_and(|f| {
-                        f.iter().any(|(_, m)| {
-                            m.contains(core) || core.contains(m.as_str()) || same_lines(m, core)
-                        })
-                    })
-                },
-                move |message| report(&Event::Warning { message }),
-            )));
-    }
-    if opts.logs
-        && let Some((namespace, all_pods)) = session.workloads()
-    {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        background
-            .0
-            .push(tokio::spawn(crate::session::readers::logs::follow(
-                session.client().clone(),
-                namespace,
-                session.name().to_string(),
-                session.namespace().to_string(),
-                all_pods,
-                tx,
-            )));
-        let report = report.clone();
-        background.0.push(tokio::spawn(async move {
-            while let Some(l) = rx.recv().await {
-                report(&Event::Log {
-                    pod: l.pod,
-                    container: l.container,
-                    line: l.line,
-                });
-            }
-        }));
+    follow_flux_warnings(&session, &report, failures, &mut background);
+    if opts.logs {
+        follow_logs(&session, &report, &mut background);
     }
     let dir = session.dir();
     // The user's stop, or the session losing its Lease (removed by
