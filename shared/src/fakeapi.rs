@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::selector::{Requirement, Selector};
+use crate::selector::{Expression, Selector};
 
 /// Where an object lives: (group/version, plural, namespace or "", name).
 type Key = (String, String, String, String);
@@ -228,17 +228,17 @@ fn parse_selector(q: &str) -> Selector {
         .filter(|t| !t.is_empty())
         .map(|t| {
             if let Some((k, vs)) = t.split_once(" notin ") {
-                Requirement::NotIn(k.trim().into(), set(vs))
+                Expression::NotIn(k.trim().into(), set(vs))
             } else if let Some((k, vs)) = t.split_once(" in ") {
-                Requirement::In(k.trim().into(), set(vs))
+                Expression::In(k.trim().into(), set(vs))
             } else if let Some((k, v)) = t.split_once("!=") {
-                Requirement::NotIn(k.into(), BTreeSet::from([v.to_string()]))
+                Expression::NotEqual(k.into(), v.into())
             } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-                Requirement::Equals(k.into(), v.into())
+                Expression::Equal(k.into(), v.into())
             } else if let Some(k) = t.strip_prefix('!') {
-                Requirement::DoesNotExist(k.into())
+                Expression::DoesNotExist(k.into())
             } else {
-                Requirement::Exists(t.into())
+                Expression::Exists(t.into())
             }
         })
         .collect();

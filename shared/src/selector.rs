@@ -14,53 +14,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+pub use kube::core::Expression;
+use kube::core::SelectorExt as _;
 
-/// One requirement on one label key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Requirement {
-    /// `key=value` (`matchLabels`).
-    Equals(String, String),
-    /// `key in (values)`.
-    In(String, BTreeSet<String>),
-    /// `key notin (values)`: also true when the key is absent.
-    NotIn(String, BTreeSet<String>),
-    /// `key`.
-    Exists(String),
-    /// `!key`.
-    DoesNotExist(String),
-}
-
-impl Requirement {
-    fn holds(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
-        }
-    }
-
-    fn query(&self) -> String {
-        let set = |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(",");
-        match self {
-            Requirement::Equals(k, v) => format!("{k}={v}"),
-            Requirement::In(k, vs) => format!("{k} in ({})", set(vs)),
-            Requirement::NotIn(k, vs) => format!("{k} notin ({})", set(vs)),
-            Requirement::Exists(k) => k.clone(),
-            Requirement::DoesNotExist(k) => format!("!{k}"),
-        }
-    }
-}
-
-/// A label selector: which objects (pods, mostly) it selects.
+/// A label selector: which objects (pods, mostly) it selects. The matching
+/// and the query syntax are kube's ([`kube::core::Selector`]); this adds
+/// what kube leaves to its caller: a missing or invalid selector selects
+/// nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Selector {
     /// Selects nothing: no selector, or an invalid one.
     #[default]
     Nothing,
-    /// Selects what meets every requirement (none: everything).
-    All(Vec<Requirement>),
+    /// Selects what meets every expression (none: everything).
+    All(kube::core::Selector),
 }
 
 impl Selector {
@@ -69,25 +36,26 @@ impl Selector {
         let Some(s) = selector else {
             return Selector::Nothing;
         };
-        let mut all: Vec<Requirement> = s
+        let mut all: Vec<Expression> = s
             .match_labels
             .iter()
             .flatten()
-            .map(|(k, v)| Requirement::Equals(k.clone(), v.clone()))
+            .map(|(k, v)| Expression::Equal(k.clone(), v.clone()))
             .collect();
         for e in s.match_expressions.iter().flatten() {
             let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
             let key = e.key.clone();
             all.push(match (e.operator.as_str(), values.is_empty()) {
-                ("In", false) => Requirement::In(key, values),
-                ("NotIn", false) => Requirement::NotIn(key, values),
-                ("Exists", true) => Requirement::Exists(key),
-                ("DoesNotExist", true) => Requirement::DoesNotExist(key),
-                // The API server refuses such a selector: it selects nothing.
+                ("In", false) => Expression::In(key, values),
+                ("NotIn", false) => Expression::NotIn(key, values),
+                ("Exists", true) => Expression::Exists(key),
+                ("DoesNotExist", true) => Expression::DoesNotExist(key),
+                // The API server refuses such a selector (kube's conversion
+                // lets some through): it selects nothing.
                 _ => return Selector::Nothing,
             });
         }
-        Selector::All(all)
+        Selector::All(all.into_iter().collect())
     }
 
     /// A Service's `spec.selector` (plain `key: value` pairs). A Service
@@ -95,11 +63,7 @@ impl Selector {
     /// manages no endpoints for it).
     pub fn of_service(selector: Option<&BTreeMap<String, String>>) -> Selector {
         match selector {
-            Some(s) if !s.is_empty() => Selector::All(
-                s.iter()
-                    .map(|(k, v)| Requirement::Equals(k.clone(), v.clone()))
-                    .collect(),
-            ),
+            Some(s) if !s.is_empty() => Selector::All(s.clone().into_iter().collect()),
             _ => Selector::Nothing,
         }
     }
@@ -108,7 +72,7 @@ impl Selector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         match self {
             Selector::Nothing => false,
-            Selector::All(all) => all.iter().all(|r| r.holds(labels)),
+            Selector::All(all) => all.matches(labels),
         }
     }
 
@@ -118,12 +82,7 @@ impl Selector {
     pub fn query(&self) -> Option<String> {
         match self {
             Selector::Nothing => None,
-            Selector::All(all) => Some(
-                all.iter()
-                    .map(Requirement::query)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
+            Selector::All(all) => Some(all.to_string()),
         }
     }
 }
