@@ -90,12 +90,13 @@ pub fn oci_manifest(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::artifact::sha256_digest;
 
-    #[test]
-    fn manifest_is_flux_shaped_and_deterministic() {
+    /// A Flux artifact's manifest as the build writes it: its config and
+    /// layer (10 bytes), and its bytes.
+    pub(crate) fn sample() -> (Blob, Blob, Vec<u8>) {
         let config = Blob {
             digest: sha256_digest(CONFIG_BLOB),
             size: 2,
@@ -108,7 +109,17 @@ mod tests {
             (ANNOTATION_CREATED, REPRODUCIBLE_CREATED),
             (ANNOTATION_SOURCE, "file:///x"),
         ];
-        let one = manifest_json(&config, &layer, &ann);
+        let bytes = manifest_json(&config, &layer, &ann);
+        (config, layer, bytes)
+    }
+
+    #[test]
+    fn manifest_is_flux_shaped_and_deterministic() {
+        let (config, layer, one) = sample();
+        let ann = [
+            (ANNOTATION_CREATED, REPRODUCIBLE_CREATED),
+            (ANNOTATION_SOURCE, "file:///x"),
+        ];
         assert_eq!(one, manifest_json(&config, &layer, &ann));
         let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
         assert_eq!(v["mediaType"], MANIFEST_MEDIA_TYPE);

@@ -15,7 +15,7 @@
 
 mod diff;
 mod gitmodes;
-mod manifest;
+pub(crate) mod manifest;
 mod pgzip;
 mod walk;
 

@@ -178,29 +178,14 @@ fn download_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact::{
-        ANNOTATION_CREATED, ANNOTATION_SOURCE, Blob, CONFIG_BLOB, CONFIG_MEDIA_TYPE,
-        MANIFEST_MEDIA_TYPE, REPRODUCIBLE_CREATED, manifest_json,
-    };
+    use crate::artifact::{CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
     use crate::registry::RegistryOptions;
     use crate::registry::fake;
     use crate::registry::push::tests::tree;
 
     #[test]
     fn the_content_layer_of_a_flux_manifest_is_found() {
-        let config = Blob {
-            digest: artifact::sha256_digest(CONFIG_BLOB),
-            size: 2,
-        };
-        let layer = Blob {
-            digest: format!("sha256:{}", "b".repeat(64)),
-            size: 10,
-        };
-        let ann = [
-            (ANNOTATION_CREATED, REPRODUCIBLE_CREATED),
-            (ANNOTATION_SOURCE, "file:///x"),
-        ];
-        let one = manifest_json(&config, &layer, &ann);
+        let (_, layer, one) = crate::artifact::manifest::tests::sample();
         let r: ArtifactRef = "oci://h/x".parse().unwrap();
         assert_eq!(
             flux_layer(&r, &one).unwrap(),
