@@ -74,7 +74,7 @@ impl Session {
         reference: &ArtifactRef,
         payload: Payload<'_>,
     ) -> Result<(String, String), String> {
-        let client = self.registry_client(reference);
+        let client = self.registry.client(reference, &self.cfg.registry_options);
         match payload {
             Payload::Manifests { file, built, walk } => {
                 let options = PushOptions {

@@ -17,7 +17,7 @@ use crate::flux::{
     OCIRepositoryRef, OCIRepositorySpec, SourceReference,
 };
 use crate::kubeapi;
-use crate::registry::{self, ArtifactRef};
+use crate::registry::ArtifactRef;
 
 /// How long source-controller gets to fetch a pushed revision.
 const FETCH_LIMIT: Duration = Duration::from_secs(60);
@@ -186,15 +186,6 @@ impl Session {
 
     pub(super) fn reference(&self, host: &str) -> Result<ArtifactRef, EngineError> {
         Ok(format!("oci://{host}/gitops-run/{}:latest", self.cfg.name).parse::<ArtifactRef>()?)
-    }
-
-    /// The registry client the session keeps for all its pushes, manifests
-    /// and charts alike: kept-alive connections, one login.
-    pub(super) fn registry_client(
-        &mut self,
-        reference: &ArtifactRef,
-    ) -> std::sync::Arc<registry::Registry> {
-        self.registry.client(reference, &self.cfg.registry_options)
     }
 
     /// The session's OCIRepository (`layer`: which layer Flux takes, for charts).
