@@ -932,9 +932,8 @@ async fn delete_session(
             "/",
             &format!("session {name} deleted ({} objects removed)", removed.len()),
         ),
-        Err(e @ ReaderError::Live { .. }) => {
-            (StatusCode::CONFLICT, format!("{e}\n")).into_response()
-        }
+        // Judged live after all (it renewed): said on the sessions page.
+        Err(e @ ReaderError::Live { .. }) => back("/", &e.to_string()),
         Err(e) => back(
             "/",
             &format!(

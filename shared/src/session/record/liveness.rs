@@ -95,7 +95,8 @@ pub struct Judged {
 }
 
 /// The API server's clock, from the `Date` header of a `GET /version`
-/// (one-second precision); `None` when it cannot be read.
+/// (truncated to the second: the server's time is up to one second
+/// later); `None` when it cannot be read.
 pub async fn server_now(client: &Client) -> Option<DateTime<Utc>> {
     let request = http::Request::get("/version")
         .body(kube::client::Body::empty())
@@ -116,7 +117,14 @@ fn key(lease: &Lease) -> (String, String) {
 /// this `user@host` (for [`record::holder_process_gone`]). The verdicts
 /// come back in the order of `leases`.
 pub async fn judge(client: &Client, leases: Vec<Lease>, me: &str) -> Vec<Judged> {
-    let now = server_now(client).await.unwrap_or_else(Utc::now);
+    // The latest the server's time can be: a glance says "live" only when
+    // the Lease is fresh then too. A Lease that expired within the Date
+    // header's truncated second (a session just killed, seen stale by a
+    // reader with a finer clock) is observed, not called live.
+    let now = match server_now(client).await {
+        Some(date) => date + chrono::Duration::seconds(1),
+        None => Utc::now(),
+    };
     let started = tokio::time::Instant::now();
     let mut out: Vec<Option<Judged>> = Vec::with_capacity(leases.len());
     // Index into `out` -> (glance, period, first resourceVersion).
@@ -376,6 +384,25 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A session killed just now: its Lease expired a moment ago by the
+    /// server's exact time, but within the second the `Date` header
+    /// truncates away. The page (finer clock) already shows it stale; the
+    /// judge must not call it live (the Delete button then refused it).
+    #[tokio::test]
+    async fn a_lease_expired_within_the_dates_truncated_second_is_observed_not_live() {
+        let api = crate::fakeapi::FakeApi::start().await;
+        for _ in 0..3 {
+            let dead = api.put(held(
+                "a",
+                "dead",
+                Utc::now() - chrono::Duration::milliseconds(2_050),
+                2,
+            ));
+            let judged = judge(&api.client, vec![dead], "me@here").await;
+            assert_eq!(judged[0].verdict, Verdict::Stale);
+        }
     }
 
     #[test]
