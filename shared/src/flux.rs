@@ -169,6 +169,11 @@ pub struct KustomizationSpec {
     pub force: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+    /// Every other field, kept as read (`postBuild`, `patches`, `images`,
+    /// `components`, `namePrefix`, `healthChecks`, `commonMetadata`, …):
+    /// a Kustomization read and written back loses nothing.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// `Kustomization.spec.sourceRef`.
@@ -256,6 +261,68 @@ pub fn applied_objects(ks: &Kustomization) -> Vec<String> {
         .and_then(|s| s.inventory.as_ref())
         .map(|i| i.entries.iter().map(|e| display_id(&e.id)).collect())
         .unwrap_or_default()
+}
+
+/// `GitRepository.spec`, with the fields the suite reads.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "source.toolkit.fluxcd.io",
+    version = "v1",
+    kind = "GitRepository",
+    plural = "gitrepositories",
+    namespaced,
+    status = "GitRepositoryStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRepositorySpec {
+    pub url: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<GitRepositoryRef>,
+}
+
+/// `GitRepository.spec.ref`: what is checked out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GitRepositoryRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+impl GitRepositoryRef {
+    /// How the ref reads in output: the branch, tag, semver range, name or
+    /// commit (Flux's default is the `master` branch).
+    pub fn display(&self) -> String {
+        [
+            &self.branch,
+            &self.tag,
+            &self.semver,
+            &self.name,
+            &self.commit,
+        ]
+        .into_iter()
+        .find_map(|r| r.clone())
+        .unwrap_or_else(|| "master".into())
+    }
+}
+
+/// `GitRepository.status`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRepositoryStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub artifact: Option<Artifact>,
+    #[serde(default)]
+    pub last_handled_reconcile_at: Option<String>,
 }
 
 /// A reconcile request, as [`request_reconcile`] made it.

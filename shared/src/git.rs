@@ -65,6 +65,51 @@ impl GitInfo {
     }
 }
 
+/// The URLs of every remote of the work tree holding `dir` (credentials
+/// removed), `origin` first; empty outside a work tree.
+pub fn remotes(dir: &Path) -> Vec<String> {
+    let Some(listed) = git(dir, &["config", "--get-regexp", r"^remote\..*\.url$"]) else {
+        return Vec::new();
+    };
+    let mut urls: Vec<(bool, String)> = listed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(key, url)| (key != "remote.origin.url", strip_credentials(url.trim())))
+        .collect();
+    urls.sort_by_key(|(not_origin, _)| *not_origin);
+    urls.into_iter().map(|(_, u)| u).collect()
+}
+
+/// How the work tree's `dir` compares with `commit` (a full or abbreviated
+/// hash): `None` when Git cannot tell (no work tree, or the commit was
+/// never fetched here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Divergence {
+    /// Uncommitted changes (or untracked files) under `dir`.
+    pub uncommitted: bool,
+    /// Commits under `dir` that `commit` does not hold (made, not pushed).
+    pub unpushed: bool,
+}
+
+/// How `dir` differs from `commit`: see [`Divergence`].
+pub fn divergence(dir: &Path, commit: &str) -> Option<Divergence> {
+    let known = git(dir, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_some();
+    if !known {
+        return None;
+    }
+    let uncommitted = git(dir, &["status", "--porcelain", "--", "."]).is_none_or(|s| !s.is_empty());
+    // Commits of HEAD's that touch `dir` and that `commit` does not hold.
+    let unpushed = git(
+        dir,
+        &["rev-list", "--count", &format!("{commit}..HEAD"), "--", "."],
+    )
+    .is_none_or(|n| n != "0");
+    Some(Divergence {
+        uncommitted,
+        unpushed,
+    })
+}
+
 /// Removes `user:password@` from a URL so it never reaches annotations or logs.
 pub fn strip_credentials(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {

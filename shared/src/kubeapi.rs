@@ -49,6 +49,11 @@ where
     }
 }
 
+/// Whether an API error has one of these HTTP status codes.
+pub fn is_status(e: &kube::Error, codes: &[u16]) -> bool {
+    matches!(e, kube::Error::Api(s) if codes.contains(&s.code))
+}
+
 /// Whether an API error is a 404.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod selector;
 pub mod session;
+pub mod takeover;
 pub mod ui;
 
 /// The suite's version, shared by the three plugins.

@@ -75,6 +75,7 @@ fn record() -> impl Strategy<Value = Record> {
         proptest::option::of((".+", proptest::option::of(millis_time()), text())),
         proptest::collection::vec("[^\\s]+", 0..4),
         proptest::collection::vec(sync_entry(), 0..3),
+        proptest::option::of(".+"),
     )
         .prop_map(
             |(
@@ -85,6 +86,7 @@ fn record() -> impl Strategy<Value = Record> {
                 last,
                 port_forwards,
                 history,
+                takes_over,
             )| Record {
                 pid,
                 dir,
@@ -102,6 +104,7 @@ fn record() -> impl Strategy<Value = Record> {
                 port_forwards,
                 owner,
                 history,
+                takes_over,
             },
         )
 }

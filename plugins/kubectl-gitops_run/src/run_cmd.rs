@@ -37,8 +37,19 @@ pub struct RunArgs {
     #[arg(long)]
     name: Option<String>,
     /// Apply into this existing sandbox instead of an ephemeral one.
-    #[arg(long, value_name = "NAME", conflicts_with = "no_session")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["no_session", "take_over"])]
     sandbox: Option<String>,
+    /// Run DIR in place of the Flux Kustomization that deploys it from Git
+    /// (found from DIR's Git remotes and path, or named): Flux's copy is
+    /// suspended until the session stops, then resumed and awaited.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        num_args = 0..=1,
+        default_missing_value = "",
+        conflicts_with = "target_namespace"
+    )]
+    take_over: Option<String>,
     /// Apply straight into the cluster ("cluster mode"), no sandbox.
     #[arg(long)]
     no_session: bool,
@@ -175,7 +186,13 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         .name
         .clone()
         .unwrap_or_else(|| session::derive_name(&dir, &owner));
-    let mode = if args.no_session {
+    let printer = Printer::new(args.output);
+    let reporter: Reporter = {
+        let printer = printer.clone();
+        Arc::new(move |e: &Event| printer.print(e))
+    };
+    let take_over = find_app(&cluster, &dir, args.take_over.as_deref(), &reporter).await?;
+    let mode = if args.no_session || take_over.is_some() {
         Mode::Cluster
     } else {
         Mode::Sandboxed
@@ -203,11 +220,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         values,
         release_namespace: args.release_namespace.clone(),
         owner,
-    };
-    let printer = Printer::new(args.output);
-    let reporter: Reporter = {
-        let printer = printer.clone();
-        Arc::new(move |e: &Event| printer.print(e))
+        take_over,
     };
     // Watch before the first sync so saves made during it are not missed.
     // Validates the --ignore patterns before anything else happens.
@@ -245,6 +258,54 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
     )
     .await?;
     Ok(ExitCode::from(end.exit_code()))
+}
+
+/// The Flux Kustomization to run in place of (`--take-over`): the one that
+/// deploys DIR from its Git remotes, or the one named. Without the flag,
+/// what deploys DIR is said, and nothing is taken over.
+async fn find_app(
+    cluster: &gitops::cluster::Cluster,
+    dir: &std::path::Path,
+    take_over: Option<&str>,
+    report: &Reporter,
+) -> Result<Option<gitops::takeover::App>> {
+    use gitops::takeover::find;
+    let client = &cluster.client;
+    match take_over {
+        Some(id) if !id.is_empty() => {
+            let app = find::named(client, id).await?;
+            report(&Event::Message {
+                message: app.describe(),
+            });
+            Ok(Some(app))
+        }
+        Some(_) => {
+            let (found, remotes) = find::for_dir(client, dir).await?;
+            let app = find::one(found, &dir.display().to_string(), &remotes)?;
+            report(&Event::Message {
+                message: app.describe(),
+            });
+            Ok(Some(app))
+        }
+        None => {
+            // Only said: a session never takes over by surprise. A cluster
+            // that cannot be asked has nothing to say.
+            if let Ok((found, _)) = find::for_dir(client, dir).await {
+                for app in found {
+                    report(&Event::Message {
+                        message: format!(
+                            "{}; this session runs beside it. To run your working copy in its \
+                             place until you stop: --take-over {}/{}",
+                            app.describe(),
+                            app.namespace,
+                            app.name
+                        ),
+                    });
+                }
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// Prints session events: spinners on a terminal, plain lines otherwise, or JSON.

@@ -163,6 +163,7 @@ pub fn config(
         values: Vec::new(),
         release_namespace: None,
         owner: owner.into(),
+        take_over: None,
     }
 }
 

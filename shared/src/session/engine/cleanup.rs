@@ -15,6 +15,7 @@ use crate::kubeapi;
 use crate::labels;
 use crate::sandbox;
 use crate::session::record::ownership::{SandboxMaker, sandbox_made_by};
+use crate::takeover;
 
 pub use crate::session::record::ownership::owned_by;
 
@@ -32,10 +33,44 @@ pub async fn cleanup(
     owner: &str,
     timeout: Duration,
 ) -> Result<Vec<String>, EngineError> {
+    cleanup_and_hand_back(
+        client,
+        namespace,
+        session,
+        ephemeral_sandbox,
+        owner,
+        timeout,
+    )
+    .await
+    .map(|(removed, _)| removed)
+}
+
+/// [`cleanup`], and the apps the session had taken over, back in GitOps
+/// mode: a session that took over an app (see [`crate::takeover`]) leaves
+/// what it applied to the original (its Kustomization orphans it), resumes
+/// the original, waits until Flux reports Git's revision applied, and then
+/// removes what it added that Git does not have.
+pub async fn cleanup_and_hand_back(
+    client: &Client,
+    namespace: &str,
+    session: &str,
+    ephemeral_sandbox: Option<&str>,
+    owner: &str,
+    timeout: Duration,
+) -> Result<(Vec<String>, Vec<takeover::handback::BackInGitOps>), EngineError> {
     crate::session::validate_name(session)?;
     let mut removed = Vec::new();
+    let mut back = Vec::new();
     let started = tokio::time::Instant::now();
     let left = || timeout.saturating_sub(started.elapsed());
+    let holder = format!("{namespace}/{session}");
+    let originals = takeover::claim::held_by(client, namespace, &holder).await?;
+    // What the session applied stays, for the original to take back.
+    let applied = if originals.is_empty() {
+        Vec::new()
+    } else {
+        takeover::handback::release_replacement(client, namespace, session).await?
+    };
     // A chart session: uninstalling the release (deleting the HelmRelease,
     // awaited) comes first.
     let releases: Api<flux::HelmRelease> = Api::namespaced(client.clone(), namespace);
@@ -58,8 +93,42 @@ pub async fn cleanup(
             "kustomize-controller to prune what Kustomization {namespace}/{session} applied (is it running?)"
         );
         kubeapi::delete_and_await(&kss, session, left(), what).await?;
-        removed.extend(pruned.into_iter().map(|p| format!("{p} (pruned by Flux)")));
-        removed.push(format!("kustomization/{session}"));
+        if originals.is_empty() {
+            removed.extend(pruned.into_iter().map(|p| format!("{p} (pruned by Flux)")));
+            removed.push(format!("kustomization/{session}"));
+        } else {
+            removed.push(format!(
+                "kustomization/{session} (what it applied is handed back to Flux's own)"
+            ));
+        }
+    }
+    for original in &originals {
+        let name = original.name_any();
+        let Some(request) = takeover::claim::hand_back(client, namespace, &name, &holder).await?
+        else {
+            continue;
+        };
+        let app = format!("Kustomization {namespace}/{name}");
+        match takeover::handback::await_gitops(client, namespace, &name, &request, left()).await {
+            Ok(b) => {
+                if let Some(now) = kss.get_opt(&name).await? {
+                    removed.extend(
+                        takeover::handback::remove_added(
+                            client, &applied, &now, namespace, session,
+                        )
+                        .await?,
+                    );
+                }
+                removed.push(format!("the takeover of {app} ({})", b.describe()));
+                back.push(b);
+            }
+            // Resumed; Flux goes on with it. What the session added is left
+            // (the original's inventory is not known yet): said.
+            Err(e @ takeover::TakeoverError::NotBack { .. }) => {
+                removed.push(format!("the takeover of {app} (resumed, but: {e})"));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let repos: Api<OCIRepository> = Api::namespaced(client.clone(), namespace);
     if let Some(repo) = repos.get_opt(session).await?
@@ -106,7 +175,7 @@ pub async fn cleanup(
     {
         removed.push(format!("lease/{session}"));
     }
-    Ok(removed)
+    Ok((removed, back))
 }
 
 /// Whether any of a session's Flux objects (its applier or its source)
@@ -153,7 +222,7 @@ impl Session {
         self.stop_heartbeat();
         let removed = if self.stage != Stage::Prepared || self.own_sandbox == OwnSandbox::Made {
             let sandbox = (self.own_sandbox == OwnSandbox::Made).then_some(self.cfg.name.as_str());
-            cleanup(
+            let (removed, back) = cleanup_and_hand_back(
                 &self.client,
                 &self.namespace,
                 &self.cfg.name,
@@ -161,7 +230,11 @@ impl Session {
                 &self.cfg.owner,
                 timeout,
             )
-            .await?
+            .await?;
+            for b in &back {
+                self.say_back_in_gitops(b);
+            }
+            removed
         } else {
             Vec::new()
         };
@@ -170,6 +243,44 @@ impl Session {
             removed: removed.clone(),
         });
         Ok(removed)
+    }
+
+    /// Says that an app is back in GitOps mode, and, when the working copy
+    /// under the synced directory holds what that commit does not
+    /// (uncommitted, or committed and not pushed), that the cluster went
+    /// back to Git's commit without it.
+    fn say_back_in_gitops(&self, back: &takeover::handback::BackInGitOps) {
+        (self.report)(&Event::Message {
+            message: back.describe(),
+        });
+        let dir = self.dir();
+        let Some(commit) = back.commit() else {
+            return;
+        };
+        let short = &commit[..commit.len().min(7)];
+        match crate::git::divergence(&dir, commit) {
+            Some(d) if d.uncommitted || d.unpushed => {
+                let what = match (d.uncommitted, d.unpushed) {
+                    (true, true) => "uncommitted changes and commits not pushed",
+                    (true, false) => "uncommitted changes",
+                    _ => "commits not pushed",
+                };
+                (self.report)(&Event::Warning {
+                    message: format!(
+                        "the cluster went back to {short}, the commit Flux holds; your {what} \
+                         under {} are not in Git, so they are no longer applied",
+                        dir.display()
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => (self.report)(&Event::Warning {
+                message: format!(
+                    "the cluster went back to {short}, a commit this work tree has not fetched: \
+                     `git pull` to see what Flux applies"
+                ),
+            }),
+        }
     }
 
     /// Stops the heartbeat and leaves everything in place (`--keep`). The

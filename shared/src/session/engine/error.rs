@@ -63,6 +63,8 @@ pub enum EngineError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Wait(#[from] WaitError),
+    #[error(transparent)]
+    Takeover(#[from] crate::takeover::TakeoverError),
     #[error("{0}")]
     Kube(#[from] kube::Error),
 }

@@ -86,6 +86,10 @@ pub struct SessionConfig {
     /// Helm charts: `--release-namespace` (cluster mode).
     pub release_namespace: Option<String>,
     pub owner: String,
+    /// `--take-over`: the Flux Kustomization this session runs in place of
+    /// (cluster mode, in its namespace, with its settings; see
+    /// [`crate::takeover`]).
+    pub take_over: Option<crate::takeover::App>,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -110,6 +114,7 @@ impl std::fmt::Debug for SessionConfig {
             values,
             release_namespace,
             owner,
+            take_over,
         } = self;
         f.debug_struct("SessionConfig")
             .field("name", name)
@@ -133,6 +138,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("values", values)
             .field("release_namespace", release_namespace)
             .field("owner", owner)
+            .field("take_over", &take_over.as_ref().map(|a| a.id()))
             .finish()
     }
 }
@@ -170,6 +176,7 @@ mod debug_tests {
             values: Vec::new(),
             release_namespace: None,
             owner: "ann@laptop".into(),
+            take_over: None,
         };
         for text in [format!("{cfg:?}"), format!("{cfg:#?}")] {
             assert!(!text.contains("AGE-SECRET-KEY"), "{text}");
@@ -408,6 +415,22 @@ async fn place(
     report: &Reporter,
 ) -> Result<Placement, EngineError> {
     let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
+        // In place of a Flux Kustomization: in its namespace, applying as
+        // it does (its spec is copied whole; see `ensure_objects`).
+        (Mode::Cluster, _) if cfg.take_over.is_some() => {
+            let app = cfg
+                .take_over
+                .as_ref()
+                .map(|a| (a.namespace.clone(), a.spec.clone()));
+            let (ns, spec) = app.unwrap_or_default();
+            let target = Target {
+                namespace: ns.clone(),
+                service_account: spec.service_account_name,
+                kubeconfig_secret: None,
+                target_namespace: spec.target_namespace,
+            };
+            (ns, target, None, OwnSandbox::None)
+        }
         (Mode::Cluster, _) => {
             let target = Target {
                 namespace: cfg.namespace.clone(),
@@ -564,6 +587,20 @@ impl Session {
         // Nothing of the names the session wants may be someone else's: all
         // checked before anything is written.
         refuse_foreign(&client, &namespace, &cfg, chart).await?;
+        if let Some(app) = &cfg.take_over {
+            if chart {
+                return Err(EngineError::Flag(format!(
+                    "--take-over runs manifests in place of a Kustomization; {} holds a Helm chart",
+                    cfg.path
+                )));
+            }
+            let holder = crate::takeover::Holder {
+                namespace: namespace.clone(),
+                session: cfg.name.clone(),
+                owner: cfg.owner.clone(),
+            };
+            crate::takeover::claim::available(&client, app, &holder).await?;
+        }
         let lease_seen = stale_lease(&client, &namespace, &cfg, &report).await?;
         let lease = Writer::new(
             client.clone(),
@@ -629,6 +666,7 @@ impl Session {
             }
         }
         self.apply_sops_secret().await?;
+        self.take_over_original().await?;
         let report = self.report.clone();
         let say: writer::Say = Arc::new(move |message| report(&Event::Warning { message }));
         let own_sandbox = (self.own_sandbox == OwnSandbox::Made).then(|| self.cfg.name.clone());
@@ -636,6 +674,28 @@ impl Session {
         self.stage = Stage::Materialized {
             flux_objects: false,
         };
+        Ok(())
+    }
+
+    /// `--take-over`: suspends the original and marks it as this session's
+    /// (recorded in the Lease first, so a stop at any point hands it back).
+    async fn take_over_original(&mut self) -> Result<(), EngineError> {
+        let Some(app) = self.cfg.take_over.clone() else {
+            return Ok(());
+        };
+        let holder = crate::takeover::Holder {
+            namespace: self.namespace.clone(),
+            session: self.cfg.name.clone(),
+            owner: self.cfg.owner.clone(),
+        };
+        crate::takeover::claim::take(&self.client, &app, &holder).await?;
+        (self.report)(&Event::Message {
+            message: format!(
+                "took over {}: Flux's copy is suspended and this session applies your working \
+                 copy in its place, with its settings; GitOps mode resumes when the session stops",
+                app.id()
+            ),
+        });
         Ok(())
     }
 
@@ -837,6 +897,11 @@ impl Session {
             port_forwards: self.cfg.port_forwards.clone(),
             owner: self.cfg.owner.clone(),
             history: self.lease.history().to_vec(),
+            takes_over: self
+                .cfg
+                .take_over
+                .as_ref()
+                .map(|a| format!("{}/{}", a.namespace, a.name)),
         }
     }
 

@@ -344,7 +344,11 @@ impl Session {
             retry_interval: Some("30s".into()),
             ..Default::default()
         };
-        self.target.configure(&mut spec);
+        match &self.cfg.take_over {
+            // In place of a Flux Kustomization: all its settings.
+            Some(app) => spec = crate::takeover::replacement_spec(&app.spec, &name, &self.cfg.path),
+            None => self.target.configure(&mut spec),
+        }
         if self.cfg.decryption_key.is_some() {
             spec.decryption = Some(Decryption {
                 provider: "sops".into(),

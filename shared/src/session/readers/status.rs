@@ -52,9 +52,30 @@ pub struct SnowflakeEntry {
     pub objects: Vec<String>,
 }
 
+/// One app Flux deploys (a Kustomization or HelmRelease the suite did not
+/// make) and its mode: GitOps (Flux applies it from its source), Run (a
+/// session runs in its place: `--take-over`), Snowflake (suspended outside
+/// the suite: what it applied stays as it is, applied by no one).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AppEntry {
+    /// `Kustomization/flux-system/podinfo`.
+    pub app: String,
+    pub mode: ClusterMode,
+    /// Run: the session in its place (`namespace/name`), who runs it and
+    /// whether it is live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taken_over_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+}
+
 /// The whole picture.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ClusterStatus {
+    /// Each app Flux deploys, and its mode.
+    pub apps: Vec<AppEntry>,
     pub run: Vec<RunEntry>,
     pub gitops: Vec<GitOpsEntry>,
     pub snowflake: Vec<SnowflakeEntry>,
@@ -157,6 +178,30 @@ impl ClusterStatus {
         for g in &self.gitops {
             let _ = writeln!(out, "  {} (by {})", g.namespace, g.managed_by.join(", "));
         }
+        let _ = writeln!(out, "\nApps: {} deployed by Flux", self.apps.len());
+        for a in &self.apps {
+            let why = match (&a.taken_over_by, a.mode) {
+                (Some(by), _) => format!(
+                    " (taken over by session {by} of {}, {})",
+                    a.owner.as_deref().unwrap_or("someone"),
+                    if a.live == Some(true) {
+                        "live".to_string()
+                    } else {
+                        format!(
+                            "NOT live: `kubectl gitops-sessions delete {}` hands it back",
+                            by.split_once('/')
+                                .map(|(ns, n)| format!("{n} -n {ns}"))
+                                .unwrap_or_else(|| by.clone())
+                        )
+                    }
+                ),
+                (None, ClusterMode::Snowflake) => {
+                    " (suspended outside kubectl-gitops: Flux does not apply it)".into()
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "  {} {}{why}", a.app, a.mode.as_str());
+        }
         let total: usize = self.snowflake.iter().map(|s| s.objects.len()).sum();
         let _ = writeln!(
             out,
@@ -223,6 +268,62 @@ pub fn gitops_namespaces(
     gitops
 }
 
+/// Each app's mode (pure): `kustomizations` and `releases` (namespace,
+/// name, suspended) as listed, `live`: the sessions (`namespace/name`)
+/// whose heartbeat is live. The suite's own appliers are sessions, not apps.
+pub fn app_modes(
+    kustomizations: &[Kustomization],
+    releases: &[(String, String, bool)],
+    live: &BTreeSet<String>,
+) -> Vec<AppEntry> {
+    let mut apps = Vec::new();
+    for ks in kustomizations {
+        if labels::is_managed(ks.metadata.labels.as_ref()) {
+            continue;
+        }
+        let app = format!(
+            "Kustomization/{}/{}",
+            ks.namespace().unwrap_or_default(),
+            ks.name_any()
+        );
+        apps.push(match crate::takeover::TakenOver::of(ks) {
+            Some(t) => AppEntry {
+                app,
+                mode: ClusterMode::Run,
+                live: Some(live.contains(&t.holder)),
+                taken_over_by: Some(t.holder),
+                owner: Some(t.owner).filter(|o| !o.is_empty()),
+            },
+            None => AppEntry {
+                app,
+                mode: if ks.spec.suspend == Some(true) {
+                    ClusterMode::Snowflake
+                } else {
+                    ClusterMode::GitOps
+                },
+                taken_over_by: None,
+                owner: None,
+                live: None,
+            },
+        });
+    }
+    for (ns, name, suspended) in releases {
+        apps.push(AppEntry {
+            app: format!("HelmRelease/{ns}/{name}"),
+            mode: if *suspended {
+                ClusterMode::Snowflake
+            } else {
+                ClusterMode::GitOps
+            },
+            taken_over_by: None,
+            owner: None,
+            live: None,
+        });
+    }
+    apps.sort_by(|a, b| a.app.cmp(&b.app));
+    apps
+}
+
 /// The mode from its two deciding facts (see [`ClusterStatus::mode`]).
 pub fn mode_of(live_sessions: usize, gitops_namespaces: usize) -> ClusterMode {
     if live_sessions > 0 {
@@ -247,6 +348,11 @@ impl ClusterMode {
 /// Reads the cluster and classifies it.
 pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Error> {
     let sessions = view::list(client, &view::Filter::default()).await?;
+    let live: BTreeSet<String> = sessions
+        .iter()
+        .filter(|s| s.heartbeat == Heartbeat::Live)
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect();
     let run = sessions
         .iter()
         .filter(|s| s.heartbeat == Heartbeat::Live)
@@ -261,6 +367,7 @@ pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Erro
     let kss: Api<Kustomization> = Api::all(client.clone());
     let kss = kss.list(&ListParams::default()).await?.items;
     let mut releases = Vec::new();
+    let mut release_apps = Vec::new();
     if flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await? {
         let hrs: Api<DynamicObject> = Api::all_with(client.clone(), &flux::helm_release_resource());
         for hr in hrs.list(&ListParams::default()).await? {
@@ -269,10 +376,15 @@ pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Erro
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or(ns.clone());
+            if !labels::is_managed(hr.metadata.labels.as_ref()) {
+                let suspended = hr.data["spec"]["suspend"].as_bool() == Some(true);
+                release_apps.push((ns.clone(), hr.name_any(), suspended));
+            }
             releases.push((ns, hr.name_any(), target));
         }
     }
     let gitops = gitops_namespaces(&kss, &releases);
+    let apps = app_modes(&kss, &release_apps, &live);
 
     let skip: BTreeSet<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
     let mut snow = BTreeMap::new();
@@ -296,6 +408,7 @@ pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Erro
     }
 
     Ok(ClusterStatus {
+        apps,
         run,
         gitops: gitops
             .into_iter()
@@ -330,6 +443,7 @@ mod tests {
     #[test]
     fn the_mode_and_its_text() {
         let mut st = ClusterStatus {
+            apps: vec![],
             run: vec![],
             gitops: vec![],
             snowflake: vec![SnowflakeEntry {
@@ -352,6 +466,93 @@ mod tests {
         });
         assert_eq!(st.mode(), ClusterMode::Run);
         insta::assert_snapshot!(st.render());
+    }
+
+    fn app(ns: &str, name: &str, suspend: bool, annotations: &[(&str, &str)]) -> Kustomization {
+        let mut ks: Kustomization = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {"interval": "1m", "prune": true, "suspend": suspend,
+                     "sourceRef": {"kind": "GitRepository", "name": "flux-system"}},
+        }))
+        .unwrap();
+        ks.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        ks
+    }
+
+    #[test]
+    fn each_app_is_in_gitops_run_or_snowflake_mode() {
+        use crate::takeover::keys;
+        let held = |by: &'static str| {
+            [
+                (keys::TAKEN_OVER_BY, by),
+                (keys::TAKEN_OVER_OWNER, "ann@laptop"),
+            ]
+        };
+        let kss = vec![
+            app(
+                "flux-system",
+                "podinfo",
+                true,
+                &held("flux-system/run-podinfo-1a2b3c"),
+            ),
+            app(
+                "flux-system",
+                "redis",
+                true,
+                &held("flux-system/run-redis-4d5e6f"),
+            ),
+            app("flux-system", "web", false, &[]),
+            app("flux-system", "frozen", true, &[]),
+            {
+                let mut own = app("flux-system", "run-podinfo-1a2b3c", false, &[]);
+                own.metadata.labels = Some(labels::managed("session"));
+                own
+            },
+        ];
+        let live = BTreeSet::from(["flux-system/run-podinfo-1a2b3c".to_string()]);
+        let apps = app_modes(
+            &kss,
+            &[("flux-system".into(), "hello".into(), false)],
+            &live,
+        );
+        let modes: Vec<(&str, &str, Option<bool>)> = apps
+            .iter()
+            .map(|a| (a.app.as_str(), a.mode.as_str(), a.live))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("HelmRelease/flux-system/hello", "GitOps", None),
+                ("Kustomization/flux-system/frozen", "Snowflake", None),
+                ("Kustomization/flux-system/podinfo", "Run", Some(true)),
+                ("Kustomization/flux-system/redis", "Run", Some(false)),
+                ("Kustomization/flux-system/web", "GitOps", None),
+            ]
+        );
+        let st = ClusterStatus {
+            apps,
+            run: vec![],
+            gitops: vec![],
+            snowflake: vec![],
+        };
+        let text = st.render();
+        assert!(text.contains("Kustomization/flux-system/podinfo Run (taken over by session flux-system/run-podinfo-1a2b3c of ann@laptop, live)"), "{text}");
+        assert!(
+            text.contains(
+                "`kubectl gitops-sessions delete run-redis-4d5e6f -n flux-system` hands it back"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Kustomization/flux-system/frozen Snowflake (suspended outside"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | `last-revision`, `last-sync`, `last-status` | the last sync: revision, RFC 3339 time, `Ready`/`Failed` |
 //! | `port-forwards` | `--port-forward` specs, space-separated |
 //! | `owner` | `user@host` that created it |
+//! | `takes-over` | `namespace/name` of the Flux Kustomization the session runs in place of (`--take-over`) |
 //! | `sync-history` | JSON array of the last [`HISTORY_LEN`] syncs, oldest first: [`SyncEntry`] (added later: readers take a missing or unreadable value as no history) |
 //!
 //! `spec.holderIdentity` is `user@host` while the command runs (empty once
@@ -79,6 +80,7 @@ pub mod keys {
     pub const EPHEMERAL_SANDBOX: &str = "gitops.kubectl.dev/ephemeral-sandbox";
     pub const PORT_FORWARDS: &str = "gitops.kubectl.dev/port-forwards";
     pub const SYNC_HISTORY: &str = "gitops.kubectl.dev/sync-history";
+    pub const TAKES_OVER: &str = "gitops.kubectl.dev/takes-over";
 }
 
 /// How many syncs the Lease keeps in `sync-history`.
@@ -164,6 +166,8 @@ pub struct Record {
     pub owner: String,
     /// The last syncs, oldest first.
     pub history: Vec<SyncEntry>,
+    /// `namespace/name` of the Kustomization it runs in place of.
+    pub takes_over: Option<String>,
 }
 
 /// The last sync a session recorded.
@@ -222,6 +226,9 @@ impl Record {
         if let Some(last) = &self.last {
             a.extend(last.to_annotations());
         }
+        if let Some(t) = &self.takes_over {
+            a.insert(keys::TAKES_OVER.to_string(), t.clone());
+        }
         if !self.history.is_empty() {
             a.insert(
                 keys::SYNC_HISTORY.to_string(),
@@ -255,6 +262,7 @@ impl Record {
                 .collect(),
             owner: get(labels::OWNER),
             history: history_from_annotation(a.get(keys::SYNC_HISTORY).map(String::as_str)),
+            takes_over: a.get(keys::TAKES_OVER).filter(|t| !t.is_empty()).cloned(),
         }
     }
 
@@ -344,6 +352,7 @@ mod tests {
                 "resource=pod/db,port=5432".into(),
             ],
             owner: "ann@laptop".into(),
+            takes_over: Some("flux-system/podinfo".into()),
             history: vec![
                 SyncEntry {
                     at: parse_time(Some("2026-11-23T10:00:30Z")).unwrap(),

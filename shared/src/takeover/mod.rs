@@ -1,0 +1,182 @@
+//! From GitOps mode to Run mode and back: a session that runs a working
+//! copy *in place of* the app Flux deploys from Git.
+//!
+//! - [`find`]: which Flux Kustomization deploys a directory of a Git work
+//!   tree (its `sourceRef` is a `GitRepository` whose URL is one of the work
+//!   tree's remotes, [`remote`], and its `spec.path` is the directory).
+//! - [`claim`]: the takeover of the original and its hand-back. The
+//!   original is suspended and marked with the session that holds it
+//!   ([`keys::TAKEN_OVER_BY`]) and with Flux's own
+//!   `kustomize.toolkit.fluxcd.io/reconcile: disabled`, so that a parent
+//!   Kustomization applying it from Git leaves it alone for the whole
+//!   session (a plain suspend is undone by a parent whose manifest says
+//!   `suspend: false`). Only these fields are written, with the
+//!   resourceVersion read as the precondition, and only an original marked
+//!   with the session's own name is ever handed back.
+//! - [`handback`]: the return to GitOps mode at stop: the original resumed
+//!   and reconciled from Git (the GitRepository fetched again, so a commit
+//!   pushed during the session comes in) and awaited until Flux reports the
+//!   Git revision applied; what the session added that Git does not have
+//!   is then removed.
+//!
+//! The session's own Kustomization takes the original's settings
+//! ([`replacement_spec`]) and applies the same objects: Flux updates them in
+//! place (server-side apply, same field manager), so a Deployment keeps its
+//! UID through the takeover and the hand-back.
+
+pub mod claim;
+pub mod find;
+pub mod handback;
+pub mod remote;
+
+use crate::flux::{KustomizationSpec, SourceReference};
+
+pub use claim::{Holder, TakenOver};
+pub use find::App;
+
+/// Annotations the suite puts on an original it took over.
+pub mod keys {
+    /// `<lease namespace>/<session>`: the session that holds the original.
+    pub const TAKEN_OVER_BY: &str = "gitops.kubectl.dev/taken-over-by";
+    /// `user@host` of that session.
+    pub const TAKEN_OVER_OWNER: &str = "gitops.kubectl.dev/taken-over-owner";
+    /// When (RFC 3339).
+    pub const TAKEN_OVER_AT: &str = "gitops.kubectl.dev/taken-over-at";
+    /// `"true"` when the suite added Flux's [`RECONCILE`] annotation (and so
+    /// removes it at the hand-back).
+    pub const ADDED_RECONCILE: &str = "gitops.kubectl.dev/taken-over-reconcile";
+    /// Flux's annotation: kustomize-controller neither applies (from a
+    /// parent Kustomization) nor prunes an in-cluster object carrying it
+    /// with the value `disabled`.
+    pub const RECONCILE: &str = "kustomize.toolkit.fluxcd.io/reconcile";
+}
+
+/// Errors of a takeover and its hand-back.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeoverError {
+    #[error(
+        "{app} is already taken over by session {holder} of {owner} ({state}); \
+         one session at a time runs in place of an app"
+    )]
+    Held {
+        app: String,
+        holder: String,
+        owner: String,
+        /// Live, or stale with what hands it back.
+        state: String,
+    },
+    #[error(
+        "{app} is suspended outside kubectl-gitops (`flux suspend`, or `suspend: true` in Git): \
+         a session takes over only what Flux is running; resume it first \
+         (`flux resume kustomization {name} -n {namespace}`) or ask who suspended it"
+    )]
+    SuspendedElsewhere {
+        app: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{0} does not exist (any more)")]
+    NotFound(String),
+    #[error(
+        "no Flux Kustomization deploys {dir} from this repository (its remotes: {remotes}); \
+         run without --take-over to try it in a sandbox, or name the Kustomization: \
+         --take-over NAMESPACE/NAME"
+    )]
+    NoMatch { dir: String, remotes: String },
+    #[error(
+        "{dir} is deployed by several Flux Kustomizations ({apps}); name the one to take over: \
+         --take-over NAMESPACE/NAME"
+    )]
+    Ambiguous { dir: String, apps: String },
+    #[error("--take-over {0}: expected NAMESPACE/NAME (a Kustomization)")]
+    BadName(String),
+    #[error(
+        "{app} was handed back but is not back in GitOps mode after {secs}s: {why}. \
+         Flux keeps reconciling it; see `flux get kustomization {name} -n {namespace}`"
+    )]
+    NotBack {
+        app: String,
+        namespace: String,
+        name: String,
+        secs: u64,
+        why: String,
+    },
+    #[error("{0} kept changing while the suite tried to write it; try again")]
+    KeptChanging(String),
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// The spec of the session's Kustomization that runs in place of
+/// `original`: the original's settings (`targetNamespace`,
+/// `serviceAccountName`, `postBuild` with `substituteFrom`, `decryption`,
+/// `patches`, `images`, `components`, `namePrefix`/`nameSuffix`,
+/// `commonMetadata`, `healthChecks`, `wait`, `timeout`, `force`,
+/// `kubeConfig`, `dependsOn`, …), its source and path replaced by the
+/// session's artifact. It prunes what it applied while it runs; its
+/// deletion at the hand-back is left to the session (see
+/// [`handback::release_replacement`]), so the original's own
+/// `deletionPolicy` is not copied.
+pub fn replacement_spec(
+    original: &KustomizationSpec,
+    source: &str,
+    path: &str,
+) -> KustomizationSpec {
+    let mut spec = original.clone();
+    spec.source_ref = SourceReference {
+        kind: "OCIRepository".into(),
+        name: source.into(),
+        namespace: None,
+    };
+    spec.path = Some(path.into());
+    spec.prune = true;
+    spec.suspend = None;
+    spec.interval = "10m".into();
+    spec.retry_interval = Some("30s".into());
+    spec.other.remove("deletionPolicy");
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replacement_keeps_every_setting_but_the_source() {
+        let original: KustomizationSpec = serde_json::from_value(serde_json::json!({
+            "interval": "1m", "path": "./apps/podinfo", "prune": true, "suspend": false,
+            "sourceRef": {"kind": "GitRepository", "name": "flux-system"},
+            "targetNamespace": "podinfo", "serviceAccountName": "deployer",
+            "postBuild": {"substitute": {"env": "dev"}, "substituteFrom": [{"kind": "ConfigMap", "name": "vars"}]},
+            "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}},
+            "patches": [{"patch": "- op: add", "target": {"kind": "Deployment"}}],
+            "images": [{"name": "podinfo", "newTag": "6.5.0"}],
+            "components": ["../../components/monitoring"],
+            "namePrefix": "dev-", "nameSuffix": "-a",
+            "commonMetadata": {"labels": {"team": "a"}},
+            "healthChecks": [{"kind": "Deployment", "name": "podinfo", "namespace": "podinfo"}],
+            "wait": false, "timeout": "3m", "force": true,
+            "kubeConfig": {"secretRef": {"name": "remote", "key": "value"}},
+            "deletionPolicy": "Delete",
+        }))
+        .unwrap();
+        let spec = replacement_spec(&original, "run-podinfo-1a2b3c", "./apps/podinfo");
+        let json = serde_json::to_value(&spec).unwrap();
+        let want = serde_json::json!({
+            "interval": "10m", "retryInterval": "30s", "path": "./apps/podinfo", "prune": true,
+            "sourceRef": {"kind": "OCIRepository", "name": "run-podinfo-1a2b3c"},
+            "targetNamespace": "podinfo", "serviceAccountName": "deployer",
+            "postBuild": {"substitute": {"env": "dev"}, "substituteFrom": [{"kind": "ConfigMap", "name": "vars"}]},
+            "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}},
+            "patches": [{"patch": "- op: add", "target": {"kind": "Deployment"}}],
+            "images": [{"name": "podinfo", "newTag": "6.5.0"}],
+            "components": ["../../components/monitoring"],
+            "namePrefix": "dev-", "nameSuffix": "-a",
+            "commonMetadata": {"labels": {"team": "a"}},
+            "healthChecks": [{"kind": "Deployment", "name": "podinfo", "namespace": "podinfo"}],
+            "wait": false, "timeout": "3m", "force": true,
+            "kubeConfig": {"secretRef": {"name": "remote", "key": "value"}},
+        });
+        assert_eq!(json, want);
+    }
+}
