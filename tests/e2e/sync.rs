@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use gitops::session::lease_is_live;
 use gitops_e2e::{
-    Footprint, Harness, OwnRegistry, RunningSession, configmap, create_namespace, delete_namespace,
-    eventually, output, plugin, unique, write_tree,
+    Footprint, Harness, OwnRegistry, RunningSession, configmap, configmap_in, create_namespace,
+    delete_namespace, eventually, output, plugin, unique, write_tree,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -734,4 +734,76 @@ async fn ignored_dangling_links_never_break_a_sync() {
 
     s.signal("INT");
     assert_eq!(s.wait_exit(WAIT), Some(0));
+}
+
+/// Cluster mode without `--target-namespace`: manifests that name no
+/// namespace land in `-n`'s namespace, as `kubectl apply` would put them
+/// (Flux alone fails with "namespace not specified"); a tree where some
+/// name one and others do not is refused before anything is pushed.
+#[tokio::test]
+async fn cluster_mode_puts_objects_without_a_namespace_where_kubectl_would() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let ns = unique("e2e-default-ns");
+    create_namespace(&client, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(
+        dir.path(),
+        &[("app.yaml", &configmap("app", &[("value", "1")]))],
+    );
+    let name = unique("run-default-ns");
+    let once = || {
+        output(
+            plugin("kubectl-gitops_run")
+                .args(harness.kube_args())
+                .args([
+                    "-n",
+                    &ns,
+                    "--no-session",
+                    "--once",
+                    "--keep",
+                    "--name",
+                    &name,
+                ])
+                .current_dir(dir.path()),
+        )
+    };
+    let synced = once();
+    assert_eq!(synced.code, Some(0), "{synced:?}");
+    assert!(
+        synced
+            .stderr
+            .contains(&format!("they go to namespace {ns}")),
+        "{synced:?}"
+    );
+    // What the API server holds: the ConfigMap in -n's namespace.
+    assert_eq!(value(&client, &ns, "app").await.as_deref(), Some("1"));
+    let deleted = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["delete", &name, "-n", &ns]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
+
+    // Mixed: refused, nothing pushed or created.
+    let other = unique("e2e-elsewhere");
+    write_tree(
+        dir.path(),
+        &[
+            ("app.yaml", &configmap("app", &[("value", "2")])),
+            ("other.yaml", &configmap_in(&other, "other", &[("v", "1")])),
+        ],
+    );
+    let refused = once();
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        refused.stderr.contains("app.yaml: ConfigMap/app")
+            && refused.stderr.contains("--target-namespace"),
+        "{refused:?}"
+    );
+    let kss: Api<gitops::flux::Kustomization> = Api::namespaced(client.clone(), &ns);
+    assert!(kss.get_opt(&name).await.unwrap().is_none());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    assert!(leases.get_opt(&name).await.unwrap().is_none());
+    delete_namespace(&client, &ns).await;
 }

@@ -197,6 +197,26 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
     } else {
         Mode::Sandboxed
     };
+    // Cluster mode: objects that name no namespace go where `kubectl
+    // apply` would put them (the context's), or the mix is refused, before
+    // anything is pushed.
+    let mut target_namespace = args.target_namespace.clone();
+    if mode == Mode::Cluster
+        && take_over.is_none()
+        && target_namespace.is_none()
+        && !gitops::helm::is_chart(&dir)
+    {
+        target_namespace =
+            gitops::session::engine::validate::default_namespace(&root, &dir, &cluster.namespace)?;
+        if let Some(ns) = &target_namespace {
+            reporter(&Event::Message {
+                message: format!(
+                    "the manifests name no namespace: they go to namespace {ns} (from -n or the context, \
+                     as kubectl apply would place them); --target-namespace to choose another"
+                ),
+            });
+        }
+    }
     if let Some(file) = &args.export_gitops {
         let text = export::gitops_manifests(&dir, &name, "flux-system")?;
         std::fs::write(file, text)
@@ -209,7 +229,7 @@ pub async fn run(kube: &KubeFlags, args: RunArgs) -> Result<ExitCode> {
         mode,
         sandbox: args.sandbox.clone(),
         namespace: cluster.namespace.clone(),
-        target_namespace: args.target_namespace.clone(),
+        target_namespace,
         registry_options,
         registry,
         walk: walk.clone(),

@@ -111,6 +111,14 @@ pub enum ValidateError {
     #[error("invalid YAML, nothing was pushed:\n{}", list(.0))]
     Yaml(Vec<YamlError>),
     #[error(
+        "some objects name no namespace while others do; Flux has no default namespace for \
+         them (it would fail with \"namespace not specified\"), and --target-namespace would \
+         move every object. Add `namespace:` to these, or pass --target-namespace NAMESPACE to \
+         put everything there; nothing was pushed:\n  {}",
+        .0.join("\n  ")
+    )]
+    MixedNamespaces(Vec<String>),
+    #[error(
         "{} has no Kubernetes manifests (no .yaml/.yml file and no kustomization); nothing was pushed",
         .0.display()
     )]
@@ -318,6 +326,94 @@ pub fn relocated(root: &Path, dir: &Path, target: &str) -> Vec<Relocated> {
     out
 }
 
+/// Kinds that live outside namespaces (the built-in ones, and the common
+/// cluster-wide kinds of popular add-ons): they need no namespace.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "StorageClass",
+    "CSIDriver",
+    "CSINode",
+    "VolumeAttachment",
+    "PriorityClass",
+    "RuntimeClass",
+    "IngressClass",
+    "APIService",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
+    "FlowSchema",
+    "PriorityLevelConfiguration",
+    "GatewayClass",
+    "ClusterIssuer",
+    "ClusterPolicy",
+];
+
+/// Where the objects of `dir` (inside `root`) that name no namespace go in
+/// cluster mode without `--target-namespace`, as `kubectl apply` would
+/// place them: `Some(context)` when no object of the tree names a
+/// namespace (Flux's `targetNamespace` then puts exactly those in the
+/// context's namespace); `None` when every namespaced object has one.
+/// Refused when some name one and others do not: Flux has no default
+/// namespace for the others, and a `targetNamespace` would move all.
+pub fn default_namespace(
+    root: &Path,
+    dir: &Path,
+    context: &str,
+) -> Result<Option<String>, ValidateError> {
+    let Ok(applied) = crate::kustomize::applied(dir) else {
+        return Ok(None);
+    };
+    let rel = |p: &Path| {
+        p.strip_prefix(crate::kustomize::normalize(root))
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    let mut named = !applied.namespaces.is_empty();
+    let mut unnamed: Vec<String> = Vec::new();
+    for (file, overridden) in &applied.files {
+        if *overridden {
+            named = true;
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) else {
+            continue;
+        };
+        for head in heads {
+            let (Some(kind), Some(meta)) = (head.kind, head.metadata) else {
+                continue;
+            };
+            if CLUSTER_SCOPED.contains(&kind.as_str()) {
+                continue;
+            }
+            match meta.namespace.filter(|n| !n.is_empty()) {
+                Some(_) => named = true,
+                None => unnamed.push(format!(
+                    "{}: {kind}/{}",
+                    rel(file),
+                    meta.name.unwrap_or_default()
+                )),
+            }
+        }
+    }
+    match (unnamed.is_empty(), named) {
+        (true, _) => Ok(None),
+        (false, false) => Ok(Some(context.to_string())),
+        (false, true) => Err(ValidateError::MixedNamespaces(unnamed)),
+    }
+}
+
 fn has_yaml(dir: &Path) -> bool {
     walkdir::WalkDir::new(dir)
         .into_iter()
@@ -479,6 +575,45 @@ pub fn file_for(index: &ObjectIndex, message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_without_a_namespace_go_where_kubectl_would_put_them_or_are_refused_when_mixed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let cm = |name: &str, ns: Option<&str>| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{}",
+                ns.map(|n| format!("  namespace: {n}\n"))
+                    .unwrap_or_default()
+            )
+        };
+        // None names one (a cluster-scoped object needs none): the context's.
+        std::fs::write(d.join("a.yaml"), cm("a", None)).unwrap();
+        std::fs::write(
+            d.join("ns.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            default_namespace(d, d, "team").unwrap().as_deref(),
+            Some("team")
+        );
+        // Every one names its own: nothing to choose.
+        std::fs::write(d.join("a.yaml"), cm("a", Some("dev"))).unwrap();
+        assert_eq!(default_namespace(d, d, "team").unwrap(), None);
+        // Mixed: refused, naming the object and its file.
+        std::fs::write(d.join("b.yaml"), cm("b", None)).unwrap();
+        let e = default_namespace(d, d, "team").unwrap_err();
+        assert!(e.to_string().contains("b.yaml: ConfigMap/b"), "{e}");
+        assert!(e.to_string().contains("--target-namespace"), "{e}");
+        // A kustomization that sets the namespace places them all.
+        std::fs::write(
+            d.join("kustomization.yaml"),
+            "namespace: dev\nresources: [a.yaml, b.yaml]\n",
+        )
+        .unwrap();
+        assert_eq!(default_namespace(d, d, "team").unwrap(), None);
+    }
 
     #[test]
     fn syntax_errors_name_file_and_line() {

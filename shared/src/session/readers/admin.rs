@@ -224,6 +224,38 @@ pub async fn prune(
             removed,
         });
     }
+    pruned.extend(hand_back_stranded(client, namespace, timeout).await?);
+    Ok(pruned)
+}
+
+/// Apps still taken over by a session whose Lease is gone (deleted by
+/// hand, or its namespace emptied): handed back, with whatever of that
+/// session is left.
+async fn hand_back_stranded(
+    client: &Client,
+    namespace: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Pruned>, ReaderError> {
+    let held = crate::takeover::claim::all(client, namespace)
+        .await
+        .map_err(crate::session::engine::EngineError::from)?;
+    let mut pruned = Vec::new();
+    for t in held {
+        let (ns, name) = t.lease();
+        if validate_name(name).is_err() || ns.is_empty() {
+            continue;
+        }
+        let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+        if leases.get_opt(name).await?.is_some() {
+            continue;
+        }
+        let removed = cleanup(client, ns, name, None, "", timeout).await?;
+        pruned.push(Pruned {
+            name: name.to_string(),
+            namespace: ns.to_string(),
+            removed,
+        });
+    }
     Ok(pruned)
 }
 
