@@ -138,7 +138,10 @@ pub fn replacement_spec(
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod spec_tests {
     use super::*;
 
     #[test]

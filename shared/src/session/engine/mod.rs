@@ -25,9 +25,9 @@ pub mod verdict;
 pub mod watch;
 
 #[cfg(test)]
-mod materialize_tests;
+mod lease_takeover_tests;
 #[cfg(test)]
-mod takeover_tests;
+mod materialize_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
