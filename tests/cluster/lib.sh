@@ -41,6 +41,8 @@ set_ports() {
     KWOK_PORT=$((PORT_BASE + 15))
     # A Helm repository (static files) of the pinned vcluster chart.
     CHARTS_PORT=$((PORT_BASE + 16))
+    # The Git server (Git's own git http-backend behind tests/peers/git-server).
+    GIT_PORT=$((PORT_BASE + 17))
     ETCD2_PORT=$((PORT_BASE + 21))
     ETCD2_PEER_PORT=$((PORT_BASE + 22))
     API2_PORT=$((PORT_BASE + 23))
@@ -132,15 +134,18 @@ flux|flux|github.com/fluxcd/flux2/v2/cmd/flux|flux
 krew|krew|sigs.k8s.io/krew/cmd/krew|krew
 kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|kwok
 vcluster-chart|vcluster|github.com/loft-sh/vcluster|repo/index.yaml
+git-server|git-server|kubectl-gitops.test/peers/git-server|git-server
 "
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 info() { printf '    %s\n' "$*" >&2; }
 die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
-# The version a peer module pins for a module, read from its go.mod.
+# The version a peer module pins for a module, read from its go.mod; "local"
+# for a peer that is our own program (the module itself, e.g. git-server).
 pinned_version() { # <peer dir> <module>
-    awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$PEERS/$1/go.mod"
+    awk -v m="$2" '$1 == "module" && $2 == m { print "local"; exit }
+        $1 == m && $2 ~ /^v/ { print $2; exit }' "$PEERS/$1/go.mod"
 }
 
 # The main module a peer package belongs to.
@@ -155,14 +160,15 @@ peer_module() { # <package>
 }
 
 # Where a peer's binary is cached: keyed by the pinned version and by the
-# go.mod/go.sum it was built from, so any change of pins builds afresh.
+# files of its directory (go.mod, go.sum; the sources of a peer of our own),
+# so any change of pins or sources builds afresh.
 peer_dir() { # <name>
     local line dir pkg module version key
     line=$(grep "^$1|" <<<"$PEER_TABLE")
     IFS='|' read -r _ dir pkg _ <<<"$line"
     module=$(peer_module "$pkg")
     version=$(pinned_version "$dir" "$module")
-    key=$(cat "$PEERS/$dir/go.mod" "$PEERS/$dir/go.sum" | sha256sum | cut -c1-12)
+    key=$(find "$PEERS/$dir" -type f -print0 | LC_ALL=C sort -z | xargs -0 cat | sha256sum | cut -c1-12)
     echo "$CACHE/$1-$version-$key"
 }
 
@@ -241,3 +247,60 @@ $(tail -n 15 "$(logfile "$name")" 2>/dev/null | sed 's/^/    | /')"
 }
 
 kubectl_h() { kubectl --kubeconfig "$STATE/kubeconfig" "$@"; }
+
+# The sample GitOps repository (tests/cluster/fleet) with its placeholders
+# filled in, copied into a directory: what `flux bootstrap git` leaves in a
+# repository, plus two apps. The end-to-end fixture (tests/src/lib.rs,
+# GitOpsRepo) fills in the same files with a test's own names.
+render_fleet() { # <into> <git url> <flux namespace> <podinfo namespace> <hello-chart namespace>
+    local f
+    cp -r "$HARNESS_ROOT/tests/cluster/fleet/." "$1/"
+    while IFS= read -r -d '' f; do
+        sed -i -e "s|@GIT_URL@|$2|g" -e "s|@FLUX_NAMESPACE@|$3|g" \
+            -e "s|@PODINFO_NAMESPACE@|$4|g" -e "s|@HELLO_NAMESPACE@|$5|g" "$f"
+    done < <(find "$1" -type f -print0)
+}
+
+# Does what `flux bootstrap git` does once the controllers run: a bare
+# repository REPO.git on the Git server (pushes allowed) holding the rendered
+# fleet, then gotk-sync.yaml from Git applied to the cluster. Waits until the
+# parent Kustomization and the apps' Kustomizations have applied the pushed
+# commit and are Ready, and the HelmRelease is Ready. A repository that
+# exists already is not pushed again.
+bootstrap_fleet() { # <repo> <flux namespace> <podinfo namespace> <hello-chart namespace>
+    local url="http://127.0.0.1:$GIT_PORT/$1.git" bare=$STATE/git/$1.git fns=$2 work sha rev
+    if [[ ! -d $bare ]]; then
+        say "bootstrapping $url: Flux's sync (clusters/local) and two apps, as flux bootstrap git leaves a repository"
+        git init -q --bare -b main "$bare"
+        git -C "$bare" config http.receivepack true
+        work=$(mktemp -d)
+        render_fleet "$work" "$url" "$2" "$3" "$4"
+        git -C "$work" init -q -b main
+        git -C "$work" add -A
+        git -C "$work" -c user.name=harness -c user.email=harness@localhost \
+            commit -q -m "Flux sync for clusters/local; apps podinfo and hello-chart"
+        git -C "$work" push -q "$url" main || die "cannot push the fleet to $url; see $(logfile git-server)"
+        rm -rf "$work"
+    fi
+    sha=$(git ls-remote "$url" refs/heads/main | cut -f1)
+    [[ -n $sha ]] || die "$url has no branch main; remove $bare and run tests/cluster/up again"
+    rev="main@sha1:$sha"
+    kubectl_h create namespace "$fns" --dry-run=client -o yaml | kubectl_h apply -f - >/dev/null
+    git -C "$bare" show main:clusters/local/flux-system/gotk-sync.yaml | kubectl_h apply -f - >/dev/null
+    fleet_wait "$fns" kustomization/flux-system "{.status.lastAppliedRevision}=$rev"
+    fleet_wait "$fns" kustomization/podinfo "{.status.lastAppliedRevision}=$rev"
+    fleet_wait "$fns" kustomization/hello-chart "{.status.lastAppliedRevision}=$rev"
+    fleet_wait "$fns" "kustomization/podinfo kustomization/hello-chart" condition=Ready
+    fleet_wait "$4" helmrelease/hello condition=Ready
+    info "$1 at $rev: Kustomizations flux-system, podinfo, hello-chart and HelmRelease $4/hello Ready"
+}
+
+fleet_wait() { # <namespace> <objects> <condition or jsonpath=value>
+    local cond=$3
+    [[ $cond == condition=* ]] || cond="jsonpath=$cond"
+    # shellcheck disable=SC2086 # several objects in one word
+    kubectl_h -n "$1" wait $2 --for="$cond" --timeout=120s >/dev/null 2>&1 && return
+    die "the fleet did not converge: $2 in $1 not $3 within 120s
+$(kubectl_h get gitrepositories,kustomizations,helmreleases -A 2>&1 | sed 's/^/    | /')
+    see the logs of source-controller, kustomize-controller, helm-controller in $STATE/logs"
+}

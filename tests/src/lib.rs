@@ -45,6 +45,10 @@ pub struct Harness {
     pub second_kubeconfig: Option<PathBuf>,
     /// URL of the Helm repository serving the pinned vcluster chart.
     pub charts: String,
+    /// Base URL of the Git server (`http://127.0.0.1:PORT`), from
+    /// harness.env's `GITOPS_HARNESS_GIT` (or the environment's, for a
+    /// harness started before it had one); see [`Harness::git_url`].
+    pub git: Option<String>,
 }
 
 fn workspace_root() -> PathBuf {
@@ -83,6 +87,10 @@ impl Harness {
                 .get("GITOPS_HARNESS_SECOND_KUBECONFIG")
                 .map(PathBuf::from),
             charts: var("GITOPS_HARNESS_CHARTS"),
+            git: vars
+                .get("GITOPS_HARNESS_GIT")
+                .map(|v| v.to_string())
+                .or_else(|| std::env::var("GITOPS_HARNESS_GIT").ok()),
             dir,
         }
     }
@@ -167,6 +175,23 @@ impl Harness {
             child.wait().expect("kubectl").success(),
             "kubectl apply failed:\n{yaml}"
         );
+    }
+
+    /// Base URL of the harness's Git server; panics if this harness has none.
+    pub fn git_url(&self) -> &str {
+        self.git.as_deref().unwrap_or_else(|| {
+            panic!(
+                "{} lacks GITOPS_HARNESS_GIT: this harness was started before it had a Git server; \
+                 restart it (tests/cluster/down, then tests/cluster/up)",
+                self.dir.join("harness.env").display()
+            )
+        })
+    }
+
+    /// The directory the Git server serves: one bare repository `NAME.git`
+    /// per repository, at `<git_url>/NAME.git`.
+    pub fn git_root(&self) -> PathBuf {
+        self.dir.join("git")
     }
 
     /// The `flux` CLI, pointed at the harness.
@@ -1204,3 +1229,6 @@ pub async fn push_oci_source(
         .await
         .expect("create the OCIRepository");
 }
+
+mod gitops_repo;
+pub use gitops_repo::{GitOpsRepo, flux_resource, kustomization_resource, request_reconcile};
