@@ -87,6 +87,9 @@ pub fn is_managed_object(kind: &str, meta: &ObjectMeta) -> bool {
     let l = meta.labels.clone().unwrap_or_default();
     let flux = l.contains_key("kustomize.toolkit.fluxcd.io/name")
         || l.contains_key("helm.toolkit.fluxcd.io/name");
+    // Helm's release records (Secrets `sh.helm.release.v1.*`, labelled
+    // `owner: helm`): written by Helm (helm-controller), not by hand.
+    let helm_storage = kind == "Secret" && l.get("owner").map(String::as_str) == Some("helm");
     let owned = meta
         .owner_references
         .as_ref()
@@ -98,7 +101,7 @@ pub fn is_managed_object(kind: &str, meta: &ObjectMeta) -> bool {
     ) || (kind == "Service"
         && name == "kubernetes"
         && meta.namespace.as_deref() == Some("default"));
-    flux || owned || builtin || labels::is_managed(Some(&l))
+    flux || helm_storage || owned || builtin || labels::is_managed(Some(&l))
 }
 
 async fn scan<K>(
@@ -553,6 +556,22 @@ mod tests {
             text.contains("Kustomization/flux-system/frozen Snowflake (suspended outside"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn helms_release_records_are_not_snowflakes() {
+        assert!(is_managed_object(
+            "Secret",
+            &meta(
+                "apps",
+                "sh.helm.release.v1.hello.v1",
+                &[("owner", "helm"), ("name", "hello")]
+            )
+        ));
+        assert!(!is_managed_object(
+            "ConfigMap",
+            &meta("apps", "settings", &[("owner", "helm")])
+        ));
     }
 
     #[test]

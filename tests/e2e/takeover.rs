@@ -1,0 +1,436 @@
+//! From GitOps mode to Run mode and back, through the real source-,
+//! kustomize- and helm-controllers and the harness's Git server: a session
+//! found the Kustomization that deploys its directory from Git, took it
+//! over (the original suspended and marked, its settings kept, the app's
+//! objects updated in place), and handed it back on stop (the original
+//! resumed and Ready at Git's revision, what the session added removed,
+//! what it changed reverted, by UID and field). Also the hard kill, a
+//! second session, a parent Kustomization's next reconcile, and a commit
+//! pushed during the session.
+
+// Panics are the tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use gitops::flux::Kustomization;
+use gitops_e2e::{
+    GitOpsRepo, Harness, RunningSession, eventually, output, plugin, request_reconcile, unique,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, Client, ResourceExt};
+
+const WAIT: Duration = Duration::from_secs(120);
+const TAKEN_OVER_BY: &str = "gitops.kubectl.dev/taken-over-by";
+const RECONCILE: &str = "kustomize.toolkit.fluxcd.io/reconcile";
+
+async fn original(client: &Client, repo: &GitOpsRepo) -> Kustomization {
+    let api: Api<Kustomization> = Api::namespaced(client.clone(), &repo.flux_namespace);
+    api.get("podinfo").await.unwrap()
+}
+
+async fn configmap(client: &Client, ns: &str, name: &str) -> Option<ConfigMap> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    api.get_opt(name).await.unwrap()
+}
+
+async fn message(client: &Client, ns: &str) -> Option<String> {
+    configmap(client, ns, "podinfo-config")
+        .await
+        .and_then(|c| c.data?.get("PODINFO_UI_MESSAGE").cloned())
+}
+
+async fn deployment(client: &Client, ns: &str) -> Deployment {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.get("podinfo").await.unwrap()
+}
+
+/// The original, as the API server holds it, is suspended and held by
+/// `session` (in the flux namespace), Flux's reconcile annotation set.
+async fn assert_held(client: &Client, repo: &GitOpsRepo, session: &str) {
+    let ks = original(client, repo).await;
+    assert_eq!(ks.spec.suspend, Some(true), "{:?}", ks.metadata);
+    let a = ks.annotations();
+    assert_eq!(
+        a.get(TAKEN_OVER_BY).map(String::as_str),
+        Some(format!("{}/{session}", repo.flux_namespace).as_str())
+    );
+    assert_eq!(a.get(RECONCILE).map(String::as_str), Some("disabled"));
+}
+
+/// Back in GitOps mode: resumed, unmarked, Ready at `revision`.
+async fn assert_back(client: &Client, repo: &GitOpsRepo, revision: &str) {
+    let ks = original(client, repo).await;
+    assert_ne!(ks.spec.suspend, Some(true));
+    for key in [TAKEN_OVER_BY, RECONCILE] {
+        assert!(
+            !ks.annotations().contains_key(key),
+            "{key}: {:?}",
+            ks.metadata
+        );
+    }
+    let status = ks.status.unwrap();
+    assert_eq!(status.last_applied_revision.as_deref(), Some(revision));
+    let ready = gitops::flux::condition(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.status, "True", "{ready:?}");
+}
+
+fn take_over(harness: &Harness, repo: &GitOpsRepo, name: &str) -> RunningSession {
+    RunningSession::start(
+        harness,
+        repo.workdir(),
+        &["apps/podinfo", "--take-over", "--name", name],
+    )
+}
+
+/// The whole round trip: found, taken over with the original's settings,
+/// edited live (a change, an object added), held across the parent's
+/// reconcile, refused to a second session, handed back on Ctrl+C.
+#[tokio::test]
+async fn a_session_takes_over_the_app_from_git_and_hands_it_back() {
+    let harness = &Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = GitOpsRepo::create(harness, &client, "e2e-takeover").await;
+    let app_ns = repo.podinfo_namespace.clone();
+    let git_revision = repo.head_revision();
+    let deploy_uid = deployment(&client, &app_ns).await.uid().unwrap();
+    let config_uid = configmap(&client, &app_ns, "podinfo-config")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    // The remote spelled as developers clone it: ssh-style origin.
+    repo.spell_origin(&format!("git@127.0.0.1:{}.git", repo.name));
+
+    // Without --take-over: only said, nothing taken over.
+    let beside = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args(["apps/podinfo", "--once", "--name", &unique("run-beside")])
+            .current_dir(repo.workdir()),
+    );
+    assert!(
+        beside.stderr.contains(&format!(
+            "apps/podinfo is deployed by Kustomization {ns}/podinfo from GitRepository {ns}/flux-system@main",
+            ns = repo.flux_namespace
+        )) && beside.stderr.contains("--take-over"),
+        "{beside:?}"
+    );
+    assert_eq!(original(&client, &repo).await.spec.suspend, None);
+
+    let name = unique("run-podinfo");
+    let mut s = take_over(harness, &repo, &name);
+    s.next_sync().expect("the first sync");
+    assert_held(&client, &repo, &name).await;
+    // The session's own Kustomization took the original's settings.
+    let kss: Api<Kustomization> = Api::namespaced(client.clone(), &repo.flux_namespace);
+    let ours = kss.get(&name).await.unwrap();
+    assert_eq!(ours.spec.target_namespace.as_deref(), Some(app_ns.as_str()));
+    assert_eq!(ours.spec.wait, Some(true));
+    assert_eq!(ours.spec.timeout.as_deref(), Some("2m0s"));
+    assert_eq!(ours.spec.source_ref.kind, "OCIRepository");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &repo.flux_namespace);
+    let lease = leases.get(&name).await.unwrap();
+    assert_eq!(
+        lease.annotations()["gitops.kubectl.dev/takes-over"],
+        format!("{}/podinfo", repo.flux_namespace)
+    );
+
+    // Live edits: a changed value, more replicas, an object Git lacks.
+    let dir = repo.app_dir("podinfo");
+    let cm = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
+    std::fs::write(
+        dir.join("configmap.yaml"),
+        cm.replace("hello from Git", "hello from my laptop"),
+    )
+    .unwrap();
+    let d = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
+    std::fs::write(
+        dir.join("deployment.yaml"),
+        d.replace("replicas: 2", "replicas: 3"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("extra.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  only: here\n",
+    )
+    .unwrap();
+    let k = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        k.replace("  - service.yaml", "  - service.yaml\n  - extra.yaml"),
+    )
+    .unwrap();
+    eventually("the edits applied", WAIT, || async {
+        let m = message(&client, &app_ns).await;
+        let extra = configmap(&client, &app_ns, "extra").await.is_some();
+        let replicas = deployment(&client, &app_ns).await.spec.unwrap().replicas;
+        (m.as_deref() == Some("hello from my laptop") && extra && replicas == Some(3))
+            .then_some(())
+            .ok_or(format!("{m:?} extra={extra} replicas={replicas:?}"))
+    })
+    .await;
+    // The same objects, updated in place.
+    assert_eq!(
+        deployment(&client, &app_ns).await.uid().unwrap(),
+        deploy_uid
+    );
+    assert_eq!(
+        configmap(&client, &app_ns, "podinfo-config")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap(),
+        config_uid
+    );
+
+    // The parent's next reconcile (it applies the app's Kustomization from
+    // Git, where it is not suspended) leaves the takeover in place.
+    let asked = request_reconcile(
+        &client,
+        "Kustomization",
+        &repo.flux_namespace,
+        "flux-system",
+    )
+    .await;
+    eventually("the parent reconciled", WAIT, || async {
+        let parent = kss.get("flux-system").await.unwrap();
+        let s = parent.status.unwrap_or_default();
+        let ready = gitops::flux::condition(&s.conditions, "Ready").map(|c| c.status.clone());
+        (s.last_handled_reconcile_at.as_deref() == Some(asked.as_str())
+            && ready.as_deref() == Some("True"))
+        .then_some(())
+        .ok_or(format!("{:?} {ready:?}", s.last_handled_reconcile_at))
+    })
+    .await;
+    assert_held(&client, &repo, &name).await;
+    assert_eq!(
+        message(&client, &app_ns).await.as_deref(),
+        Some("hello from my laptop")
+    );
+
+    // A second session cannot take it over: refused, naming the holder.
+    let second = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args([
+                "apps/podinfo",
+                "--take-over",
+                "--once",
+                "--name",
+                &unique("run-second"),
+            ])
+            .current_dir(repo.workdir()),
+    );
+    assert_ne!(second.code, Some(0), "{second:?}");
+    assert!(
+        second.stderr.contains(&format!(
+            "already taken over by session {}/{name}",
+            repo.flux_namespace
+        )) && second.stderr.contains("live"),
+        "{second:?}"
+    );
+    assert_held(&client, &repo, &name).await;
+
+    // Stop: back in GitOps mode at Git's commit, said, with the uncommitted
+    // edits pointed out.
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    let said: Vec<String> = s
+        .seen
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    let short = &repo.head_sha()[..7];
+    assert!(
+        said.iter().any(|m| m
+            == &format!(
+                "back in GitOps mode: Kustomization {}/podinfo at main@{short}",
+                repo.flux_namespace
+            )),
+        "{said:#?}"
+    );
+    assert!(
+        said.iter()
+            .any(|m| m.contains("uncommitted changes") && m.contains("not in Git")),
+        "{said:#?}"
+    );
+    assert_back(&client, &repo, &git_revision).await;
+    // What Git has, by UID and field; what it lacks, gone.
+    assert_eq!(
+        message(&client, &app_ns).await.as_deref(),
+        Some("hello from Git")
+    );
+    let d = deployment(&client, &app_ns).await;
+    assert_eq!(d.uid().unwrap(), deploy_uid);
+    assert_eq!(d.spec.unwrap().replicas, Some(2));
+    assert_eq!(
+        configmap(&client, &app_ns, "podinfo-config")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap(),
+        config_uid
+    );
+    assert!(configmap(&client, &app_ns, "extra").await.is_none());
+    // The session's own objects are gone; the original applies the app again.
+    assert!(kss.get_opt(&name).await.unwrap().is_none());
+    assert!(leases.get_opt(&name).await.unwrap().is_none());
+    let labels = deployment(&client, &app_ns).await.labels().clone();
+    assert_eq!(
+        labels
+            .get("kustomize.toolkit.fluxcd.io/name")
+            .map(String::as_str),
+        Some("podinfo")
+    );
+    repo.cleanup(&client).await;
+}
+
+/// The natural end: edit live, commit, push, stop. The hand-back brings in
+/// the pushed commit, and says nothing is missing from Git.
+#[tokio::test]
+async fn a_commit_pushed_during_the_session_is_what_gitops_resumes_with() {
+    let harness = &Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = GitOpsRepo::create(harness, &client, "e2e-takeover-push").await;
+    let app_ns = repo.podinfo_namespace.clone();
+    let deploy_uid = deployment(&client, &app_ns).await.uid().unwrap();
+    let name = unique("run-push");
+    let mut s = take_over(harness, &repo, &name);
+    s.next_sync().expect("the first sync");
+    let dir = repo.app_dir("podinfo");
+    let cm = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
+    std::fs::write(
+        dir.join("configmap.yaml"),
+        cm.replace("hello from Git", "committed and pushed"),
+    )
+    .unwrap();
+    s.next_sync().expect("the edit synced");
+    assert_eq!(
+        message(&client, &app_ns).await.as_deref(),
+        Some("committed and pushed")
+    );
+    let pushed = repo.commit_and_push("podinfo: a new message");
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    assert_back(&client, &repo, &format!("main@sha1:{pushed}")).await;
+    assert_eq!(
+        message(&client, &app_ns).await.as_deref(),
+        Some("committed and pushed")
+    );
+    assert_eq!(
+        deployment(&client, &app_ns).await.uid().unwrap(),
+        deploy_uid
+    );
+    let warned: Vec<&serde_json::Value> = s
+        .seen
+        .iter()
+        .filter(|e| {
+            e["event"] == "warning" && e["message"].as_str().unwrap_or("").contains("not in Git")
+        })
+        .collect();
+    assert!(warned.is_empty(), "{warned:?}");
+    repo.cleanup(&client).await;
+}
+
+/// `kill -9`: the original stays suspended and marked; status says so, a
+/// second session is refused, and `gitops-sessions delete` hands it back.
+#[tokio::test]
+async fn a_killed_session_leaves_the_app_marked_and_delete_hands_it_back() {
+    let harness = &Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = GitOpsRepo::create(harness, &client, "e2e-takeover-kill").await;
+    let app_ns = repo.podinfo_namespace.clone();
+    let git_revision = repo.head_revision();
+    let name = unique("run-killed");
+    // A short heartbeat: judged stale within seconds once killed.
+    let mut s = RunningSession::start(
+        harness,
+        repo.workdir(),
+        &[
+            "apps/podinfo",
+            "--take-over",
+            "--name",
+            &name,
+            "--lease-duration",
+            "3s",
+        ],
+    );
+    s.next_sync().expect("the first sync");
+    let dir = repo.app_dir("podinfo");
+    let cm = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
+    std::fs::write(
+        dir.join("configmap.yaml"),
+        cm.replace("hello from Git", "stranded"),
+    )
+    .unwrap();
+    s.next_sync().expect("the edit synced");
+    s.signal("KILL");
+    s.wait_exit(WAIT);
+    // Left as it was: suspended, marked, the session's content applied.
+    assert_held(&client, &repo, &name).await;
+    assert_eq!(message(&client, &app_ns).await.as_deref(), Some("stranded"));
+
+    // The status names it, its holder and that the holder is not live.
+    let holder = format!("{}/{name}", repo.flux_namespace);
+    let status = eventually("status says the holder is not live", WAIT, || async {
+        let st = output(
+            plugin("kubectl-gitops_sessions")
+                .args(harness.kube_args())
+                .args(["status"]),
+        );
+        let line = st
+            .stdout
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .starts_with(&format!("Kustomization/{}/podinfo ", repo.flux_namespace))
+            })
+            .map(str::to_string)
+            .unwrap_or_default();
+        (line.contains("Run") && line.contains(&holder) && line.contains("NOT live"))
+            .then_some(line.clone())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    assert!(status.contains("hands it back"), "{status}");
+
+    // Another session: refused, naming the holder and what hands it back.
+    let second = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args([
+                "apps/podinfo",
+                "--take-over",
+                "--once",
+                "--name",
+                &unique("run-other"),
+            ])
+            .current_dir(repo.workdir()),
+    );
+    assert_ne!(second.code, Some(0), "{second:?}");
+    assert!(
+        second.stderr.contains(&holder) && second.stderr.contains("stale"),
+        "{second:?}"
+    );
+
+    let deleted = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["delete", &name, "-n", &repo.flux_namespace]),
+    );
+    assert_eq!(deleted.code, Some(0), "{deleted:?}");
+    assert!(
+        deleted.stdout.contains("back in GitOps mode")
+            || deleted.stderr.contains("back in GitOps mode"),
+        "{deleted:?}"
+    );
+    assert_back(&client, &repo, &git_revision).await;
+    assert_eq!(
+        message(&client, &app_ns).await.as_deref(),
+        Some("hello from Git")
+    );
+    repo.cleanup(&client).await;
+}
