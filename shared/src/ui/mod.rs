@@ -134,25 +134,27 @@ fn message(msg: Option<String>) -> String {
 }
 
 async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
-    let (rows, counts) = {
+    let (rows, counts, takeovers) = {
         let s = app.sections.borrow();
         (
             s.get("sessions-body").cloned().unwrap_or_default(),
             s.get("session-counts").cloned().unwrap_or_default(),
+            s.get("takeovers").cloned().unwrap_or_default(),
         )
     };
-    let body = index_body(&message(q.msg), &counts, &rows);
+    let body = index_body(&message(q.msg), &counts, &rows, &takeovers);
     page(&app, "Sessions", Tab::Sessions, &body).into_response()
 }
 
 /// The sessions list: counters, filters, the table.
-pub(crate) fn index_body(msg: &str, counts: &str, rows: &str) -> String {
+pub(crate) fn index_body(msg: &str, counts: &str, rows: &str, takeovers: &str) -> String {
     let headers: String = render::COLUMNS
         .iter()
         .map(|h| format!("<th scope=\"col\">{h}</th>"))
         .collect();
     format!(
         "{msg}<div id=\"session-counts\" class=\"tiles\" aria-label=\"Session counts\">{counts}</div>\
+         <div id=\"takeovers\">{takeovers}</div>\
          <form class=\"filters\" role=\"search\" aria-label=\"Filter sessions\" onsubmit=\"return false\">\
          <label>Namespace <select id=\"filter-namespace\"><option value=\"\">all namespaces</option></select></label>\
          <label>Status <select id=\"filter-status\"><option value=\"\">any</option><option>Ready</option>\
@@ -529,6 +531,15 @@ fn hub_sections(
     }
     sections.insert("sessions-body".into(), rows);
     sections.insert("session-counts".into(), render::session_counts(&views));
+    let live_sessions: std::collections::BTreeSet<String> = views
+        .iter()
+        .filter(|v| v.heartbeat == Heartbeat::Live)
+        .map(|v| format!("{}/{}", v.namespace, v.name))
+        .collect();
+    sections.insert(
+        "takeovers".into(),
+        render::takeovers(&status::app_modes(kss, &[], &live_sessions)),
+    );
 
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for l in leases {
@@ -1108,9 +1119,55 @@ mod tests {
             s["cluster-mode"]
         );
         assert!(s["cluster-mode"].contains("200 live sessions"));
+        assert_eq!(s["takeovers"], "");
         // Without sessions, Flux's own Kustomization makes it GitOps.
-        let s = hub_sections(&[], &[gitops], &[], &[], &[], &[], &WatchState::default());
+        let s = hub_sections(
+            &[],
+            &[gitops.clone()],
+            &[],
+            &[],
+            &[],
+            &[],
+            &WatchState::default(),
+        );
         assert!(s["cluster-mode"].contains("<strong>GitOps</strong>"));
+        // An app taken over by a session: named, with its holder; live
+        // while the session's Lease is renewed, else what hands it back.
+        let mut held = gitops;
+        held.metadata.annotations = Some(
+            [
+                (crate::takeover::keys::TAKEN_OVER_BY, "team/run-7"),
+                (crate::takeover::keys::TAKEN_OVER_OWNER, "ann@laptop"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let mut holder = lease(7);
+        holder.metadata.namespace = Some("team".into());
+        holder.metadata.name = Some("run-7".into());
+        let s = hub_sections(
+            std::slice::from_ref(&holder),
+            std::slice::from_ref(&held),
+            &[],
+            &[],
+            &[],
+            &[],
+            &WatchState::default(),
+        );
+        assert!(
+            s["takeovers"].contains("<strong>Kustomization/flux-system/apps</strong> runs session")
+                && s["takeovers"].contains("of ann@laptop")
+                && s["takeovers"].contains("data-live=\"true\""),
+            "{}",
+            s["takeovers"]
+        );
+        let s = hub_sections(&[], &[held], &[], &[], &[], &[], &WatchState::default());
+        assert!(
+            s["takeovers"].contains("kubectl gitops-sessions delete run-7 -n team"),
+            "{}",
+            s["takeovers"]
+        );
         assert!(s["sessions-body"].contains("No sessions."));
         let mut broken = WatchState::default();
         broken.apply(("Leases", Err("forbidden <x>".into())));

@@ -158,6 +158,44 @@ pub fn heartbeat(s: &SessionView, renewed: bool) -> String {
 }
 
 /// The cluster's mode at the top of every page.
+/// The apps a session runs in place of (Run mode per app, `--take-over`):
+/// each with its session, who runs it and whether it is live; a stale one
+/// says what hands it back. Empty when none is taken over.
+pub fn takeovers(apps: &[crate::session::readers::status::AppEntry]) -> String {
+    let rows: String = apps
+        .iter()
+        .filter_map(|a| {
+            let by = a.taken_over_by.as_deref()?;
+            let (ns, name) = by.split_once('/').unwrap_or(("", by));
+            let live = a.live == Some(true);
+            let state = if live {
+                "<span class=\"hb live\"><span class=\"dot\" aria-hidden=\"true\"></span>live</span>".to_string()
+            } else {
+                format!(
+                    "<span class=\"hb stale\"><span class=\"dot\" aria-hidden=\"true\"></span>stale</span> \
+                     <span class=\"muted\">suspended in Flux until <code>kubectl gitops-sessions delete {} -n {}</code> hands it back</span>",
+                    esc(name),
+                    esc(ns)
+                )
+            };
+            Some(format!(
+                "<li data-app=\"{app}\" data-live=\"{live}\"><strong>{app}</strong> runs session \
+                 <a href=\"/session/{ns_e}/{name_e}\">{name_e}</a> of {owner} instead of Git: {state}</li>",
+                app = esc(&a.app),
+                ns_e = esc(ns),
+                name_e = esc(name),
+                owner = esc(a.owner.as_deref().unwrap_or("someone")),
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<section class=\"takeovers\" aria-label=\"Apps taken over from GitOps\"><h2 class=\"small\">Taken over from GitOps</h2><ul>{rows}</ul></section>"
+    )
+}
+
 pub fn cluster_mode(mode: ClusterMode, live: usize, gitops_namespaces: usize) -> String {
     let (class, detail, title) = match mode {
         ClusterMode::Run => (

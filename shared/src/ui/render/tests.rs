@@ -417,7 +417,7 @@ fn preview_pages_are_whole_and_show_their_fixtures() {
         "Sessions",
         Tab::Sessions,
         &mode,
-        &index_body("", &session_counts(&sessions), &session_rows(&sessions)),
+        &index_body("", &session_counts(&sessions), &session_rows(&sessions), ""),
     );
     assert_whole_page(&index, "Sessions", Some("Sessions"));
     assert_eq!(index.matches("<tr data-key=").count(), sessions.len());
