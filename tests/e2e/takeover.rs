@@ -63,7 +63,7 @@ async fn assert_held(client: &Client, repo: &GitOpsRepo, session: &str) {
 /// Back in GitOps mode: resumed, unmarked, Ready at `revision`.
 async fn assert_back(client: &Client, repo: &GitOpsRepo, revision: &str) {
     let ks = original(client, repo).await;
-    assert_ne!(ks.spec.suspend, Some(true));
+    assert_ne!(ks.spec.suspend, Some(true), "{:?}", ks.metadata);
     for key in [TAKEN_OVER_BY, RECONCILE] {
         assert!(
             !ks.annotations().contains_key(key),
@@ -94,6 +94,23 @@ async fn a_session_takes_over_the_app_from_git_and_hands_it_back() {
     let client = harness.cluster().await.client;
     let repo = GitOpsRepo::create(harness, &client, "e2e-takeover").await;
     let app_ns = repo.podinfo_namespace.clone();
+    // The hard case for a parent: Git's manifest of the app's Kustomization
+    // says `suspend: false` outright, so a parent applying it would resume
+    // a plain suspend (Flux's reconcile: disabled annotation keeps it out).
+    let apps = repo.workdir().join("clusters/local/apps.yaml");
+    let text = std::fs::read_to_string(&apps).unwrap();
+    std::fs::write(
+        &apps,
+        text.replacen(
+            "  path: ./apps/podinfo\n",
+            "  path: ./apps/podinfo\n  suspend: false\n",
+            1,
+        ),
+    )
+    .unwrap();
+    repo.commit_and_push("podinfo: suspend: false, said outright");
+    repo.wait_applied(&client).await;
+    assert_eq!(original(&client, &repo).await.spec.suspend, Some(false));
     let git_revision = repo.head_revision();
     let deploy_uid = deployment(&client, &app_ns).await.uid().unwrap();
     let config_uid = configmap(&client, &app_ns, "podinfo-config")
@@ -118,7 +135,7 @@ async fn a_session_takes_over_the_app_from_git_and_hands_it_back() {
         )) && beside.stderr.contains("--take-over"),
         "{beside:?}"
     );
-    assert_eq!(original(&client, &repo).await.spec.suspend, None);
+    assert_ne!(original(&client, &repo).await.spec.suspend, Some(true));
 
     let name = unique("run-podinfo");
     let mut s = take_over(harness, &repo, &name);
@@ -187,7 +204,7 @@ async fn a_session_takes_over_the_app_from_git_and_hands_it_back() {
     );
 
     // The parent's next reconcile (it applies the app's Kustomization from
-    // Git, where it is not suspended) leaves the takeover in place.
+    // Git, where it says `suspend: false`) leaves the takeover in place.
     let asked = request_reconcile(
         &client,
         "Kustomization",
