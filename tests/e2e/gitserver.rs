@@ -182,8 +182,9 @@ async fn a_pushed_commit_reaches_the_cluster_on_a_reconcile_request() {
         source.data["status"]["lastHandledReconcileAt"],
         requested.as_str()
     );
-    repo.wait_kustomization(&client, "podinfo", &format!("main@sha1:{sha}"))
-        .await;
+    // Everything the repository deploys moves to the commit: both apps'
+    // Kustomizations, and the chart (a new version per commit) released.
+    repo.wait_applied(&client).await;
     repo.cleanup(&client).await;
 }
 
@@ -272,13 +273,14 @@ async fn child(client: &Client, repo: &GitOpsRepo) -> (Option<bool>, Option<Stri
 /// suspended the child with a JSON merge patch. The observed answers:
 ///
 /// 1. A manager whose name begins with `kubectl` (`kubectl`, `kubectl-patch`,
-///    `kubectl-gitops`, …) loses its fields at the parent's next reconcile,
-///    even with nothing new in Git: kustomize-controller removes what
-///    `kubectl` edits set (its field-manager clean-up matches by that name
-///    prefix). The child is resumed.
-/// 2. Any other manager (here `gitops-takeover`) keeps `suspend: true`
-///    across the parent's reconciles and its applies of a changed child
-///    manifest, as long as Git's manifest does not set `suspend`.
+///    `kubectl-gitops`, …) loses its fields (its `suspend` and its
+///    annotations alike) at the parent's next reconcile, even with nothing
+///    new in Git: kustomize-controller removes what `kubectl` edits set (its
+///    field-manager clean-up matches by that name prefix). The child is
+///    resumed.
+/// 2. Any other manager (here `gitops-takeover`) keeps `suspend: true` and
+///    its annotations across the parent's reconciles and its applies of a
+///    changed child manifest, as long as Git's manifest does not set them.
 /// 3. Git's manifest saying `suspend: false` explicitly: the parent's apply
 ///    takes the field back; the child is resumed.
 /// 4. The in-cluster child annotated `kustomize.toolkit.fluxcd.io/reconcile:
@@ -294,7 +296,17 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     let repo = GitOpsRepo::create(&harness, &client, "gs").await;
     let original =
         std::fs::read_to_string(repo.workdir().join("clusters/local/apps.yaml")).unwrap();
-    let suspend = serde_json::json!({"spec": {"suspend": true}});
+    // A suspend and a mark of who holds the app, as a take-over would set them.
+    let suspend = serde_json::json!({
+        "metadata": {"annotations": {"e2e.gitops/held-by": "a-session"}},
+        "spec": {"suspend": true}
+    });
+    let held_by = |ks: &DynamicObject| {
+        ks.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("e2e.gitops/held-by").cloned())
+    };
 
     // 1. Suspended by a manager named kubectl-*: resumed by the parent.
     patch_child(&client, &repo, "kubectl-gitops", suspend.clone()).await;
@@ -306,6 +318,7 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
         "a suspend set by manager kubectl-gitops survived the parent's reconcile ({managers})"
     );
     assert!(!managers.contains("kubectl-gitops"), "{managers}");
+    assert_eq!(held_by(&repo.kustomization(&client, "podinfo").await), None);
 
     // 2. Suspended by another manager: still suspended after the parent's
     //    reconcile, and after it applied a changed child manifest.
@@ -321,6 +334,10 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     );
     assert_eq!(suspended, Some(true), "{managers}");
     assert!(managers.contains("gitops-takeover/Update"), "{managers}");
+    assert_eq!(
+        held_by(&repo.kustomization(&client, "podinfo").await).as_deref(),
+        Some("a-session")
+    );
 
     // 3. Git says suspend: false explicitly: the parent resumes the child.
     push_child_spec(
