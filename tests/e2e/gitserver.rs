@@ -287,8 +287,12 @@ async fn child(client: &Client, repo: &GitOpsRepo) -> (Option<bool>, Option<Stri
 ///    disabled`: the parent leaves it alone entirely (still in its
 ///    inventory, parent Ready): it stays suspended although Git says
 ///    `suspend: false`, and Git's other changes to it are not applied either.
-/// 5. Removing that annotation (and the suspend field it kept) hands the
-///    child back: the parent's next reconcile applies Git's manifest again.
+/// 5. Removing that annotation hands the child back: the parent's next
+///    reconcile applies Git's manifest again (here `suspend: false`).
+/// 6. The annotation protects a `kubectl-*` manager's fields too (the parent
+///    skips the object before any clean-up); once the annotation is removed,
+///    the parent's next reconcile strips that manager's `suspend` and
+///    annotations: resumed even where Git does not mention `suspend`.
 #[tokio::test]
 async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     let harness = Harness::get();
@@ -405,5 +409,36 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     let revision = repo.head_revision();
     repo.reconcile_source(&client).await;
     repo.wait_kustomization(&client, "podinfo", &revision).await;
+
+    // 6. reconcile: disabled protects even a kubectl-* manager's fields; once
+    //    it is removed, the parent's next reconcile strips them all.
+    push_child_spec(&client, &repo, &original, "").await;
+    assert_eq!(child(&client, &repo).await.0, None, "Git sets no suspend");
+    let mut held = suspend.clone();
+    held["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/reconcile"] = "disabled".into();
+    // A new value: a patch that changes nothing records no owner, and
+    // gitops-takeover still owns the annotation from step 2.
+    held["metadata"]["annotations"]["e2e.gitops/held-by"] = "another-session".into();
+    patch_child(&client, &repo, "kubectl-gitops", held).await;
+    reconcile_parent(&client, &repo).await;
+    let (suspended, _, managers) = child(&client, &repo).await;
+    assert_eq!(suspended, Some(true), "{managers}");
+    assert_eq!(
+        held_by(&repo.kustomization(&client, "podinfo").await).as_deref(),
+        Some("another-session")
+    );
+    patch_child(
+        &client,
+        &repo,
+        "kubectl-gitops",
+        serde_json::json!({
+            "metadata": {"annotations": {"kustomize.toolkit.fluxcd.io/reconcile": null}}
+        }),
+    )
+    .await;
+    reconcile_parent(&client, &repo).await;
+    let (suspended, _, managers) = child(&client, &repo).await;
+    assert_eq!(suspended, None, "{managers}");
+    assert_eq!(held_by(&repo.kustomization(&client, "podinfo").await), None);
     repo.cleanup(&client).await;
 }
