@@ -286,7 +286,10 @@ bootstrap_fleet() { # <repo> <flux namespace> <podinfo namespace> <hello-chart n
     [[ -n $sha ]] || die "$url has no branch main; remove $bare and run tests/cluster/up again"
     rev="main@sha1:$sha"
     kubectl_h create namespace "$fns" --dry-run=client -o yaml | kubectl_h apply -f - >/dev/null
-    git -C "$bare" show main:clusters/local/flux-system/gotk-sync.yaml | kubectl_h apply -f - >/dev/null
+    # Server-side, as kubectl's manager: the parent Kustomization takes the
+    # objects over and kustomize-controller drops kubectl's fields.
+    git -C "$bare" show main:clusters/local/flux-system/gotk-sync.yaml |
+        kubectl_h apply --server-side --force-conflicts -f - >/dev/null
     fleet_wait "$fns" kustomization/flux-system "{.status.lastAppliedRevision}=$rev"
     fleet_wait "$fns" kustomization/podinfo "{.status.lastAppliedRevision}=$rev"
     fleet_wait "$fns" kustomization/hello-chart "{.status.lastAppliedRevision}=$rev"

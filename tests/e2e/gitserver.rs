@@ -182,8 +182,9 @@ async fn a_pushed_commit_reaches_the_cluster_on_a_reconcile_request() {
         source.data["status"]["lastHandledReconcileAt"],
         requested.as_str()
     );
-    repo.wait_kustomization(&client, "podinfo", &format!("main@sha1:{sha}"))
-        .await;
+    // Everything the repository deploys moves to the commit: both apps'
+    // Kustomizations, and the chart (a new version per commit) released.
+    repo.wait_applied(&client).await;
     repo.cleanup(&client).await;
 }
 
@@ -272,21 +273,26 @@ async fn child(client: &Client, repo: &GitOpsRepo) -> (Option<bool>, Option<Stri
 /// suspended the child with a JSON merge patch. The observed answers:
 ///
 /// 1. A manager whose name begins with `kubectl` (`kubectl`, `kubectl-patch`,
-///    `kubectl-gitops`, …) loses its fields at the parent's next reconcile,
-///    even with nothing new in Git: kustomize-controller removes what
-///    `kubectl` edits set (its field-manager clean-up matches by that name
-///    prefix). The child is resumed.
-/// 2. Any other manager (here `gitops-takeover`) keeps `suspend: true`
-///    across the parent's reconciles and its applies of a changed child
-///    manifest, as long as Git's manifest does not set `suspend`.
+///    `kubectl-gitops`, …) loses its fields (its `suspend` and its
+///    annotations alike) at the parent's next reconcile, even with nothing
+///    new in Git: kustomize-controller removes what `kubectl` edits set (its
+///    field-manager clean-up matches by that name prefix). The child is
+///    resumed.
+/// 2. Any other manager (here `gitops-takeover`) keeps `suspend: true` and
+///    its annotations across the parent's reconciles and its applies of a
+///    changed child manifest, as long as Git's manifest does not set them.
 /// 3. Git's manifest saying `suspend: false` explicitly: the parent's apply
 ///    takes the field back; the child is resumed.
 /// 4. The in-cluster child annotated `kustomize.toolkit.fluxcd.io/reconcile:
 ///    disabled`: the parent leaves it alone entirely (still in its
 ///    inventory, parent Ready): it stays suspended although Git says
 ///    `suspend: false`, and Git's other changes to it are not applied either.
-/// 5. Removing that annotation (and the suspend field it kept) hands the
-///    child back: the parent's next reconcile applies Git's manifest again.
+/// 5. Removing that annotation hands the child back: the parent's next
+///    reconcile applies Git's manifest again (here `suspend: false`).
+/// 6. The annotation protects a `kubectl-*` manager's fields too (the parent
+///    skips the object before any clean-up); once the annotation is removed,
+///    the parent's next reconcile strips that manager's `suspend` and
+///    annotations: resumed even where Git does not mention `suspend`.
 #[tokio::test]
 async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     let harness = Harness::get();
@@ -294,7 +300,17 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     let repo = GitOpsRepo::create(&harness, &client, "gs").await;
     let original =
         std::fs::read_to_string(repo.workdir().join("clusters/local/apps.yaml")).unwrap();
-    let suspend = serde_json::json!({"spec": {"suspend": true}});
+    // A suspend and a mark of who holds the app, as a take-over would set them.
+    let suspend = serde_json::json!({
+        "metadata": {"annotations": {"e2e.gitops/held-by": "a-session"}},
+        "spec": {"suspend": true}
+    });
+    let held_by = |ks: &DynamicObject| {
+        ks.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("e2e.gitops/held-by").cloned())
+    };
 
     // 1. Suspended by a manager named kubectl-*: resumed by the parent.
     patch_child(&client, &repo, "kubectl-gitops", suspend.clone()).await;
@@ -306,6 +322,7 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
         "a suspend set by manager kubectl-gitops survived the parent's reconcile ({managers})"
     );
     assert!(!managers.contains("kubectl-gitops"), "{managers}");
+    assert_eq!(held_by(&repo.kustomization(&client, "podinfo").await), None);
 
     // 2. Suspended by another manager: still suspended after the parent's
     //    reconcile, and after it applied a changed child manifest.
@@ -321,6 +338,10 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     );
     assert_eq!(suspended, Some(true), "{managers}");
     assert!(managers.contains("gitops-takeover/Update"), "{managers}");
+    assert_eq!(
+        held_by(&repo.kustomization(&client, "podinfo").await).as_deref(),
+        Some("a-session")
+    );
 
     // 3. Git says suspend: false explicitly: the parent resumes the child.
     push_child_spec(
@@ -388,5 +409,36 @@ async fn a_parent_kustomization_and_a_child_suspended_by_another_manager() {
     let revision = repo.head_revision();
     repo.reconcile_source(&client).await;
     repo.wait_kustomization(&client, "podinfo", &revision).await;
+
+    // 6. reconcile: disabled protects even a kubectl-* manager's fields; once
+    //    it is removed, the parent's next reconcile strips them all.
+    push_child_spec(&client, &repo, &original, "").await;
+    assert_eq!(child(&client, &repo).await.0, None, "Git sets no suspend");
+    let mut held = suspend.clone();
+    held["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/reconcile"] = "disabled".into();
+    // A new value: a patch that changes nothing records no owner, and
+    // gitops-takeover still owns the annotation from step 2.
+    held["metadata"]["annotations"]["e2e.gitops/held-by"] = "another-session".into();
+    patch_child(&client, &repo, "kubectl-gitops", held).await;
+    reconcile_parent(&client, &repo).await;
+    let (suspended, _, managers) = child(&client, &repo).await;
+    assert_eq!(suspended, Some(true), "{managers}");
+    assert_eq!(
+        held_by(&repo.kustomization(&client, "podinfo").await).as_deref(),
+        Some("another-session")
+    );
+    patch_child(
+        &client,
+        &repo,
+        "kubectl-gitops",
+        serde_json::json!({
+            "metadata": {"annotations": {"kustomize.toolkit.fluxcd.io/reconcile": null}}
+        }),
+    )
+    .await;
+    reconcile_parent(&client, &repo).await;
+    let (suspended, _, managers) = child(&client, &repo).await;
+    assert_eq!(suspended, None, "{managers}");
+    assert_eq!(held_by(&repo.kustomization(&client, "podinfo").await), None);
     repo.cleanup(&client).await;
 }

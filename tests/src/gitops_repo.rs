@@ -224,15 +224,28 @@ impl GitOpsRepo {
             &self.flux_namespace,
             &kustomization_resource(),
         );
-        wait_ready_at(&api, "Kustomization", name, Some(revision)).await;
+        wait_ready_at(
+            &api,
+            "Kustomization",
+            name,
+            "lastAppliedRevision",
+            revision,
+            |v| v == revision,
+        )
+        .await;
     }
 
     /// Waits until Flux has applied `HEAD` (which must be pushed): the
     /// parent `flux-system` and both app Kustomizations Ready at
-    /// `main@sha1:<HEAD>`, then the HelmRelease Ready. Asks for a fetch of
-    /// the source first, so a commit is seen at once.
+    /// `main@sha1:<HEAD>`, then the HelmRelease `hello` Ready with the chart
+    /// built from that commit (`status.lastAttemptedRevision`
+    /// `<chart version>+<first 12 of HEAD>`: every commit is a new chart
+    /// version with reconcileStrategy Revision). Asks for a fetch of the
+    /// source first, so a commit is seen at once. With an app suspended,
+    /// wait for what should move with [`GitOpsRepo::wait_kustomization`].
     pub async fn wait_applied(&self, client: &Client) {
         let revision = self.head_revision();
+        let chart = format!("+{}", &self.head_sha()[..12]);
         self.reconcile_source(client).await;
         for name in ["flux-system", "podinfo", "hello-chart"] {
             self.wait_kustomization(client, name, &revision).await;
@@ -242,7 +255,16 @@ impl GitOpsRepo {
             &self.hello_namespace,
             &flux_resource("HelmRelease"),
         );
-        wait_ready_at(&releases, "HelmRelease", "hello", None).await;
+        let wanted = format!("ending in {chart}");
+        wait_ready_at(
+            &releases,
+            "HelmRelease",
+            "hello",
+            "lastAttemptedRevision",
+            &wanted,
+            |v| v.ends_with(&chart),
+        )
+        .await;
     }
 
     /// Removes what the test put in the cluster: the flux namespace (its
@@ -309,12 +331,17 @@ fn git_in(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "e2e@example.com"))
 }
 
-/// Waits until a Flux object is Ready (and, given `revision`, has applied it).
-async fn wait_ready_at(api: &Api<DynamicObject>, kind: &str, name: &str, revision: Option<&str>) {
-    let what = match revision {
-        Some(r) => format!("{kind} {name} Ready at {r}"),
-        None => format!("{kind} {name} Ready"),
-    };
+/// Waits until a Flux object is Ready and its `status.<field>` satisfies
+/// `want` (described as `wanted`).
+async fn wait_ready_at(
+    api: &Api<DynamicObject>,
+    kind: &str,
+    name: &str,
+    field: &str,
+    wanted: &str,
+    want: impl Fn(&str) -> bool,
+) {
+    let what = format!("{kind} {name} Ready with {field} {wanted}");
     eventually(&what, APPLIED, || async {
         let o = api
             .get_opt(name)
@@ -327,12 +354,11 @@ async fn wait_ready_at(api: &Api<DynamicObject>, kind: &str, name: &str, revisio
             .into_iter()
             .flatten()
             .find(|c| c["type"] == "Ready");
-        let applied = status["lastAppliedRevision"].as_str().unwrap_or_default();
-        let at_revision = revision.is_none_or(|r| applied == r);
+        let value = status[field].as_str().unwrap_or_default();
         match ready {
-            Some(c) if c["status"] == "True" && at_revision => Ok(()),
+            Some(c) if c["status"] == "True" && want(value) => Ok(()),
             _ => Err(format!(
-                "lastAppliedRevision {applied:?}, Ready {}",
+                "{field} {value:?}, Ready {}",
                 ready.map(|c| c.to_string()).unwrap_or_default()
             )),
         }

@@ -80,7 +80,7 @@ func run(listen, root string) error {
 			"GIT_PROJECT_ROOT=" + root,
 			"GIT_HTTP_EXPORT_ALL=1",
 		},
-		Stderr: os.Stderr,
+		Stderr: backendLog{},
 	})
 	srv := &http.Server{Handler: logged(sized(mux)), ReadHeaderTimeout: 10 * time.Second}
 	log.Printf("serving the repositories of %s on http://%s/ (git http-backend: %s)", root, ln.Addr(), backend)
@@ -137,6 +137,17 @@ func sized(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// backendLog puts what git-http-backend writes to stderr (e.g. "Not a git
+// repository: ...", without a newline) on log lines of its own.
+type backendLog struct{}
+
+func (backendLog) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		log.Printf("git http-backend: %s", line)
+	}
+	return len(p), nil
 }
 
 type statusWriter struct {
