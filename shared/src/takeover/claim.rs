@@ -70,9 +70,14 @@ impl TakenOver {
     }
 }
 
+/// The field manager of the takeover's writes on the original. Not a name
+/// starting with `kubectl`: kustomize-controller strips the fields of such
+/// managers (it takes them for hand edits) at a parent's next reconcile.
+pub const FIELD_MANAGER: &str = "gitops-run-takeover";
+
 fn params() -> PatchParams {
     PatchParams {
-        field_manager: Some(crate::kubeapi::FIELD_MANAGER.into()),
+        field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     }
 }

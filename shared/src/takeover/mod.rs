@@ -10,7 +10,10 @@
 //!   `kustomize.toolkit.fluxcd.io/reconcile: disabled`, so that a parent
 //!   Kustomization applying it from Git leaves it alone for the whole
 //!   session (a plain suspend is undone by a parent whose manifest says
-//!   `suspend: false`). Only these fields are written, with the
+//!   `suspend: false`, and by any parent reconcile when written by a field
+//!   manager whose name starts with `kubectl`, which kustomize-controller
+//!   takes for a hand edit: [`claim::FIELD_MANAGER`] does not). Only these
+//!   fields are written, with the
 //!   resourceVersion read as the precondition, and only an original marked
 //!   with the session's own name is ever handed back.
 //! - [`handback`]: the return to GitOps mode at stop: the original resumed

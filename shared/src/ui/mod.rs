@@ -1123,7 +1123,7 @@ mod tests {
         // Without sessions, Flux's own Kustomization makes it GitOps.
         let s = hub_sections(
             &[],
-            &[gitops.clone()],
+            std::slice::from_ref(&gitops),
             &[],
             &[],
             &[],
