@@ -23,6 +23,9 @@ pub struct App {
     pub path: String,
     /// Its spec as read (the session's replacement takes its settings).
     pub spec: KustomizationSpec,
+    /// What it had applied when read: the objects the session then
+    /// updates in place rather than creates.
+    pub inventory: Vec<crate::flux::InventoryEntry>,
 }
 
 impl App {
@@ -55,6 +58,12 @@ impl App {
             source: format!("{} {source_ns}/{}{reference}", r.kind, r.name),
             path: repo_path(ks.spec.path.as_deref()),
             spec: ks.spec.clone(),
+            inventory: ks
+                .status
+                .as_ref()
+                .and_then(|s| s.inventory.as_ref())
+                .map(|i| i.entries.clone())
+                .unwrap_or_default(),
             namespace,
         }
     }

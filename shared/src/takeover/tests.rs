@@ -35,6 +35,7 @@ fn app(ks: &Kustomization) -> App {
         source: "GitRepository flux-system/flux-system@main".into(),
         path: "apps/podinfo".into(),
         spec: ks.spec.clone(),
+        inventory: Vec::new(),
     }
 }
 

@@ -443,9 +443,20 @@ where
                 session.name()
             ),
         });
-        report(&Event::Message {
-            message: handover(opts.export_file.as_deref()),
-        });
+        match session.takes_over() {
+            Some(app) => report(&Event::Warning {
+                message: format!(
+                    "{} stays taken over (suspended in Flux) until `kubectl gitops-sessions \
+                     delete {} -n {}` hands it back",
+                    app.id(),
+                    session.name(),
+                    session.namespace()
+                ),
+            }),
+            None => report(&Event::Message {
+                message: handover(opts.export_file.as_deref()),
+            }),
+        }
         return Ok(result);
     }
     report(&Event::Message {
@@ -454,9 +465,12 @@ where
     if let Some(end) = clean_up(&mut session, &opts, &report, interrupt).await? {
         return Ok(end);
     }
-    report(&Event::Message {
-        message: handover(opts.export_file.as_deref()),
-    });
+    // A session in place of a Flux Kustomization said where GitOps resumed.
+    if session.takes_over().is_none() {
+        report(&Event::Message {
+            message: handover(opts.export_file.as_deref()),
+        });
+    }
     Ok(result)
 }
 

@@ -833,6 +833,11 @@ impl Session {
         }
     }
 
+    /// The Flux Kustomization it runs in place of (`--take-over`).
+    pub fn takes_over(&self) -> Option<&crate::takeover::App> {
+        self.cfg.take_over.as_ref()
+    }
+
     /// Where and as whom it applies.
     pub fn target(&self) -> &Target {
         &self.target

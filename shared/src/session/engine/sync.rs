@@ -520,7 +520,7 @@ impl Session {
             &self.namespace,
             &name,
         ));
-        let before = match current {
+        let mut before = match current {
             Some(ks) => ks
                 .status
                 .and_then(|s| s.inventory)
@@ -534,6 +534,13 @@ impl Session {
                 Vec::new()
             }
         };
+        // In place of a Flux Kustomization, its objects exist already: the
+        // first sync updates them (what it applied is the "before").
+        if before.is_empty()
+            && let Some(app) = &self.cfg.take_over
+        {
+            before = app.inventory.clone();
+        }
         self.waiting.store(true, Ordering::SeqCst);
         match request {
             Some(Ok(r)) if self.stage == (Stage::Materialized { flux_objects: true }) => {
