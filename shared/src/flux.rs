@@ -472,6 +472,12 @@ pub struct HelmReleaseSpec {
     pub install: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// Every other field, kept as read (`chart`, `valuesFrom`,
+    /// `postRenderers`, `driftDetection`, …).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// `HelmRelease.status`.

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::{App, TakeoverError, keys};
-use crate::flux::{Kustomization, RECONCILE_REQUESTED_AT, ReconcileRequest};
+use super::{App, AppKind, TakeoverError, keys};
+use crate::flux::{RECONCILE_REQUESTED_AT, ReconcileRequest};
 use crate::session::record::{self, liveness};
 
 /// How often a write is tried again when the original changed between the
@@ -42,6 +42,7 @@ impl Holder {
 /// An original held by a session, as its annotations say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TakenOver {
+    pub kind: AppKind,
     pub namespace: String,
     pub name: String,
     /// `<lease namespace>/<session>`.
@@ -51,13 +52,14 @@ pub struct TakenOver {
 }
 
 impl TakenOver {
-    /// What holds it, if anything (pure).
-    pub fn of(ks: &Kustomization) -> Option<TakenOver> {
-        let a = ks.annotations();
+    /// What holds the `kind` object of `meta`, if anything (pure).
+    pub fn of(kind: AppKind, meta: &ObjectMeta) -> Option<TakenOver> {
+        let a = meta.annotations.as_ref()?;
         let holder = a.get(keys::TAKEN_OVER_BY)?.clone();
         Some(TakenOver {
-            namespace: ks.namespace().unwrap_or_default(),
-            name: ks.name_any(),
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
             holder,
             owner: a.get(keys::TAKEN_OVER_OWNER).cloned().unwrap_or_default(),
             at: a.get(keys::TAKEN_OVER_AT).cloned().unwrap_or_default(),
@@ -68,6 +70,19 @@ impl TakenOver {
     pub fn lease(&self) -> (&str, &str) {
         self.holder.split_once('/').unwrap_or(("", &self.holder))
     }
+
+    /// `Kustomization flux-system/podinfo`.
+    pub fn id(&self) -> String {
+        format!("{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+fn api(client: &Client, kind: AppKind, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &kind.resource())
+}
+
+fn suspended(o: &DynamicObject) -> bool {
+    o.data["spec"]["suspend"].as_bool() == Some(true)
 }
 
 /// The field manager of the takeover's writes on the original. Not a name
@@ -105,15 +120,15 @@ pub async fn holder_state(client: &Client, holder: &str) -> String {
 
 /// Whether `holder` may take over `ks` (pure, on the original as read):
 /// `Ok(true)` when it already holds it (a restarted run of the session).
-fn judge(ks: &Kustomization, holder: &Holder) -> Result<bool, Refusal> {
-    if let Some(t) = TakenOver::of(ks) {
+fn judge(kind: AppKind, o: &DynamicObject, holder: &Holder) -> Result<bool, Refusal> {
+    if let Some(t) = TakenOver::of(kind, &o.metadata) {
         return if t.holder == holder.id() {
             Ok(true)
         } else {
             Err(Refusal::Held(t))
         };
     }
-    if ks.spec.suspend == Some(true) {
+    if suspended(o) {
         return Err(Refusal::Suspended);
     }
     Ok(false)
@@ -144,12 +159,11 @@ async fn refusal(client: &Client, app: &App, r: Refusal) -> TakeoverError {
 /// Checks, without writing, that `holder` may take over `app` (refused
 /// as [`take`] would refuse).
 pub async fn available(client: &Client, app: &App, holder: &Holder) -> Result<(), TakeoverError> {
-    let api: Api<Kustomization> = Api::namespaced(client.clone(), &app.namespace);
-    let ks = api
+    let ks = api(client, app.kind, &app.namespace)
         .get_opt(&app.name)
         .await?
         .ok_or_else(|| TakeoverError::NotFound(app.id()))?;
-    match judge(&ks, holder) {
+    match judge(app.kind, &ks, holder) {
         Ok(_) => Ok(()),
         Err(r) => Err(refusal(client, app, r).await),
     }
@@ -163,15 +177,15 @@ pub async fn take(
     client: &Client,
     app: &App,
     holder: &Holder,
-) -> Result<Kustomization, TakeoverError> {
-    let api: Api<Kustomization> = Api::namespaced(client.clone(), &app.namespace);
+) -> Result<DynamicObject, TakeoverError> {
+    let api = api(client, app.kind, &app.namespace);
     let id = app.id();
     for _ in 0..ATTEMPTS {
         let ks = api
             .get_opt(&app.name)
             .await?
             .ok_or_else(|| TakeoverError::NotFound(id.clone()))?;
-        match judge(&ks, holder) {
+        match judge(app.kind, &ks, holder) {
             Ok(true) => return Ok(ks),
             Ok(false) => {}
             Err(r) => return Err(refusal(client, app, r).await),
@@ -206,16 +220,17 @@ pub async fn take(
 /// it is not (any more) held by `holder`: nothing is written.
 pub async fn hand_back(
     client: &Client,
+    kind: AppKind,
     namespace: &str,
     name: &str,
     holder: &str,
 ) -> Result<Option<ReconcileRequest>, TakeoverError> {
-    let api: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
+    let api = api(client, kind, namespace);
     for _ in 0..ATTEMPTS {
         let Some(ks) = api.get_opt(name).await? else {
             return Ok(None);
         };
-        if TakenOver::of(&ks).is_none_or(|t| t.holder != holder) {
+        if TakenOver::of(kind, &ks.metadata).is_none_or(|t| t.holder != holder) {
             return Ok(None);
         }
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
@@ -264,30 +279,32 @@ pub async fn held_by(
     client: &Client,
     namespace: &str,
     holder: &str,
-) -> Result<Vec<Kustomization>, TakeoverError> {
-    let api: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .list(&ListParams::default())
+) -> Result<Vec<TakenOver>, TakeoverError> {
+    Ok(all(client, Some(namespace))
         .await?
-        .items
         .into_iter()
-        .filter(|ks| TakenOver::of(ks).is_some_and(|t| t.holder == holder))
+        .filter(|t| t.holder == holder)
         .collect())
 }
 
-/// Every original held by a session, in `namespace` or across the cluster.
+/// Every original held by a session, in `namespace` or across the cluster
+/// (kinds the cluster does not serve, or the user may not list, have none).
 pub async fn all(
     client: &Client,
     namespace: Option<&str>,
 ) -> Result<Vec<TakenOver>, TakeoverError> {
-    let api: Api<Kustomization> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let list = match api.list(&ListParams::default()).await {
-        Ok(l) => l.items,
-        Err(e) if crate::kubeapi::is_status(&e, &[403, 404]) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(list.iter().filter_map(TakenOver::of).collect())
+    let mut held = Vec::new();
+    for kind in AppKind::ALL {
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &kind.resource()),
+            None => Api::all_with(client.clone(), &kind.resource()),
+        };
+        let list = match api.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            Err(e) if crate::kubeapi::is_status(&e, &[403, 404]) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        held.extend(list.iter().filter_map(|o| TakenOver::of(kind, &o.metadata)));
+    }
+    Ok(held)
 }

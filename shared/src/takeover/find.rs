@@ -4,17 +4,18 @@
 //! whose `spec.path` is the directory's path from the repository's root.
 //! The suite's own Kustomizations (sessions) are never candidates.
 
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
 
-use super::TakeoverError;
 use super::remote;
-use crate::flux::{GitRepository, Kustomization, KustomizationSpec};
+use super::{AppKind, TakeoverError};
+use crate::flux::{GitRepository, Kustomization};
 
-/// A Flux Kustomization that deploys a directory from Git: the app a
-/// session can take over.
+/// A Flux Kustomization or HelmRelease that deploys a directory from Git:
+/// the app a session can take over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct App {
+    pub kind: AppKind,
     pub namespace: String,
     pub name: String,
     /// Its source, as said in output: `GitRepository flux-system/flux-system@main`.
@@ -22,7 +23,7 @@ pub struct App {
     /// Its `spec.path`, from the repository's root (`""` for the root).
     pub path: String,
     /// Its spec as read (the session's replacement takes its settings).
-    pub spec: KustomizationSpec,
+    pub spec: serde_json::Value,
     /// What it had applied when read: the objects the session then
     /// updates in place rather than creates.
     pub inventory: Vec<crate::flux::InventoryEntry>,
@@ -31,7 +32,21 @@ pub struct App {
 impl App {
     /// `Kustomization flux-system/podinfo`.
     pub fn id(&self) -> String {
-        format!("Kustomization {}/{}", self.namespace, self.name)
+        format!("{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+
+    /// Its spec, typed as `T` (a Kustomization's or a HelmRelease's).
+    pub fn spec_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, TakeoverError> {
+        serde_json::from_value(self.spec.clone()).map_err(|e| TakeoverError::Spec {
+            app: self.id(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A field of its spec that both kinds have (`targetNamespace`,
+    /// `serviceAccountName`).
+    pub fn spec_str(&self, field: &str) -> Option<String> {
+        self.spec[field].as_str().map(str::to_string)
     }
 
     /// What was found, in a sentence: `apps/podinfo is deployed by
@@ -54,10 +69,12 @@ impl App {
             .map(|r| format!("@{}", r.display()))
             .unwrap_or_default();
         App {
+            kind: AppKind::Kustomization,
             name: ks.name_any(),
             source: format!("{} {source_ns}/{}{reference}", r.kind, r.name),
             path: repo_path(ks.spec.path.as_deref()),
-            spec: ks.spec.clone(),
+            // A spec the API server sent serialises back without fail.
+            spec: serde_json::to_value(&ks.spec).unwrap_or_default(),
             inventory: ks
                 .status
                 .as_ref()
@@ -67,6 +84,37 @@ impl App {
             namespace,
         }
     }
+}
+
+/// A HelmRelease's chart source: `spec.chart.spec` (`sourceRef`, `chart`).
+fn chart_source(hr: &DynamicObject) -> Option<(String, String, Option<String>, String)> {
+    let c = &hr.data["spec"]["chart"]["spec"];
+    let r = &c["sourceRef"];
+    Some((
+        r["kind"].as_str()?.to_string(),
+        r["name"].as_str()?.to_string(),
+        r["namespace"].as_str().map(str::to_string),
+        c["chart"].as_str()?.to_string(),
+    ))
+}
+
+fn release_app(hr: &DynamicObject, repo: Option<&GitRepository>) -> Option<App> {
+    let (kind, name, ns, chart) = chart_source(hr)?;
+    let namespace = hr.namespace().unwrap_or_default();
+    let source_ns = ns.unwrap_or_else(|| namespace.clone());
+    let reference = repo
+        .and_then(|g| g.spec.reference.as_ref())
+        .map(|r| format!("@{}", r.display()))
+        .unwrap_or_default();
+    Some(App {
+        kind: AppKind::HelmRelease,
+        name: hr.name_any(),
+        source: format!("{kind} {source_ns}/{name}{reference}"),
+        path: repo_path(Some(&chart)),
+        spec: hr.data["spec"].clone(),
+        inventory: Vec::new(),
+        namespace,
+    })
 }
 
 /// A Kustomization's `spec.path` (or a directory's path in its work tree)
@@ -88,6 +136,7 @@ pub fn matching(
     prefix: &str,
     repos: &[GitRepository],
     kss: &[Kustomization],
+    releases: &[DynamicObject],
 ) -> Vec<App> {
     let prefix = repo_path(Some(prefix));
     let ours = |r: &GitRepository| {
@@ -113,7 +162,27 @@ pub fn matching(
             ours(repo).then(|| App::of(ks, Some(repo)))
         })
         .collect();
-    found.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    found.extend(
+        releases
+            .iter()
+            .filter(|hr| !crate::labels::is_managed(hr.metadata.labels.as_ref()))
+            .filter(|hr| hr.metadata.deletion_timestamp.is_none())
+            .filter_map(|hr| {
+                let (kind, name, ns, chart) = chart_source(hr)?;
+                let own_ns = hr.namespace().unwrap_or_default();
+                let source_ns = ns.unwrap_or(own_ns);
+                if kind != "GitRepository" || repo_path(Some(&chart)) != prefix {
+                    return None;
+                }
+                let repo = repos.iter().find(|g| {
+                    g.name_any() == name && g.namespace().as_deref() == Some(source_ns.as_str())
+                })?;
+                ours(repo).then(|| release_app(hr, Some(repo)))?
+            }),
+    );
+    found.sort_by(|a, b| {
+        (a.kind.as_str(), &a.namespace, &a.name).cmp(&(b.kind.as_str(), &b.namespace, &b.name))
+    });
     found
 }
 
@@ -141,10 +210,16 @@ pub async fn find(
     let kss: Api<Kustomization> = Api::all(client.clone());
     let kss = match kss.list(&ListParams::default()).await {
         Ok(l) => l.items,
-        Err(e) if crate::kubeapi::is_status(&e, &[403, 404]) => return Ok(Vec::new()),
+        Err(e) if crate::kubeapi::is_status(&e, &[403, 404]) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    Ok(matching(remotes, prefix, &repos, &kss))
+    let hrs: Api<DynamicObject> = Api::all_with(client.clone(), &AppKind::HelmRelease.resource());
+    let hrs = match hrs.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(e) if crate::kubeapi::is_status(&e, &[403, 404]) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(matching(remotes, prefix, &repos, &kss, &hrs))
 }
 
 /// The Flux Kustomizations that deploy `dir` from its Git work tree's
@@ -160,28 +235,64 @@ pub async fn for_dir(
     Ok((find(client, &remotes, &info.prefix).await?, remotes))
 }
 
-/// The Kustomization named `NAMESPACE/NAME` (`--take-over NAMESPACE/NAME`):
-/// any Flux Kustomization the suite did not make, whatever its source.
+/// The app named `[KIND/]NAMESPACE/NAME` (`--take-over`): a Flux
+/// Kustomization (the default kind; any source) or a HelmRelease
+/// (`helmrelease/NAMESPACE/NAME`, its chart from any source) the suite did
+/// not make.
 pub async fn named(client: &Client, id: &str) -> Result<App, TakeoverError> {
-    let (ns, name) = id
-        .split_once('/')
-        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
-        .ok_or_else(|| TakeoverError::BadName(id.to_string()))?;
-    let kss: Api<Kustomization> = Api::namespaced(client.clone(), ns);
-    let ks = kss
-        .get_opt(name)
-        .await?
-        .filter(|ks| !crate::labels::is_managed(ks.metadata.labels.as_ref()))
-        .ok_or_else(|| TakeoverError::NotFound(format!("Kustomization {ns}/{name}")))?;
-    let repo = if ks.spec.source_ref.kind == "GitRepository" {
-        let r = &ks.spec.source_ref;
-        let repos: Api<GitRepository> =
-            Api::namespaced(client.clone(), r.namespace.as_deref().unwrap_or(ns));
-        repos.get_opt(&r.name).await.ok().flatten()
-    } else {
-        None
+    let parts: Vec<&str> = id.split('/').collect();
+    let (kind, ns, name) = match parts.as_slice() {
+        [ns, name] => (AppKind::Kustomization, *ns, *name),
+        [k, ns, name] if k.eq_ignore_ascii_case("kustomization") => {
+            (AppKind::Kustomization, *ns, *name)
+        }
+        [k, ns, name] if k.eq_ignore_ascii_case("helmrelease") => {
+            (AppKind::HelmRelease, *ns, *name)
+        }
+        _ => return Err(TakeoverError::BadName(id.to_string())),
     };
-    Ok(App::of(&ks, repo.as_ref()))
+    if ns.is_empty() || name.is_empty() {
+        return Err(TakeoverError::BadName(id.to_string()));
+    }
+    let not_found = || TakeoverError::NotFound(format!("{} {ns}/{name}", kind.as_str()));
+    let repo_of = |kind: &str, name: &str, ns: &str| {
+        let (kind, name, ns) = (kind.to_string(), name.to_string(), ns.to_string());
+        async move {
+            if kind != "GitRepository" {
+                return None;
+            }
+            let repos: Api<GitRepository> = Api::namespaced(client.clone(), &ns);
+            repos.get_opt(&name).await.ok().flatten()
+        }
+    };
+    match kind {
+        AppKind::Kustomization => {
+            let kss: Api<Kustomization> = Api::namespaced(client.clone(), ns);
+            let ks = kss
+                .get_opt(name)
+                .await?
+                .filter(|ks| !crate::labels::is_managed(ks.metadata.labels.as_ref()))
+                .ok_or_else(not_found)?;
+            let r = &ks.spec.source_ref;
+            let repo = repo_of(&r.kind, &r.name, r.namespace.as_deref().unwrap_or(ns)).await;
+            Ok(App::of(&ks, repo.as_ref()))
+        }
+        AppKind::HelmRelease => {
+            let hrs: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), ns, &AppKind::HelmRelease.resource());
+            let hr = hrs
+                .get_opt(name)
+                .await?
+                .filter(|hr| !crate::labels::is_managed(hr.metadata.labels.as_ref()))
+                .ok_or_else(not_found)?;
+            let (k, n, source_ns, _) = chart_source(&hr).ok_or_else(|| TakeoverError::Spec {
+                app: format!("HelmRelease {ns}/{name}"),
+                message: "no spec.chart.spec (a chartRef is not taken over)".into(),
+            })?;
+            let repo = repo_of(&k, &n, source_ns.as_deref().unwrap_or(ns)).await;
+            release_app(&hr, repo.as_ref()).ok_or_else(not_found)
+        }
+    }
 }
 
 /// Picks the one app to take over: refused when there is none or more than one.
@@ -201,7 +312,10 @@ pub fn one(found: Vec<App>, dir: &str, remotes: &[String]) -> Result<App, Takeov
             dir: dir.to_string(),
             apps: found
                 .iter()
-                .map(|a| format!("{}/{}", a.namespace, a.name))
+                .map(|a| match a.kind {
+                    AppKind::Kustomization => format!("{}/{}", a.namespace, a.name),
+                    AppKind::HelmRelease => format!("helmrelease/{}/{}", a.namespace, a.name),
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
@@ -276,7 +390,7 @@ mod tests {
             ),
         ];
         let remotes = ["git@github.com:acme/fleet.git".to_string()];
-        let found = matching(&remotes, "apps/podinfo", &repos, &kss);
+        let found = matching(&remotes, "apps/podinfo", &repos, &kss, &[]);
         let ids: Vec<String> = found.iter().map(App::id).collect();
         assert_eq!(
             ids,
@@ -296,7 +410,8 @@ mod tests {
                 &["https://github.com/acme/app".into()],
                 "apps/podinfo",
                 &repos,
-                &kss
+                &kss,
+                &[]
             )
             .is_empty()
         );
@@ -323,6 +438,7 @@ mod tests {
             "",
             &repos,
             &[own, theirs],
+            &[],
         );
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].name, "root");

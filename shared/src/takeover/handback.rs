@@ -17,7 +17,7 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::TakeoverError;
+use super::{AppKind, TakeoverError};
 use crate::flux::{self, GitRepository, InventoryEntry, Kustomization};
 use crate::session::record::ownership;
 
@@ -25,46 +25,44 @@ use crate::session::record::ownership;
 const APPLIED_BY_NAME: &str = "kustomize.toolkit.fluxcd.io/name";
 const APPLIED_BY_NAMESPACE: &str = "kustomize.toolkit.fluxcd.io/namespace";
 
-/// Makes the session's Kustomization `namespace/session` orphan what it
-/// applied when it is deleted (`prune: false`, `deletionPolicy: Orphan`)
-/// and returns its inventory. Nothing when it is not the session's.
+/// Makes the session's replacement leave the app in place when it is
+/// deleted, and returns what it applied: its Kustomization `namespace/session`
+/// orphans what it applied (`prune: false`, `deletionPolicy: Orphan`; its
+/// inventory is returned), its HelmRelease is suspended (helm-controller
+/// then leaves the release installed when it goes). Nothing is written on
+/// what is not the session's.
 pub async fn release_replacement(
     client: &Client,
     namespace: &str,
     session: &str,
 ) -> Result<Vec<InventoryEntry>, TakeoverError> {
-    let api: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
-    let Some(ks) = api.get_opt(session).await? else {
-        return Ok(Vec::new());
-    };
-    if !ownership::owned_by(&ks.metadata, session) {
-        return Ok(Vec::new());
-    }
-    let inventory = ks
-        .status
-        .as_ref()
-        .and_then(|s| s.inventory.as_ref())
-        .map(|i| i.entries.clone())
-        .unwrap_or_default();
-    let patch = json!({
-        "metadata": {"resourceVersion": ks.resource_version()},
-        "spec": {"prune": false, "deletionPolicy": "Orphan"},
-    });
     let params = PatchParams {
         field_manager: Some(crate::kubeapi::FIELD_MANAGER.into()),
         ..Default::default()
     };
-    match api.patch(session, &params, &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(inventory),
-        // Changed meanwhile (its status): once more, without precondition
-        // on what is the suite's own object.
-        Err(e) if crate::kubeapi::is_status(&e, &[409]) => {
-            let patch = json!({"spec": {"prune": false, "deletionPolicy": "Orphan"}});
-            api.patch(session, &params, &Patch::Merge(&patch)).await?;
-            Ok(inventory)
-        }
-        Err(e) => Err(e.into()),
+    let mut inventory = Vec::new();
+    let api: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
+    if let Some(ks) = api.get_opt(session).await?
+        && ownership::owned_by(&ks.metadata, session)
+    {
+        inventory = ks
+            .status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .map(|i| i.entries.clone())
+            .unwrap_or_default();
+        let patch = json!({"spec": {"prune": false, "deletionPolicy": "Orphan"}});
+        api.patch(session, &params, &Patch::Merge(&patch)).await?;
     }
+    let hrs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &flux::helm_release_resource());
+    if let Ok(Some(hr)) = hrs.get_opt(session).await
+        && ownership::owned_by(&hr.metadata, session)
+    {
+        let patch = json!({"spec": {"suspend": true}});
+        hrs.patch(session, &params, &Patch::Merge(&patch)).await?;
+    }
+    Ok(inventory)
 }
 
 /// What [`await_gitops`] saw: the revision Flux applied from Git.
@@ -98,51 +96,104 @@ impl BackInGitOps {
 /// Asks source-controller to fetch the original's GitRepository again (a
 /// commit pushed during the session comes in) and waits, at most
 /// `timeout`, until the original (resumed with `request`) reports that
-/// revision applied and Ready.
+/// revision applied and Ready: a Kustomization its `lastAppliedRevision`,
+/// a HelmRelease the chart version its HelmChart built from that revision.
 pub async fn await_gitops(
     client: &Client,
+    kind: AppKind,
     namespace: &str,
     name: &str,
     request: &flux::ReconcileRequest,
     timeout: Duration,
 ) -> Result<BackInGitOps, TakeoverError> {
-    let app = format!("Kustomization {namespace}/{name}");
-    let kss: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
-    let source = kss
+    let app = format!("{} {namespace}/{name}", kind.as_str());
+    let originals: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &kind.resource());
+    let first = originals
         .get_opt(name)
         .await?
-        .map(|ks| ks.spec.source_ref)
         .ok_or_else(|| TakeoverError::NotFound(app.clone()))?;
-    let source_ns = source
-        .namespace
-        .clone()
-        .unwrap_or_else(|| namespace.to_string());
+    let source = match kind {
+        AppKind::Kustomization => &first.data["spec"]["sourceRef"],
+        AppKind::HelmRelease => &first.data["spec"]["chart"]["spec"]["sourceRef"],
+    };
+    let source_kind = source["kind"].as_str().unwrap_or_default().to_string();
+    let source_name = source["name"].as_str().unwrap_or_default().to_string();
+    let source_ns = source["namespace"]
+        .as_str()
+        .unwrap_or(namespace)
+        .to_string();
     let repos: Api<GitRepository> = Api::namespaced(client.clone(), &source_ns);
-    let fetched = if source.kind == "GitRepository" {
-        Some(flux::request_reconcile(&repos, &source.name).await?)
+    let fetched = if source_kind == "GitRepository" {
+        Some(flux::request_reconcile(&repos, &source_name).await?)
     } else {
         None
     };
+    // helm-controller's HelmChart for a HelmRelease: `<namespace>-<name>`
+    // in the source's namespace.
+    let charts: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &source_ns,
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            flux::SOURCE_GROUP,
+            "v1",
+            "HelmChart",
+        )),
+    );
+    let chart_name = format!("{namespace}-{name}");
     let started = tokio::time::Instant::now();
-    let mut why = "kustomize-controller has not reconciled it yet".to_string();
+    let mut why = "it has not been reconciled yet".to_string();
     while started.elapsed() < timeout {
-        let ks = kss
+        let o = originals
             .get_opt(name)
             .await?
             .ok_or_else(|| TakeoverError::NotFound(app.clone()))?;
         // The source's revision, once it handled the fetch request.
         let revision = match &fetched {
-            Some(asked) => repos.get_opt(&source.name).await?.and_then(|r| {
+            Some(asked) => repos.get_opt(&source_name).await?.and_then(|r| {
                 let s = r.status?;
                 (s.last_handled_reconcile_at.as_deref() == Some(asked.at.as_str()))
                     .then_some(s.artifact?.revision)
             }),
-            None => ks
-                .status
-                .as_ref()
-                .and_then(|s| s.last_attempted_revision.clone()),
+            None => o.data["status"]["lastAttemptedRevision"]
+                .as_str()
+                .map(str::to_string),
         };
-        match verdict(&ks, &request.at, revision.as_deref()) {
+        let step = match kind {
+            AppKind::Kustomization => {
+                let ks: Kustomization = serde_json::from_value(
+                    serde_json::to_value(&o).unwrap_or_default(),
+                )
+                .map_err(|e| TakeoverError::Spec {
+                    app: app.clone(),
+                    message: e.to_string(),
+                })?;
+                verdict(&ks, &request.at, revision.as_deref())
+            }
+            AppKind::HelmRelease => {
+                // The chart version built from that revision.
+                let built = match &revision {
+                    Some(r) => charts
+                        .get_opt(&chart_name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|c| {
+                            let s = &c.data["status"];
+                            (s["observedSourceArtifactRevision"].as_str() == Some(r.as_str())
+                                || fetched.is_none())
+                            .then(|| s["artifact"]["revision"].as_str().map(str::to_string))
+                            .flatten()
+                        }),
+                    None => None,
+                };
+                match release_verdict(&o, &request.at, built.as_deref()) {
+                    Verdict::Back(_) => Verdict::Back(revision.clone().unwrap_or_default()),
+                    w => w,
+                }
+            }
+        };
+        match step {
             Verdict::Back(revision) => return Ok(BackInGitOps { app, revision }),
             Verdict::Waiting(w) => why = w,
         }
@@ -150,11 +201,41 @@ pub async fn await_gitops(
     }
     Err(TakeoverError::NotBack {
         app,
+        kind: kind.as_str().to_ascii_lowercase(),
         namespace: namespace.into(),
         name: name.into(),
         secs: timeout.as_secs(),
         why,
     })
+}
+
+/// Whether a resumed HelmRelease (as JSON, resumed with the request
+/// `asked`) released `chart_version`, the version its HelmChart built from
+/// Git's revision (`None` while not built yet). Pure.
+pub fn release_verdict(hr: &DynamicObject, asked: &str, chart_version: Option<&str>) -> Verdict {
+    let Some(version) = chart_version else {
+        return Verdict::Waiting("the chart has not been built from Git's revision yet".into());
+    };
+    let s = &hr.data["status"];
+    let handled = s["lastHandledReconcileAt"].as_str() == Some(asked);
+    let observed = s["observedGeneration"].as_i64() == hr.metadata.generation;
+    if !handled || !observed {
+        return Verdict::Waiting("helm-controller has not reconciled it yet".into());
+    }
+    let ready = s["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready");
+    let attempted = s["lastAttemptedRevision"].as_str() == Some(version);
+    match ready {
+        Some(c) if c["status"] == "True" && attempted => Verdict::Back(version.to_string()),
+        Some(c) if c["status"] == "False" && attempted => Verdict::Waiting(format!(
+            "{version} failed: {}",
+            c["message"].as_str().unwrap_or_default()
+        )),
+        _ => Verdict::Waiting(format!("releasing {version}")),
+    }
 }
 
 /// Where a resumed original stands.

@@ -32,10 +32,41 @@ pub mod find;
 pub mod handback;
 pub mod remote;
 
-use crate::flux::{KustomizationSpec, SourceReference};
+use crate::flux::{HelmReleaseSpec, KustomizationSpec, SourceReference};
 
 pub use claim::{Holder, TakenOver};
 pub use find::App;
+
+/// What deploys an app: the Flux object a session takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppKind {
+    /// Manifests, applied by a Kustomization.
+    Kustomization,
+    /// A chart, released by a HelmRelease.
+    HelmRelease,
+}
+
+impl AppKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Kustomization => "Kustomization",
+            AppKind::HelmRelease => "HelmRelease",
+        }
+    }
+
+    /// Its API resource (`kustomize.toolkit.fluxcd.io/v1`, `helm.toolkit.fluxcd.io/v2`).
+    pub fn resource(self) -> kube::api::ApiResource {
+        match self {
+            AppKind::Kustomization => {
+                kube::api::ApiResource::erase::<crate::flux::Kustomization>(&())
+            }
+            AppKind::HelmRelease => crate::flux::helm_release_resource(),
+        }
+    }
+
+    /// Both kinds, in the order they are looked at.
+    pub const ALL: [AppKind; 2] = [AppKind::Kustomization, AppKind::HelmRelease];
+}
 
 /// Annotations the suite puts on an original it took over.
 pub mod keys {
@@ -91,19 +122,24 @@ pub enum TakeoverError {
          --take-over NAMESPACE/NAME"
     )]
     Ambiguous { dir: String, apps: String },
-    #[error("--take-over {0}: expected NAMESPACE/NAME (a Kustomization)")]
+    #[error(
+        "--take-over {0}: expected NAMESPACE/NAME (a Kustomization) or helmrelease/NAMESPACE/NAME"
+    )]
     BadName(String),
     #[error(
         "{app} was handed back but is not back in GitOps mode after {secs}s: {why}. \
-         Flux keeps reconciling it; see `flux get kustomization {name} -n {namespace}`"
+         Flux keeps reconciling it; see `flux get {kind} {name} -n {namespace}`"
     )]
     NotBack {
         app: String,
+        kind: String,
         namespace: String,
         name: String,
         secs: u64,
         why: String,
     },
+    #[error("{app}'s spec cannot be read: {message}")]
+    Spec { app: String, message: String },
     #[error("{0} kept changing while the suite tried to write it; try again")]
     KeptChanging(String),
     #[error(transparent)]
@@ -120,6 +156,51 @@ pub enum TakeoverError {
 /// deletion at the hand-back is left to the session (see
 /// [`handback::release_replacement`]), so the original's own
 /// `deletionPolicy` is not copied.
+/// The session's HelmRelease in place of `original` (named `name` in its
+/// namespace): the original's settings (`values`, `valuesFrom`,
+/// `targetNamespace`, `storageNamespace`, `serviceAccountName`, `install`,
+/// `upgrade`, `postRenderers`, `driftDetection`, `kubeConfig`, …) and its
+/// Helm release (`releaseName` as helm-controller names it), the chart
+/// taken from the session's artifact. `values`: the developer's
+/// `--values` files, merged over the original's values.
+pub fn replacement_release(
+    original: &HelmReleaseSpec,
+    name: &str,
+    source: &str,
+    values: Option<serde_json::Value>,
+) -> HelmReleaseSpec {
+    let mut spec = original.clone();
+    spec.other.remove("chart");
+    spec.chart_ref = Some(SourceReference {
+        kind: "OCIRepository".into(),
+        name: source.into(),
+        namespace: None,
+    });
+    spec.release_name = Some(release_name(original, name));
+    spec.suspend = None;
+    spec.interval = "10m".into();
+    if let Some(extra) = values.filter(|v| v.as_object().is_some_and(|o| !o.is_empty())) {
+        let mut merged = spec.values.take().unwrap_or_else(|| serde_json::json!({}));
+        crate::helm::merge_values(&mut merged, extra);
+        spec.values = Some(merged);
+    }
+    spec
+}
+
+/// The Helm release a HelmRelease `name` manages: its `releaseName`, else
+/// `<targetNamespace>-<name>` when it has a target namespace, else `name`
+/// (helm-controller's rule; names over 53 characters are shortened by it,
+/// which this does not follow).
+pub fn release_name(spec: &HelmReleaseSpec, name: &str) -> String {
+    if let Some(r) = spec.release_name.as_ref().filter(|r| !r.is_empty()) {
+        return r.clone();
+    }
+    match spec.target_namespace.as_ref().filter(|t| !t.is_empty()) {
+        Some(t) => format!("{t}-{name}"),
+        None => name.to_string(),
+    }
+}
+
 pub fn replacement_spec(
     original: &KustomizationSpec,
     source: &str,

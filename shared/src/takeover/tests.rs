@@ -30,11 +30,12 @@ fn original(annotations: serde_json::Value, suspend: Option<bool>) -> Kustomizat
 
 fn app(ks: &Kustomization) -> App {
     App {
+        kind: super::AppKind::Kustomization,
         namespace: NS.into(),
         name: "podinfo".into(),
         source: "GitRepository flux-system/flux-system@main".into(),
         path: "apps/podinfo".into(),
-        spec: ks.spec.clone(),
+        spec: serde_json::to_value(&ks.spec).unwrap(),
         inventory: Vec::new(),
     }
 }
@@ -69,7 +70,7 @@ async fn a_takeover_writes_only_its_fields_on_the_version_read_and_again_after_a
     let written = claim::take(&api.client, &app(&ks), &holder("run-a"))
         .await
         .unwrap();
-    assert_eq!(written.spec.suspend, Some(true));
+    assert_eq!(written.data["spec"]["suspend"], true);
     let a = written.metadata.annotations.unwrap();
     assert_eq!(a[keys::TAKEN_OVER_BY], "flux-system/run-a");
     assert_eq!(a[keys::TAKEN_OVER_OWNER], "ann@laptop");
@@ -166,16 +167,28 @@ async fn a_hand_back_touches_only_an_original_its_session_holds() {
     );
     // Another session's hand-back: nothing written.
     assert!(
-        claim::hand_back(&api.client, NS, "podinfo", "flux-system/run-b")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(patches(&api).len(), 1);
-    let asked = claim::hand_back(&api.client, NS, "podinfo", "flux-system/run-a")
+        claim::hand_back(
+            &api.client,
+            super::AppKind::Kustomization,
+            NS,
+            "podinfo",
+            "flux-system/run-b"
+        )
         .await
         .unwrap()
-        .unwrap();
+        .is_none()
+    );
+    assert_eq!(patches(&api).len(), 1);
+    let asked = claim::hand_back(
+        &api.client,
+        super::AppKind::Kustomization,
+        NS,
+        "podinfo",
+        "flux-system/run-a",
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let back = api.get::<Kustomization>(NS, "podinfo").unwrap();
     assert_eq!(back.spec.suspend, None);
     let a = back.metadata.annotations.unwrap();
@@ -191,10 +204,16 @@ async fn a_hand_back_touches_only_an_original_its_session_holds() {
     assert_eq!(a[crate::flux::RECONCILE_REQUESTED_AT], asked.at);
     // Handed back already: nothing more.
     assert!(
-        claim::hand_back(&api.client, NS, "podinfo", "flux-system/run-a")
-            .await
-            .unwrap()
-            .is_none()
+        claim::hand_back(
+            &api.client,
+            super::AppKind::Kustomization,
+            NS,
+            "podinfo",
+            "flux-system/run-a"
+        )
+        .await
+        .unwrap()
+        .is_none()
     );
 }
 

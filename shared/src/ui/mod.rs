@@ -538,7 +538,14 @@ fn hub_sections(
         .collect();
     sections.insert(
         "takeovers".into(),
-        render::takeovers(&status::app_modes(kss, &[], &live_sessions)),
+        render::takeovers(&status::app_modes(
+            kss,
+            &other_hrs
+                .iter()
+                .map(|h| (h.metadata.clone(), h.spec.suspend == Some(true)))
+                .collect::<Vec<_>>(),
+            &live_sessions,
+        )),
     );
 
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();

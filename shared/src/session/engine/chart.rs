@@ -65,9 +65,19 @@ impl Session {
                 // the next save is the retry.
                 install: Some(serde_json::json!({"remediation": {"retries": 0}})),
                 upgrade: Some(serde_json::json!({"remediation": {"retries": 0}})),
+                ..Default::default()
             },
             status: None,
         };
+        let mut hr = hr;
+        // In place of a Flux HelmRelease: its settings and its release.
+        if let Some(app) = &self.cfg.take_over {
+            let original: flux::HelmReleaseSpec = app.spec_as()?;
+            let extra = (!self.cfg.values.is_empty())
+                .then(|| self.values())
+                .transpose()?;
+            hr.spec = crate::takeover::replacement_release(&original, &app.name, &name, extra);
+        }
         self.apply_pair(&repo, &hr).await
     }
 

@@ -82,7 +82,13 @@ pub async fn cleanup_and_hand_back(
             "helm-controller to uninstall HelmRelease {namespace}/{session} (is it running?)"
         );
         kubeapi::delete_and_await(&releases, session, left(), what).await?;
-        removed.push(format!("helmrelease/{session} (release uninstalled)"));
+        if originals.is_empty() {
+            removed.push(format!("helmrelease/{session} (release uninstalled)"));
+        } else {
+            removed.push(format!(
+                "helmrelease/{session} (its release is handed back to Flux's own)"
+            ));
+        }
     }
     let kss: Api<Kustomization> = Api::namespaced(client.clone(), namespace);
     if let Some(ks) = kss.get_opt(session).await?
@@ -103,15 +109,20 @@ pub async fn cleanup_and_hand_back(
         }
     }
     for original in &originals {
-        let name = original.name_any();
-        let Some(request) = takeover::claim::hand_back(client, namespace, &name, &holder).await?
+        let (kind, name) = (original.kind, original.name.clone());
+        let Some(request) =
+            takeover::claim::hand_back(client, kind, namespace, &name, &holder).await?
         else {
             continue;
         };
-        let app = format!("Kustomization {namespace}/{name}");
-        match takeover::handback::await_gitops(client, namespace, &name, &request, left()).await {
+        let app = original.id();
+        match takeover::handback::await_gitops(client, kind, namespace, &name, &request, left())
+            .await
+        {
             Ok(b) => {
-                if let Some(now) = kss.get_opt(&name).await? {
+                if kind == takeover::AppKind::Kustomization
+                    && let Some(now) = kss.get_opt(&name).await?
+                {
                     removed.extend(
                         takeover::handback::remove_added(
                             client, &applied, &now, namespace, session,

@@ -418,16 +418,17 @@ async fn place(
         // In place of a Flux Kustomization: in its namespace, applying as
         // it does (its spec is copied whole; see `ensure_objects`).
         (Mode::Cluster, _) if cfg.take_over.is_some() => {
-            let app = cfg
-                .take_over
-                .as_ref()
-                .map(|a| (a.namespace.clone(), a.spec.clone()));
-            let (ns, spec) = app.unwrap_or_default();
-            let target = Target {
-                namespace: ns.clone(),
-                service_account: spec.service_account_name,
-                kubeconfig_secret: None,
-                target_namespace: spec.target_namespace,
+            let (ns, target) = match &cfg.take_over {
+                Some(app) => (
+                    app.namespace.clone(),
+                    Target {
+                        namespace: app.namespace.clone(),
+                        service_account: app.spec_str("serviceAccountName"),
+                        kubeconfig_secret: None,
+                        target_namespace: app.spec_str("targetNamespace"),
+                    },
+                ),
+                None => (cfg.namespace.clone(), Target::default()),
             };
             (ns, target, None, OwnSandbox::None)
         }
@@ -588,10 +589,18 @@ impl Session {
         // checked before anything is written.
         refuse_foreign(&client, &namespace, &cfg, chart).await?;
         if let Some(app) = &cfg.take_over {
-            if chart {
+            let wanted = if chart {
+                crate::takeover::AppKind::HelmRelease
+            } else {
+                crate::takeover::AppKind::Kustomization
+            };
+            if app.kind != wanted {
                 return Err(EngineError::Flag(format!(
-                    "--take-over runs manifests in place of a Kustomization; {} holds a Helm chart",
-                    cfg.path
+                    "--take-over: {} holds {}, but {} deploys {}",
+                    cfg.path,
+                    if chart { "a Helm chart" } else { "manifests" },
+                    app.id(),
+                    if chart { "manifests" } else { "a chart" },
                 )));
             }
             let holder = crate::takeover::Holder {

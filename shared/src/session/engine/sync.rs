@@ -346,7 +346,10 @@ impl Session {
         };
         match &self.cfg.take_over {
             // In place of a Flux Kustomization: all its settings.
-            Some(app) => spec = crate::takeover::replacement_spec(&app.spec, &name, &self.cfg.path),
+            Some(app) => {
+                let original: KustomizationSpec = app.spec_as()?;
+                spec = crate::takeover::replacement_spec(&original, &name, &self.cfg.path);
+            }
             None => self.target.configure(&mut spec),
         }
         if self.cfg.decryption_key.is_some() {

@@ -271,60 +271,59 @@ pub fn gitops_namespaces(
     gitops
 }
 
-/// Each app's mode (pure): `kustomizations` and `releases` (namespace,
-/// name, suspended) as listed, `live`: the sessions (`namespace/name`)
-/// whose heartbeat is live. The suite's own appliers are sessions, not apps.
+/// Each app's mode (pure): `kustomizations` and `releases` (a
+/// HelmRelease's metadata and whether it is suspended) as listed, `live`:
+/// the sessions (`namespace/name`) whose heartbeat is live. The suite's
+/// own appliers are sessions, not apps.
 pub fn app_modes(
     kustomizations: &[Kustomization],
-    releases: &[(String, String, bool)],
+    releases: &[(ObjectMeta, bool)],
     live: &BTreeSet<String>,
 ) -> Vec<AppEntry> {
-    let mut apps = Vec::new();
-    for ks in kustomizations {
-        if labels::is_managed(ks.metadata.labels.as_ref()) {
-            continue;
-        }
-        let app = format!(
-            "Kustomization/{}/{}",
-            ks.namespace().unwrap_or_default(),
-            ks.name_any()
-        );
-        apps.push(match crate::takeover::TakenOver::of(ks) {
-            Some(t) => AppEntry {
-                app,
-                mode: ClusterMode::Run,
-                live: Some(live.contains(&t.holder)),
-                taken_over_by: Some(t.holder),
-                owner: Some(t.owner).filter(|o| !o.is_empty()),
-            },
-            None => AppEntry {
-                app,
-                mode: if ks.spec.suspend == Some(true) {
-                    ClusterMode::Snowflake
-                } else {
-                    ClusterMode::GitOps
+    use crate::takeover::{AppKind, TakenOver};
+    let apps = kustomizations
+        .iter()
+        .map(|ks| {
+            (
+                AppKind::Kustomization,
+                &ks.metadata,
+                ks.spec.suspend == Some(true),
+            )
+        })
+        .chain(releases.iter().map(|(m, s)| (AppKind::HelmRelease, m, *s)));
+    let mut out: Vec<AppEntry> = apps
+        .filter(|(_, meta, _)| !labels::is_managed(meta.labels.as_ref()))
+        .map(|(kind, meta, suspended)| {
+            let app = format!(
+                "{}/{}/{}",
+                kind.as_str(),
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default()
+            );
+            match TakenOver::of(kind, meta) {
+                Some(t) => AppEntry {
+                    app,
+                    mode: ClusterMode::Run,
+                    live: Some(live.contains(&t.holder)),
+                    taken_over_by: Some(t.holder),
+                    owner: Some(t.owner).filter(|o| !o.is_empty()),
                 },
-                taken_over_by: None,
-                owner: None,
-                live: None,
-            },
-        });
-    }
-    for (ns, name, suspended) in releases {
-        apps.push(AppEntry {
-            app: format!("HelmRelease/{ns}/{name}"),
-            mode: if *suspended {
-                ClusterMode::Snowflake
-            } else {
-                ClusterMode::GitOps
-            },
-            taken_over_by: None,
-            owner: None,
-            live: None,
-        });
-    }
-    apps.sort_by(|a, b| a.app.cmp(&b.app));
-    apps
+                None => AppEntry {
+                    app,
+                    mode: if suspended {
+                        ClusterMode::Snowflake
+                    } else {
+                        ClusterMode::GitOps
+                    },
+                    taken_over_by: None,
+                    owner: None,
+                    live: None,
+                },
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.app.cmp(&b.app));
+    out
 }
 
 /// The mode from its two deciding facts (see [`ClusterStatus::mode`]).
@@ -379,10 +378,8 @@ pub async fn cluster_status(client: &Client) -> Result<ClusterStatus, kube::Erro
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or(ns.clone());
-            if !labels::is_managed(hr.metadata.labels.as_ref()) {
-                let suspended = hr.data["spec"]["suspend"].as_bool() == Some(true);
-                release_apps.push((ns.clone(), hr.name_any(), suspended));
-            }
+            let suspended = hr.data["spec"]["suspend"].as_bool() == Some(true);
+            release_apps.push((hr.metadata.clone(), suspended));
             releases.push((ns, hr.name_any(), target));
         }
     }
@@ -521,7 +518,14 @@ mod tests {
         let live = BTreeSet::from(["flux-system/run-podinfo-1a2b3c".to_string()]);
         let apps = app_modes(
             &kss,
-            &[("flux-system".into(), "hello".into(), false)],
+            &[(
+                ObjectMeta {
+                    namespace: Some("flux-system".into()),
+                    name: Some("hello".into()),
+                    ..Default::default()
+                },
+                false,
+            )],
             &live,
         );
         let modes: Vec<(&str, &str, Option<bool>)> = apps
