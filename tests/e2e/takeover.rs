@@ -451,3 +451,96 @@ async fn a_killed_session_leaves_the_app_marked_and_delete_hands_it_back() {
     );
     repo.cleanup(&client).await;
 }
+
+async fn hello(client: &Client, ns: &str) -> (String, i32, String) {
+    let d = deployment_named(client, ns, "hello").await;
+    let spec = d.spec.clone().unwrap();
+    let greeting = spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "GREETING")
+        .and_then(|e| e.value)
+        .unwrap_or_default();
+    (d.uid().unwrap(), spec.replicas.unwrap_or(1), greeting)
+}
+
+async fn deployment_named(client: &Client, ns: &str, name: &str) -> Deployment {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.get(name).await.unwrap()
+}
+
+/// A chart deployed by a HelmRelease from Git: the session releases the
+/// working copy of the chart as the same Helm release, with the original's
+/// values, and the stop hands the release back to Flux at Git's chart.
+#[tokio::test]
+async fn a_session_takes_over_a_helm_release_from_git_and_hands_it_back() {
+    let harness = &Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = GitOpsRepo::create(harness, &client, "e2e-takeover-helm").await;
+    let ns = repo.hello_namespace.clone();
+    let (uid, replicas, greeting) = hello(&client, &ns).await;
+    assert_eq!((replicas, greeting.as_str()), (1, "hello from Git"));
+    let hrs: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &gitops_e2e::flux_resource("HelmRelease"),
+    );
+    let name = unique("run-hello");
+    let mut s = RunningSession::start(
+        harness,
+        repo.workdir(),
+        &["charts/hello", "--take-over", "--name", &name],
+    );
+    s.next_sync().expect("the first sync");
+    let original = hrs.get("hello").await.unwrap();
+    assert_eq!(original.data["spec"]["suspend"], true);
+    assert_eq!(
+        original.annotations()[TAKEN_OVER_BY],
+        format!("{ns}/{name}")
+    );
+    // The session's HelmRelease: the original's values and release.
+    let ours = hrs.get(&name).await.unwrap();
+    assert_eq!(ours.data["spec"]["releaseName"], "hello");
+    assert_eq!(ours.data["spec"]["values"]["greeting"], "hello from Git");
+    // The working copy's chart: more replicas, released in place.
+    let values = repo.chart_dir().join("values.yaml");
+    std::fs::write(&values, "replicas: 3\ngreeting: hello\n").unwrap();
+    s.next_sync().expect("the edit synced");
+    let (now_uid, now_replicas, now_greeting) = hello(&client, &ns).await;
+    assert_eq!(
+        (now_uid.as_str(), now_replicas, now_greeting.as_str()),
+        (uid.as_str(), 3, "hello from Git")
+    );
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(WAIT), Some(0));
+    let said: Vec<String> = s
+        .seen
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        said.iter().any(|m| m.starts_with(&format!(
+            "back in GitOps mode: HelmRelease {ns}/hello at main@"
+        ))),
+        "{said:#?}"
+    );
+    // Back: resumed, unmarked, Ready; Git's chart released, the same Deployment.
+    let back = hrs.get("hello").await.unwrap();
+    assert_ne!(back.data["spec"]["suspend"], true);
+    assert!(!back.annotations().contains_key(TAKEN_OVER_BY));
+    let ready = back.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap();
+    assert_eq!(ready["status"], "True", "{ready}");
+    let (back_uid, back_replicas, _) = hello(&client, &ns).await;
+    assert_eq!((back_uid.as_str(), back_replicas), (uid.as_str(), 1));
+    assert!(hrs.get_opt(&name).await.unwrap().is_none());
+    repo.cleanup(&client).await;
+}

@@ -125,7 +125,7 @@ fn judge(kind: AppKind, o: &DynamicObject, holder: &Holder) -> Result<bool, Refu
         return if t.holder == holder.id() {
             Ok(true)
         } else {
-            Err(Refusal::Held(t))
+            Err(Refusal::Held(Box::new(t)))
         };
     }
     if suspended(o) {
@@ -136,7 +136,7 @@ fn judge(kind: AppKind, o: &DynamicObject, holder: &Holder) -> Result<bool, Refu
 
 /// Why a takeover is refused, before the holder's liveness is read.
 enum Refusal {
-    Held(TakenOver),
+    Held(Box<TakenOver>),
     Suspended,
 }
 

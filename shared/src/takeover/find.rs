@@ -449,6 +449,50 @@ mod tests {
     }
 
     #[test]
+    fn the_helm_release_whose_chart_is_the_directory_is_found() {
+        let repos = [repo(
+            "flux-system",
+            "flux-system",
+            "https://git.example/fleet.git",
+        )];
+        let hr = |ns: &str, name: &str, chart: &str, source: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {"interval": "10m", "values": {"greeting": "hi"},
+                         "chart": {"spec": {"chart": chart, "sourceRef": source}}},
+            }))
+            .unwrap()
+        };
+        let git = serde_json::json!({"kind": "GitRepository", "name": "flux-system", "namespace": "flux-system"});
+        let releases = [
+            hr("hello", "hello", "./charts/hello", git.clone()),
+            hr("hello", "other", "./charts/other", git.clone()),
+            // A chart from a Helm repository of the same name.
+            hr(
+                "hello",
+                "repo",
+                "hello",
+                serde_json::json!({"kind": "HelmRepository", "name": "charts"}),
+            ),
+        ];
+        let found = matching(
+            &["git@git.example:fleet.git".into()],
+            "charts/hello",
+            &repos,
+            &[],
+            &releases,
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].kind, AppKind::HelmRelease);
+        assert_eq!(
+            found[0].describe(),
+            "charts/hello is deployed by HelmRelease hello/hello from GitRepository flux-system/flux-system@main"
+        );
+        assert_eq!(found[0].spec["values"]["greeting"], "hi");
+    }
+
+    #[test]
     fn paths_compare_however_they_are_spelled() {
         for p in [
             "./apps/podinfo",

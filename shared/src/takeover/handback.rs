@@ -201,11 +201,12 @@ pub async fn await_gitops(
     }
     Err(TakeoverError::NotBack {
         app,
-        kind: kind.as_str().to_ascii_lowercase(),
-        namespace: namespace.into(),
-        name: name.into(),
         secs: timeout.as_secs(),
         why,
+        check: format!(
+            "flux get {} {name} -n {namespace}",
+            kind.as_str().to_ascii_lowercase()
+        ),
     })
 }
 

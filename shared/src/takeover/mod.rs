@@ -128,15 +128,14 @@ pub enum TakeoverError {
     BadName(String),
     #[error(
         "{app} was handed back but is not back in GitOps mode after {secs}s: {why}. \
-         Flux keeps reconciling it; see `flux get {kind} {name} -n {namespace}`"
+         Flux keeps reconciling it; see `{check}`"
     )]
     NotBack {
         app: String,
-        kind: String,
-        namespace: String,
-        name: String,
         secs: u64,
         why: String,
+        /// The `flux get …` command that shows it.
+        check: String,
     },
     #[error("{app}'s spec cannot be read: {message}")]
     Spec { app: String, message: String },
@@ -227,6 +226,46 @@ mod tests;
 #[cfg(test)]
 mod spec_tests {
     use super::*;
+
+    #[test]
+    fn the_replacement_release_keeps_the_originals_release_and_values() {
+        let original: HelmReleaseSpec = serde_json::from_value(serde_json::json!({
+            "interval": "1h", "suspend": false, "targetNamespace": "web",
+            "chart": {"spec": {"chart": "./charts/hello", "sourceRef": {"kind": "GitRepository", "name": "flux-system"}}},
+            "values": {"greeting": "from Git", "nested": {"a": 1, "b": 2}},
+            "valuesFrom": [{"kind": "Secret", "name": "hello-values"}],
+            "serviceAccountName": "deployer", "storageNamespace": "web",
+            "install": {"crds": "CreateReplace"}, "upgrade": {"remediation": {"retries": 3}},
+            "driftDetection": {"mode": "enabled"},
+        }))
+        .unwrap();
+        let extra = serde_json::json!({"nested": {"b": 20}});
+        let spec = replacement_release(&original, "hello", "run-hello-1a2b3c", Some(extra));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "interval": "10m", "targetNamespace": "web",
+                "chartRef": {"kind": "OCIRepository", "name": "run-hello-1a2b3c"},
+                "releaseName": "web-hello",
+                "values": {"greeting": "from Git", "nested": {"a": 1, "b": 20}},
+                "valuesFrom": [{"kind": "Secret", "name": "hello-values"}],
+                "serviceAccountName": "deployer", "storageNamespace": "web",
+                "install": {"crds": "CreateReplace"}, "upgrade": {"remediation": {"retries": 3}},
+                "driftDetection": {"mode": "enabled"},
+            })
+        );
+        let named = HelmReleaseSpec {
+            release_name: Some("custom".into()),
+            ..original.clone()
+        };
+        assert_eq!(release_name(&named, "hello"), "custom");
+        let plain = HelmReleaseSpec {
+            target_namespace: None,
+            ..original
+        };
+        assert_eq!(release_name(&plain, "hello"), "hello");
+    }
 
     #[test]
     fn the_replacement_keeps_every_setting_but_the_source() {

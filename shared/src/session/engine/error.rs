@@ -64,7 +64,7 @@ pub enum EngineError {
     #[error(transparent)]
     Wait(#[from] WaitError),
     #[error(transparent)]
-    Takeover(#[from] crate::takeover::TakeoverError),
+    Takeover(Box<crate::takeover::TakeoverError>),
     #[error("{0}")]
     Kube(#[from] kube::Error),
 }
@@ -77,6 +77,12 @@ impl From<crate::session::record::ownership::OwnershipError> for EngineError {
             }
             crate::session::record::ownership::OwnershipError::Kube(e) => EngineError::Kube(e),
         }
+    }
+}
+
+impl From<crate::takeover::TakeoverError> for EngineError {
+    fn from(e: crate::takeover::TakeoverError) -> Self {
+        EngineError::Takeover(Box::new(e))
     }
 }
 
