@@ -544,3 +544,47 @@ async fn a_session_takes_over_a_helm_release_from_git_and_hands_it_back() {
     assert!(hrs.get_opt(&name).await.unwrap().is_none());
     repo.cleanup(&client).await;
 }
+
+/// A session killed, and its Lease then deleted by hand: nothing names the
+/// session any more but the original's mark, and `gitops-sessions prune`
+/// hands the app back all the same.
+#[tokio::test]
+async fn prune_hands_back_an_app_whose_session_left_no_lease() {
+    let harness = &Harness::get();
+    let client = harness.cluster().await.client;
+    let repo = GitOpsRepo::create(harness, &client, "e2e-takeover-prune").await;
+    let git_revision = repo.head_revision();
+    let name = unique("run-orphan");
+    let mut s = RunningSession::start(
+        harness,
+        repo.workdir(),
+        &[
+            "apps/podinfo",
+            "--take-over",
+            "--name",
+            &name,
+            "--lease-duration",
+            "3s",
+        ],
+    );
+    s.next_sync().expect("the first sync");
+    s.signal("KILL");
+    s.wait_exit(WAIT);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &repo.flux_namespace);
+    leases
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete the Lease by hand");
+    assert_held(&client, &repo, &name).await;
+    let pruned = output(
+        plugin("kubectl-gitops_sessions")
+            .args(harness.kube_args())
+            .args(["prune", "-n", &repo.flux_namespace]),
+    );
+    assert_eq!(pruned.code, Some(0), "{pruned:?}");
+    assert_back(&client, &repo, &git_revision).await;
+    // The session's own objects went with it.
+    let kss: Api<Kustomization> = Api::namespaced(client.clone(), &repo.flux_namespace);
+    assert!(kss.get_opt(&name).await.unwrap().is_none());
+    repo.cleanup(&client).await;
+}
