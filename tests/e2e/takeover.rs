@@ -26,6 +26,28 @@ const WAIT: Duration = Duration::from_secs(120);
 const TAKEN_OVER_BY: &str = "gitops.kubectl.dev/taken-over-by";
 const RECONCILE: &str = "kustomize.toolkit.fluxcd.io/reconcile";
 
+/// Another session asked to take over the same app, once: it must fail.
+fn refused_second_session(
+    harness: &Harness,
+    repo: &GitOpsRepo,
+    prefix: &str,
+) -> gitops_e2e::Output {
+    let second = output(
+        plugin("kubectl-gitops_run")
+            .args(harness.kube_args())
+            .args([
+                "apps/podinfo",
+                "--take-over",
+                "--once",
+                "--name",
+                &unique(prefix),
+            ])
+            .current_dir(repo.workdir()),
+    );
+    assert_ne!(second.code, Some(0), "{second:?}");
+    second
+}
+
 async fn original(client: &Client, repo: &GitOpsRepo) -> Kustomization {
     let api: Api<Kustomization> = Api::namespaced(client.clone(), &repo.flux_namespace);
     api.get("podinfo").await.unwrap()
@@ -77,12 +99,10 @@ async fn assert_back(client: &Client, repo: &GitOpsRepo, revision: &str) {
     assert_eq!(ready.status, "True", "{ready:?}");
 }
 
-fn take_over(harness: &Harness, repo: &GitOpsRepo, name: &str) -> RunningSession {
-    RunningSession::start(
-        harness,
-        repo.workdir(),
-        &["apps/podinfo", "--take-over", "--name", name],
-    )
+fn take_over(harness: &Harness, repo: &GitOpsRepo, name: &str, extra: &[&str]) -> RunningSession {
+    let mut args = vec!["apps/podinfo", "--take-over", "--name", name];
+    args.extend_from_slice(extra);
+    RunningSession::start(harness, repo.workdir(), &args)
 }
 
 /// The whole round trip: found, taken over with the original's settings,
@@ -138,7 +158,7 @@ async fn a_session_takes_over_the_app_from_git_and_hands_it_back() {
     assert_ne!(original(&client, &repo).await.spec.suspend, Some(true));
 
     let name = unique("run-podinfo");
-    let mut s = take_over(harness, &repo, &name);
+    let mut s = take_over(harness, &repo, &name, &[]);
     s.next_sync().expect("the first sync");
     assert_held(&client, &repo, &name).await;
     // The session's own Kustomization took the original's settings.
@@ -229,19 +249,7 @@ async fn a_session_takes_over_the_app_from_git_and_hands_it_back() {
     );
 
     // A second session cannot take it over: refused, naming the holder.
-    let second = output(
-        plugin("kubectl-gitops_run")
-            .args(harness.kube_args())
-            .args([
-                "apps/podinfo",
-                "--take-over",
-                "--once",
-                "--name",
-                &unique("run-second"),
-            ])
-            .current_dir(repo.workdir()),
-    );
-    assert_ne!(second.code, Some(0), "{second:?}");
+    let second = refused_second_session(harness, &repo, "run-second");
     assert!(
         second.stderr.contains(&format!(
             "already taken over by session {}/{name}",
@@ -315,7 +323,7 @@ async fn a_commit_pushed_during_the_session_is_what_gitops_resumes_with() {
     let app_ns = repo.podinfo_namespace.clone();
     let deploy_uid = deployment(&client, &app_ns).await.uid().unwrap();
     let name = unique("run-push");
-    let mut s = take_over(harness, &repo, &name);
+    let mut s = take_over(harness, &repo, &name, &[]);
     s.next_sync().expect("the first sync");
     let dir = repo.app_dir("podinfo");
     let cm = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
@@ -363,18 +371,7 @@ async fn a_killed_session_leaves_the_app_marked_and_delete_hands_it_back() {
     let git_revision = repo.head_revision();
     let name = unique("run-killed");
     // A short heartbeat: judged stale within seconds once killed.
-    let mut s = RunningSession::start(
-        harness,
-        repo.workdir(),
-        &[
-            "apps/podinfo",
-            "--take-over",
-            "--name",
-            &name,
-            "--lease-duration",
-            "3s",
-        ],
-    );
+    let mut s = take_over(harness, &repo, &name, &["--lease-duration", "3s"]);
     s.next_sync().expect("the first sync");
     let dir = repo.app_dir("podinfo");
     let cm = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
@@ -415,19 +412,7 @@ async fn a_killed_session_leaves_the_app_marked_and_delete_hands_it_back() {
     assert!(status.contains("hands it back"), "{status}");
 
     // Another session: refused, naming the holder and what hands it back.
-    let second = output(
-        plugin("kubectl-gitops_run")
-            .args(harness.kube_args())
-            .args([
-                "apps/podinfo",
-                "--take-over",
-                "--once",
-                "--name",
-                &unique("run-other"),
-            ])
-            .current_dir(repo.workdir()),
-    );
-    assert_ne!(second.code, Some(0), "{second:?}");
+    let second = refused_second_session(harness, &repo, "run-other");
     assert!(
         second.stderr.contains(&holder) && second.stderr.contains("stale"),
         "{second:?}"
@@ -555,18 +540,7 @@ async fn prune_hands_back_an_app_whose_session_left_no_lease() {
     let repo = GitOpsRepo::create(harness, &client, "e2e-takeover-prune").await;
     let git_revision = repo.head_revision();
     let name = unique("run-orphan");
-    let mut s = RunningSession::start(
-        harness,
-        repo.workdir(),
-        &[
-            "apps/podinfo",
-            "--take-over",
-            "--name",
-            &name,
-            "--lease-duration",
-            "3s",
-        ],
-    );
+    let mut s = take_over(harness, &repo, &name, &["--lease-duration", "3s"]);
     s.next_sync().expect("the first sync");
     s.signal("KILL");
     s.wait_exit(WAIT);

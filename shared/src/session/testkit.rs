@@ -171,3 +171,42 @@ pub fn config(
 pub fn quiet() -> crate::session::Reporter {
     std::sync::Arc::new(|_: &crate::session::Event| {})
 }
+
+/// kustomize-controller as the fake plays it: once the Kustomization
+/// `namespace/name` is asked to be deleted, it works (prunes) for `work`,
+/// then removes its finalizer. Returns the DELETE requests answered
+/// meanwhile (`METHOD path status`).
+pub fn kustomize_controller(
+    api: &crate::fakeapi::FakeApi,
+    namespace: &str,
+    name: &str,
+    work: std::time::Duration,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let h = (**api).clone();
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    let path = format!(
+        "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/{namespace}/kustomizations/{name}"
+    );
+    tokio::spawn(async move {
+        while !h
+            .requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path == path)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(work).await;
+        let during = deletes(&h.requests());
+        h.update::<Kustomization>(&namespace, &name, |ks| ks.metadata.finalizers = None);
+        during
+    })
+}
+
+/// The DELETE requests among `requests`, as `METHOD path status`.
+pub fn deletes(requests: &[crate::fakeapi::Request]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(crate::fakeapi::Request::line)
+        .collect()
+}

@@ -269,28 +269,7 @@ mod spec_tests {
 
     #[test]
     fn the_replacement_keeps_every_setting_but_the_source() {
-        let original: KustomizationSpec = serde_json::from_value(serde_json::json!({
-            "interval": "1m", "path": "./apps/podinfo", "prune": true, "suspend": false,
-            "sourceRef": {"kind": "GitRepository", "name": "flux-system"},
-            "targetNamespace": "podinfo", "serviceAccountName": "deployer",
-            "postBuild": {"substitute": {"env": "dev"}, "substituteFrom": [{"kind": "ConfigMap", "name": "vars"}]},
-            "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}},
-            "patches": [{"patch": "- op: add", "target": {"kind": "Deployment"}}],
-            "images": [{"name": "podinfo", "newTag": "6.5.0"}],
-            "components": ["../../components/monitoring"],
-            "namePrefix": "dev-", "nameSuffix": "-a",
-            "commonMetadata": {"labels": {"team": "a"}},
-            "healthChecks": [{"kind": "Deployment", "name": "podinfo", "namespace": "podinfo"}],
-            "wait": false, "timeout": "3m", "force": true,
-            "kubeConfig": {"secretRef": {"name": "remote", "key": "value"}},
-            "deletionPolicy": "Delete",
-        }))
-        .unwrap();
-        let spec = replacement_spec(&original, "run-podinfo-1a2b3c", "./apps/podinfo");
-        let json = serde_json::to_value(&spec).unwrap();
-        let want = serde_json::json!({
-            "interval": "10m", "retryInterval": "30s", "path": "./apps/podinfo", "prune": true,
-            "sourceRef": {"kind": "OCIRepository", "name": "run-podinfo-1a2b3c"},
+        let settings = serde_json::json!({
             "targetNamespace": "podinfo", "serviceAccountName": "deployer",
             "postBuild": {"substitute": {"env": "dev"}, "substituteFrom": [{"kind": "ConfigMap", "name": "vars"}]},
             "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}},
@@ -303,6 +282,31 @@ mod spec_tests {
             "wait": false, "timeout": "3m", "force": true,
             "kubeConfig": {"secretRef": {"name": "remote", "key": "value"}},
         });
+        let mut input = settings.clone();
+        input.as_object_mut().unwrap().extend(
+            serde_json::json!({
+                "interval": "1m", "path": "./apps/podinfo", "prune": true, "suspend": false,
+                "sourceRef": {"kind": "GitRepository", "name": "flux-system"},
+                "deletionPolicy": "Delete",
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        let original: KustomizationSpec = serde_json::from_value(input).unwrap();
+        let spec = replacement_spec(&original, "run-podinfo-1a2b3c", "./apps/podinfo");
+        let json = serde_json::to_value(&spec).unwrap();
+        // Every setting, the source and scheduling the session's.
+        let mut want = settings;
+        want.as_object_mut().unwrap().extend(
+            serde_json::json!({
+                "interval": "10m", "retryInterval": "30s", "path": "./apps/podinfo", "prune": true,
+                "sourceRef": {"kind": "OCIRepository", "name": "run-podinfo-1a2b3c"},
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
         assert_eq!(json, want);
     }
 }

@@ -241,20 +241,7 @@ async fn the_cleanup_orphans_the_replacement_then_resumes_the_original_and_fetch
     api.put(testkit::stale_lease(NS, "run-a"));
     let ours = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/run-a";
     // kustomize-controller removes its finalizer once the deletion is asked.
-    let controller = tokio::spawn({
-        let h = (*api).clone();
-        async move {
-            while !h
-                .requests()
-                .iter()
-                .any(|r| r.method == "DELETE" && r.path == ours)
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            h.update::<Kustomization>(NS, "run-a", |k| k.metadata.finalizers = None);
-        }
-    });
+    let controller = testkit::kustomize_controller(&api, NS, "run-a", Duration::from_millis(200));
     let (removed, back) = crate::session::engine::cleanup::cleanup_and_hand_back(
         &api.client,
         NS,

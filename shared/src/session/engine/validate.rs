@@ -273,6 +273,22 @@ impl Relocated {
     }
 }
 
+/// The objects a manifest file holds: each document's kind and metadata
+/// (best effort: a file that cannot be read or parsed holds none here; the
+/// other checks report it).
+fn objects_in(file: &Path) -> Vec<(String, HeadMeta)> {
+    let Ok(bytes) = std::fs::read(file) else {
+        return Vec::new();
+    };
+    let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) else {
+        return Vec::new();
+    };
+    heads
+        .into_iter()
+        .filter_map(|h| Some((h.kind?, h.metadata?)))
+        .collect()
+}
+
 /// What a sync of `dir` (inside `root`) would put in another namespace
 /// than the file says, because Flux's `targetNamespace` is `target`.
 /// Best effort: files that cannot be read or parsed are left to the other
@@ -301,16 +317,7 @@ pub fn relocated(root: &Path, dir: &Path, target: &str) -> Vec<Relocated> {
         if *overridden {
             continue;
         }
-        let Ok(bytes) = std::fs::read(file) else {
-            continue;
-        };
-        let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) else {
-            continue;
-        };
-        for head in heads {
-            let (Some(kind), Some(meta)) = (head.kind, head.metadata) else {
-                continue;
-            };
+        for (kind, meta) in objects_in(file) {
             if let (Some(name), Some(ns)) = (meta.name, meta.namespace)
                 && !ns.is_empty()
                 && ns != target
@@ -384,16 +391,7 @@ pub fn default_namespace(
             named = true;
             continue;
         }
-        let Ok(bytes) = std::fs::read(file) else {
-            continue;
-        };
-        let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) else {
-            continue;
-        };
-        for head in heads {
-            let (Some(kind), Some(meta)) = (head.kind, head.metadata) else {
-                continue;
-            };
+        for (kind, meta) in objects_in(file) {
             if CLUSTER_SCOPED.contains(&kind.as_str()) {
                 continue;
             }

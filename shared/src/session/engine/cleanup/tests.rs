@@ -9,19 +9,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 
 use super::cleanup;
-use crate::fakeapi::{FakeApi, Request};
+use crate::fakeapi::FakeApi;
 use crate::flux::{Kustomization, OCIRepository};
-use crate::session::testkit::{self, HOLDER};
+use crate::session::testkit::{self, HOLDER, deletes};
 
 const KS: &str = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/run-a/kustomizations/run-a";
-
-fn deletes(requests: &[Request]) -> Vec<String> {
-    requests
-        .iter()
-        .filter(|r| r.method == "DELETE")
-        .map(Request::line)
-        .collect()
-}
 
 #[tokio::test]
 async fn the_applier_goes_first_and_is_awaited_then_source_secrets_sandbox_lease() {
@@ -35,22 +27,8 @@ async fn the_applier_goes_first_and_is_awaited_then_source_secrets_sandbox_lease
 
     // kustomize-controller: prunes for a while after the delete, then
     // removes its finalizer. Nothing else may be deleted meanwhile.
-    let controller = tokio::spawn({
-        let h = (*api).clone();
-        async move {
-            while !h
-                .requests()
-                .iter()
-                .any(|r| r.method == "DELETE" && r.path == KS)
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            let during = deletes(&h.requests());
-            h.update::<Kustomization>("run-a", "run-a", |ks| ks.metadata.finalizers = None);
-            during
-        }
-    });
+    let controller =
+        testkit::kustomize_controller(&api, "run-a", "run-a", Duration::from_millis(400));
     let removed = cleanup(
         &api.client,
         "run-a",
