@@ -489,12 +489,49 @@ impl Session {
         }
     }
 
+    /// The apply phase of a sync: makes (or re-makes) the session's objects,
+    /// asks Flux for the revision, and waits for its verdict and the
+    /// workloads' rollouts, in named steps: [`Session::ask_flux`],
+    /// [`Session::await_verdict`], then the failure or the report of what
+    /// changed ([`Session::report_synced`]).
     async fn wait_for_flux(
         &mut self,
         revision: &str,
         index: &validate::ObjectIndex,
         started: Instant,
     ) -> Result<SyncOutcome, EngineError> {
+        let asked = self.ask_flux().await?;
+        if let Some(failed) = self.fetch_phase(revision, "artifact").await? {
+            return Ok(failed);
+        }
+        let t = self.phase(Phase::Apply);
+        let (applied, early) = match self.await_verdict(revision, index, &asked).await? {
+            Verdict::RolloutFailed(outcome) => return Ok(outcome),
+            Verdict::Healthy { events, objects } => (None, Some((events, objects))),
+            Verdict::Flux(applied) => (applied.map(|b| *b), None),
+        };
+        self.waiting.store(false, Ordering::SeqCst);
+        if early.is_some() {
+            tracing::debug!("healthy before Flux's health check reported it");
+        } else if let Step::Failed {
+            message,
+            applied: done,
+        } = verdict::kustomization(applied.as_ref(), revision)
+        {
+            return Ok(self.applied_failure(revision, index, message, done).await);
+        }
+        self.done(Phase::Apply, t, None);
+        let status = applied.and_then(|o| o.status).unwrap_or_default();
+        Ok(self
+            .report_synced(revision, asked, status, early, started)
+            .await)
+    }
+
+    /// Makes what the session needs (its objects at the first sync, or again
+    /// when deleted by hand), asks Flux to reconcile, and reads what the
+    /// Kustomization held before (with the change-set events followed from
+    /// here on).
+    async fn ask_flux(&mut self) -> Result<Asked, EngineError> {
         self.materialize().await?;
         let name = self.cfg.name.clone();
         let repos: Api<OCIRepository> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -557,12 +594,26 @@ impl Session {
                 self.source_request = Some(flux::request_reconcile(&repos, &name).await?);
             }
         }
+        Ok(Asked {
+            before,
+            feed,
+            sync_started,
+            change_set_wait,
+        })
+    }
 
-        if let Some(failed) = self.fetch_phase(revision, "artifact").await? {
-            return Ok(failed);
-        }
-
-        let t = self.phase(Phase::Apply);
+    /// Waits for Flux's verdict on `revision` and, meanwhile, watches the
+    /// workloads' rollouts (this cluster only): progress as it happens, and
+    /// a certain failure as soon as it shows. A word is said when
+    /// kustomize-controller has not started on it.
+    async fn await_verdict(
+        &mut self,
+        revision: &str,
+        index: &validate::ObjectIndex,
+        asked: &Asked,
+    ) -> Result<Verdict, EngineError> {
+        let name = self.cfg.name.clone();
+        let kss: Api<Kustomization> = Api::namespaced(self.client.clone(), &self.namespace);
         let want = revision.to_string();
         let limit = self.cfg.timeout + Duration::from_secs(30);
         let applied = kubeapi::await_object(
@@ -572,7 +623,6 @@ impl Session {
             format!("kustomize-controller to apply {revision}"),
             move |o: Option<&Kustomization>| verdict::kustomization(o, &want).is_done(),
         );
-        // Meanwhile, a word when kustomize-controller has not started on it.
         let applied = {
             let stall = warn_if_kustomization_unstarted(
                 kss.clone(),
@@ -588,44 +638,31 @@ impl Session {
                 }
             }
         };
-        // Meanwhile, the workloads' rollouts (this cluster only): progress
-        // as it happens, and a certain failure as soon as it shows.
-        // Judged only once Flux has applied this revision (it health-checks
-        // it then): before that, the workloads still show the previous one.
-        // Whether the watch below judges this revision itself (unset while
-        // not known yet).
+        // The workloads are judged only once Flux has applied this revision
+        // (it health-checks it then): before that, they still show the
+        // previous one. Whether the watch judges this revision itself
+        // (unset while not known yet).
         let judging = std::sync::Arc::new(std::sync::OnceLock::<verdict::Judge>::new());
-        let judging_w = judging.clone();
         let workloads = match self.workloads() {
-            Some((ns, _)) => {
-                let (client, session, flux_ns, report) = (
-                    self.client.clone(),
-                    name.clone(),
-                    self.namespace.clone(),
-                    self.report.clone(),
-                );
-                let (kss, want, feed) = (kss.clone(), revision.to_string(), feed.clone());
-                let local: Vec<String> = index.keys().cloned().collect();
-                futures::future::Either::Left(watch_workloads(WorkloadWatch {
-                    client,
-                    kss,
-                    session,
-                    flux_ns,
-                    ns,
-                    report,
-                    want,
-                    feed,
-                    local,
-                    limit,
-                    sync_started,
-                    change_set_wait,
-                    judging: judging_w,
-                }))
-            }
+            Some((ns, _)) => futures::future::Either::Left(watch_workloads(WorkloadWatch {
+                client: self.client.clone(),
+                kss: kss.clone(),
+                session: name.clone(),
+                flux_ns: self.namespace.clone(),
+                ns,
+                report: self.report.clone(),
+                want: revision.to_string(),
+                feed: asked.feed.clone(),
+                local: index.keys().cloned().collect(),
+                limit,
+                sync_started: asked.sync_started,
+                change_set_wait: asked.change_set_wait,
+                judging: judging.clone(),
+            })),
             None => futures::future::Either::Right(std::future::pending()),
         };
         tokio::pin!(workloads);
-        let (applied, early) = tokio::select! {
+        tokio::select! {
             a = applied => {
                 let a = a?;
                 // Flux's health check was as quick: give the watch, which
@@ -634,61 +671,67 @@ impl Session {
                     &verdict::kustomization(a.as_ref(), revision),
                     judging.get().copied(),
                 );
-                match tokio::time::timeout(grace, &mut workloads).await {
+                Ok(match tokio::time::timeout(grace, &mut workloads).await {
                     Ok((super::health::Outcome::Healthy, _, events, objects)) => {
-                        (a, Some((events, objects)))
+                        Verdict::Healthy { events, objects }
                     }
-                    _ => (a, None),
-                }
+                    _ => Verdict::Flux(a.map(Box::new)),
+                })
             }
-            (outcome, seen, events, objects) = &mut workloads => match outcome {
+            (outcome, _seen, events, objects) = &mut workloads => Ok(match outcome {
                 super::health::Outcome::Failed(failure) => {
                     self.pushed.settle();
                     let file = validate::file_for(index, &failure);
                     self.lease.note(revision, "Failed");
                     let message = verdict::rollout_failure(&failure);
-                    return Ok(self.fail(Phase::Apply, message, file, true));
+                    Verdict::RolloutFailed(self.fail(Phase::Apply, message, file, true))
                 }
                 // Healthy before Flux's health check says so: Flux's Ready
                 // follows at its next poll (a failure then is shown as its
                 // warning event).
-                super::health::Outcome::Healthy => (seen, Some((events, objects))),
-            }
-        };
-        self.waiting.store(false, Ordering::SeqCst);
-        let step = match &early {
-            Some(_) => Step::Ready,
-            None => verdict::kustomization(applied.as_ref(), revision),
-        };
-        let status = applied.and_then(|o| o.status).unwrap_or_default();
-        if early.is_some() {
-            tracing::debug!("healthy before Flux's health check reported it");
-        } else if let Step::Failed {
-            mut message,
-            applied,
-        } = step
-        {
-            self.pushed.settle();
-            // Applied but not healthy: the failed revision is what the
-            // cluster has now. Timed out: pods that run but are not ready
-            // are why, in words.
-            if applied && let Some((ns, _)) = self.workloads() {
-                let why = super::health::explain_unready(
-                    self.client.clone(),
-                    &ns,
-                    &name,
-                    &self.namespace,
-                )
-                .await;
-                if let Some(why) = why {
-                    message = verdict::unhealthy_in_time(&why, self.cfg.timeout);
-                }
-            }
-            let file = validate::file_for(index, &message);
-            self.lease.note(revision, "Failed");
-            return Ok(self.fail(Phase::Apply, message, file, applied));
+                super::health::Outcome::Healthy => Verdict::Healthy { events, objects },
+            }),
         }
-        self.done(Phase::Apply, t, None);
+    }
+
+    /// Flux's failure of `revision`: applied but not healthy (the failed
+    /// revision is what the cluster has now; pods that run but are not
+    /// ready are why, in words), or not applied.
+    async fn applied_failure(
+        &mut self,
+        revision: &str,
+        index: &validate::ObjectIndex,
+        mut message: String,
+        applied: bool,
+    ) -> SyncOutcome {
+        self.pushed.settle();
+        if applied && let Some((ns, _)) = self.workloads() {
+            let why = super::health::explain_unready(
+                self.client.clone(),
+                &ns,
+                &self.cfg.name,
+                &self.namespace,
+            )
+            .await;
+            if let Some(why) = why {
+                message = verdict::unhealthy_in_time(&why, self.cfg.timeout);
+            }
+        }
+        let file = validate::file_for(index, &message);
+        self.lease.note(revision, "Failed");
+        self.fail(Phase::Apply, message, file, applied)
+    }
+
+    /// Tells what `revision` changed (from the inventory before and after,
+    /// and Flux's change-set event) and records it.
+    async fn report_synced(
+        &mut self,
+        revision: &str,
+        asked: Asked,
+        status: flux::KustomizationStatus,
+        early: Option<(Vec<String>, Vec<String>)>,
+        started: Instant,
+    ) -> SyncOutcome {
         let after = match &early {
             // Flux's status gets this revision's inventory after its health check.
             Some((_, objects)) => objects
@@ -702,12 +745,17 @@ impl Session {
         };
         let events = match early {
             Some((events, _)) => events,
-            None => feed.applied(revision, sync_started, change_set_wait).await,
+            None => {
+                asked
+                    .feed
+                    .applied(revision, asked.sync_started, asked.change_set_wait)
+                    .await
+            }
         };
-        drop(feed);
+        drop(asked.feed);
         tracing::debug!("change set of {revision}: {events:?}");
         self.change_sets_missing = changes::parse_change_set(&events).is_empty();
-        let changes = changes::changes(&before, &after, &events);
+        let changes = changes::changes(&asked.before, &after, &events);
         self.pushed.settle();
         self.last_good = Some(revision.to_string());
         (self.report)(&Event::Synced {
@@ -717,13 +765,35 @@ impl Session {
         });
         // Bookkeeping after the user is told.
         self.lease.note(revision, "Ready");
-        Ok(SyncOutcome::Ready {
+        SyncOutcome::Ready {
             revision: revision.to_string(),
-        })
+        }
     }
 }
 
-/// What the workloads' watch of one revision needs (see [`watch_workloads`]).
+/// What [`Session::ask_flux`] left for the rest of the apply phase.
+struct Asked {
+    /// What the Kustomization held before this sync.
+    before: Vec<flux::InventoryEntry>,
+    /// Flux's events about the session, followed since the request.
+    feed: std::sync::Arc<changes::EventsFeed>,
+    sync_started: chrono::DateTime<chrono::Utc>,
+    change_set_wait: Duration,
+}
+
+/// How the wait for Flux ended.
+enum Verdict {
+    /// Flux's verdict (the Kustomization as last seen).
+    Flux(Option<Box<Kustomization>>),
+    /// The workloads were healthy first: the change-set events and objects seen.
+    Healthy {
+        events: Vec<String>,
+        objects: Vec<String>,
+    },
+    /// A rollout failed for certain: the sync's outcome.
+    RolloutFailed(SyncOutcome),
+}
+
 struct WorkloadWatch {
     client: kube::Client,
     kss: Api<Kustomization>,
