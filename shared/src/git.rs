@@ -176,6 +176,81 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn remotes_list_origin_first_without_credentials() {
+        let repo = tempfile::tempdir().unwrap();
+        let root = repo.path();
+        run(root, &["init", "-q", "-b", "main"]);
+        run(
+            root,
+            &["remote", "add", "backup", "git@example.com:org/app.git"],
+        );
+        run(
+            root,
+            &[
+                "remote",
+                "add",
+                "origin",
+                "https://bob:tok@example.com/org/app.git",
+            ],
+        );
+        assert_eq!(
+            remotes(root),
+            [
+                "https://example.com/org/app.git",
+                "git@example.com:org/app.git"
+            ]
+        );
+        assert!(remotes(&std::env::temp_dir().join("no-such-work-tree-here")).is_empty());
+    }
+
+    #[test]
+    fn divergence_tells_uncommitted_from_unpushed_under_the_directory() {
+        let repo = tempfile::tempdir().unwrap();
+        let root = repo.path();
+        let app = root.join("apps/web");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir_all(root.join("other")).unwrap();
+        run(root, &["init", "-q", "-b", "main"]);
+        std::fs::write(app.join("a.yaml"), "a: 1\n").unwrap();
+        std::fs::write(root.join("other/b.yaml"), "b: 1\n").unwrap();
+        run(root, &["add", "-A"]);
+        run(root, &["commit", "-q", "-m", "one"]);
+        let flux = GitInfo::for_dir(root).unwrap().commit.unwrap();
+        let clean = Divergence {
+            uncommitted: false,
+            unpushed: false,
+        };
+        assert_eq!(divergence(&app, &flux), Some(clean));
+        // A commit elsewhere in the repository: not this directory's.
+        std::fs::write(root.join("other/b.yaml"), "b: 2\n").unwrap();
+        run(root, &["commit", "-q", "-am", "elsewhere"]);
+        assert_eq!(divergence(&app, &flux), Some(clean));
+        // Edited, not committed.
+        std::fs::write(app.join("a.yaml"), "a: 2\n").unwrap();
+        assert_eq!(
+            divergence(&app, &flux),
+            Some(Divergence {
+                uncommitted: true,
+                unpushed: false
+            })
+        );
+        // Committed, not in Flux's commit.
+        run(root, &["commit", "-q", "-am", "two"]);
+        assert_eq!(
+            divergence(&app, &flux),
+            Some(Divergence {
+                uncommitted: false,
+                unpushed: true
+            })
+        );
+        // A commit this clone never fetched: unknown.
+        assert_eq!(
+            divergence(&app, "0123456789abcdef0123456789abcdef01234567"),
+            None
+        );
+    }
+
+    #[test]
     fn reads_branch_commit_remote_and_dirtiness() {
         let repo = tempfile::tempdir().unwrap();
         let root = repo.path();
