@@ -13,7 +13,8 @@
 //! Every object a session creates carries the suite's labels and the
 //! session's name, and cleanup deletes only those. The readers depend on
 //! the record; of the engine they use only [`cleanup`] (and its error), the
-//! one way a session's objects are removed.
+//! one way a session's objects are removed (and an app it took over, see
+//! [`crate::takeover`], handed back).
 
 pub mod engine;
 pub mod readers;
