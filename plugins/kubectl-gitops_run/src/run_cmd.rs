@@ -39,12 +39,13 @@ pub struct RunArgs {
     /// Apply into this existing sandbox instead of an ephemeral one.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["no_session", "take_over"])]
     sandbox: Option<String>,
-    /// Run DIR in place of the Flux Kustomization that deploys it from Git
-    /// (found from DIR's Git remotes and path, or named): Flux's copy is
-    /// suspended until the session stops, then resumed and awaited.
+    /// Run DIR in place of the Flux Kustomization (or, for a chart, the
+    /// HelmRelease) that deploys it from Git, found from DIR's Git remotes and
+    /// path, or named (NAMESPACE/NAME, helmrelease/NAMESPACE/NAME): Flux's copy
+    /// is suspended until the session stops, then resumed and awaited.
     #[arg(
         long,
-        value_name = "NAMESPACE/NAME",
+        value_name = "[KIND/]NAMESPACE/NAME",
         num_args = 0..=1,
         default_missing_value = "",
         conflicts_with = "target_namespace"
