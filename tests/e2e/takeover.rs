@@ -410,6 +410,28 @@ async fn a_killed_session_leaves_the_app_marked_and_delete_hands_it_back() {
     })
     .await;
     assert!(status.contains("hands it back"), "{status}");
+    // The sessions page lists it as well, signed in as a browser would be.
+    let (mut ui, page, login, _drain) = gitops_e2e::serve_page(harness);
+    let jar = tempfile::NamedTempFile::new().unwrap();
+    let jar = jar.path().to_str().unwrap().to_string();
+    let curl = |url: &str| {
+        output(std::process::Command::new("curl").args(["-s", "-b", &jar, "-c", &jar, url])).stdout
+    };
+    curl(&login);
+    let app = format!("Kustomization/{}/podinfo", repo.flux_namespace);
+    eventually("the page lists the takeover", WAIT, || async {
+        let html = curl(&page);
+        (html.contains(&format!("data-app=\"{app}\" data-live=\"false\""))
+            && html.contains(&format!(
+                "gitops-sessions delete {name} -n {}",
+                repo.flux_namespace
+            )))
+        .then_some(())
+        .ok_or_else(|| html.chars().take(400).collect::<String>())
+    })
+    .await;
+    let _ = ui.kill();
+    let _ = ui.wait();
 
     // Another session: refused, naming the holder and what hands it back.
     let second = refused_second_session(harness, &repo, "run-other");

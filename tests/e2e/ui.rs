@@ -23,13 +23,13 @@
 // expects, fails loudly: panics are these tests' verdicts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gitops_e2e::{
-    Harness, RunningSession, configmap, output, plugin, unique, wait_namespace_gone, write_tree,
+    Harness, RunningSession, configmap, output, plugin, serve_page as serve,
+    start_page as start_ui, unique, wait_namespace_gone, write_tree,
 };
 
 #[tokio::test]
@@ -117,55 +117,6 @@ async fn the_sessions_page_updates_live_and_deletes_a_stale_session() {
 }
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Starts `kubectl gitops-sessions ui --no-open`; see [`start_ui`].
-fn serve(
-    harness: &Harness,
-) -> (
-    std::process::Child,
-    String,
-    String,
-    std::thread::JoinHandle<()>,
-) {
-    let mut cmd = plugin("kubectl-gitops_sessions");
-    cmd.args(harness.kube_args()).args(["ui", "--no-open"]);
-    start_ui(cmd)
-}
-
-/// Starts the page's server; the page's URL and the one-time sign-in URL
-/// it printed, and the thread that keeps reading its output (closing the
-/// pipe would end it).
-fn start_ui(
-    mut cmd: Command,
-) -> (
-    std::process::Child,
-    String,
-    String,
-    std::thread::JoinHandle<()>,
-) {
-    let mut ui = cmd.stdout(Stdio::piped()).spawn().unwrap();
-    let mut stdout = std::io::BufReader::new(ui.stdout.take().unwrap());
-    let url = |line: &str, start: &str| {
-        line.split_whitespace()
-            .find(|w| w.starts_with(start))
-            .map(str::to_string)
-    };
-    let (mut page, mut login, mut printed) = (None, None, String::new());
-    while login.is_none() {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            panic!("the page's server ended: {printed}");
-        }
-        page = page.or_else(|| url(&line, "http://127.0.0.1:").filter(|u| u.ends_with('/')));
-        login = url(&line, "http://127.0.0.1:").filter(|u| u.contains("/login?code="));
-        printed.push_str(&line);
-    }
-    let drain = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-    });
-    let page = page.unwrap_or_else(|| panic!("no page URL in {printed:?}"));
-    (ui, page, login.unwrap_or_default(), drain)
-}
 
 fn workload(name: &str, replicas: u32, fail: Option<&str>) -> String {
     let label = fail

@@ -1232,3 +1232,53 @@ pub async fn push_oci_source(
 
 mod gitops_repo;
 pub use gitops_repo::{GitOpsRepo, flux_resource, kustomization_resource, request_reconcile};
+
+/// Starts `kubectl gitops-sessions ui --no-open`; see [`start_page`].
+pub fn serve_page(
+    harness: &Harness,
+) -> (
+    std::process::Child,
+    String,
+    String,
+    std::thread::JoinHandle<()>,
+) {
+    let mut cmd = plugin("kubectl-gitops_sessions");
+    cmd.args(harness.kube_args()).args(["ui", "--no-open"]);
+    start_page(cmd)
+}
+
+/// Starts the page's server; the page's URL and the one-time sign-in URL
+/// it printed, and the thread that keeps reading its output (closing the
+/// pipe would end it).
+pub fn start_page(
+    mut cmd: Command,
+) -> (
+    std::process::Child,
+    String,
+    String,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let mut ui = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(ui.stdout.take().unwrap());
+    let url = |line: &str, start: &str| {
+        line.split_whitespace()
+            .find(|w| w.starts_with(start))
+            .map(str::to_string)
+    };
+    let (mut page, mut login, mut printed) = (None, None, String::new());
+    while login.is_none() {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            panic!("the page's server ended: {printed}");
+        }
+        page = page.or_else(|| url(&line, "http://127.0.0.1:").filter(|u| u.ends_with('/')));
+        login = url(&line, "http://127.0.0.1:").filter(|u| u.contains("/login?code="));
+        printed.push_str(&line);
+    }
+    let drain = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+    });
+    let page = page.unwrap_or_else(|| panic!("no page URL in {printed:?}"));
+    (ui, page, login.unwrap_or_default(), drain)
+}
