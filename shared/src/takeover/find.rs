@@ -64,14 +64,10 @@ impl App {
         let namespace = ks.namespace().unwrap_or_default();
         let r = &ks.spec.source_ref;
         let source_ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
-        let reference = repo
-            .and_then(|g| g.spec.reference.as_ref())
-            .map(|r| format!("@{}", r.display()))
-            .unwrap_or_default();
         App {
             kind: AppKind::Kustomization,
             name: ks.name_any(),
-            source: format!("{} {source_ns}/{}{reference}", r.kind, r.name),
+            source: source_label(&r.kind, &source_ns, &r.name, repo),
             path: repo_path(ks.spec.path.as_deref()),
             // A spec the API server sent serialises back without fail.
             spec: serde_json::to_value(&ks.spec).unwrap_or_default(),
@@ -98,18 +94,24 @@ fn chart_source(hr: &DynamicObject) -> Option<(String, String, Option<String>, S
     ))
 }
 
-fn release_app(hr: &DynamicObject, repo: Option<&GitRepository>) -> Option<App> {
-    let (kind, name, ns, chart) = chart_source(hr)?;
-    let namespace = hr.namespace().unwrap_or_default();
-    let source_ns = ns.unwrap_or_else(|| namespace.clone());
+/// A source as said in output: `GitRepository flux-system/flux-system@main`
+/// (the ref only when the GitRepository was read).
+fn source_label(kind: &str, namespace: &str, name: &str, repo: Option<&GitRepository>) -> String {
     let reference = repo
         .and_then(|g| g.spec.reference.as_ref())
         .map(|r| format!("@{}", r.display()))
         .unwrap_or_default();
+    format!("{kind} {namespace}/{name}{reference}")
+}
+
+fn release_app(hr: &DynamicObject, repo: Option<&GitRepository>) -> Option<App> {
+    let (kind, name, ns, chart) = chart_source(hr)?;
+    let namespace = hr.namespace().unwrap_or_default();
+    let source_ns = ns.unwrap_or_else(|| namespace.clone());
     Some(App {
         kind: AppKind::HelmRelease,
         name: hr.name_any(),
-        source: format!("{kind} {source_ns}/{name}{reference}"),
+        source: source_label(&kind, &source_ns, &name, repo),
         path: repo_path(Some(&chart)),
         spec: hr.data["spec"].clone(),
         inventory: Vec::new(),

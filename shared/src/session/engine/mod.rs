@@ -414,24 +414,24 @@ async fn place(
     cfg: &SessionConfig,
     report: &Reporter,
 ) -> Result<Placement, EngineError> {
+    // In place of a Flux Kustomization or HelmRelease: in its namespace,
+    // applying as it does (its spec is copied whole; see `ensure_objects`).
+    if let (Mode::Cluster, Some(app)) = (cfg.mode, &cfg.take_over) {
+        return Ok(Placement {
+            namespace: app.namespace.clone(),
+            target: Target {
+                namespace: app.namespace.clone(),
+                service_account: app.spec_str("serviceAccountName"),
+                kubeconfig_secret: None,
+                target_namespace: app.spec_str("targetNamespace"),
+            },
+            sandbox_name: None,
+            own_sandbox: OwnSandbox::None,
+        });
+    }
     let (namespace, target, sandbox_name, own_sandbox) = match (cfg.mode, &cfg.sandbox) {
         // In place of a Flux Kustomization: in its namespace, applying as
         // it does (its spec is copied whole; see `ensure_objects`).
-        (Mode::Cluster, _) if cfg.take_over.is_some() => {
-            let (ns, target) = match &cfg.take_over {
-                Some(app) => (
-                    app.namespace.clone(),
-                    Target {
-                        namespace: app.namespace.clone(),
-                        service_account: app.spec_str("serviceAccountName"),
-                        kubeconfig_secret: None,
-                        target_namespace: app.spec_str("targetNamespace"),
-                    },
-                ),
-                None => (cfg.namespace.clone(), Target::default()),
-            };
-            (ns, target, None, OwnSandbox::None)
-        }
         (Mode::Cluster, _) => {
             let target = Target {
                 namespace: cfg.namespace.clone(),
