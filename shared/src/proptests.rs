@@ -105,6 +105,7 @@ fn record() -> impl Strategy<Value = Record> {
                 owner,
                 history,
                 takes_over,
+                ..Default::default()
             },
         )
 }

@@ -911,6 +911,8 @@ impl Session {
             port_forwards: self.cfg.port_forwards.clone(),
             owner: self.cfg.owner.clone(),
             history: self.lease.history().to_vec(),
+            root: self.cfg.root.display().to_string(),
+            problems: self.lease.problems().to_vec(),
             takes_over: self
                 .cfg
                 .take_over

@@ -172,6 +172,13 @@ impl Session {
     ) -> SyncOutcome {
         self.waiting.store(false, Ordering::SeqCst);
         self.lease.phase_ends(phase.name(), Instant::now());
+        if !self.lease.has_pending() {
+            self.lease.failed_with(crate::session::record::problems::from_failure(
+                phase.name(),
+                &message,
+                file.as_deref(),
+            ));
+        }
         if applied {
             self.last_good = None;
         }
@@ -424,6 +431,19 @@ impl Session {
                 Ok(Ok(found)) => found,
                 Ok(Err(e)) => {
                     let file = e.file();
+                    if let validate::ValidateError::Yaml(errors) = &e {
+                        self.lease.failed_with(
+                            errors
+                                .iter()
+                                .take(crate::session::record::problems::MAX_PROBLEMS)
+                                .map(|y| {
+                                    crate::session::record::problems::yaml_error(
+                                        &y.file, y.line, y.column, &y.message,
+                                    )
+                                })
+                                .collect(),
+                        );
+                    }
                     return self.fail(Phase::Validate, e.to_string(), file, false);
                 }
                 Err(e) => return self.fail(Phase::Validate, e.to_string(), None, false),

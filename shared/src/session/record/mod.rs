@@ -17,6 +17,8 @@
 //! | `port-forwards` | `--port-forward` specs, space-separated |
 //! | `owner` | `user@host` that created it |
 //! | `takes-over` | `namespace/name` of the Flux Kustomization the session runs in place of (`--take-over`) |
+//! | `root` | the packaged root the session's file names are relative to (added later: missing means `dir`) |
+//! | `problems` | JSON array of the last sync's causes of failure, one per cause: [`problems::Problem`] (added later: missing or unreadable means none) |
 //! | `sync-history` | JSON array of the last [`HISTORY_LEN`] syncs, oldest first: [`SyncEntry`] (added later: readers take a missing or unreadable value as no history) |
 //!
 //! `spec.holderIdentity` is `user@host` while the command runs (empty once
@@ -30,6 +32,7 @@ pub mod lease;
 pub mod liveness;
 mod name;
 pub mod ownership;
+pub mod problems;
 pub mod writer;
 
 pub use error::RecordError;
@@ -81,6 +84,8 @@ pub mod keys {
     pub const PORT_FORWARDS: &str = "gitops.kubectl.dev/port-forwards";
     pub const SYNC_HISTORY: &str = "gitops.kubectl.dev/sync-history";
     pub const TAKES_OVER: &str = "gitops.kubectl.dev/takes-over";
+    pub const ROOT: &str = "gitops.kubectl.dev/root";
+    pub const PROBLEMS: &str = "gitops.kubectl.dev/problems";
 }
 
 /// How many syncs the Lease keeps in `sync-history`.
@@ -168,6 +173,10 @@ pub struct Record {
     pub history: Vec<SyncEntry>,
     /// `namespace/name` of the Kustomization it runs in place of.
     pub takes_over: Option<String>,
+    /// The packaged root (empty when an older session did not say: `dir`).
+    pub root: String,
+    /// The last sync's causes of failure (none when it succeeded).
+    pub problems: Vec<problems::Problem>,
 }
 
 /// The last sync a session recorded.
@@ -235,6 +244,15 @@ impl Record {
                 history_to_annotation(&self.history),
             );
         }
+        if !self.root.is_empty() {
+            a.insert(keys::ROOT.to_string(), self.root.clone());
+        }
+        if !self.problems.is_empty() {
+            a.insert(
+                keys::PROBLEMS.to_string(),
+                problems::to_annotation(&self.problems),
+            );
+        }
         a
     }
 
@@ -263,6 +281,8 @@ impl Record {
             owner: get(labels::OWNER),
             history: history_from_annotation(a.get(keys::SYNC_HISTORY).map(String::as_str)),
             takes_over: a.get(keys::TAKES_OVER).filter(|t| !t.is_empty()).cloned(),
+            root: get(keys::ROOT),
+            problems: problems::from_annotation(a.get(keys::PROBLEMS).map(String::as_str)),
         }
     }
 
@@ -353,6 +373,12 @@ mod tests {
             ],
             owner: "ann@laptop".into(),
             takes_over: Some("flux-system/podinfo".into()),
+            root: "/home/ann/app".into(),
+            problems: problems::from_failure(
+                "apply",
+                "Deployment/dev/web: pod web-1 container app: CrashLoopBackOff (exit 1)",
+                Some("deploy/web.yaml"),
+            ),
             history: vec![
                 SyncEntry {
                     at: parse_time(Some("2026-11-23T10:00:30Z")).unwrap(),

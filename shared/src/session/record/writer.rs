@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
+use super::problems::{self, Problem};
 use super::{
     HISTORY_LEN, HISTORY_MESSAGE_LEN, LastSync, PhaseTime, Record, SyncEntry, keys, lease,
 };
@@ -130,6 +131,11 @@ pub struct Writer {
     /// The outcome of the sync under way, written with its history entry
     /// (one request per sync).
     note: Option<LastSync>,
+    /// The last sync's causes of failure, as written into the Lease.
+    problems: Vec<Problem>,
+    /// The causes of the sync under way's failure, when the session knows
+    /// them better than its message says (YAML errors with their place).
+    pending: Option<Vec<Problem>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -164,6 +170,8 @@ impl Writer {
             timeline: Mutex::default(),
             history: Vec::new(),
             note: None,
+            problems: Vec::new(),
+            pending: None,
         }
     }
 
@@ -185,6 +193,22 @@ impl Writer {
     /// The last syncs, oldest first.
     pub fn history(&self) -> &[SyncEntry] {
         &self.history
+    }
+
+    /// The last sync's causes of failure.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// The causes of the sync under way's failure, written by
+    /// [`Writer::record_sync`] in place of those read from its message.
+    pub fn failed_with(&mut self, problems: Vec<Problem>) {
+        self.pending = Some(problems);
+    }
+
+    /// Whether [`Writer::failed_with`] was said for the sync under way.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Writes the Lease with `meta` (labels; annotations are `record`'s):
@@ -358,11 +382,28 @@ impl Writer {
             Err(_) => None,
         };
         let note = self.note.take();
+        let pending = self.pending.take();
+        let problems = match ended {
+            Ended::Ready { .. } => Vec::new(),
+            Ended::Failed { phase, message } => {
+                pending.unwrap_or_else(|| problems::from_failure(phase, message, None))
+            }
+            // Unchanged content passed the local checks again; what the
+            // cluster said of it still holds.
+            Ended::Unchanged => self
+                .problems
+                .iter()
+                .filter(|p| !p.before_push())
+                .cloned()
+                .collect(),
+        };
+        let problems_changed = problems != self.problems;
+        self.problems = problems;
         if let Some(entry) = entry {
             self.history.push(entry);
             let excess = self.history.len().saturating_sub(HISTORY_LEN);
             self.history.drain(..excess);
-        } else if note.is_none() {
+        } else if note.is_none() && !problems_changed {
             return;
         }
         if !written {
@@ -373,6 +414,12 @@ impl Writer {
             keys::SYNC_HISTORY.to_string(),
             super::history_to_annotation(&self.history),
         );
+        if problems_changed {
+            annotations.insert(
+                keys::PROBLEMS.to_string(),
+                problems::to_annotation(&self.problems),
+            );
+        }
         let patch = serde_json::json!({"metadata": {"annotations": annotations}});
         self.patch(&patch, "record the sync in").await;
     }
