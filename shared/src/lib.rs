@@ -22,6 +22,7 @@ pub mod helm;
 pub mod kubeapi;
 pub mod kustomize;
 pub mod labels;
+pub mod lsp;
 pub mod output;
 pub mod pod;
 pub mod portforward;

@@ -2,7 +2,7 @@
 //! macOS and Windows alike (no `/proc`).
 //!
 //! The only `unsafe` code of the library is here: operating-system calls
-//! (the user database, `gethostname` and `kill(pid, 0)` on Unix;
+//! (the user database, `gethostname`, `kill(pid, 0)` and SIGINT on Unix;
 //! `OpenProcess`/`GetExitCodeProcess` on Windows), each block with its
 //! `SAFETY` comment.
 #![allow(unsafe_code)]
@@ -42,6 +42,31 @@ pub fn host() -> String {
 /// Whether a process with this id exists on this machine.
 pub fn is_alive(pid: u32) -> bool {
     os_is_alive(pid)
+}
+
+/// Asks process `pid` to stop as Ctrl+C does (SIGINT), so a session cleans
+/// up what it created; `false` when it cannot be signalled (gone, someone
+/// else's, or not supported on this OS).
+pub fn interrupt(pid: u32) -> bool {
+    os_interrupt(pid)
+}
+
+#[cfg(unix)]
+fn os_interrupt(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with a positive pid signals that one process; no memory is shared.
+    unsafe { libc::kill(pid, libc::SIGINT) == 0 }
+}
+
+#[cfg(windows)]
+fn os_interrupt(_pid: u32) -> bool {
+    // A console's Ctrl+C cannot be sent to another console's process.
+    false
 }
 
 static OUTPUT_CLOSED: AtomicBool = AtomicBool::new(false);

@@ -173,11 +173,12 @@ impl Session {
         self.waiting.store(false, Ordering::SeqCst);
         self.lease.phase_ends(phase.name(), Instant::now());
         if !self.lease.has_pending() {
-            self.lease.failed_with(crate::session::record::problems::from_failure(
-                phase.name(),
-                &message,
-                file.as_deref(),
-            ));
+            self.lease
+                .failed_with(crate::session::record::problems::from_failure(
+                    phase.name(),
+                    &message,
+                    file.as_deref(),
+                ));
         }
         if applied {
             self.last_good = None;

@@ -174,8 +174,7 @@ fn reason_in(line: &str) -> &'static str {
         || l.contains("sandbox")
     {
         "Forbidden"
-    } else if l.contains("(invalid)") || l.contains("is invalid") || l.contains("invalid value")
-    {
+    } else if l.contains("(invalid)") || l.contains("is invalid") || l.contains("invalid value") {
         "Invalid"
     } else {
         "Failed"
@@ -222,9 +221,9 @@ pub fn from_failure(phase: &str, message: &str, file: Option<&str>) -> Vec<Probl
             message: clip(line),
             object: Some(object),
         };
-        let dup = out.iter().any(|q| {
-            q.object == p.object && q.field == p.field && q.reason == p.reason
-        });
+        let dup = out
+            .iter()
+            .any(|q| q.object == p.object && q.field == p.field && q.reason == p.reason);
         if !dup && out.len() < MAX_PROBLEMS {
             out.push(p);
         }
@@ -282,7 +281,8 @@ mod tests {
 
     #[test]
     fn messages_without_an_object_are_one_problem_and_words_are_not_objects() {
-        let m = "registry localhost:5000 is unreachable: connection refused (oci://localhost:5000/x)";
+        let m =
+            "registry localhost:5000 is unreachable: connection refused (oci://localhost:5000/x)";
         let p = from_failure("push", m, None);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].object, None);
@@ -293,7 +293,12 @@ mod tests {
 
     #[test]
     fn yaml_errors_keep_their_place_and_the_codec_reads_old_records_as_none() {
-        let p = vec![yaml_error("a/b.yaml", 3, 7, "mapping values are not allowed here")];
+        let p = vec![yaml_error(
+            "a/b.yaml",
+            3,
+            7,
+            "mapping values are not allowed here",
+        )];
         assert_eq!((p[0].line, p[0].column), (Some(3), Some(7)));
         assert_eq!(from_annotation(Some(&to_annotation(&p))), p);
         assert!(from_annotation(None).is_empty());
