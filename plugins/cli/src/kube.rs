@@ -54,6 +54,33 @@ impl KubeFlags {
         })
     }
 
+    /// The flags as given, to pass on to another command (the sessions the
+    /// language server starts connect the same way).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut put = |flag: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                a.push(format!("--{flag}={v}"));
+            }
+        };
+        put(
+            "kubeconfig",
+            &self.kubeconfig.as_ref().map(|p| p.display().to_string()),
+        );
+        put("context", &self.context);
+        put("cluster", &self.cluster);
+        put("user", &self.user);
+        put("namespace", &self.namespace);
+        put("as", &self.impersonate);
+        for g in &self.impersonate_groups {
+            a.push(format!("--as-group={g}"));
+        }
+        if self.request_timeout != "0" {
+            a.push(format!("--request-timeout={}", self.request_timeout));
+        }
+        a
+    }
+
     /// Resolves the connection and builds a client (no request is made).
     pub async fn connect(&self) -> Result<Cluster> {
         Ok(self.options()?.connect().await?)

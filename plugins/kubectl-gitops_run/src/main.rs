@@ -43,6 +43,9 @@ enum Command {
     Push(artifact_cmd::PushArgs),
     /// Compare DIR with an artifact by file content (exit 0 equal, 1 different, 2 error).
     Diff(artifact_cmd::DiffArgs),
+    /// Serve the Language Server Protocol on stdio, for an editor: the problems of the session
+    /// syncing the workspace at their file:line, hover, code lenses (docs/editors.md).
+    Lsp,
     #[command(flatten)]
     Completion(CompletionCommand),
 }
@@ -71,6 +74,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         None => run_cmd::run(&cli.kube, cli.run).await,
         Some(Command::Completion(_)) => Ok(ExitCode::SUCCESS),
         Some(Command::Check) => check(&cli.kube).await.map(|()| ExitCode::SUCCESS),
+        Some(Command::Lsp) => lsp(&cli.kube).await,
         Some(Command::Build(args)) => artifact_cmd::build(args).await,
         Some(Command::Push(args)) => artifact_cmd::push(args).await,
         Some(Command::Diff(args)) => {
@@ -84,6 +88,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// The language server on stdio. The cluster is connected once; when it
+/// cannot be, the server still runs and says so to the editor.
+async fn lsp(kube: &KubeFlags) -> Result<ExitCode> {
+    let client = match kube.connect().await {
+        Ok(c) => Some(c.client),
+        Err(e) => {
+            gitops::output::stderr_line(&format!("warning: {e:#}"));
+            None
+        }
+    };
+    let options = gitops::lsp::Options {
+        program: std::env::current_exe().ok(),
+        args: kube.to_args(),
+    };
+    gitops::lsp::serve_stdio(client, options).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn check(kube: &KubeFlags) -> Result<()> {

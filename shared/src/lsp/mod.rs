@@ -19,7 +19,7 @@ pub mod protocol;
 pub mod server;
 pub mod sessions;
 
-pub use server::{Options, serve};
+pub use server::{Options, serve, serve_stdio};
 
 /// Why the language server stopped.
 #[derive(Debug, thiserror::Error)]

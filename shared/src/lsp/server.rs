@@ -94,6 +94,51 @@ where
     result
 }
 
+/// [`serve`] on this process's stdin and stdout. Both are copied by plain
+/// threads (a blocked read of stdin never holds up the runtime's exit).
+pub async fn serve_stdio(client: Option<Client>, options: Options) -> Result<(), LspError> {
+    use std::io::{Read as _, Write as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let handle = tokio::runtime::Handle::current();
+    let (input, mut to_server) = tokio::io::duplex(1 << 16);
+    let h = handle.clone();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0; 1 << 16];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if h.block_on(to_server.write_all(&buf[..n])).is_err() {
+                return;
+            }
+        }
+    });
+    let (output, mut from_server) = tokio::io::duplex(1 << 16);
+    let copier = std::thread::spawn(move || {
+        let mut stdout = std::io::stdout().lock();
+        let mut buf = vec![0; 1 << 16];
+        loop {
+            let n = match handle.block_on(from_server.read(&mut buf)) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if stdout
+                .write_all(&buf[..n])
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let result = serve(input, output, client, options).await;
+    // The output is closed: what was written reaches stdout before the end.
+    let _ = tokio::task::spawn_blocking(move || copier.join()).await;
+    result
+}
+
 /// What the server holds.
 pub struct Server {
     client: Option<Client>,
