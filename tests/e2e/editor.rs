@@ -1,0 +1,498 @@
+//! The language server in a real editor: Neovim from Debian's packages
+//! (0.7: `vim.lsp.start_client` + `buf_attach_client`), headless, driven
+//! through its RPC socket (`nvim --server … --remote-expr`), its built-in
+//! LSP client running `kubectl-gitops_run lsp` against the harness. Saves
+//! are made in Neovim (`:write`); the assertions are on what Neovim holds
+//! (`vim.diagnostic.get`, the answers to its requests) and on the cluster
+//! (the Kustomization's verdict, the pods, the Lease), never on the
+//! server's own output.
+//!
+//! The crash loop is kwok's (a pod template labelled
+//! `gitops.harness/fail: crashloop`, tests/cluster/kwok-stages.yaml).
+
+// A test that cannot reach its peer, or finds the world other than it
+// expects, fails loudly: panics are these tests' verdicts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gitops_e2e::{
+    Harness, RunningSession, eventually, kustomization_verdict, plugin, unique, write_tree,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn deployment(extra_labels: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n{extra_labels}    spec:\n      containers:\n      - name: app\n        image: example/web:1\n        resources:\n          requests:\n            cpu: 50m\n"
+    )
+}
+
+const CONFIGMAP: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  greeting: hello\n";
+const KUSTOMIZATION: &str = "resources:\n- deployment.yaml\n- configmap.yaml\n";
+
+fn app(dir: &Path) {
+    write_tree(
+        dir,
+        &[
+            ("deploy/deployment.yaml", &deployment("")),
+            ("deploy/configmap.yaml", CONFIGMAP),
+            ("deploy/kustomization.yaml", KUSTOMIZATION),
+        ],
+    );
+}
+
+/// The Lua the editor starts with: the LSP client for the workspace and a
+/// few functions the test calls through `--remote-expr`.
+const INIT_LUA: &str = r#"
+local cmd = vim.fn.json_decode(os.getenv('GITOPS_LSP_CMD'))
+local run_args = vim.fn.json_decode(os.getenv('GITOPS_LSP_RUN_ARGS'))
+local id = vim.lsp.start_client({
+  name = 'gitops-run',
+  cmd = cmd,
+  root_dir = os.getenv('GITOPS_LSP_ROOT'),
+  init_options = { runArgs = run_args },
+})
+-- The file's buffer is loaded after this script runs.
+vim.api.nvim_create_autocmd('VimEnter', { callback = function() vim.lsp.buf_attach_client(0, id) end })
+T = {}
+local function client() return vim.lsp.get_client_by_id(id) end
+function T.ready()
+  local c = client()
+  return (c ~= nil and c.initialized and vim.lsp.buf_is_attached(0, id)) and 'yes' or 'no'
+end
+function T.diags()
+  local out = {}
+  for _, d in ipairs(vim.diagnostic.get(0)) do
+    local code = d.code or (d.user_data and d.user_data.lsp and d.user_data.lsp.code) or ''
+    table.insert(out, { lnum = d.lnum, col = d.col, severity = d.severity, source = d.source or '', message = d.message, code = code })
+  end
+  return vim.fn.json_encode(out)
+end
+function T.set(line, text)
+  vim.api.nvim_buf_set_lines(0, line, line + 1, false, { text })
+  vim.cmd('silent write')
+  return 'ok'
+end
+function T.insert(line, text)
+  vim.api.nvim_buf_set_lines(0, line, line, false, { text })
+  vim.cmd('silent write')
+  return 'ok'
+end
+function T.delete(line)
+  vim.api.nvim_buf_set_lines(0, line, line + 1, false, {})
+  vim.cmd('silent write')
+  return 'ok'
+end
+function T.request(method, params)
+  local res, err = client().request_sync(method, params, 10000, 0)
+  if res == nil then return vim.fn.json_encode({ err = tostring(err) }) end
+  return vim.fn.json_encode({ result = res.result, err = res.err })
+end
+local function doc() return { uri = vim.uri_from_bufnr(0) } end
+function T.lens() return T.request('textDocument/codeLens', { textDocument = doc() }) end
+function T.hover(line) return T.request('textDocument/hover', { textDocument = doc(), position = { line = line, character = 2 } }) end
+function T.command(name) return T.request('workspace/executeCommand', { command = name, arguments = { vim.uri_from_bufnr(0) } }) end
+"#;
+
+/// A headless Neovim editing one file, its LSP client running our server.
+struct Nvim {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Nvim {
+    fn start(harness: &Harness, root: &Path, file: &Path, run_args: &[&str]) -> Nvim {
+        let nvim = which("nvim").unwrap_or_else(|| {
+            panic!("Neovim is not installed: run tests/ui/setup (make test does), or apt-get install neovim")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("nvim.sock");
+        let init = dir.path().join("init.lua");
+        std::fs::write(&init, INIT_LUA).unwrap();
+        let server = plugin("kubectl-gitops_run").get_program().to_owned();
+        let mut cmd: Vec<String> = vec![server.to_string_lossy().into(), "lsp".into()];
+        cmd.extend(harness.kube_args());
+        let child = Command::new(nvim)
+            .arg("--headless")
+            .arg("--listen")
+            .arg(&socket)
+            .args(["-n", "-i", "NONE", "-u"])
+            .arg(&init)
+            .arg(file)
+            .current_dir(root)
+            .env("GITOPS_LSP_CMD", serde_json::to_string(&cmd).unwrap())
+            .env("GITOPS_LSP_ROOT", root)
+            .env(
+                "GITOPS_LSP_RUN_ARGS",
+                serde_json::to_string(run_args).unwrap(),
+            )
+            .env("HOME", dir.path())
+            .env("XDG_STATE_HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nvim");
+        let nvim = Nvim {
+            child,
+            socket,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(nvim.socket.exists() && nvim.lua("T.ready()") == "yes") {
+            assert!(
+                Instant::now() < deadline,
+                "Neovim's LSP client did not initialize within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        nvim
+    }
+
+    /// `luaeval(code)` in the editor, as text.
+    fn lua(&self, code: &str) -> String {
+        let out = Command::new("nvim")
+            .arg("--server")
+            .arg(&self.socket)
+            .arg("--remote-expr")
+            .arg(format!("luaeval('{}')", code.replace('\'', "''")))
+            .stdin(Stdio::null())
+            .output()
+            .expect("nvim --remote-expr");
+        // Neovim 0.7 prints the result on stderr (later ones on stdout).
+        let text = if out.stdout.is_empty() {
+            out.stderr
+        } else {
+            out.stdout
+        };
+        String::from_utf8_lossy(&text).trim().to_string()
+    }
+
+    fn json(&self, code: &str) -> Value {
+        let text = self.lua(code);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{code}: {e}: {text:?}"))
+    }
+
+    /// What Neovim holds for the buffer.
+    fn diagnostics(&self) -> Vec<Value> {
+        self.json("T.diags()")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until the diagnostics Neovim holds satisfy `ok`.
+    fn wait_diagnostics(&self, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let d = self.diagnostics();
+            if ok(&d) {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; Neovim holds: {d:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn save_line(&self, line: usize, text: &str) {
+        assert_eq!(
+            self.lua(&format!("T.set({line}, {})", lua_string(text))),
+            "ok"
+        );
+    }
+}
+
+impl Drop for Nvim {
+    fn drop(&mut self) {
+        let _ = Command::new("nvim")
+            .arg("--server")
+            .arg(&self.socket)
+            .args(["--remote-send", "<C-\\><C-N>:qa!<CR>"])
+            .output();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lua_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// The 0-based line of the first line of `file` that contains `needle`.
+fn line_of(file: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in {}", file.display()))
+}
+
+/// The session's Lease (found by its label, in whichever namespace).
+async fn lease_of(client: &Client, session: &str) -> Option<Lease> {
+    Api::<Lease>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("gitops.kubectl.dev/session={session}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|l| l.metadata.name.as_deref() == Some(session))
+}
+
+async fn flux_namespace(client: &Client, session: &str) -> String {
+    eventually("the session's Lease", WAIT, || async {
+        lease_of(client, session)
+            .await
+            .and_then(|l| l.metadata.namespace)
+            .ok_or_else(|| "no Lease yet".to_string())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_terminal_sessions_rejected_field_and_yaml_error_show_in_neovim_and_clear_when_fixed() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    app(&root);
+    let file = root.join("deploy/deployment.yaml");
+    let ns = unique("lsp-term");
+    let nvim = Nvim::start(&harness, &root, &file, &[]);
+
+    // A session started in a terminal: the editor picks it up from its
+    // Lease (the code lens says it synced).
+    let mut s = RunningSession::start(&harness, &root, &["deploy", "--name", &ns]);
+    let revision = s.next_sync().expect("the first sync");
+    let flux_ns = flux_namespace(&client, &ns).await;
+    let lens = eventually("the code lens to show the session", WAIT, || async {
+        let l = nvim.json("T.lens()");
+        let titles = l["result"].to_string();
+        if titles.contains("Ready") {
+            Ok(l)
+        } else {
+            Err(titles)
+        }
+    })
+    .await;
+    assert!(
+        lens["result"].to_string().contains("gitops.syncNow"),
+        "{lens}"
+    );
+    assert!(nvim.diagnostics().is_empty());
+    // Hover: the live Deployment's state and the session's revision.
+    let hover = nvim.json("T.hover(3)");
+    let text = hover["result"]["contents"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        text.contains(&format!("Deployment/{}/web", ns)) || text.contains("Deployment/"),
+        "{hover}"
+    );
+    let short = &revision[..revision.find("sha256:").unwrap() + 19];
+    assert!(text.contains(short), "{short} not in {text}");
+    let d: Deployment = Api::namespaced(client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap();
+    let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    assert!(text.contains(&format!("ready {ready}/1")), "{text}");
+
+    // A mistake the API server rejects (Flux's dry-run): on `replicas:`.
+    let replicas = line_of(&file, "replicas:");
+    nvim.save_line(replicas, "  replicas: -1");
+    let diags = nvim.wait_diagnostics("the rejected field", |d| !d.is_empty());
+    assert_eq!(diags.len(), 1, "one diagnostic per cause: {diags:#?}");
+    assert_eq!(diags[0]["lnum"], replicas, "{diags:#?}");
+    assert_eq!(diags[0]["severity"], 1);
+    assert_eq!(diags[0]["source"], "gitops-run");
+    assert!(
+        diags[0]["message"].as_str().unwrap().contains("replicas"),
+        "{diags:#?}"
+    );
+    // The cluster's answer: Flux refused it, the Deployment kept 1 replica.
+    let verdict = kustomization_verdict(&client, &flux_ns, &ns, WAIT).await;
+    assert!(verdict.unwrap_err().contains("replicas"));
+    let d: Deployment = Api::namespaced(client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(1));
+
+    // Fixed: cleared, and Flux applied it.
+    nvim.save_line(replicas, "  replicas: 1");
+    nvim.wait_diagnostics("the rejection to clear", <[Value]>::is_empty);
+    kustomization_verdict(&client, &flux_ns, &ns, WAIT)
+        .await
+        .unwrap();
+
+    // Invalid YAML: the parser's place; nothing reaches the cluster.
+    let applied = lease_of(&client, &ns).await.unwrap();
+    nvim.save_line(2, "metadata: [");
+    let diags = nvim.wait_diagnostics("the YAML error", |d| !d.is_empty());
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(diags[0]["lnum"].as_u64().unwrap() >= 2, "{diags:#?}");
+    assert_eq!(diags[0]["code"], "YAML", "{diags:#?}");
+    let now = lease_of(&client, &ns).await.unwrap();
+    let last = |l: &Lease| {
+        l.metadata.annotations.as_ref().unwrap()["gitops.kubectl.dev/last-revision"].clone()
+    };
+    assert_eq!(last(&now), last(&applied), "nothing new was applied");
+    nvim.save_line(2, "metadata:");
+    nvim.wait_diagnostics("the YAML error to clear", <[Value]>::is_empty);
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    // The session is gone: so is what the editor showed of it.
+    eventually("the Lease to be gone", WAIT, || async {
+        match lease_of(&client, &ns).await {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    let lens = eventually("the code lens to offer a new session", WAIT, || async {
+        let l = nvim.json("T.lens()");
+        if l["result"].to_string().contains("gitops.startSession") {
+            Ok(l)
+        } else {
+            Err(l.to_string())
+        }
+    })
+    .await;
+    drop(lens);
+}
+
+#[tokio::test]
+async fn a_crash_looping_workload_started_from_the_editor_shows_its_exit_code_on_the_container() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    app(&root);
+    let file = root.join("deploy/deployment.yaml");
+    let ns = unique("lsp-crash");
+    // The editor starts the session itself (its command; the session's
+    // flags from the client's configuration).
+    let nvim = Nvim::start(&harness, &root.join("deploy"), &file, &["--name", &ns]);
+    let started = nvim.json("T.command(\"gitops.startSession\")");
+    assert!(started["err"].is_null(), "{started}");
+    let flux_ns = flux_namespace(&client, &ns).await;
+    kustomization_verdict(&client, &flux_ns, &ns, WAIT)
+        .await
+        .unwrap();
+    eventually("the code lens to show the session", WAIT, || async {
+        let l = nvim.json("T.lens()");
+        if l["result"].to_string().contains(&ns) {
+            Ok(())
+        } else {
+            Err(l.to_string())
+        }
+    })
+    .await;
+
+    // The pods crash (kwok's stage): on the container, with the exit code.
+    let template = line_of(&file, "  template:");
+    let at = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .skip(template)
+        .find(|(_, l)| l.trim() == "app: web")
+        .map(|(i, _)| i)
+        .unwrap();
+    assert_eq!(
+        nvim.lua(&format!(
+            "T.insert({}, \"        gitops.harness/fail: crashloop\")",
+            at + 1
+        )),
+        "ok"
+    );
+    let container = line_of(&file, "- name: app");
+    let diags = nvim.wait_diagnostics("the crash loop", |d| !d.is_empty());
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0]["lnum"], container, "{diags:#?}");
+    assert_eq!(diags[0]["code"], "CrashLoopBackOff", "{diags:#?}");
+    let message = diags[0]["message"].as_str().unwrap();
+    assert!(message.contains("exit 1"), "{message}");
+    // The cluster: the pods really are in CrashLoopBackOff.
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("gitops.harness/fail=crashloop"))
+        .await
+        .unwrap()
+        .items;
+    assert!(pods.iter().any(|p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref())
+                        == Some("CrashLoopBackOff")
+                })
+            })
+    }));
+
+    // Fixed: cleared, and the Deployment rolls out.
+    assert_eq!(nvim.lua(&format!("T.delete({})", at + 1)), "ok");
+    nvim.wait_diagnostics("the crash loop to clear", <[Value]>::is_empty);
+    eventually("the Deployment to be ready", WAIT, || async {
+        let d: Deployment = Api::namespaced(client.clone(), &ns)
+            .get("web")
+            .await
+            .map_err(|e| e.to_string())?;
+        match d.status.and_then(|s| s.ready_replicas) {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Stopped from the editor: the session cleans up (its Lease is gone).
+    let stopped = nvim.json("T.command(\"gitops.stopSession\")");
+    assert!(stopped["err"].is_null(), "{stopped}");
+    eventually(
+        "the session to be removed",
+        Duration::from_secs(120),
+        || async {
+            match lease_of(&client, &ns).await {
+                None => Ok(()),
+                Some(_) => Err("the Lease is still there".to_string()),
+            }
+        },
+    )
+    .await;
+}
