@@ -496,3 +496,127 @@ async fn a_crash_looping_workload_started_from_the_editor_shows_its_exit_code_on
     )
     .await;
 }
+
+/// What `kubectl-gitops_run lsp` advertises in its answer to `initialize`.
+fn server_capabilities() -> Value {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut server = plugin("kubectl-gitops_run")
+        .args(["lsp", "--kubeconfig", "/nonexistent"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"capabilities":{}}}"#;
+    let mut stdin = server.stdin.take().unwrap();
+    write!(stdin, "Content-Length: {}\r\n\r\n", body.len()).unwrap();
+    stdin.write_all(body).unwrap();
+    stdin.flush().unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("Content-Length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut buf = vec![0; length];
+    out.read_exact(&mut buf).unwrap();
+    drop(stdin);
+    let _ = server.kill();
+    let _ = server.wait();
+    serde_json::from_slice::<Value>(&buf).unwrap()["result"]["capabilities"].clone()
+}
+
+/// A file of a zip archive, read with Python's zipfile (a prerequisite).
+fn unzip(archive: &Path, name: &str) -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nn = sys.argv[2]\nsys.stdout.write(z.read(n).decode() if n in z.namelist() else '\\0')",
+        ])
+        .arg(archive)
+        .arg(name)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    (text != "\0").then_some(text)
+}
+
+#[test]
+fn the_vscode_extension_builds_into_a_vsix_whose_manifest_matches_the_server() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let built = Command::new(repo.join("editors/vscode/build"))
+        .arg(out.path())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("editors/vscode/build");
+    assert!(built.status.success(), "the extension did not build");
+    let vsix = PathBuf::from(String::from_utf8(built.stdout).unwrap().trim());
+    assert!(vsix.is_file(), "{}", vsix.display());
+
+    let manifest: Value =
+        serde_json::from_str(&unzip(&vsix, "extension/package.json").expect("package.json"))
+            .unwrap();
+    assert!(
+        manifest["engines"]["vscode"]
+            .as_str()
+            .unwrap()
+            .starts_with('^')
+    );
+    let main = manifest["main"].as_str().unwrap().trim_start_matches("./");
+    assert!(
+        unzip(&vsix, &format!("extension/{main}")).is_some_and(|js| js.contains("lsp")),
+        "the entry point {main} is packaged and starts `lsp`"
+    );
+    assert!(
+        unzip(
+            &vsix,
+            "extension/node_modules/vscode-languageclient/package.json"
+        )
+        .is_some(),
+        "its runtime dependency is packaged"
+    );
+    assert!(
+        unzip(&vsix, "extension/src/extension.ts").is_none(),
+        "sources are left out"
+    );
+    let vsixmanifest = unzip(&vsix, "extension.vsixmanifest").expect("extension.vsixmanifest");
+    assert!(
+        vsixmanifest.contains(&format!(
+            "Version=\"{}\"",
+            manifest["version"].as_str().unwrap()
+        )),
+        "{vsixmanifest}"
+    );
+    assert!(!manifest["activationEvents"].as_array().unwrap().is_empty());
+    for key in ["gitopsRun.path", "gitopsRun.kubeArgs", "gitopsRun.runArgs"] {
+        let p = &manifest["contributes"]["configuration"]["properties"][key];
+        assert!(p["markdownDescription"].is_string(), "{key} is documented");
+    }
+    // Every command the extension shows is one the server runs, and back.
+    let contributed: std::collections::BTreeSet<String> = manifest["contributes"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command"].as_str().unwrap().to_string())
+        .collect();
+    let served: std::collections::BTreeSet<String> =
+        server_capabilities()["executeCommandProvider"]["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(contributed, served);
+}
