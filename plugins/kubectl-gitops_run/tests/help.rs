@@ -4,7 +4,7 @@
 #[test]
 fn help() -> Result<(), String> {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-gitops_run"));
-    let table = ["check", "build", "push", "diff", "completion"];
+    let table = ["check", "build", "push", "diff", "lsp", "completion"];
     for (name, text) in gitops_cli::testing::cases(bin, &table)? {
         insta::assert_snapshot!(name, text);
     }
