@@ -481,7 +481,16 @@ fn build_failure_place(dir: &Path, message: &str) -> Option<Place> {
 /// `root`), belongs; `None` when nothing in the files names it (a push
 /// that failed, say).
 pub fn locate(root: &Path, dir: &Path, p: &Problem) -> Option<Place> {
-    let hint = p.file.as_ref().map(|f| root.join(f));
+    // A relative path inside the root, nothing else.
+    let hint = p
+        .file
+        .as_ref()
+        .map(Path::new)
+        .filter(|f| {
+            f.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        })
+        .map(|f| root.join(f));
     if let (Some(file), Some(line)) = (&hint, p.line) {
         let text = read(file).unwrap_or_default();
         let line = usize::try_from(line.saturating_sub(1)).unwrap_or(0);

@@ -158,6 +158,9 @@ pub struct Server {
     open: BTreeMap<String, String>,
     /// The session this server started (`gitops.startSession`).
     child: Option<tokio::process::Child>,
+    /// `user@host`: only sessions run by this user on this machine sync
+    /// these files.
+    me: String,
 }
 
 impl Drop for Server {
@@ -174,7 +177,10 @@ fn canonical(p: &Path) -> PathBuf {
 
 fn short_revision(r: &str) -> String {
     match r.split_once("sha256:") {
-        Some((head, digest)) => format!("{head}sha256:{}", &digest[..digest.len().min(12)]),
+        Some((head, digest)) => format!(
+            "{head}sha256:{}",
+            digest.chars().take(12).collect::<String>()
+        ),
         None => r.to_string(),
     }
 }
@@ -224,6 +230,7 @@ impl Server {
             said: BTreeSet::new(),
             open: BTreeMap::new(),
             child: None,
+            me: crate::process::owner(),
         }
     }
 
@@ -349,7 +356,7 @@ impl Server {
             }
             Update::Changed(k) => {
                 self.sessions
-                    .insert((k.namespace.clone(), k.name.clone()), k);
+                    .insert((k.namespace.clone(), k.name.clone()), *k);
             }
             Update::Gone { namespace, name } => {
                 self.sessions.remove(&(namespace, name));
@@ -362,6 +369,7 @@ impl Server {
         self.sessions.values().filter(|s| {
             let dir = Path::new(&s.record.dir);
             s.running()
+                && s.holder == self.me
                 && self
                     .root
                     .as_ref()
@@ -395,7 +403,9 @@ impl Server {
                 Path::new(&s.record.root)
             };
             for problem in &s.record.problems {
-                match mapping::locate(root, dir, problem) {
+                // Only files of the session (a record names them; it is
+                // no reason to read others).
+                match mapping::locate(root, dir, problem).filter(|at| at.file.starts_with(root)) {
                     Some(at) => by_uri
                         .entry(p::uri_of_path(&at.file))
                         .or_default()

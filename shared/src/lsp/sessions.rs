@@ -49,7 +49,7 @@ impl Known {
 pub enum Update {
     /// Every session (at the start, and after a watch had to list again).
     All(Vec<Known>),
-    Changed(Known),
+    Changed(Box<Known>),
     Gone {
         namespace: String,
         name: String,
@@ -84,7 +84,7 @@ pub async fn watch(client: Client, tx: UnboundedSender<Update>) {
                 None
             }
             Ok(watcher::Event::InitDone) => Some(Update::All(std::mem::take(&mut listed))),
-            Ok(watcher::Event::Apply(l)) => Some(Update::Changed(Known::of(&l))),
+            Ok(watcher::Event::Apply(l)) => Some(Update::Changed(Box::new(Known::of(&l)))),
             Ok(watcher::Event::Delete(l)) => Some(Update::Gone {
                 namespace: l.namespace().unwrap_or_default(),
                 name: l.name_any(),

@@ -73,6 +73,11 @@ fn start(api: &FakeApi) -> (Editor, tokio::task::JoinHandle<Result<(), LspError>
     )
 }
 
+/// A live session of this user on this machine.
+fn mine(ns: &str, name: &str) -> Lease {
+    testkit::lease(ns, name, &crate::process::owner(), chrono::Utc::now(), 30)
+}
+
 fn set_record(lease: &mut Lease, change: impl FnOnce(&mut record::Record)) {
     let mut r = record::Record::of(lease);
     change(&mut r);
@@ -92,7 +97,7 @@ async fn a_sessions_problems_are_published_on_their_line_cleared_and_never_twice
     );
     let dir = root.join("app");
     let api = FakeApi::start().await;
-    let mut lease = testkit::live_lease(NS, "run-app-1");
+    let mut lease = mine(NS, "run-app-1");
     set_record(&mut lease, |r| {
         r.dir = dir.display().to_string();
         r.root = root.display().to_string();
@@ -213,12 +218,23 @@ async fn other_directories_sessions_are_not_shown_and_requests_wait_for_initiali
     let root = std::fs::canonicalize(t.path()).unwrap();
     write_tree(&root, &[("mine/a.yaml", DEPLOY), ("theirs/a.yaml", DEPLOY)]);
     let api = FakeApi::start().await;
-    let mut lease = testkit::live_lease(NS, "run-theirs");
+    let mut lease = mine(NS, "run-theirs");
     set_record(&mut lease, |r| {
         r.dir = root.join("theirs").display().to_string();
         r.problems = problems::from_failure(
             "apply",
             "Deployment/dev/web: pod web-1 container app: CrashLoopBackOff (exit 2)",
+            None,
+        );
+    });
+    api.put(lease);
+    // Someone else's session of a directory of the same path (another machine).
+    let mut lease = testkit::live_lease(NS, "run-elsewhere");
+    set_record(&mut lease, |r| {
+        r.dir = root.join("mine").display().to_string();
+        r.problems = problems::from_failure(
+            "apply",
+            "Deployment/dev/web: pod web-1 container app: CrashLoopBackOff (exit 9)",
             None,
         );
     });
@@ -237,7 +253,7 @@ async fn other_directories_sessions_are_not_shown_and_requests_wait_for_initiali
         .await;
     ed.response(id).await;
     // A session of `mine` appears (as a terminal session's Lease is written): only its problems show.
-    let mut lease = testkit::live_lease(NS, "run-mine");
+    let mut lease = mine(NS, "run-mine");
     set_record(&mut lease, |r| {
         r.dir = root.join("mine").display().to_string();
         r.problems = problems::from_failure(
@@ -253,6 +269,8 @@ async fn other_directories_sessions_are_not_shown_and_requests_wait_for_initiali
         p::uri_of_path(&root.join("mine/a.yaml")),
         "{m}"
     );
+    // Only this user's session on this machine: one diagnostic.
+    assert_eq!(m["params"]["diagnostics"].as_array().unwrap().len(), 1, "{m}");
     let d = &m["params"]["diagnostics"][0];
     assert_eq!(d["code"], "CrashLoopBackOff");
     assert_eq!(d["range"]["start"]["line"], 9, "{d}");
