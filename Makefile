@@ -54,5 +54,6 @@ bench: ## Benchmarks against the reference peers (prints ratios; no assertions)
 	tests/bench/sessions-list
 	tests/bench/app-repo
 	tests/bench/workload-latency
+	tests/bench/lsp-latency
 	tests/bench/many-sessions
 	tests/bench/soak
