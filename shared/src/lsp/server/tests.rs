@@ -270,7 +270,11 @@ async fn other_directories_sessions_are_not_shown_and_requests_wait_for_initiali
         "{m}"
     );
     // Only this user's session on this machine: one diagnostic.
-    assert_eq!(m["params"]["diagnostics"].as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(
+        m["params"]["diagnostics"].as_array().unwrap().len(),
+        1,
+        "{m}"
+    );
     let d = &m["params"]["diagnostics"][0];
     assert_eq!(d["code"], "CrashLoopBackOff");
     assert_eq!(d["range"]["start"]["line"], 9, "{d}");

@@ -449,3 +449,82 @@ impl Drop for Writer {
         self.stop_renewing();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakeapi::FakeApi;
+    use crate::session::testkit;
+
+    fn written(api: &FakeApi) -> Option<String> {
+        api.get::<Lease>("dev", "run-a")
+            .and_then(|l| l.metadata.annotations)
+            .and_then(|a| a.get(keys::PROBLEMS).cloned())
+    }
+
+    fn patches(api: &FakeApi) -> usize {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn problems_are_written_with_their_sync_kept_while_unchanged_and_cleared() {
+        let api = FakeApi::start().await;
+        api.put(testkit::live_lease("dev", "run-a"));
+        let mut w = Writer::new(
+            api.client.clone(),
+            "dev",
+            "run-a",
+            testkit::HOLDER,
+            Duration::from_secs(30),
+            None,
+        );
+        // A YAML error, at the place the session found it.
+        w.phase_starts("validate", Instant::now());
+        w.failed_with(vec![problems::yaml_error("a.yaml", 3, 1, "bad")]);
+        w.record_sync(
+            Ended::Failed {
+                phase: "validate",
+                message: "invalid YAML",
+            },
+            true,
+        )
+        .await;
+        let p = problems::from_annotation(written(&api).as_deref());
+        assert_eq!((p.len(), p[0].line), (1, Some(3)), "{p:?}");
+        // The content back to what Flux settled on: the local check passed.
+        w.record_sync(Ended::Unchanged, true).await;
+        assert_eq!(written(&api).as_deref(), Some("[]"));
+
+        // Flux's rejection, read from the message: kept while the content
+        // is unchanged (nothing written), cleared by a good sync.
+        w.phase_starts("apply", Instant::now());
+        w.record_sync(
+            Ended::Failed {
+                phase: "apply",
+                message: "Deployment/dev/web dry-run failed (Invalid): spec.replicas: Invalid value: -1",
+            },
+            true,
+        )
+        .await;
+        let p = problems::from_annotation(written(&api).as_deref());
+        assert_eq!(p[0].object.as_deref(), Some("Deployment/dev/web"));
+        assert_eq!(p[0].field.as_deref(), Some("spec.replicas"));
+        let before = patches(&api);
+        w.record_sync(Ended::Unchanged, true).await;
+        assert_eq!(patches(&api), before, "nothing to write");
+        assert_eq!(w.problems().len(), 1);
+        w.phase_starts("validate", Instant::now());
+        w.record_sync(
+            Ended::Ready {
+                revision: "latest@sha256:00",
+            },
+            true,
+        )
+        .await;
+        assert_eq!(written(&api).as_deref(), Some("[]"));
+        assert!(w.problems().is_empty());
+    }
+}
