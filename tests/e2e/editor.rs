@@ -78,6 +78,15 @@ function T.diags()
   end
   return vim.fn.json_encode(out)
 end
+function T.diags_of(path)
+  local saved = vim.diagnostic.get(vim.uri_to_bufnr(vim.uri_from_fname(path)))
+  local out = {}
+  for _, d in ipairs(saved) do
+    local code = d.code or (d.user_data and d.user_data.lsp and d.user_data.lsp.code) or ''
+    table.insert(out, { lnum = d.lnum, col = d.col, severity = d.severity, message = d.message, code = code })
+  end
+  return vim.fn.json_encode(out)
+end
 function T.set(line, text)
   vim.api.nvim_buf_set_lines(0, line, line + 1, false, { text })
   vim.cmd('silent write')
@@ -198,6 +207,28 @@ impl Nvim {
         let deadline = Instant::now() + WAIT;
         loop {
             let d = self.diagnostics();
+            if ok(&d) {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; Neovim holds: {d:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What Neovim holds for another file (published for it, not open).
+    fn wait_diagnostics_of(
+        &self,
+        file: &Path,
+        what: &str,
+        ok: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let code = format!("T.diags_of({})", lua_string(&file.display().to_string()));
+        loop {
+            let d = self.json(&code).as_array().cloned().unwrap_or_default();
             if ok(&d) {
                 return d;
             }
@@ -619,4 +650,96 @@ fn the_vscode_extension_builds_into_a_vsix_whose_manifest_matches_the_server() {
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
     assert_eq!(contributed, served);
+}
+
+#[tokio::test]
+async fn through_an_overlay_the_patch_and_the_base_line_that_set_the_field_get_flux_s_refusal() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    write_tree(
+        &root,
+        &[
+            ("base/deployment.yaml", &deployment("")),
+            ("base/kustomization.yaml", "resources:\n- deployment.yaml\n"),
+            (
+                "dev/kustomization.yaml",
+                "namePrefix: dev-\nresources:\n- ../base\npatches:\n- path: replicas.yaml\n",
+            ),
+            (
+                "dev/replicas.yaml",
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n",
+            ),
+        ],
+    );
+    let patch = root.join("dev/replicas.yaml");
+    let base = root.join("base/deployment.yaml");
+    let ns = unique("lsp-overlay");
+    let nvim = Nvim::start(&harness, &root, &patch, &[]);
+    let root_arg = root.display().to_string();
+    let mut s = RunningSession::start(
+        &harness,
+        &root,
+        &["dev", "--root-dir", &root_arg, "--name", &ns],
+    );
+    s.next_sync().expect("the first sync");
+    let flux_ns = flux_namespace(&client, &ns).await;
+
+    // The patch sets an invalid value: on the patch's line, not the base's.
+    let replicas = line_of(&patch, "replicas:");
+    nvim.save_line(replicas, "  replicas: -2");
+    let diags = nvim.wait_diagnostics("the rejection on the patch", |d| !d.is_empty());
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0]["lnum"], replicas, "{diags:#?}");
+    assert_eq!(diags[0]["code"], "Invalid", "{diags:#?}");
+    let refusal = kustomization_verdict(&client, &flux_ns, &ns, WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        refusal.contains(&format!("Deployment/{ns}/dev-web")),
+        "{refusal}"
+    );
+    assert!(
+        nvim.json(&format!(
+            "T.diags_of({})",
+            lua_string(&base.display().to_string())
+        ))
+        .as_array()
+        .unwrap()
+        .is_empty()
+    );
+    nvim.save_line(replicas, "  replicas: 2");
+    nvim.wait_diagnostics("the patch's rejection to clear", <[Value]>::is_empty);
+    kustomization_verdict(&client, &flux_ns, &ns, WAIT)
+        .await
+        .unwrap();
+
+    // An immutable field changed in the base (saved elsewhere): on the
+    // base document's `selector:`.
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("app: web", "app: web2");
+    std::fs::write(&base, text).unwrap();
+    let selector = line_of(&base, "  selector:");
+    let diags = nvim.wait_diagnostics_of(&base, "the immutable selector", |d| !d.is_empty());
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0]["lnum"], selector, "{diags:#?}");
+    assert_eq!(diags[0]["code"], "Immutable", "{diags:#?}");
+    let refusal = kustomization_verdict(&client, &flux_ns, &ns, WAIT)
+        .await
+        .unwrap_err();
+    assert!(refusal.contains("immutable"), "{refusal}");
+    let d: Deployment = Api::namespaced(client.clone(), &ns)
+        .get("dev-web")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.spec.unwrap().selector.match_labels.unwrap()["app"],
+        "web",
+        "the cluster kept the selector"
+    );
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
 }
