@@ -161,6 +161,11 @@ pub struct Server {
     /// `user@host`: only sessions run by this user on this machine sync
     /// these files.
     me: String,
+    /// Whether the client asks for code lenses again when told to
+    /// (`workspace/codeLens/refresh`), and what they last showed.
+    lens_refresh: bool,
+    lens_state: String,
+    requests: u64,
 }
 
 impl Drop for Server {
@@ -231,6 +236,9 @@ impl Server {
             open: BTreeMap::new(),
             child: None,
             me: crate::process::owner(),
+            lens_refresh: false,
+            lens_state: String::new(),
+            requests: 0,
         }
     }
 
@@ -284,6 +292,9 @@ impl Server {
             .flatten()
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect();
+        self.lens_refresh = params["capabilities"]["workspace"]["codeLens"]["refreshSupport"]
+            .as_bool()
+            .unwrap_or(false);
         self.initialized = true;
         let mut out = vec![p::response(
             id,
@@ -446,6 +457,27 @@ impl Server {
                 self.published.remove(&uri);
             } else {
                 self.published.insert(uri, new);
+            }
+        }
+        // What the code lenses show changed: the client asks again.
+        let lens_state = self
+            .relevant()
+            .map(|s| {
+                format!(
+                    "{}/{} {:?} {}",
+                    s.namespace,
+                    s.name,
+                    s.record.last,
+                    s.record.problems.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        if lens_state != self.lens_state {
+            self.lens_state = lens_state;
+            if self.lens_refresh {
+                self.requests += 1;
+                out.push(json!({"jsonrpc": "2.0", "id": format!("gitops-run-{}", self.requests), "method": "workspace/codeLens/refresh"}));
             }
         }
         for m in unplaced.difference(&self.said) {

@@ -132,20 +132,33 @@ pub async fn live(client: &Client, session: &Known, kind: &str, name: &str) -> L
             .as_ref()
             .map(|i| i.entries.clone())
             .unwrap_or_default();
-        let found = entries.iter().find_map(|e| {
-            let parts: Vec<&str> = e.id.split('_').collect();
-            let [ns, n, group, k] = parts[..] else {
-                return None;
-            };
-            (k == kind && (n == name || n.ends_with(name) || n.starts_with(name))).then(|| {
-                (
-                    ns.to_string(),
-                    n.to_string(),
-                    group.to_string(),
-                    e.v.clone(),
-                )
+        let parsed: Vec<(String, String, String, String)> = entries
+            .iter()
+            .filter_map(|e| {
+                let parts: Vec<&str> = e.id.split('_').collect();
+                let [ns, n, group, k] = parts[..] else {
+                    return None;
+                };
+                (k == kind).then(|| {
+                    (
+                        ns.to_string(),
+                        n.to_string(),
+                        group.to_string(),
+                        e.v.clone(),
+                    )
+                })
             })
-        });
+            .collect();
+        // The manifest's own name first, else one kustomize prefixed or suffixed.
+        let found = parsed
+            .iter()
+            .find(|(_, n, _, _)| n == name)
+            .or_else(|| {
+                parsed
+                    .iter()
+                    .find(|(_, n, _, _)| n.ends_with(name) || n.starts_with(name))
+            })
+            .cloned();
         if let Some((ns, n, group, version)) = found {
             out.object = Some(if ns.is_empty() {
                 format!("{kind}/{n}")

@@ -297,3 +297,80 @@ async fn a_garbled_frame_ends_the_server_with_an_error() {
         .unwrap();
     assert!(matches!(task.await.unwrap(), Err(LspError::Protocol(_))));
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sync_now_asks_flux_stop_interrupts_the_sessions_command_and_lenses_are_refreshed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(t.path()).unwrap();
+    write_tree(&root, &[("app/a.yaml", DEPLOY)]);
+    let api = FakeApi::start().await;
+    api.put(testkit::kustomization(NS, "run-app-2"));
+    api.put(testkit::source(NS, "run-app-2"));
+    // The session's command: a process of ours that SIGINT ends.
+    let mut command = tokio::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let mut lease = mine(NS, "run-app-2");
+    set_record(&mut lease, |r| {
+        r.dir = root.join("app").display().to_string();
+        r.pid = command.id().unwrap().to_string();
+    });
+    api.put(lease);
+    let (mut ed, task) = start(&api);
+    let id = ed
+        .request(
+            "initialize",
+            json!({"rootUri": p::uri_of_path(&root), "capabilities": {"workspace": {"codeLens": {"refreshSupport": true}}}}),
+        )
+        .await;
+    ed.response(id).await;
+    // The session shows up: the client is asked to refresh its lenses.
+    let m = ed.recv().await;
+    assert_eq!(m["method"], "workspace/codeLens/refresh", "{m}");
+    ed.send(json!({"jsonrpc": "2.0", "id": m["id"], "result": null}))
+        .await;
+
+    let uri = p::uri_of_path(&root.join("app/a.yaml"));
+    let id = ed
+        .request(
+            "workspace/executeCommand",
+            json!({"command": SYNC_NOW, "arguments": [uri]}),
+        )
+        .await;
+    let r = ed.response(id).await;
+    assert!(r["error"].is_null(), "{r}");
+    let requested = |o: Option<Value>| {
+        o.and_then(|o| {
+            o["metadata"]["annotations"][crate::flux::RECONCILE_REQUESTED_AT]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    let ks = api
+        .get::<crate::flux::Kustomization>(NS, "run-app-2")
+        .unwrap();
+    let repo = api
+        .get::<crate::flux::OCIRepository>(NS, "run-app-2")
+        .unwrap();
+    assert!(requested(serde_json::to_value(ks).ok()).is_some());
+    assert!(requested(serde_json::to_value(repo).ok()).is_some());
+
+    let id = ed
+        .request(
+            "workspace/executeCommand",
+            json!({"command": STOP_SESSION, "arguments": [uri]}),
+        )
+        .await;
+    let r = ed.response(id).await;
+    assert!(r["error"].is_null(), "{r}");
+    let status = tokio::time::timeout(Duration::from_secs(10), command.wait())
+        .await
+        .expect("the command ends")
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(2), "SIGINT, as Ctrl+C");
+    drop(ed);
+    task.await.unwrap().unwrap();
+}
