@@ -127,6 +127,7 @@ etcd|etcd|go.etcd.io/etcd/server/v3|etcd
 kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver
 kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|kube-controller-manager
 kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|kube-scheduler
+kubelet|kubelet|k8s.io/kubernetes/cmd/kubelet|kubelet
 source-controller|source-controller|github.com/fluxcd/source-controller|source-controller
 kustomize-controller|kustomize-controller|github.com/fluxcd/kustomize-controller|kustomize-controller
 helm-controller|helm-controller|github.com/fluxcd/helm-controller|helm-controller
@@ -135,6 +136,7 @@ krew|krew|sigs.k8s.io/krew/cmd/krew|krew
 kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|kwok
 vcluster-chart|vcluster|github.com/loft-sh/vcluster|repo/index.yaml
 git-server|git-server|kubectl-gitops.test/peers/git-server|git-server
+hello-web|hello-web|kubectl-gitops.test/peers/hello-web|hello-web
 "
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
