@@ -49,6 +49,25 @@ pub struct Harness {
     /// harness.env's `GITOPS_HARNESS_GIT` (or the environment's, for a
     /// harness started before it had one); see [`Harness::git_url`].
     pub git: Option<String>,
+    /// The one real Node (a kubelet with containerd; `tests/cluster/node.sh`),
+    /// from harness.env's `GITOPS_HARNESS_REAL_NODE`; see [`Harness::real_node`].
+    pub real_node: Option<String>,
+}
+
+/// The label and taint key of the harness's Nodes: `real` on the one real
+/// Node (tainted `NoSchedule`), `kwok` on kwok's. A pod lands on the real
+/// Node only when it asks ([`on_real_node`]); everything else stays on kwok.
+pub const NODE_KEY: &str = "gitops.harness/node";
+
+/// Pod-spec fields placing a pod on the harness's real Node (a nodeSelector
+/// and a toleration of its taint), each line indented by `indent` spaces:
+/// the indentation of the pod spec's `containers:` key (6 in a Deployment's
+/// template written as the tests write them, 2 in a Pod).
+pub fn on_real_node(indent: usize) -> String {
+    let i = " ".repeat(indent);
+    format!(
+        "{i}nodeSelector:\n{i}  {NODE_KEY}: real\n{i}tolerations:\n{i}- key: {NODE_KEY}\n{i}  value: real\n{i}  effect: NoSchedule\n"
+    )
 }
 
 fn workspace_root() -> PathBuf {
@@ -91,6 +110,7 @@ impl Harness {
                 .get("GITOPS_HARNESS_GIT")
                 .map(|v| v.to_string())
                 .or_else(|| std::env::var("GITOPS_HARNESS_GIT").ok()),
+            real_node: vars.get("GITOPS_HARNESS_REAL_NODE").map(|v| v.to_string()),
             dir,
         }
     }
@@ -192,6 +212,24 @@ impl Harness {
     /// per repository, at `<git_url>/NAME.git`.
     pub fn git_root(&self) -> PathBuf {
         self.dir.join("git")
+    }
+
+    /// The name of the harness's real Node; panics if this harness has none.
+    pub fn real_node(&self) -> &str {
+        self.real_node.as_deref().unwrap_or_else(|| {
+            panic!(
+                "{} lacks GITOPS_HARNESS_REAL_NODE: this harness was started before it had a real Node; \
+                 restart it (tests/cluster/down, then tests/cluster/up)",
+                self.dir.join("harness.env").display()
+            )
+        })
+    }
+
+    /// An image of the harness registry, `name:tag` (tests/cluster/images
+    /// pushes `pause:harness`, `busybox:harness`, `hello-web:1.0`): the
+    /// reference the real Node pulls.
+    pub fn image(&self, name_tag: &str) -> String {
+        format!("{}/{name_tag}", self.registry)
     }
 
     /// The `flux` CLI, pointed at the harness.
