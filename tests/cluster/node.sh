@@ -260,6 +260,8 @@ clusterDNS: [10.0.0.10]
 clusterDomain: cluster.local
 podLogsDirectory: $d/pod-logs
 maxPods: 50
+# Mounted ConfigMaps and Secrets follow their objects within seconds.
+syncFrequency: 10s
 failSwapOn: false
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98

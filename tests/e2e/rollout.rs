@@ -45,42 +45,59 @@ fn app(dir: &std::path::Path, replicas: u32, template_labels: &str) {
     );
 }
 
-/// The app plus a bare Pod.
-fn app_with_pod(dir: &std::path::Path, replicas: u32, template_labels: &str) {
-    app(dir, replicas, template_labels);
+/// `deployment`'s YAML moved to the harness's real Node, running `image`.
+fn real_deployment(replicas: u32, template_labels: &str, image: &str) -> String {
+    deployment(replicas, template_labels)
+        .replace("image: example/web:1", &format!("image: {image}"))
+        .replace(
+            "    spec:\n      containers:",
+            &format!("    spec:\n{}      containers:", gitops_e2e::on_real_node(6)),
+        )
+}
+
+/// `app` on the harness's real Node, running `image`.
+fn real_app(dir: &std::path::Path, replicas: u32, template_labels: &str, image: &str) {
     write_tree(
         dir,
         &[
-            ("deploy/pod.yaml", POD),
+            (
+                "deploy/deployment.yaml",
+                &real_deployment(replicas, template_labels, image),
+            ),
+            ("deploy/service.yaml", SERVICE),
+            ("deploy/kustomization.yaml", KUSTOMIZATION),
+        ],
+    );
+}
+
+/// The app on the harness's real Node, plus a bare Pod: both run hello-web
+/// (tests/peers/hello-web: GET / answers "hello (from POD)") from the
+/// harness registry.
+fn real_app_with_pod(harness: &Harness, dir: &std::path::Path, replicas: u32, template_labels: &str) {
+    let image = harness.image("hello-web:1.0");
+    real_app(dir, replicas, template_labels, &image);
+    write_tree(
+        dir,
+        &[
+            (
+                "deploy/pod.yaml",
+                &POD.replace("image: example/solo:1", &format!("image: {image}"))
+                    .replace(
+                        "spec:\n  containers:",
+                        &format!("spec:\n{}  containers:", gitops_e2e::on_real_node(2)),
+                    ),
+            ),
             ("deploy/kustomization.yaml", KUSTOMIZATION_WITH_POD),
         ],
     );
 }
 
-/// A local HTTP server that answers every request with `body`.
-fn http_server(body: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
+/// The pod named in hello-web's answer "hello (from POD)\n".
+fn answered_by(body: &str) -> String {
+    body.strip_prefix("hello (from ")
+        .and_then(|b| b.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("not hello-web's answer: {body:?}"))
+        .to_string()
 }
 
 /// GET / on 127.0.0.1:`port`: the body.
@@ -190,25 +207,16 @@ async fn nothing_derived_left(client: &Client, ns: &str) {
     .await;
 }
 
+/// On the harness's real Node: the pods run hello-web, so each
+/// port-forward reaches the HTTP server inside a container (which names its
+/// pod), and the log lines are what the process printed.
 #[tokio::test]
 async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_nothing() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    app_with_pod(dir.path(), 1, "");
+    real_app_with_pod(&harness, dir.path(), 1, "");
     let ns = unique("run-web");
-    let backend = http_server("hello-from-the-pod");
-    let logfile = dir.path().join("web.log");
-    std::fs::write(
-        &logfile,
-        "2026-01-02T03:04:05.000000001Z stdout F web: listening on :8080\n",
-    )
-    .unwrap();
-    // kwok plays the kubelet: the pods' port 8080 is this local server, their log this file.
-    harness.kubectl_apply(&format!(
-        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterPortForward\nmetadata:\n  name: {ns}\nspec:\n  selector:\n    matchNamespaces: [{ns}]\n  forwards:\n  - ports: [8080]\n    target:\n      address: 127.0.0.1\n      port: {backend}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\nmetadata:\n  name: {ns}\nspec:\n  selector:\n    matchNamespaces: [{ns}]\n  logs:\n  - containers: [web]\n    logsFile: {}\n    follow: true\n",
-        logfile.display()
-    ));
     // One forward of each form: a Service port, a Deployment's and a Pod's container port.
     let (local, local_deploy, local_pod) = (free_port(), free_port(), free_port());
     let forward = format!("resource=svc/web,port={local}:80");
@@ -241,11 +249,27 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
     let d = deployments.get("web").await.unwrap();
     assert_eq!(d.status.unwrap().ready_replicas, Some(1));
 
-    // Each port-forward answers through the API server (kwok → the local server).
-    for (port, what) in [
-        (local, "svc/web"),
-        (local_deploy, "deploy/web"),
-        (local_pod, "pod/solo"),
+    // Each port-forward answers through the API server, the kubelet and
+    // containerd, from the server in the container: it names its pod.
+    let web_pods = |labels: &'static str| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            Api::<Pod>::namespaced(client, &ns)
+                .list(&ListParams::default().labels(labels))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect::<Vec<String>>()
+        }
+    };
+    let first_web = web_pods("app=web").await;
+    for (port, what, from) in [
+        (local, "svc/web", first_web.clone()),
+        (local_deploy, "deploy/web", first_web.clone()),
+        (local_pod, "pod/solo", vec!["solo".to_string()]),
     ] {
         let body = eventually(
             &format!("the port-forward to {what} to answer"),
@@ -253,11 +277,11 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
             || async { get(port) },
         )
         .await;
-        assert_eq!(body, "hello-from-the-pod", "{what}");
+        assert!(from.contains(&answered_by(&body)), "{what}: {body:?} not from {from:?}");
     }
-    // The pod's log line, through pods/log.
+    // The pod's log line, through pods/log: what hello-web printed.
     seen_or_wait(&mut s, "a log line", |e| {
-        e["event"] == "log" && e["line"] == "web: listening on :8080"
+        e["event"] == "log" && e["line"] == "hello-web: listening on :8080"
     });
     // `gitops-sessions logs NAME` follows the same pods, from another terminal.
     let mut logs = plugin("kubectl-gitops_sessions")
@@ -291,7 +315,7 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         }
         panic!("gitops-sessions logs printed no such line; it printed {lines:?}");
     };
-    let line = logged(&log_rx, &|l| l.ends_with("] web: listening on :8080"));
+    let line = logged(&log_rx, &|l| l.ends_with("] hello-web: listening on :8080"));
     assert!(line.starts_with("[web-"), "{line}");
 
     // Scale: a rollout the session follows.
@@ -303,7 +327,7 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    app_with_pod(dir.path(), 3, "");
+    real_app_with_pod(&harness, dir.path(), 3, "");
     let rollouts = synced(&mut s);
     assert!(
         rollouts
@@ -322,7 +346,7 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         Some(3)
     );
     // A change of the pod template replaces the pods: logs and the forward follow.
-    app_with_pod(dir.path(), 1, "        version: \"2\"\n");
+    real_app_with_pod(&harness, dir.path(), 1, "        version: \"2\"\n");
     synced(&mut s);
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels("version=2"))
@@ -334,18 +358,25 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
     seen_or_wait(&mut s, "a log line of the new pod", |e| {
         e["event"] == "log" && e["pod"] == new_pod.as_str()
     });
+    // The forwards follow to the new pod: the server that answers is its.
     for (port, what) in [(local, "svc/web"), (local_deploy, "deploy/web")] {
-        let body = eventually(
-            &format!("the port-forward to {what} to answer after the rollout"),
+        eventually(
+            &format!("the port-forward to {what} to answer from {new_pod} after the rollout"),
             WAIT,
-            || async { get(port) },
+            || async {
+                let body = get(port)?;
+                if answered_by(&body) == new_pod {
+                    Ok(())
+                } else {
+                    Err(format!("answered {body:?}"))
+                }
+            },
         )
         .await;
-        assert_eq!(body, "hello-from-the-pod", "{what}");
     }
     // The other terminal's `gitops-sessions logs` follows the new pod too.
     let line = logged(&log_rx, &|l| l.starts_with(&format!("[{new_pod}/web] ")));
-    assert!(line.ends_with("web: listening on :8080"), "{line}");
+    assert!(line.ends_with("hello-web: listening on :8080"), "{line}");
     let _ = logs.kill();
     let _ = logs.wait();
 
@@ -361,15 +392,6 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
         }
     })
     .await;
-    let _ = std::process::Command::new("kubectl")
-        .args(["--kubeconfig", harness.kubeconfig.to_str().unwrap()])
-        .args([
-            "delete",
-            "clusterportforward,clusterlogs",
-            &ns,
-            "--ignore-not-found",
-        ])
-        .output();
 }
 
 /// Waits for the next failed sync and checks it came within `within` of
@@ -396,41 +418,71 @@ fn failure(
     failed
 }
 
+/// A real container that exits 3 on the harness's real Node: the kubelet
+/// puts it in CrashLoopBackOff, and the sync fails with that reason and the
+/// real exit code well before Flux's health-check timeout; the fix recovers.
 #[tokio::test]
 async fn a_crashing_pod_fails_the_sync_in_seconds_and_a_fix_recovers() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    app(dir.path(), 1, "");
+    let web = harness.image("hello-web:1.0");
+    real_app(dir.path(), 1, "", &web);
     let ns = unique("run-crash");
     let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns]);
     synced(&mut s);
 
-    // The new pods crash (kwok's failure stage): reported with the reason
-    // and the file well before the 2 minute health-check timeout.
+    // The new pods crash: busybox exits 3 at once.
     let t = Instant::now();
-    app(dir.path(), 1, "        gitops.harness/fail: crashloop\n");
+    let crashing = real_deployment(1, "", &harness.image("busybox:harness")).replace(
+        "        ports:\n",
+        "        command: [sh, -c, 'echo starting; exit 3']\n        ports:\n",
+    );
+    write_tree(dir.path(), &[("deploy/deployment.yaml", &crashing)]);
     // DIR is not in a Git work tree: the packaged root is DIR itself.
     failure(
         &mut s,
         "the failure",
         t,
-        Duration::from_secs(20),
-        &["CrashLoopBackOff", &format!("Deployment/{ns}/web")],
+        Duration::from_secs(30),
+        &[
+            "CrashLoopBackOff (exit 3)",
+            &format!("Deployment/{ns}/web"),
+        ],
         "deployment.yaml",
     );
-    let crashing: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels("gitops.harness/fail=crashloop"))
+    // The kubelet's account on the API server: exit code 3, CrashLoopBackOff.
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
         .await
         .unwrap()
         .items;
     assert!(
-        !crashing.is_empty(),
-        "the crashing pods are on the API server"
+        pods.iter().any(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(harness.real_node())
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c.state
+                            .as_ref()
+                            .and_then(|s| s.waiting.as_ref())
+                            .and_then(|w| w.reason.as_deref())
+                            == Some("CrashLoopBackOff")
+                            && c.last_state
+                                .as_ref()
+                                .and_then(|s| s.terminated.as_ref())
+                                .map(|t| t.exit_code)
+                                == Some(3)
+                    })
+        }),
+        "no crashing pod on the real Node: {pods:?}"
     );
 
     // Still watching: the fix (back to the first revision's content) rolls out.
-    app(dir.path(), 1, "");
+    real_app(dir.path(), 1, "", &web);
     let from = s.seen.len();
     s.wait_for("the fix to sync", WAIT, |e| e["event"] == "synced");
     assert!(
@@ -665,17 +717,19 @@ async fn a_deployment_added_by_a_save_is_rolled_out_when_synced_is_said() {
     nothing_derived_left(&client, &ns).await;
 }
 
-/// A Deployment whose pods run but never become ready (kwok's `unready`
-/// stage: a readiness probe that keeps failing) is not a certain failure,
-/// so Flux's health check decides; when it times out (`--timeout`), the
-/// failure names the pod and its readiness, with the file, instead of
-/// Flux's "timeout waiting for".
+/// A Deployment whose pods run but never become ready (a real readiness
+/// probe, run by the kubelet on the harness's real Node against hello-web's
+/// /status/503) is not a certain failure, so Flux's health check decides;
+/// when it times out (`--timeout`), the failure names the pod and the
+/// kubelet's probe failure, with the file, instead of Flux's "timeout
+/// waiting for".
 #[tokio::test]
 async fn a_pod_that_never_becomes_ready_is_named_when_the_health_check_times_out() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    app(dir.path(), 1, "");
+    let web = harness.image("hello-web:1.0");
+    real_app(dir.path(), 1, "", &web);
     let ns = unique("run-unready");
     let mut s = RunningSession::start(
         &harness,
@@ -684,9 +738,9 @@ async fn a_pod_that_never_becomes_ready_is_named_when_the_health_check_times_out
     );
     synced(&mut s);
     let t = Instant::now();
-    let probed = deployment(1, "        gitops.harness/fail: unready\n").replace(
-        "        image: example/web:1\n",
-        "        image: example/web:1\n        readinessProbe:\n          httpGet:\n            path: /ready\n            port: 8080\n",
+    let probed = real_deployment(1, "        probe: failing\n", &web).replace(
+        "        ports:\n",
+        "        readinessProbe:\n          httpGet:\n            path: /status/503\n            port: 8080\n          periodSeconds: 1\n        ports:\n",
     );
     write_tree(dir.path(), &[("deploy/deployment.yaml", &probed)]);
     let failed = s.wait_for("the failure", WAIT, |e| e["event"] == "failed");
@@ -702,7 +756,9 @@ async fn a_pod_that_never_becomes_ready_is_named_when_the_health_check_times_out
         "{failed}"
     );
     assert!(
-        message.contains("is running but not ready (readiness probe failing"),
+        message.contains(
+            "is running but not ready (readiness probe failing: HTTP probe failed with statuscode: 503)"
+        ),
         "{failed}"
     );
     assert!(
@@ -710,16 +766,18 @@ async fn a_pod_that_never_becomes_ready_is_named_when_the_health_check_times_out
         "{failed}"
     );
     assert_eq!(failed["file"], "deployment.yaml", "{failed}");
-    // What the API server holds: the pod runs, not ready.
+    // What the API server holds: the pod runs on the real Node, not ready,
+    // and the kubelet reported the probe's failures.
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels("gitops.harness/fail=unready"))
+        .list(&ListParams::default().labels("probe=failing"))
         .await
         .unwrap()
         .items;
     assert!(
         pods.iter().any(|p| {
             let st = p.status.clone().unwrap_or_default();
-            st.phase.as_deref() == Some("Running")
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(harness.real_node())
+                && st.phase.as_deref() == Some("Running")
                 && st
                     .conditions
                     .unwrap_or_default()
@@ -727,6 +785,20 @@ async fn a_pod_that_never_becomes_ready_is_named_when_the_health_check_times_out
                     .any(|c| c.type_ == "Ready" && c.status == "False")
         }),
         "{pods:?}"
+    );
+    let events: Vec<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events.iter().any(|e| e.reason.as_deref() == Some("Unhealthy")
+            && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("kubelet")
+            && e
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("Readiness probe failed: HTTP probe failed with statuscode: 503"))),
+        "no Unhealthy event from the kubelet: {events:?}"
     );
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
@@ -736,21 +808,25 @@ async fn a_pod_that_never_becomes_ready_is_named_when_the_health_check_times_out
 /// More than the kwok nodes have (8 CPUs each, tests/cluster/up).
 const BIG: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: big\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: big\n  template:\n    metadata:\n      labels:\n        app: big\n    spec:\n      containers:\n      - name: big\n        image: example/big:1\n        resources:\n          requests:\n            cpu: \"64\"\n";
 
-/// An image that cannot be pulled (kwok's `imagepull` stage) and a pod no
-/// node fits (the real kube-scheduler refuses it): each fails its sync
-/// within seconds of the save, in plain words, naming the file.
+/// An image that cannot be pulled (a real pull: the real Node's containerd
+/// asks the harness registry for an image it does not hold) and a pod no
+/// node fits (the real kube-scheduler refuses it; on the kwok Nodes): each
+/// fails its sync within seconds of the save, in plain words, naming the
+/// file.
 #[tokio::test]
 async fn image_pull_and_unschedulable_are_reported_with_the_file() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
-    app(dir.path(), 1, "");
+    let web = harness.image("hello-web:1.0");
+    real_app(dir.path(), 1, "", &web);
     let ns = unique("run-pull");
     let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns]);
     synced(&mut s);
 
     let t = Instant::now();
-    app(dir.path(), 1, "        gitops.harness/fail: imagepull\n");
+    let missing = harness.image("gitops-e2e-never-pushed:1");
+    real_app(dir.path(), 1, "", &missing);
     failure(
         &mut s,
         "the image pull failure",
@@ -758,14 +834,32 @@ async fn image_pull_and_unschedulable_are_reported_with_the_file() {
         Duration::from_secs(15),
         &[
             &format!("Deployment/{ns}/web: pod web-"),
-            "container web cannot pull its image \"example/web:1\": ImagePullBackOff",
+            &format!("container web cannot pull its image \"{missing}\": "),
+            "not found",
         ],
         "deployment.yaml",
+    );
+    // The kubelet's account on the API server: the pull failed.
+    let pulling: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        pulling.iter().flat_map(|p| p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default()).any(|c| {
+            c.image == missing
+                && c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+        }),
+        "{pulling:?}"
     );
 
     // The image fixed, and a Deployment no node can hold.
     let t = Instant::now();
-    app(dir.path(), 1, "");
+    real_app(dir.path(), 1, "", &web);
     write_tree(
         dir.path(),
         &[

@@ -828,3 +828,220 @@ async fn failure_labels_keep_pods_and_deployments_unavailable() {
     .await;
     delete_namespace(&client, &ns).await;
 }
+
+/// The digest the harness registry holds for `repo:tag` (what the real
+/// Node must have pulled), from the registry itself.
+fn registry_digest(harness: &Harness, repo: &str, tag: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-fsSI", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("http://{}/v2/{repo}/manifests/{tag}", harness.registry))
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "the harness registry has no {repo}:{tag} (tests/cluster/up pushes it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("docker-content-digest:")
+                .map(|d| d.trim().to_string())
+        })
+        .expect("the registry names the manifest's digest")
+}
+
+/// GET / through the API server's pods/portforward (kube's client) to
+/// `pod`'s port 8080; the whole answer, once its body holds `want`.
+async fn get_through_port_forward(pods: &Api<Pod>, pod: &str, want: &str) -> String {
+    eventually(
+        &format!("a port-forward to {pod}:8080 to answer"),
+        TIMEOUT,
+        || async {
+            let mut forwarder = pods
+                .portforward(pod, &[8080])
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stream = forwarder.take_stream(8080).ok_or("no stream for 8080")?;
+            stream.write_all(REQUEST).await.map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut buf = [0u8; 1024];
+                while !answer.contains(want) {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            drop(stream);
+            forwarder.abort();
+            match read {
+                Ok(Ok(())) if answer.contains(want) => Ok(answer),
+                other => Err(format!("read {other:?}, answer {answer:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// The real Node (a kubelet with containerd, tests/cluster/node.sh): Ready
+/// beside the kwok Nodes, tainted so that only pods placed there on purpose
+/// (gitops_e2e::on_real_node) land on it. A pod there runs real containers
+/// of images pulled from the harness registry: the image digests are the
+/// registry's, the log is what the process printed, a port-forward reaches
+/// the HTTP server inside the container (and the server logs the request),
+/// and exec runs a command in it.
+#[tokio::test]
+async fn a_pod_on_the_real_node_runs_real_containers() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let kwok = kwok_nodes(&client).await;
+    let real = harness.real_node().to_string();
+
+    // The Node, as the API server holds it.
+    let node = Api::<Node>::all(client.clone()).get(&real).await.unwrap();
+    let status = node.status.clone().unwrap();
+    assert!(
+        condition(status.conditions.as_ref(), "Ready"),
+        "{real} is not Ready: {:?}",
+        status.conditions
+    );
+    let info = status.node_info.clone().unwrap();
+    assert!(
+        info.container_runtime_version.starts_with("containerd://"),
+        "{info:?}"
+    );
+    assert!(info.kubelet_version.starts_with("v1."), "{info:?}");
+    let ip = status
+        .addresses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .unwrap_or_default();
+    assert!(
+        !ip.is_empty() && !ip.starts_with("127."),
+        "the real Node's InternalIP is {ip:?}"
+    );
+    assert_eq!(
+        node.labels().get(gitops_e2e::NODE_KEY).map(String::as_str),
+        Some("real")
+    );
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t.key == gitops_e2e::NODE_KEY
+            && t.value.as_deref() == Some("real")
+            && t.effect == "NoSchedule"),
+        "{taints:?}"
+    );
+
+    let ns = unique("e2e-realnode");
+    create_namespace(&client, &ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    // Without the placement a pod goes to kwok (the real Node's taint).
+    harness.kubectl_apply(&pod_yaml(&ns, "elsewhere", ""));
+    wait_pod_ready(&pods, "elsewhere").await;
+    let elsewhere = pods.get("elsewhere").await.unwrap();
+    let on = elsewhere.spec.and_then(|s| s.node_name).unwrap_or_default();
+    assert!(kwok.contains(&on), "an unplaced pod landed on {on:?}");
+
+    // With it: hello-web and a busybox beside it, on the real Node.
+    let web_image = harness.image("hello-web:1.0");
+    let box_image = harness.image("busybox:harness");
+    harness.kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n{}  containers:\n  - name: web\n    image: {web_image}\n    ports:\n    - containerPort: 8080\n    readinessProbe:\n      httpGet: {{path: /healthz, port: 8080}}\n      periodSeconds: 1\n  - name: box\n    image: {box_image}\n    command: [sh, -c, 'echo box: up; exec sleep 3600']\n",
+        gitops_e2e::on_real_node(2)
+    ));
+    let took = wait_pod_ready(&pods, "web").await;
+    eprintln!("pod on the real Node Running and Ready {took:?} after kubectl apply");
+    let pod = pods.get("web").await.unwrap();
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(real.as_str())
+    );
+    let pod_status = pod.status.clone().unwrap();
+    let pod_ip = pod_status.pod_ip.clone().unwrap_or_default();
+    assert!(pod_ip.starts_with("10.245.0."), "pod IP {pod_ip}");
+    for (c, repo, tag) in [
+        ("web", "hello-web", "1.0"),
+        ("box", "busybox", "harness"),
+    ] {
+        let st = pod_status
+            .container_statuses
+            .iter()
+            .flatten()
+            .find(|s| s.name == c)
+            .unwrap_or_else(|| panic!("no status of container {c}: {pod_status:?}"));
+        assert!(
+            st.container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("containerd://")),
+            "{st:?}"
+        );
+        let digest = registry_digest(&harness, repo, tag);
+        assert!(
+            st.image_id.ends_with(&digest),
+            "container {c} runs {}, the registry holds {repo}:{tag} at {digest}",
+            st.image_id
+        );
+    }
+
+    // What the processes printed, through pods/log (the kubelet's files).
+    let log = |c: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.logs(
+                "web",
+                &LogParams {
+                    container: Some(c.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+    };
+    assert!(log("box").await.unwrap().contains("box: up"));
+    assert!(
+        log("web")
+            .await
+            .unwrap()
+            .contains("hello-web: listening on :8080")
+    );
+
+    // The server inside the container answers a port-forward (it names its
+    // host, the pod) and logs the request it served.
+    let answer = get_through_port_forward(&pods, "web", "(from web)").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("hello (from web)\n"), "{answer}");
+    eventually("hello-web to log the forwarded request", TIMEOUT, || async {
+        let text = log("web").await?;
+        if text.contains("hello-web: GET / from") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+
+    // exec, in the busybox container: the same server over the pod's loopback.
+    let out = Command::new("kubectl")
+        .args(harness.kube_args())
+        .args(["exec", "-n", &ns, "web", "-c", "box", "--"])
+        .args(["wget", "-qO-", "http://127.0.0.1:8080/"])
+        .output()
+        .expect("kubectl is installed");
+    assert!(
+        out.status.success(),
+        "kubectl exec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello (from web)\n");
+    delete_namespace(&client, &ns).await;
+}

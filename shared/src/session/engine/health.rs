@@ -184,7 +184,27 @@ pub fn daemonset(d: &DaemonSet) -> Rollout {
 pub fn pod_problem(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
     let name = pod.name_any();
+    let restarts = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .is_none_or(|p| p != "Never");
     for c in status.container_statuses.iter().flatten() {
+        // Exited with an error after a restart already: the kubelet is in
+        // its back-off before the next run. A kubelet reports that as
+        // `waiting: CrashLoopBackOff` only when it syncs the pod during the
+        // back-off (a 1.36 kubelet does so at its periodic resync, every
+        // minute by default); until then the state stays `terminated`.
+        if let Some(t) = c.state.as_ref().and_then(|s| s.terminated.as_ref())
+            && restarts
+            && t.exit_code != 0
+            && c.restart_count >= 1
+        {
+            return Some(format!(
+                "pod {name} container {}: CrashLoopBackOff (exit {}), restarted {} time(s)",
+                c.name, t.exit_code, c.restart_count
+            ));
+        }
         let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
             continue;
         };
@@ -889,6 +909,28 @@ mod tests {
                 "Deployment/sbx/web: pod web-abc container app: CrashLoopBackOff (exit 1), restarted 3 time(s)"
             )
         );
+        // Between two runs, before the kubelet reported its back-off: the
+        // state is the last run's end (what a 1.36 kubelet reports for up
+        // to a minute). The first exit is no loop yet (restarted at once),
+        // nor is an exit of a pod that is never restarted.
+        let exited = |restarts: i32, policy: &str| {
+            pod(serde_json::json!({
+                "metadata": {"name": "web-abc", "namespace": "sbx", "labels": {"app": "web"}},
+                "spec": {"restartPolicy": policy, "containers": [{"name": "app"}]},
+                "status": {"containerStatuses": [{
+                    "name": "app", "image": "web:1", "imageID": "", "ready": false, "restartCount": restarts,
+                    "state": {"terminated": {"exitCode": 3, "reason": "Error"}}
+                }]}
+            }))
+        };
+        assert_eq!(
+            verdict(std::slice::from_ref(&d), &[exited(2, "Always")]).as_deref(),
+            Some(
+                "Deployment/sbx/web: pod web-abc container app: CrashLoopBackOff (exit 3), restarted 2 time(s)"
+            )
+        );
+        assert_eq!(verdict(std::slice::from_ref(&d), &[exited(0, "Always")]), None);
+        assert_eq!(verdict(std::slice::from_ref(&d), &[exited(2, "Never")]), None);
         let pull = pod(serde_json::json!({
             "metadata": {"name": "web-x", "namespace": "sbx", "labels": {"app": "web"}},
             "status": {"containerStatuses": [{
