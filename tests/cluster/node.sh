@@ -11,7 +11,9 @@
 # in it; they share this machine's mounts, cgroups and processes (nsenter
 # --net only), which is what runc needs. Two socat forwarders on
 # $NODE_HOST_IP give the Node the API server and the registry, both of
-# which listen on loopback only. Everything else is under $STATE/node.
+# which listen on loopback only (and a third, inside the Node, puts the
+# registry at 127.0.0.1:$REGISTRY_PORT there too). Everything else is under
+# $STATE/node.
 #
 # Placement. The Node carries the taint and label $REAL_NODE_KEY=real: a pod
 # lands there only when it tolerates the taint and selects the label
@@ -19,7 +21,7 @@
 #
 # Images come only from the harness registry: containerd pulls
 # 127.0.0.1:$REGISTRY_PORT/NAME:TAG (the same reference a test pushes to)
-# through the forwarder (certs.d/127.0.0.1:PORT/hosts.toml, plain HTTP).
+# through the forwarders (certs.d/127.0.0.1:PORT/hosts.toml: plain HTTP).
 # tests/cluster/images pushes the sandbox image pause:harness, busybox:harness
 # and hello-web:1.0 there.
 #
@@ -104,8 +106,12 @@ node_netns() {
     fi
 }
 
-# The API server and the registry listen on loopback; the Node reaches them
-# at $NODE_HOST_IP through these.
+# The API server and the registry listen on this machine's loopback; the
+# Node reaches them at $NODE_HOST_IP through these. The registry is also at
+# 127.0.0.1:$REGISTRY_PORT inside the Node (a forwarder there), so an image
+# is named the same on this machine, in pod specs and for containerd (whose
+# hosts.toml mirrors would fall back to the unreachable 127.0.0.1 and turn a
+# missing image's "not found" into "connection refused").
 node_forwarders() {
     local name port
     for name in node-api:$API_PORT node-registry:$REGISTRY_PORT; do
@@ -113,19 +119,21 @@ node_forwarders() {
         running "$name" && continue
         start "$name" socat "TCP-LISTEN:$port,bind=$NODE_HOST_IP,fork,reuseaddr" "TCP:127.0.0.1:$port"
     done
+    running node-registry-local ||
+        start node-registry-local nsenter --net="/run/netns/$NODE_NETNS" \
+            socat "TCP-LISTEN:$REGISTRY_PORT,bind=127.0.0.1,fork,reuseaddr" "TCP:$NODE_HOST_IP:$REGISTRY_PORT"
     wait_for node-api 15 in_node curl -sS -o /dev/null --max-time 2 -k "https://$NODE_HOST_IP:$API_PORT/healthz"
     wait_for node-registry 15 in_node curl -sS -o /dev/null --max-time 2 "http://$NODE_HOST_IP:$REGISTRY_PORT/v2/"
+    wait_for node-registry-local 15 in_node curl -sS -o /dev/null --max-time 2 "http://127.0.0.1:$REGISTRY_PORT/v2/"
 }
 
 node_containerd() {
     local d=$NODE_DIR
     mkdir -p "$d/containerd" "$d/cni" "$d/certs.d/127.0.0.1:$REGISTRY_PORT"
     cat >"$d/certs.d/127.0.0.1:$REGISTRY_PORT/hosts.toml" <<HOSTS
-# The harness registry listens on this machine's loopback; the Node pulls
-# through the forwarder on $NODE_HOST_IP (plain HTTP).
+# The harness registry, plain HTTP. Inside the Node, 127.0.0.1:$REGISTRY_PORT
+# is a forwarder to this machine's (node-registry-local, node-registry).
 server = "http://127.0.0.1:$REGISTRY_PORT"
-[host."http://$NODE_HOST_IP:$REGISTRY_PORT"]
-  capabilities = ["pull", "resolve"]
 HOSTS
     cat >"$d/cni/10-gitops-harness.conflist" <<CNI
 {
@@ -352,6 +360,7 @@ down_node() {
         info "stopping a containerd shim of the Node (pid $pid)"
         kill -KILL "$pid" 2>/dev/null || true
     done
+    stop node-registry-local
     stop node-api
     stop node-registry
     # Mounts under the node's directory (volumes, rootfs, pod netns, shm),
