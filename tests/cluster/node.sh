@@ -299,6 +299,7 @@ real_node_ready() {
 }
 
 up_node() {
+    ((EUID == 0)) || die "the real Node needs root (a network namespace, mounts, cgroups, containerd): run tests/cluster/up as root, e.g. sudo -E tests/cluster/up"
     need_node_packages
     node_pki
     mkdir -p "$NODE_DIR"

@@ -911,7 +911,12 @@ async fn image_pull_and_unschedulable_are_reported_with_the_file() {
 }
 
 /// What the README's quick start and `make demo` sync: examples/hello
-/// (ConfigMap, Deployment mounting it, Service) rolls out on the harness.
+/// (ConfigMap, Deployment mounting it, Service) rolls out as real
+/// containers on the harness's real Node (its image from the harness
+/// registry, as examples/demo points it there): the server in the pod
+/// answers a port-forward with the greeting of the mounted ConfigMap, a
+/// live change of the greeting reaches the container's volume, and the
+/// stop leaves nothing.
 #[tokio::test]
 async fn examples_hello_rolls_out_and_leaves_nothing() {
     let harness = Harness::get();
@@ -922,8 +927,21 @@ async fn examples_hello_rolls_out_and_leaves_nothing() {
         let f = f.unwrap();
         std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
     }
+    let kustomization = dir.path().join("kustomization.yaml");
+    let mut text = std::fs::read_to_string(&kustomization).unwrap();
+    text.push_str(&gitops_e2e::real_node_kustomize(
+        &harness,
+        &[("ghcr.io/example/hello-web", "hello-web")],
+    ));
+    std::fs::write(&kustomization, text).unwrap();
     let ns = unique("run-hello");
-    let mut s = RunningSession::start(&harness, dir.path(), &["--name", &ns]);
+    let local = free_port();
+    let forward = format!("resource=svc/web,port={local}:80");
+    let mut s = RunningSession::start(
+        &harness,
+        dir.path(),
+        &["--name", &ns, "--port-forward", &forward],
+    );
     s.next_sync().unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let web = deployments.get("web").await.unwrap();
@@ -932,6 +950,40 @@ async fn examples_hello_rolls_out_and_leaves_nothing() {
     assert_eq!(status.available_replicas, Some(want), "{status:?}");
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
     assert!(services.get_opt("web").await.unwrap().is_some());
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        pods.iter().all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+            == Some(harness.real_node())),
+        "{pods:?}"
+    );
+    // The server in the container serves the mounted ConfigMap's greeting.
+    let body = eventually("the port-forward to answer", WAIT, || async { get(local) }).await;
+    assert!(
+        body.starts_with("hello from kubectl-gitops (from web-"),
+        "{body:?}"
+    );
+    // A live change of the greeting: the kubelet updates the volume.
+    let configmap = dir.path().join("configmap.yaml");
+    let text = std::fs::read_to_string(&configmap).unwrap();
+    std::fs::write(
+        &configmap,
+        text.replace("hello from kubectl-gitops", "changed live"),
+    )
+    .unwrap();
+    s.next_sync().unwrap();
+    eventually("the container to serve the new greeting", WAIT, || async {
+        let body = get(local)?;
+        if body.starts_with("changed live (from web-") {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    })
+    .await;
     let footprint = gitops_e2e::Footprint::capture(&client, &ns).await;
     s.signal("INT");
     assert_eq!(s.wait_exit(WAIT), Some(0));

@@ -1,8 +1,9 @@
-//! Workloads on the harness's kwok Nodes, all through the real API server:
-//! the real kube-scheduler places pods, the real controller-manager rolls
-//! Deployments out and fills EndpointSlices, kwok plays the kubelet (pod
-//! status, logs from a file, port-forward to a local server, the failure
-//! labels of tests/cluster/kwok-stages.yaml).
+//! Workloads on the harness's Nodes, all through the real API server: the
+//! real kube-scheduler places pods, the real controller-manager rolls
+//! Deployments out and fills EndpointSlices. On the kwok Nodes kwok plays
+//! the kubelet (pod status, logs from a file, port-forward to a local
+//! server, the failure labels of tests/cluster/kwok-stages.yaml); on the
+//! real Node a kubelet with containerd runs the containers.
 
 // A test that cannot reach its peer, or finds the world other than it
 // expects, fails loudly: panics are these tests' verdicts.

@@ -59,6 +59,25 @@ pub struct Harness {
 /// Node only when it asks ([`on_real_node`]); everything else stays on kwok.
 pub const NODE_KEY: &str = "gitops.harness/node";
 
+/// Lines to append to a `kustomization.yaml` (which has no `images:` or
+/// `patches:` of its own) that move its Deployments to the harness's real
+/// Node and take each image named in `images` (`(name, harness image)`,
+/// e.g. `("ghcr.io/example/hello-web", "hello-web")`) from the harness
+/// registry, keeping its tag: what `examples/demo` does to examples/hello.
+pub fn real_node_kustomize(harness: &Harness, images: &[(&str, &str)]) -> String {
+    let mut out = String::from("images:\n");
+    for (name, ours) in images {
+        out.push_str(&format!(
+            "  - name: {name}\n    newName: {}/{ours}\n",
+            harness.registry
+        ));
+    }
+    out.push_str(&format!(
+        "patches:\n  - target: {{kind: Deployment}}\n    patch: |-\n      - {{op: add, path: /spec/template/spec/nodeSelector, value: {{{NODE_KEY}: real}}}}\n      - {{op: add, path: /spec/template/spec/tolerations, value: [{{key: {NODE_KEY}, value: real, effect: NoSchedule}}]}}\n"
+    ));
+    out
+}
+
 /// Pod-spec fields placing a pod on the harness's real Node (a nodeSelector
 /// and a toleration of its taint), each line indented by `indent` spaces:
 /// the indentation of the pod spec's `containers:` key (6 in a Deployment's
