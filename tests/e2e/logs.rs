@@ -293,29 +293,33 @@ async fn every_run_of_a_crash_looping_container_is_shown_once() {
         Some(harness.real_node())
     );
     let name = pod.name_any();
-    eventually("the container in CrashLoopBackOff after exiting 1", WAIT, || async {
-        let p = pods.get(&name).await.map_err(|e| e.to_string())?;
-        let c = p
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .cloned()
-            .ok_or("no container status")?;
-        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
-        let last_exit = c
-            .last_state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .map(|t| t.exit_code);
-        if waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
-            && last_exit == Some(1)
-        {
-            Ok(())
-        } else {
-            Err(format!("{c:?}"))
-        }
-    })
+    eventually(
+        "the container in CrashLoopBackOff after exiting 1",
+        WAIT,
+        || async {
+            let p = pods.get(&name).await.map_err(|e| e.to_string())?;
+            let c = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .cloned()
+                .ok_or("no container status")?;
+            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+            let last_exit = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| t.exit_code);
+            if waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
+                && last_exit == Some(1)
+            {
+                Ok(())
+            } else {
+                Err(format!("{c:?}"))
+            }
+        },
+    )
     .await;
     eventually("a restart", WAIT, || async {
         let r = restarts(&pod_of(&pods, "web").await);

@@ -51,7 +51,10 @@ fn real_deployment(replicas: u32, template_labels: &str, image: &str) -> String 
         .replace("image: example/web:1", &format!("image: {image}"))
         .replace(
             "    spec:\n      containers:",
-            &format!("    spec:\n{}      containers:", gitops_e2e::on_real_node(6)),
+            &format!(
+                "    spec:\n{}      containers:",
+                gitops_e2e::on_real_node(6)
+            ),
         )
 }
 
@@ -73,7 +76,12 @@ fn real_app(dir: &std::path::Path, replicas: u32, template_labels: &str, image: 
 /// The app on the harness's real Node, plus a bare Pod: both run hello-web
 /// (tests/peers/hello-web: GET / answers "hello (from POD)") from the
 /// harness registry.
-fn real_app_with_pod(harness: &Harness, dir: &std::path::Path, replicas: u32, template_labels: &str) {
+fn real_app_with_pod(
+    harness: &Harness,
+    dir: &std::path::Path,
+    replicas: u32,
+    template_labels: &str,
+) {
     let image = harness.image("hello-web:1.0");
     real_app(dir, replicas, template_labels, &image);
     write_tree(
@@ -277,7 +285,10 @@ async fn a_deployment_rolls_out_scales_is_forwarded_to_and_logs_then_leaves_noth
             || async { get(port) },
         )
         .await;
-        assert!(from.contains(&answered_by(&body)), "{what}: {body:?} not from {from:?}");
+        assert!(
+            from.contains(&answered_by(&body)),
+            "{what}: {body:?} not from {from:?}"
+        );
     }
     // The pod's log line, through pods/log: what hello-web printed.
     seen_or_wait(&mut s, "a log line", |e| {
@@ -454,10 +465,7 @@ async fn a_crashing_pod_fails_the_sync_in_seconds_and_a_fix_recovers() {
         "the failure",
         t,
         Duration::from_secs(30),
-        &[
-            "CrashLoopBackOff (exit 3)",
-            &format!("Deployment/{ns}/web"),
-        ],
+        &["CrashLoopBackOff (exit 3)", &format!("Deployment/{ns}/web")],
         "deployment.yaml",
     );
     // The kubelet's account on the API server: runs that exited 3, restarted.
@@ -804,12 +812,12 @@ async fn a_pod_that_never_becomes_ready_is_named_when_the_health_check_times_out
         .unwrap()
         .items;
     assert!(
-        events.iter().any(|e| e.reason.as_deref() == Some("Unhealthy")
-            && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("kubelet")
-            && e
-                .message
-                .as_deref()
-                .is_some_and(|m| m.contains("Readiness probe failed: HTTP probe failed with statuscode: 503"))),
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Unhealthy")
+                && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("kubelet")
+                && e.message.as_deref().is_some_and(|m| m
+                    .contains("Readiness probe failed: HTTP probe failed with statuscode: 503"))),
         "no Unhealthy event from the kubelet: {events:?}"
     );
     s.signal("INT");
@@ -858,14 +866,21 @@ async fn image_pull_and_unschedulable_are_reported_with_the_file() {
         .unwrap()
         .items;
     assert!(
-        pulling.iter().flat_map(|p| p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default()).any(|c| {
-            c.image == missing
-                && c.state
-                    .as_ref()
-                    .and_then(|s| s.waiting.as_ref())
-                    .and_then(|w| w.reason.as_deref())
-                    .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
-        }),
+        pulling
+            .iter()
+            .flat_map(|p| p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default())
+            .any(|c| {
+                c.image == missing
+                    && c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref())
+                        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+            }),
         "{pulling:?}"
     );
 
@@ -956,8 +971,9 @@ async fn examples_hello_rolls_out_and_leaves_nothing() {
         .unwrap()
         .items;
     assert!(
-        pods.iter().all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-            == Some(harness.real_node())),
+        pods.iter()
+            .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                == Some(harness.real_node())),
         "{pods:?}"
     );
     // The server in the container serves the mounted ConfigMap's greeting.

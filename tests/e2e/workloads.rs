@@ -834,8 +834,15 @@ async fn failure_labels_keep_pods_and_deployments_unavailable() {
 /// Node must have pulled), from the registry itself.
 fn registry_digest(harness: &Harness, repo: &str, tag: &str) -> String {
     let out = Command::new("curl")
-        .args(["-fsSI", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(format!("http://{}/v2/{repo}/manifests/{tag}", harness.registry))
+        .args([
+            "-fsSI",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://{}/v2/{repo}/manifests/{tag}",
+            harness.registry
+        ))
         .output()
         .expect("curl is installed");
     assert!(
@@ -969,10 +976,7 @@ async fn a_pod_on_the_real_node_runs_real_containers() {
     let pod_status = pod.status.clone().unwrap();
     let pod_ip = pod_status.pod_ip.clone().unwrap_or_default();
     assert!(pod_ip.starts_with("10.245.0."), "pod IP {pod_ip}");
-    for (c, repo, tag) in [
-        ("web", "hello-web", "1.0"),
-        ("box", "busybox", "harness"),
-    ] {
+    for (c, repo, tag) in [("web", "hello-web", "1.0"), ("box", "busybox", "harness")] {
         let st = pod_status
             .container_statuses
             .iter()
@@ -1021,14 +1025,18 @@ async fn a_pod_on_the_real_node_runs_real_containers() {
     let answer = get_through_port_forward(&pods, "web", "(from web)").await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     assert!(answer.ends_with("hello (from web)\n"), "{answer}");
-    eventually("hello-web to log the forwarded request", TIMEOUT, || async {
-        let text = log("web").await?;
-        if text.contains("hello-web: GET / from") {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    })
+    eventually(
+        "hello-web to log the forwarded request",
+        TIMEOUT,
+        || async {
+            let text = log("web").await?;
+            if text.contains("hello-web: GET / from") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    )
     .await;
 
     // exec, in the busybox container: the same server over the pod's loopback.

@@ -929,8 +929,14 @@ mod tests {
                 "Deployment/sbx/web: pod web-abc container app: CrashLoopBackOff (exit 3), restarted 2 time(s)"
             )
         );
-        assert_eq!(verdict(std::slice::from_ref(&d), &[exited(0, "Always")]), None);
-        assert_eq!(verdict(std::slice::from_ref(&d), &[exited(2, "Never")]), None);
+        assert_eq!(
+            verdict(std::slice::from_ref(&d), &[exited(0, "Always")]),
+            None
+        );
+        assert_eq!(
+            verdict(std::slice::from_ref(&d), &[exited(2, "Never")]),
+            None
+        );
         let pull = pod(serde_json::json!({
             "metadata": {"name": "web-x", "namespace": "sbx", "labels": {"app": "web"}},
             "status": {"containerStatuses": [{
