@@ -316,7 +316,7 @@ up_node() {
 node_pids() { # <pattern>
     local f c
     for f in /proc/[0-9]*/cmdline; do
-        c=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+        { c=$(tr '\0' ' ' <"$f"); } 2>/dev/null || continue
         [[ $c == *"$1"* && $c == *"$NODE_DIR"* ]] && basename "$(dirname "$f")"
     done
     return 0
