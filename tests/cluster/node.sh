@@ -55,6 +55,8 @@ need_node_packages() {
     command -v iptables >/dev/null || missing+=(iptables)
     command -v socat >/dev/null || missing+=(socat)
     command -v nsenter >/dev/null || missing+=(util-linux)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v sysctl >/dev/null || missing+=(procps)
     [[ -x /bin/busybox && $(ldd /bin/busybox 2>&1 || true) == *"not a dynamic executable"* ]] || missing+=(busybox-static)
     ((${#missing[@]})) || return 0
     say "installing Debian's ${missing[*]} (the real Node's runtime and images)"
