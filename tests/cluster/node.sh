@@ -32,16 +32,20 @@
 REAL_NODE=real-node-0
 REAL_NODE_KEY=gitops.harness/node
 NODE_DIR=$STATE/node
-NODE_NETNS=gitops-harness-$PORT_BASE
-NODE_VETH=gitops$PORT_BASE
-# A /30 of its own per port block: 10.213.N.0/30, N from the port base.
-NODE_NET=${GITOPS_HARNESS_NODE_NET:-10.213.$(((PORT_BASE / 100) % 250))}
-NODE_HOST_IP=$NODE_NET.1
-NODE_IP=$NODE_NET.2
+NODE_SOCK=$NODE_DIR/containerd.sock
 # The pods' addresses on the Node's bridge (kwok's pods use 10.244.0.0/16).
 NODE_POD_CIDR=10.245.0.0/24
-NODE_CGROUP=kubectl-gitops-$PORT_BASE
-NODE_SOCK=$NODE_DIR/containerd.sock
+# Names and addresses of the port block in use (again once `up` chose it).
+set_node_vars() {
+    NODE_NETNS=gitops-harness-$PORT_BASE
+    NODE_VETH=gitops$PORT_BASE
+    # A /30 of its own per port block: 10.213.N.0/30, N from the port base.
+    NODE_NET=${GITOPS_HARNESS_NODE_NET:-10.213.$(((PORT_BASE / 100) % 250))}
+    NODE_HOST_IP=$NODE_NET.1
+    NODE_IP=$NODE_NET.2
+    NODE_CGROUP=kubectl-gitops-$PORT_BASE
+}
+set_node_vars
 NODE_SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 
 in_node() { nsenter --net="/run/netns/$NODE_NETNS" "$@"; }
