@@ -304,8 +304,12 @@ real_node_ready() {
     [[ $state == True/* && $state != *node.kubernetes.io/* ]]
 }
 
-up_node() {
+need_root() {
     ((EUID == 0)) || die "the real Node needs root (a network namespace, mounts, cgroups, containerd): run tests/cluster/up as root, e.g. sudo -E tests/cluster/up"
+}
+
+up_node() {
+    need_root
     need_node_packages
     node_pki
     mkdir -p "$NODE_DIR"
