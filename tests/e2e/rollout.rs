@@ -520,6 +520,99 @@ async fn a_crashing_pod_fails_the_sync_in_seconds_and_a_fix_recovers() {
     nothing_derived_left(&client, &ns).await;
 }
 
+/// The problems the session's Lease records for its last sync (what
+/// `gitops-sessions` and the editor read).
+async fn recorded_problems(client: &Client, session: &str) -> Vec<serde_json::Value> {
+    gitops_e2e::session_lease(client, session)
+        .await
+        .and_then(|l| l.metadata.annotations)
+        .and_then(|a| a.get("gitops.kubectl.dev/problems").cloned())
+        .map(|v| serde_json::from_str(&v).unwrap())
+        .unwrap_or_default()
+}
+
+/// A container without a readiness probe counts as ready while it runs, so
+/// one that crashes seconds after it starts passes the sync's health check.
+/// The session keeps watching what it applied: the real crash loop that
+/// follows is reported and recorded as the sync's failure, and the fix
+/// clears it.
+#[tokio::test]
+async fn a_container_that_crashes_after_the_sync_ended_healthy_is_reported() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let late = real_deployment(1, "", &harness.image("busybox:harness")).replace(
+        "        ports:\n",
+        "        command: [sh, -c, 'echo up; sleep 4; echo giving up; exit 4']\n        ports:\n",
+    );
+    write_tree(
+        dir.path(),
+        &[
+            ("deploy/deployment.yaml", &late),
+            ("deploy/service.yaml", SERVICE),
+            ("deploy/kustomization.yaml", KUSTOMIZATION),
+        ],
+    );
+    let ns = unique("run-late");
+    let mut s = RunningSession::start(&harness, dir.path(), &["deploy", "--name", &ns]);
+    synced(&mut s);
+    let t = Instant::now();
+    let failed = s.wait_for("the crash after the sync", WAIT, |e| e["event"] == "failed");
+    let message = failed["message"].as_str().unwrap_or_default();
+    for needle in [
+        "healthy at first, then failed",
+        &format!("Deployment/{ns}/web"),
+        "exit 4",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {failed}");
+    }
+    // The kubelet's account: the container ran, exited 4 and was restarted.
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        pods.iter().any(|p| p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.restart_count >= 1
+                && [c.last_state.as_ref(), c.state.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|st| st.terminated.as_ref().map(|t| t.exit_code) == Some(4)))),
+        "no container that exited 4 and restarted: {pods:?}"
+    );
+    // Recorded on the API server for the readers (status, the editor).
+    let problems = recorded_problems(&client, &ns).await;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["object"].as_str() == Some(&format!("Deployment/{ns}/web"))),
+        "the Lease records {problems:?} ({:?} after the sync)",
+        t.elapsed()
+    );
+
+    // The fix (a server that stays up) syncs and clears the record.
+    real_app(dir.path(), 1, "", &harness.image("hello-web:1.0"));
+    synced(&mut s);
+    eventually("the record cleared", WAIT, || async {
+        let p = recorded_problems(&client, &ns).await;
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+    nothing_derived_left(&client, &ns).await;
+}
+
 #[tokio::test]
 async fn a_save_during_a_stuck_health_check_supersedes_it() {
     let harness = Harness::get();

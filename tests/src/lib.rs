@@ -1211,6 +1211,21 @@ impl NamespaceWatch {
     }
 }
 
+/// A session's Lease as the API server holds it (found by its label, in
+/// whichever namespace it lives).
+pub async fn session_lease(
+    client: &Client,
+    session: &str,
+) -> Option<k8s_openapi::api::coordination::v1::Lease> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("gitops.kubectl.dev/session={session}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|l| l.metadata.name.as_deref() == Some(session))
+}
+
 /// `kubectl-gitops_sandbox` with the harness's connection flags.
 pub fn sandbox_cli(harness: &Harness, args: &[&str]) -> Output {
     output(

@@ -623,6 +623,36 @@ impl Session {
         })
     }
 
+    /// Between a sync that ended healthy and the next: watches what it
+    /// applied until a workload fails for certain after all — a container
+    /// without a readiness probe counts as ready while it runs, so one that
+    /// crashes a moment after it starts passes the sync's health check — and
+    /// then reports that as the sync's failure and records it (the terminal,
+    /// `gitops-sessions` and the editor show it). Never resolves while all is
+    /// well, for a chart or for workloads in another cluster (Flux's
+    /// verdict is all this session sees of those).
+    pub async fn watch_after_sync(&mut self) {
+        let Some((ns, _)) = self.workloads().filter(|_| self.kind != Kind::Chart) else {
+            return std::future::pending().await;
+        };
+        let outcome = super::health::watch(
+            self.client.clone(),
+            ns,
+            self.cfg.name.clone(),
+            self.namespace.clone(),
+            self.report.clone(),
+            None,
+            std::collections::BTreeSet::new(),
+        )
+        .await;
+        let super::health::Outcome::Failed(failure) = outcome else {
+            return std::future::pending().await;
+        };
+        let message = verdict::failed_after_sync(&failure);
+        let outcome = self.fail(Phase::Apply, message, None, true);
+        self.record_sync(&outcome).await;
+    }
+
     /// Waits for Flux's verdict on `revision` and, meanwhile, watches the
     /// workloads' rollouts (this cluster only): progress as it happens, and
     /// a certain failure as soon as it shows. A word is said when

@@ -156,6 +156,12 @@ pub fn rollout_failure(failure: &str) -> String {
     format!("the rollout cannot succeed: {failure}")
 }
 
+/// The words of a workload that failed for certain after its sync ended
+/// healthy.
+pub fn failed_after_sync(failure: &str) -> String {
+    format!("healthy at first, then failed: {failure}")
+}
+
 /// The words of a health check that timed out, with why the pods are not
 /// ready (kustomize-controller waits at least 30 s, whatever `timeout` says).
 pub fn unhealthy_in_time(why: &str, timeout: Duration) -> String {

@@ -18,6 +18,10 @@ struct FakeSyncer {
     starts: Arc<Mutex<Vec<Duration>>>,
     flag: Arc<AtomicBool>,
     t0: Instant,
+    /// After a Ready sync, its workloads fail this long after (never: None).
+    fails_after: Option<Duration>,
+    /// When each such failure was reported.
+    failed_at: Vec<Duration>,
 }
 
 impl FakeSyncer {
@@ -29,6 +33,8 @@ impl FakeSyncer {
             starts: Arc::default(),
             flag: Arc::default(),
             t0: Instant::now(),
+            fails_after: None,
+            failed_at: Vec::new(),
         }
     }
 
@@ -59,6 +65,15 @@ impl Syncer for FakeSyncer {
     }
     fn waiting_flag(&self) -> Arc<AtomicBool> {
         self.flag.clone()
+    }
+    async fn watch_after(&mut self) {
+        match self.fails_after {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                self.failed_at.push(self.t0.elapsed());
+            }
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -227,4 +242,46 @@ async fn once_returns_the_first_outcome_and_a_closed_watcher_ends_the_loop() {
     .await;
     assert_eq!(end, LoopEnd::WatcherGone);
     assert_eq!(started, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_ready_sync_applied_is_watched_until_it_fails_or_the_next_save() {
+    let apply_failed = SyncOutcome::Failed {
+        phase: Phase::Apply,
+        message: "the rollout cannot succeed".into(),
+    };
+    let mut syncer = FakeSyncer::new(
+        Duration::from_millis(100),
+        Duration::ZERO,
+        vec![
+            SyncOutcome::Ready {
+                revision: "a".into(),
+            },
+            SyncOutcome::Ready {
+                revision: "b".into(),
+            },
+            apply_failed,
+            SyncOutcome::Ready {
+                revision: "c".into(),
+            },
+        ],
+    );
+    syncer.fails_after = Some(Duration::from_millis(500));
+    // Saves at 1 s (after the first sync's failure showed), 1.2 s (before
+    // the second sync's could: the save ends that watch), 3 s (after a
+    // failed sync: nothing watched meanwhile) and 5 s.
+    let mut changes = saves(&[1000, 1200, 3000, 5000]);
+    let events = Mutex::new(Vec::new());
+    let end = run_for(&mut syncer, &mut changes, Duration::from_secs(8), &events).await;
+    assert_eq!(end, LoopEnd::Stopped);
+    assert_eq!(syncer.starts(), vec![0, 1000, 1200, 3000, 5000]);
+    let failed: Vec<u64> = syncer
+        .failed_at
+        .iter()
+        .map(|d| d.as_millis() as u64)
+        .collect();
+    // Once per Ready sync left alone for 500 ms (100 + 500, 3100 + 500,
+    // 5100 + 500), never again while idle: not for the sync ended at 1100
+    // (a save came first) nor the failed one ended at 1300.
+    assert_eq!(failed, vec![600, 3600, 5600]);
 }
