@@ -7,8 +7,10 @@
 //! (the Kustomization's verdict, the pods, the Lease), never on the
 //! server's own output.
 //!
-//! The crash loop is kwok's (a pod template labelled
-//! `gitops.harness/fail: crashloop`, tests/cluster/kwok-stages.yaml).
+//! The rollout failures are real: containers on the harness's real Node
+//! (tests/cluster/node.sh) running images of the harness registry —
+//! busybox exiting 3, an image the registry does not hold, hello-web's
+//! readiness probe answered 503 — as the kubelet reports them.
 
 // A test that cannot reach its peer, or finds the world other than it
 // expects, fails loudly: panics are these tests' verdicts.
@@ -19,7 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gitops_e2e::{
-    Harness, RunningSession, eventually, kustomization_verdict, plugin, unique, write_tree,
+    Harness, RunningSession, eventually, kustomization_verdict, on_real_node, plugin, unique,
+    write_tree,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -48,6 +51,32 @@ fn app(dir: &Path) {
             ("deploy/configmap.yaml", CONFIGMAP),
             ("deploy/kustomization.yaml", KUSTOMIZATION),
         ],
+    );
+}
+
+/// `deployment` on the harness's real Node, running hello-web from the
+/// harness registry (`GET /healthz` answers its readiness probe).
+fn real_deployment(harness: &Harness) -> String {
+    deployment("")
+        .replace(
+            "        image: example/web:1\n",
+            &format!(
+                "        image: {}\n        readinessProbe:\n          httpGet:\n            path: /healthz\n            port: 8080\n          periodSeconds: 1\n",
+                harness.image("hello-web:1.0")
+            ),
+        )
+        .replace(
+            "    spec:\n      containers:",
+            &format!("    spec:\n{}      containers:", on_real_node(6)),
+        )
+}
+
+/// `app` with its Deployment on the harness's real Node.
+fn real_app(harness: &Harness, dir: &Path) {
+    app(dir);
+    write_tree(
+        dir,
+        &[("deploy/deployment.yaml", &real_deployment(harness))],
     );
 }
 
@@ -94,6 +123,11 @@ function T.set(line, text)
 end
 function T.insert(line, text)
   vim.api.nvim_buf_set_lines(0, line, line, false, { text })
+  vim.cmd('silent write')
+  return 'ok'
+end
+function T.replace(first, last, lines)
+  vim.api.nvim_buf_set_lines(0, first, last, false, lines)
   vim.cmd('silent write')
   return 'ok'
 end
@@ -243,6 +277,19 @@ impl Nvim {
     fn save_line(&self, line: usize, text: &str) {
         assert_eq!(
             self.lua(&format!("T.set({line}, {})", lua_string(text))),
+            "ok"
+        );
+    }
+
+    /// Replaces lines `first..last` (0-based, end excluded) with `lines`,
+    /// in one save.
+    fn save_lines(&self, first: usize, last: usize, lines: &[&str]) {
+        let list: Vec<String> = lines.iter().map(|l| lua_string(l)).collect();
+        assert_eq!(
+            self.lua(&format!(
+                "T.replace({first}, {last}, {{{}}})",
+                list.join(", ")
+            )),
             "ok"
         );
     }
@@ -424,13 +471,38 @@ async fn a_terminal_sessions_rejected_field_and_yaml_error_show_in_neovim_and_cl
     drop(lens);
 }
 
+/// Whether the Deployment `web` of `ns` has one ready replica (the API
+/// server's account).
+async fn web_ready(client: &Client, ns: &str) {
+    eventually("the Deployment to be ready", WAIT, || async {
+        let d: Deployment = Api::namespaced(client.clone(), ns)
+            .get("web")
+            .await
+            .map_err(|e| e.to_string())?;
+        match d.status.and_then(|s| s.ready_replicas) {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// The pods of `ns` the API server holds.
+async fn pods(client: &Client, ns: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
 #[tokio::test]
 async fn a_crash_looping_workload_started_from_the_editor_shows_its_exit_code_on_the_container() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
-    app(&root);
+    real_app(&harness, &root);
     let file = root.join("deploy/deployment.yaml");
     let ns = unique("lsp-crash");
     // The editor starts the session itself (its command; the session's
@@ -452,65 +524,58 @@ async fn a_crash_looping_workload_started_from_the_editor_shows_its_exit_code_on
     })
     .await;
 
-    // The pods crash (kwok's stage): on the container, with the exit code.
-    let template = line_of(&file, "  template:");
-    let at = std::fs::read_to_string(&file)
+    // The container crashes for real: busybox exits 3 a second after it
+    // starts (before its readiness probe could pass). On the container's
+    // line, with the exit code.
+    let image = line_of(&file, "image:");
+    let healthy = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
-        .enumerate()
-        .skip(template)
-        .find(|(_, l)| l.trim() == "app: web")
-        .map(|(i, _)| i)
-        .unwrap();
-    assert_eq!(
-        nvim.lua(&format!(
-            "T.insert({}, \"        gitops.harness/fail: crashloop\")",
-            at + 1
-        )),
-        "ok"
+        .nth(image)
+        .unwrap()
+        .to_string();
+    let busybox = format!("        image: {}", harness.image("busybox:harness"));
+    nvim.save_lines(
+        image,
+        image + 1,
+        &[&busybox, "        command: [sh, -c, 'sleep 1; exit 3']"],
     );
     let container = line_of(&file, "- name: app");
     let diags = nvim.wait_diagnostics("the crash loop", |d| !d.is_empty());
     assert_eq!(diags.len(), 1, "{diags:#?}");
     assert_eq!(diags[0]["lnum"], container, "{diags:#?}");
     assert_eq!(diags[0]["code"], "CrashLoopBackOff", "{diags:#?}");
+    assert_eq!(diags[0]["severity"], 1, "{diags:#?}");
+    assert_eq!(diags[0]["source"], "gitops-run", "{diags:#?}");
     let message = diags[0]["message"].as_str().unwrap();
-    assert!(message.contains("exit 1"), "{message}");
-    // The cluster: the pods really are in CrashLoopBackOff.
-    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels("gitops.harness/fail=crashloop"))
-        .await
-        .unwrap()
-        .items;
-    assert!(pods.iter().any(|p| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c.state
-                        .as_ref()
-                        .and_then(|s| s.waiting.as_ref())
-                        .and_then(|w| w.reason.as_deref())
-                        == Some("CrashLoopBackOff")
-                })
-            })
-    }));
+    assert!(message.contains("exit 3"), "{message}");
+    // The kubelet's account: the container on the real Node exited 3 and
+    // was restarted.
+    let crashed = pods(&client, &ns).await;
+    assert!(
+        crashed.iter().any(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(harness.real_node())
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        let exit = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+                            s.and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code)
+                        };
+                        c.image == harness.image("busybox:harness")
+                            && (exit(c.last_state.as_ref()) == Some(3)
+                                || exit(c.state.as_ref()) == Some(3))
+                    })
+        }),
+        "no container on the real Node exited 3: {crashed:?}"
+    );
 
-    // Fixed: cleared, and the Deployment rolls out.
-    assert_eq!(nvim.lua(&format!("T.delete({})", at + 1)), "ok");
+    // Fixed: cleared (once, not again), and the Deployment rolls out.
+    nvim.save_lines(image, image + 2, &[&healthy]);
     nvim.wait_diagnostics("the crash loop to clear", <[Value]>::is_empty);
-    eventually("the Deployment to be ready", WAIT, || async {
-        let d: Deployment = Api::namespaced(client.clone(), &ns)
-            .get("web")
-            .await
-            .map_err(|e| e.to_string())?;
-        match d.status.and_then(|s| s.ready_replicas) {
-            Some(1) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    web_ready(&client, &ns).await;
 
     // Stopped from the editor: the session cleans up (its Lease is gone).
     let stopped = nvim.json("T.command(\"gitops.stopSession\")");
@@ -739,6 +804,155 @@ async fn through_an_overlay_the_patch_and_the_base_line_that_set_the_field_get_f
         "web",
         "the cluster kept the selector"
     );
+
+    s.signal("INT");
+    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
+}
+
+/// Three causes in one terminal session, each shown where it is and
+/// cleared by its fix: an image the harness registry does not hold (the
+/// real Node's containerd fails to pull it), hello-web's readiness probe
+/// answered 503 (the kubelet's probe; reported once Flux's 30 s health
+/// check gives up), and a cluster-scoped object the sandbox refuses (the
+/// API server's RBAC, in Flux's dry-run).
+#[tokio::test]
+async fn a_pull_failure_a_failing_probe_and_a_sandbox_refusal_show_on_their_lines_and_clear() {
+    let harness = Harness::get();
+    let client = harness.cluster().await.client;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    real_app(&harness, &root);
+    let file = root.join("deploy/deployment.yaml");
+    let ns = unique("lsp-real");
+    let nvim = Nvim::start(&harness, &root, &file, &[]);
+    let mut s = RunningSession::start(
+        &harness,
+        &root,
+        &["deploy", "--name", &ns, "--timeout", "30s"],
+    );
+    s.next_sync().expect("the first sync");
+    let flux_ns = flux_namespace(&client, &ns).await;
+    web_ready(&client, &ns).await;
+    assert!(nvim.diagnostics().is_empty());
+    let one = |diags: &[Value], line: usize, severity: u64, code: &str| {
+        assert_eq!(diags.len(), 1, "one diagnostic per cause: {diags:#?}");
+        assert_eq!(diags[0]["lnum"], line, "{diags:#?}");
+        assert_eq!(diags[0]["severity"], severity, "{diags:#?}");
+        assert_eq!(diags[0]["source"], "gitops-run", "{diags:#?}");
+        assert_eq!(diags[0]["code"], code, "{diags:#?}");
+        diags[0]["message"].as_str().unwrap().to_string()
+    };
+
+    // An image the registry does not hold: on the `image:` line.
+    let image = line_of(&file, "image:");
+    let healthy = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .nth(image)
+        .unwrap()
+        .to_string();
+    let missing = harness.image("gitops-e2e-never-pushed:1");
+    nvim.save_line(image, &format!("        image: {missing}"));
+    let diags = nvim.wait_diagnostics("the pull failure", |d| !d.is_empty());
+    let message = one(&diags, image, 1, "ImagePull");
+    assert!(
+        message.contains(&format!("cannot pull its image \"{missing}\"")),
+        "{message}"
+    );
+    let pulling = pods(&client, &ns).await;
+    assert!(
+        pulling
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                == Some(harness.real_node()))
+            .flat_map(|p| p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default())
+            .any(|c| {
+                c.image == missing
+                    && c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref())
+                        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+            }),
+        "{pulling:?}"
+    );
+    nvim.save_line(image, &healthy);
+    nvim.wait_diagnostics("the pull failure to clear", <[Value]>::is_empty);
+    web_ready(&client, &ns).await;
+
+    // hello-web answers the probe 503: a warning on `readinessProbe:`.
+    let probe = line_of(&file, "readinessProbe:");
+    let path = line_of(&file, "path: /healthz");
+    nvim.save_line(path, "            path: /status/503");
+    let diags = nvim.wait_diagnostics("the failing probe", |d| !d.is_empty());
+    let message = one(&diags, probe, 2, "Unready");
+    assert!(message.contains("statuscode: 503"), "{message}");
+    let events: Vec<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Unhealthy")
+                && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("kubelet")
+                && e.message.as_deref().is_some_and(|m| {
+                    m.contains("Readiness probe failed: HTTP probe failed with statuscode: 503")
+                })),
+        "no Unhealthy event from the kubelet: {events:?}"
+    );
+    nvim.save_line(path, "            path: /healthz");
+    nvim.wait_diagnostics("the failing probe to clear", <[Value]>::is_empty);
+    web_ready(&client, &ns).await;
+
+    // A ClusterRole appended as a second document: the sandbox refuses it,
+    // on that document (its name), not the Deployment's.
+    let role = unique("lsp-greedy");
+    let end = std::fs::read_to_string(&file).unwrap().lines().count();
+    let name = format!("  name: {role}");
+    nvim.save_lines(
+        end,
+        end,
+        &[
+            "---",
+            "apiVersion: rbac.authorization.k8s.io/v1",
+            "kind: ClusterRole",
+            "metadata:",
+            &name,
+            "rules: []",
+        ],
+    );
+    let diags = nvim.wait_diagnostics("the sandbox's refusal", |d| !d.is_empty());
+    let message = one(&diags, line_of(&file, &name), 1, "Forbidden");
+    assert!(
+        message.contains(&format!("ClusterRole/{role}")),
+        "{message}"
+    );
+    let refusal = kustomization_verdict(&client, &flux_ns, &ns, WAIT)
+        .await
+        .unwrap_err();
+    // The API server's RBAC refused Flux's dry-run as the sandbox.
+    assert!(
+        refusal.contains("cannot patch resource \"clusterroles\""),
+        "{refusal}"
+    );
+    assert!(
+        Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
+            .get_opt(&role)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    nvim.save_lines(end, end + 6, &[]);
+    nvim.wait_diagnostics("the refusal to clear", <[Value]>::is_empty);
+    kustomization_verdict(&client, &flux_ns, &ns, WAIT)
+        .await
+        .unwrap();
 
     s.signal("INT");
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));

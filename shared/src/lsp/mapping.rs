@@ -286,6 +286,26 @@ pub fn field_of(p: &Problem, kind: &str) -> Option<String> {
     }
 }
 
+/// The readiness probe of a workload's document when one container has
+/// one: a pod "running but not ready" names no container, and the probe is
+/// the only line that can make it so.
+fn probed_container(doc: &Doc, kind: &str) -> Option<String> {
+    let (_, spec) = WORKLOAD_POD_SPEC.iter().find(|(k, _)| *k == kind)?;
+    let pointer = format!("/{}/containers", spec.replace('.', "/"));
+    let probed: Vec<&str> = doc
+        .value
+        .pointer(&pointer)?
+        .as_array()?
+        .iter()
+        .filter(|c| !c["readinessProbe"].is_null())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match probed[..] {
+        [one] => Some(format!("{spec}.containers[{one}].readinessProbe")),
+        _ => None,
+    }
+}
+
 /// A file and its text (`None` when unreadable).
 fn read(file: &Path) -> Option<String> {
     std::fs::read_to_string(file).ok()
@@ -505,7 +525,11 @@ pub fn locate(root: &Path, dir: &Path, p: &Problem) -> Option<Place> {
         return Some(at);
     }
     if let Some((kind, _, name)) = p.object.as_deref().and_then(split_object) {
-        let field = field_of(p, kind);
+        let base = base_doc(dir, hint.as_deref(), kind, name);
+        let field = match (&base, p.container.is_none() && p.reason == "Unready") {
+            (Some((_, _, doc)), true) => probed_container(doc, kind).or_else(|| field_of(p, kind)),
+            _ => field_of(p, kind),
+        };
         if let Some(field) = &field {
             for (patch, target) in patches_of(dir) {
                 if let Some(at) = in_patch(&patch, target.as_ref(), kind, name, field) {
@@ -513,7 +537,7 @@ pub fn locate(root: &Path, dir: &Path, p: &Problem) -> Option<Place> {
                 }
             }
         }
-        if let Some((file, text, doc)) = base_doc(dir, hint.as_deref(), kind, name) {
+        if let Some((file, text, doc)) = base {
             let (line, col) = match field.as_deref().and_then(|f| field_place(&text, &doc, f)) {
                 Some((l, c, _)) => (l, c),
                 None => doc_line(&text, &doc),

@@ -130,6 +130,19 @@ fn a_rejected_field_goes_to_its_line_in_a_plain_directory() {
         "Deployment/dev/web: pod web-1 container sidecar cannot pull its image \"busybox\": ErrImagePull",
     );
     assert_eq!(at(&locate(t.path(), &dir, &pull)).unwrap().1, 23);
+    // A pod running but not ready names no container (the session's words
+    // for the kubelet's probe): the one container with a readiness probe.
+    let unready = problem(
+        "Deployment/dev/web",
+        "applied, but the workloads did not become healthy within Flux's health check timeout \
+         (30s): Deployment/dev/web: pod web-1 is running but not ready (readiness probe failing: \
+         HTTP probe failed with statuscode: 503)",
+    );
+    assert_eq!(unready.reason, "Unready");
+    assert_eq!(
+        at(&locate(t.path(), &dir, &unready)),
+        Some(("deploy.yaml".into(), 26, 8))
+    );
     // No field: the document's name.
     let other = problem(
         "ConfigMap/dev/settings",
