@@ -266,6 +266,10 @@ pub struct Target {
     /// Kustomization `targetNamespace`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_namespace: Option<String>,
+    /// A vcluster sandbox: the virtual cluster (its name), whose pods run
+    /// in `namespace` of this cluster as copies vcluster makes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcluster: Option<String>,
 }
 
 /// The fields a Flux applier (Kustomization or HelmRelease) takes from a
@@ -285,6 +289,7 @@ impl Target {
             service_account: Some(SERVICE_ACCOUNT.into()),
             kubeconfig_secret: None,
             target_namespace: Some(name.to_string()),
+            vcluster: None,
         }
     }
 
@@ -800,6 +805,7 @@ pub fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
             service_account: None,
             kubeconfig_secret,
             target_namespace: None,
+            vcluster: (isolation == Isolation::Vcluster).then(|| name.clone()),
         },
     };
     Some(Sandbox {

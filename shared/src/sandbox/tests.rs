@@ -188,6 +188,7 @@ fn namespace_target_impersonates_and_confines() {
             service_account: Some(SERVICE_ACCOUNT.into()),
             kubeconfig_secret: None,
             target_namespace: Some("dev".into()),
+            vcluster: None,
         }
     );
     assert!(
