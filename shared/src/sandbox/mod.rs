@@ -623,12 +623,59 @@ where
     api.create(&PostParams::default(), obj).await.map(|_| ())
 }
 
+/// The chart value vcluster takes the virtual cluster's Service range from.
+pub const VCLUSTER_SERVICE_CIDR: &str = "serviceCIDR";
+
+/// Sets the virtual cluster's Service range to the host's `cidrs` unless
+/// the user's values set one. vcluster mirrors each virtual Service's
+/// ClusterIP from its copy on the host, so the ranges must match; vcluster
+/// 0.21 finds the host's range from the error an impossible ClusterIP
+/// draws, whose wording changed with Kubernetes 1.33's ServiceCIDR
+/// allocator: it then falls back to 10.96.0.0/12, and on a host with
+/// another range no pod is ever synced ("waiting for DNS service IP").
+pub fn default_service_cidr(values: &mut serde_json::Value, cidrs: &str) {
+    if !values.is_object() {
+        *values = serde_json::Value::Object(Default::default());
+    }
+    if let Some(map) = values.as_object_mut() {
+        map.entry(VCLUSTER_SERVICE_CIDR)
+            .or_insert_with(|| cidrs.to_string().into());
+    }
+}
+
+/// The host's Service ranges (`cidr[,cidr]`), from its default ServiceCIDR
+/// object (`networking.k8s.io/v1`, Kubernetes 1.33+); `None` where it is
+/// not served or may not be read (vcluster then detects the range itself,
+/// which works before 1.33).
+async fn host_service_cidrs(client: &Client) -> Option<String> {
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("networking.k8s.io", "v1", "ServiceCIDR"),
+        "servicecidrs",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let cidr = api.get_opt("kubernetes").await.ok()??;
+    let cidrs: Vec<&str> = cidr.data["spec"]["cidrs"]
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    (!cidrs.is_empty()).then(|| cidrs.join(","))
+}
+
 /// Creates sandbox `name`. A create that fails half-way removes what it made.
 pub async fn create(
     client: &Client,
     name: &str,
     opts: &CreateOptions,
 ) -> Result<Sandbox, SandboxError> {
+    let mut opts = opts.clone();
+    if opts.isolation == Isolation::Vcluster
+        && opts.vcluster.values.get(VCLUSTER_SERVICE_CIDR).is_none()
+        && let Some(cidrs) = host_service_cidrs(client).await
+    {
+        default_service_cidr(&mut opts.vcluster.values, &cidrs);
+    }
+    let opts = &opts;
     let plan = plan(name, opts)?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if let Some(existing) = namespaces.get_opt(name).await? {
