@@ -466,7 +466,7 @@ async fn virtual_client(kubeconfig: &[u8], pod_ip: &str, tls_name: &str) -> Clie
 /// sandbox uninstalls the release and removes the namespace.
 #[tokio::test]
 async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
-    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Pod, Secret};
     let harness = Harness::get();
     let client = harness.cluster().await.client;
@@ -500,7 +500,7 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
     assert_eq!(created.code, Some(0), "{created:?}");
     assert!(created.stdout.contains("isolation vcluster"), "{created:?}");
 
-    // The host: the release installed, its StatefulSet's pod running on the real Node.
+    // The host: the release installed, vcluster's pod running on the real Node.
     let releases: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
         &name,
@@ -517,16 +517,23 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         "{:?}",
         release.data["status"]
     );
-    let statefulset = Api::<StatefulSet>::namespaced(client.clone(), &name)
+    // Without persistence (the values above) the chart runs vcluster as a
+    // Deployment of one pod.
+    let control_plane = Api::<Deployment>::namespaced(client.clone(), &name)
         .get(&name)
         .await
         .unwrap();
     assert_eq!(
-        statefulset.status.and_then(|s| s.ready_replicas),
+        control_plane.status.and_then(|s| s.ready_replicas),
         Some(1)
     );
     let pods: Api<Pod> = Api::namespaced(client.clone(), &name);
-    let vc_pod = pods.get(&format!("{name}-0")).await.unwrap();
+    let vc_pods = pods
+        .list(&ListParams::default().labels(&format!("app=vcluster,release={name}")))
+        .await
+        .unwrap();
+    assert_eq!(vc_pods.items.len(), 1, "{:?}", vc_pods.items);
+    let vc_pod = vc_pods.items[0].clone();
     assert_eq!(
         vc_pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
         Some(node.as_str()),
@@ -574,7 +581,7 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         image = harness.image("busybox:harness"),
     );
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path(), &[("hello.yaml", &deployment)]);
+    write_tree(dir.path(), &[("deploy/hello.yaml", &deployment)]);
     let session = unique("run-vc");
     let mut s = gitops_e2e::RunningSession::start(
         &harness,
@@ -599,12 +606,11 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         Some(&session)
     );
     assert!(
-        configmaps_named(&client, "hello").await.is_empty()
-            && Api::<Deployment>::namespaced(client.clone(), &name)
-                .get_opt("hello")
-                .await
-                .unwrap()
-                .is_none(),
+        Api::<Deployment>::namespaced(client.clone(), &name)
+            .get_opt("hello")
+            .await
+            .unwrap()
+            .is_none(),
         "no Deployment in the host cluster: it is the virtual cluster's"
     );
     let vpods: Api<Pod> = Api::namespaced(vclient.clone(), "default");
@@ -658,10 +664,12 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         .await
         .unwrap();
     assert!(host_log.contains(&marker), "{host_log:?}");
-    // --logs shows it, under the virtual pod's name.
-    let line = s.wait_for("the pod's log line", VCLUSTER_WAIT, |e| {
-        e["event"] == "log" && e["line"] == marker.as_str()
-    });
+    // --logs shows it, under the virtual pod's name (maybe before the sync's end).
+    let is_marker = |e: &serde_json::Value| e["event"] == "log" && e["line"] == marker.as_str();
+    let line = match s.seen.iter().find(|e| is_marker(e)) {
+        Some(e) => e.clone(),
+        None => s.wait_for("the pod's log line", VCLUSTER_WAIT, is_marker),
+    };
     assert_eq!(line["pod"], vpod_name.as_str(), "{line}");
 
     // The stop removes the session: its Deployment from the virtual
@@ -693,14 +701,31 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
             .is_none()
     );
 
-    // Deleting the sandbox uninstalls the release and removes the namespace.
+    // A kept session's objects in the virtual cluster: the sandbox's delete
+    // has Flux garbage-collect them while the virtual cluster still runs,
+    // then uninstalls the release, then removes the namespace.
+    let kept = tempfile::tempdir().unwrap();
+    let cm = unique("kept-in-vc");
+    write_tree(
+        kept.path(),
+        &[("cm.yaml", &configmap_in("default", &cm, &[("k", "v")]))],
+    );
+    let out = run_cli(&harness, kept.path(), &["--once", "--keep", "--sandbox", &name]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let in_vc: Api<ConfigMap> = Api::namespaced(vclient.clone(), "default");
+    assert!(in_vc.get_opt(&cm).await.unwrap().is_some(), "{out:?}");
+    assert!(configmaps_named(&client, &cm).await.is_empty(), "nothing on the host");
     let deleted = sandbox_cli(&harness, &["delete", &name, "--wait", "--timeout", "5m"]);
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
-    assert!(
+    let at = |what: &str| {
         deleted
             .stdout
-            .contains(&format!("deleted helmrelease/{name}")),
-        "{deleted:?}"
+            .find(what)
+            .unwrap_or_else(|| panic!("{what} not in {deleted:?}"))
+    };
+    assert!(
+        at("deleted kustomization/") < at(&format!("deleted helmrelease/{name}")),
+        "the session's Kustomization is gone before vcluster is uninstalled: {deleted:?}"
     );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     assert!(namespaces.get_opt(&name).await.unwrap().is_none());

@@ -818,6 +818,16 @@ async fn wait_vcluster(client: &Client, name: &str, timeout: Duration) -> Result
     Ok(())
 }
 
+/// Whether a HelmRelease is the one that installs sandbox `sandbox` itself
+/// (its vcluster), not one a session made in it.
+pub fn is_sandbox_release(release: &DynamicObject, sandbox: &str) -> bool {
+    let l = release.labels();
+    release.name_any() == sandbox
+        && labels::is_managed(Some(l))
+        && l.get(labels::COMPONENT).is_some_and(|c| c == "sandbox")
+        && l.get(labels::SANDBOX).is_some_and(|s| s == sandbox)
+}
+
 /// Whether a namespace is one of our sandboxes.
 pub fn is_sandbox(ns: &Namespace) -> bool {
     let l = ns.metadata.labels.as_ref();
@@ -1003,16 +1013,19 @@ pub async fn delete(
     let helm = flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?;
     let releases: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), name, &flux::helm_release_resource());
-    let hr_names: Vec<String> = if helm {
-        releases
-            .list(&ListParams::default())
-            .await?
-            .iter()
-            .map(|h| h.name_any())
-            .collect()
+    let hrs: Vec<DynamicObject> = if helm {
+        releases.list(&ListParams::default()).await?.items
     } else {
         Vec::new()
     };
+    // The sandbox's own release (a vcluster) goes last: the sessions'
+    // appliers garbage-collect through the virtual cluster it runs, so
+    // they must be gone before it is uninstalled (else their finalizers
+    // wait for ever for a cluster that no longer exists).
+    let (own, others): (Vec<&DynamicObject>, Vec<&DynamicObject>) =
+        hrs.iter().partition(|h| is_sandbox_release(h, name));
+    let names = |hs: Vec<&DynamicObject>| hs.iter().map(|h| h.name_any()).collect::<Vec<_>>();
+    let (own, hr_names) = (names(own), names(others));
     // Delete them all first, then wait: their garbage collections run in parallel.
     for n in &ks_names {
         crate::kubeapi::delete(&kustomizations, n).await?;
@@ -1031,7 +1044,7 @@ pub async fn delete(
         .map_err(wait_err)?;
         removed.push(format!("kustomization/{n}"));
     }
-    for n in &hr_names {
+    for n in hr_names.iter().chain(&own) {
         crate::kubeapi::delete_and_await(
             &releases,
             n,

@@ -265,3 +265,22 @@ fn the_virtual_clusters_service_range_is_the_hosts_unless_the_user_sets_one() {
     default_service_cidr(&mut none, "10.0.0.0/24,fd00::/108");
     assert_eq!(none, serde_json::json!({"serviceCIDR": "10.0.0.0/24,fd00::/108"}));
 }
+
+#[test]
+fn the_sandboxs_own_release_is_told_from_a_sessions() {
+    let o = opts(Isolation::Vcluster);
+    let (_, release) = vcluster_objects("dev", &o);
+    assert!(is_sandbox_release(&release, "dev"));
+    assert!(!is_sandbox_release(&release, "other"));
+    let mut session_chart = release.clone();
+    session_chart.metadata.name = Some("dev".into());
+    session_chart
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(labels::COMPONENT.into(), "session".into());
+    assert!(
+        !is_sandbox_release(&session_chart, "dev"),
+        "a session's chart release named like the sandbox is uninstalled first"
+    );
+}
