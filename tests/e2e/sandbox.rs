@@ -443,10 +443,12 @@ const VCLUSTER_WAIT: Duration = Duration::from_secs(300);
 async fn virtual_client(kubeconfig: &[u8], pod_ip: &str, tls_name: &str) -> Client {
     let kubeconfig =
         kube::config::Kubeconfig::from_yaml(std::str::from_utf8(kubeconfig).unwrap()).unwrap();
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
     config.cluster_url = format!("https://{pod_ip}:8443").parse().unwrap();
     config.tls_server_name = Some(tls_name.to_string());
     Client::try_from(config).unwrap()
@@ -523,10 +525,7 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         .get(&name)
         .await
         .unwrap();
-    assert_eq!(
-        control_plane.status.and_then(|s| s.ready_replicas),
-        Some(1)
-    );
+    assert_eq!(control_plane.status.and_then(|s| s.ready_replicas), Some(1));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &name);
     let vc_pods = pods
         .list(&ListParams::default().labels(&format!("app=vcluster,release={name}")))
@@ -539,7 +538,10 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         Some(node.as_str()),
         "the virtual control plane runs on the real Node"
     );
-    let syncer = vc_pod.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
+    let syncer = vc_pod.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
     assert_eq!(
         syncer,
         format!("{}/loft-sh/vcluster-oss:0.21.0", harness.registry),
@@ -560,7 +562,12 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
     let parsed =
         kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&kubeconfig).unwrap()).unwrap();
     assert_eq!(
-        parsed.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+        parsed.clusters[0]
+            .cluster
+            .as_ref()
+            .unwrap()
+            .server
+            .as_deref(),
         Some(format!("https://{name}.{name}:443").as_str()),
         "exportKubeConfig.server: the in-cluster address Flux uses"
     );
@@ -571,7 +578,10 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
     );
     let vclient = virtual_client(&kubeconfig, &pod_ip, &format!("{name}.{name}")).await;
     let vversion = vclient.apiserver_version().await.unwrap();
-    assert_eq!(vversion.git_version, kube_version, "the virtual API server answers");
+    assert_eq!(
+        vversion.git_version, kube_version,
+        "the virtual API server answers"
+    );
 
     // A session applies a Deployment into the virtual cluster through Flux.
     let marker = unique("hello-from-vcluster");
@@ -655,7 +665,10 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         Some(node.as_str())
     );
     assert_eq!(
-        synced.annotations().get("vcluster.loft.sh/namespace").map(String::as_str),
+        synced
+            .annotations()
+            .get("vcluster.loft.sh/namespace")
+            .map(String::as_str),
         Some("default")
     );
     // What the container printed, from the kubelet through the host's API server.
@@ -675,7 +688,12 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
     // The stop removes the session: its Deployment from the virtual
     // cluster, the pod vcluster ran for it from the host, its Flux objects.
     s.signal("INT");
-    assert_eq!(s.wait_exit(Duration::from_secs(300)), Some(0), "{:?}", s.seen);
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(300)),
+        Some(0),
+        "{:?}",
+        s.seen
+    );
     assert!(
         Api::<Deployment>::namespaced(vclient.clone(), "default")
             .get_opt("hello")
@@ -710,11 +728,18 @@ async fn vcluster_sandbox_starts_and_a_sessions_pod_runs_on_the_real_node() {
         kept.path(),
         &[("cm.yaml", &configmap_in("default", &cm, &[("k", "v")]))],
     );
-    let out = run_cli(&harness, kept.path(), &["--once", "--keep", "--sandbox", &name]);
+    let out = run_cli(
+        &harness,
+        kept.path(),
+        &["--once", "--keep", "--sandbox", &name],
+    );
     assert_eq!(out.code, Some(0), "{out:?}");
     let in_vc: Api<ConfigMap> = Api::namespaced(vclient.clone(), "default");
     assert!(in_vc.get_opt(&cm).await.unwrap().is_some(), "{out:?}");
-    assert!(configmaps_named(&client, &cm).await.is_empty(), "nothing on the host");
+    assert!(
+        configmaps_named(&client, &cm).await.is_empty(),
+        "nothing on the host"
+    );
     let deleted = sandbox_cli(&harness, &["delete", &name, "--wait", "--timeout", "5m"]);
     assert_eq!(deleted.code, Some(0), "{deleted:?}");
     let at = |what: &str| {

@@ -249,10 +249,14 @@ fn vcluster_chart_source_version_and_values_are_the_users_but_the_server_is_ours
 
 #[test]
 fn the_virtual_clusters_service_range_is_the_hosts_unless_the_user_sets_one() {
-    let mut values = serde_json::json!({"controlPlane": {"advanced": {"defaultImageRegistry": "r"}}});
+    let mut values =
+        serde_json::json!({"controlPlane": {"advanced": {"defaultImageRegistry": "r"}}});
     default_service_cidr(&mut values, "10.0.0.0/24");
     assert_eq!(values["serviceCIDR"], "10.0.0.0/24");
-    assert_eq!(values["controlPlane"]["advanced"]["defaultImageRegistry"], "r");
+    assert_eq!(
+        values["controlPlane"]["advanced"]["defaultImageRegistry"],
+        "r"
+    );
     let mut o = opts(Isolation::Vcluster);
     o.vcluster.values = values;
     let (_, release) = vcluster_objects("dev", &o);
@@ -260,10 +264,16 @@ fn the_virtual_clusters_service_range_is_the_hosts_unless_the_user_sets_one() {
 
     let mut theirs = serde_json::json!({"serviceCIDR": "10.96.0.0/12"});
     default_service_cidr(&mut theirs, "10.0.0.0/24");
-    assert_eq!(theirs["serviceCIDR"], "10.96.0.0/12", "the user's own range wins");
+    assert_eq!(
+        theirs["serviceCIDR"], "10.96.0.0/12",
+        "the user's own range wins"
+    );
     let mut none = serde_json::Value::Null;
     default_service_cidr(&mut none, "10.0.0.0/24,fd00::/108");
-    assert_eq!(none, serde_json::json!({"serviceCIDR": "10.0.0.0/24,fd00::/108"}));
+    assert_eq!(
+        none,
+        serde_json::json!({"serviceCIDR": "10.0.0.0/24,fd00::/108"})
+    );
 }
 
 #[test]

@@ -339,14 +339,9 @@ fn follow_logs(session: &Session, report: &super::Reporter, background: &mut Bac
     let name = session.name().to_string();
     let flux_namespace = session.namespace().to_string();
     let follow = match (session.workloads(), &session.target().vcluster) {
-        (Some((namespace, all_pods)), _) => tokio::spawn(logs(
-            client,
-            namespace,
-            name,
-            flux_namespace,
-            all_pods,
-            tx,
-        )),
+        (Some((namespace, all_pods)), _) => {
+            tokio::spawn(logs(client, namespace, name, flux_namespace, all_pods, tx))
+        }
         (None, Some(vcluster)) => {
             tokio::spawn(synced(client, flux_namespace, vcluster.clone(), name, tx))
         }
