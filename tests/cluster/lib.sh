@@ -43,6 +43,8 @@ set_ports() {
     CHARTS_PORT=$((PORT_BASE + 16))
     # The Git server (Git's own git http-backend behind tests/peers/git-server).
     GIT_PORT=$((PORT_BASE + 17))
+    # service-proxy: Service names for kustomize-controller (tests/cluster/vcluster).
+    SVC_PROXY_PORT=$((PORT_BASE + 19))
     ETCD2_PORT=$((PORT_BASE + 21))
     ETCD2_PEER_PORT=$((PORT_BASE + 22))
     API2_PORT=$((PORT_BASE + 23))
@@ -137,6 +139,7 @@ kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|kwok
 vcluster-chart|vcluster|github.com/loft-sh/vcluster|repo/index.yaml
 git-server|git-server|kubectl-gitops.test/peers/git-server|git-server
 hello-web|hello-web|kubectl-gitops.test/peers/hello-web|hello-web
+service-proxy|service-proxy|kubectl-gitops.test/peers/service-proxy|service-proxy
 "
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }

@@ -402,6 +402,7 @@ mod tests {
                     service_account: None,
                     kubeconfig_secret: Some(("gitops-sandbox-kubeconfig".into(), "value".into())),
                     target_namespace: None,
+                    vcluster: None,
                 },
                 unconfined: false,
             },

@@ -266,6 +266,10 @@ pub struct Target {
     /// Kustomization `targetNamespace`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_namespace: Option<String>,
+    /// A vcluster sandbox: the virtual cluster (its name), whose pods run
+    /// in `namespace` of this cluster as copies vcluster makes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcluster: Option<String>,
 }
 
 /// The fields a Flux applier (Kustomization or HelmRelease) takes from a
@@ -285,6 +289,7 @@ impl Target {
             service_account: Some(SERVICE_ACCOUNT.into()),
             kubeconfig_secret: None,
             target_namespace: Some(name.to_string()),
+            vcluster: None,
         }
     }
 
@@ -618,12 +623,59 @@ where
     api.create(&PostParams::default(), obj).await.map(|_| ())
 }
 
+/// The chart value vcluster takes the virtual cluster's Service range from.
+pub const VCLUSTER_SERVICE_CIDR: &str = "serviceCIDR";
+
+/// Sets the virtual cluster's Service range to the host's `cidrs` unless
+/// the user's values set one. vcluster mirrors each virtual Service's
+/// ClusterIP from its copy on the host, so the ranges must match; vcluster
+/// 0.21 finds the host's range from the error an impossible ClusterIP
+/// draws, whose wording changed with Kubernetes 1.33's ServiceCIDR
+/// allocator: it then falls back to 10.96.0.0/12, and on a host with
+/// another range no pod is ever synced ("waiting for DNS service IP").
+pub fn default_service_cidr(values: &mut serde_json::Value, cidrs: &str) {
+    if !values.is_object() {
+        *values = serde_json::Value::Object(Default::default());
+    }
+    if let Some(map) = values.as_object_mut() {
+        map.entry(VCLUSTER_SERVICE_CIDR)
+            .or_insert_with(|| cidrs.to_string().into());
+    }
+}
+
+/// The host's Service ranges (`cidr[,cidr]`), from its default ServiceCIDR
+/// object (`networking.k8s.io/v1`, Kubernetes 1.33+); `None` where it is
+/// not served or may not be read (vcluster then detects the range itself,
+/// which works before 1.33).
+async fn host_service_cidrs(client: &Client) -> Option<String> {
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("networking.k8s.io", "v1", "ServiceCIDR"),
+        "servicecidrs",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let cidr = api.get_opt("kubernetes").await.ok()??;
+    let cidrs: Vec<&str> = cidr.data["spec"]["cidrs"]
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    (!cidrs.is_empty()).then(|| cidrs.join(","))
+}
+
 /// Creates sandbox `name`. A create that fails half-way removes what it made.
 pub async fn create(
     client: &Client,
     name: &str,
     opts: &CreateOptions,
 ) -> Result<Sandbox, SandboxError> {
+    let mut opts = opts.clone();
+    if opts.isolation == Isolation::Vcluster
+        && opts.vcluster.values.get(VCLUSTER_SERVICE_CIDR).is_none()
+        && let Some(cidrs) = host_service_cidrs(client).await
+    {
+        default_service_cidr(&mut opts.vcluster.values, &cidrs);
+    }
+    let opts = &opts;
     let plan = plan(name, opts)?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if let Some(existing) = namespaces.get_opt(name).await? {
@@ -766,6 +818,16 @@ async fn wait_vcluster(client: &Client, name: &str, timeout: Duration) -> Result
     Ok(())
 }
 
+/// Whether a HelmRelease is the one that installs sandbox `sandbox` itself
+/// (its vcluster), not one a session made in it.
+pub fn is_sandbox_release(release: &DynamicObject, sandbox: &str) -> bool {
+    let l = release.labels();
+    release.name_any() == sandbox
+        && labels::is_managed(Some(l))
+        && l.get(labels::COMPONENT).is_some_and(|c| c == "sandbox")
+        && l.get(labels::SANDBOX).is_some_and(|s| s == sandbox)
+}
+
 /// Whether a namespace is one of our sandboxes.
 pub fn is_sandbox(ns: &Namespace) -> bool {
     let l = ns.metadata.labels.as_ref();
@@ -800,6 +862,7 @@ pub fn from_namespace(ns: &Namespace, sessions: usize) -> Option<Sandbox> {
             service_account: None,
             kubeconfig_secret,
             target_namespace: None,
+            vcluster: (isolation == Isolation::Vcluster).then(|| name.clone()),
         },
     };
     Some(Sandbox {
@@ -950,16 +1013,19 @@ pub async fn delete(
     let helm = flux::serves(client, "helm.toolkit.fluxcd.io/v2", "HelmRelease").await?;
     let releases: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), name, &flux::helm_release_resource());
-    let hr_names: Vec<String> = if helm {
-        releases
-            .list(&ListParams::default())
-            .await?
-            .iter()
-            .map(|h| h.name_any())
-            .collect()
+    let hrs: Vec<DynamicObject> = if helm {
+        releases.list(&ListParams::default()).await?.items
     } else {
         Vec::new()
     };
+    // The sandbox's own release (a vcluster) goes last: the sessions'
+    // appliers garbage-collect through the virtual cluster it runs, so
+    // they must be gone before it is uninstalled (else their finalizers
+    // wait for ever for a cluster that no longer exists).
+    let (own, others): (Vec<&DynamicObject>, Vec<&DynamicObject>) =
+        hrs.iter().partition(|h| is_sandbox_release(h, name));
+    let names = |hs: Vec<&DynamicObject>| hs.iter().map(|h| h.name_any()).collect::<Vec<_>>();
+    let (own, hr_names) = (names(own), names(others));
     // Delete them all first, then wait: their garbage collections run in parallel.
     for n in &ks_names {
         crate::kubeapi::delete(&kustomizations, n).await?;
@@ -978,7 +1044,7 @@ pub async fn delete(
         .map_err(wait_err)?;
         removed.push(format!("kustomization/{n}"));
     }
-    for n in &hr_names {
+    for n in hr_names.iter().chain(&own) {
         crate::kubeapi::delete_and_await(
             &releases,
             n,

@@ -188,6 +188,7 @@ fn namespace_target_impersonates_and_confines() {
             service_account: Some(SERVICE_ACCOUNT.into()),
             kubeconfig_secret: None,
             target_namespace: Some("dev".into()),
+            vcluster: None,
         }
     );
     assert!(
@@ -244,4 +245,52 @@ fn vcluster_chart_source_version_and_values_are_the_users_but_the_server_is_ours
         "https://dev.dev:443"
     );
     assert_eq!(spec["values"]["exportKubeConfig"]["context"], "mine");
+}
+
+#[test]
+fn the_virtual_clusters_service_range_is_the_hosts_unless_the_user_sets_one() {
+    let mut values =
+        serde_json::json!({"controlPlane": {"advanced": {"defaultImageRegistry": "r"}}});
+    default_service_cidr(&mut values, "10.0.0.0/24");
+    assert_eq!(values["serviceCIDR"], "10.0.0.0/24");
+    assert_eq!(
+        values["controlPlane"]["advanced"]["defaultImageRegistry"],
+        "r"
+    );
+    let mut o = opts(Isolation::Vcluster);
+    o.vcluster.values = values;
+    let (_, release) = vcluster_objects("dev", &o);
+    assert_eq!(release.data["spec"]["values"]["serviceCIDR"], "10.0.0.0/24");
+
+    let mut theirs = serde_json::json!({"serviceCIDR": "10.96.0.0/12"});
+    default_service_cidr(&mut theirs, "10.0.0.0/24");
+    assert_eq!(
+        theirs["serviceCIDR"], "10.96.0.0/12",
+        "the user's own range wins"
+    );
+    let mut none = serde_json::Value::Null;
+    default_service_cidr(&mut none, "10.0.0.0/24,fd00::/108");
+    assert_eq!(
+        none,
+        serde_json::json!({"serviceCIDR": "10.0.0.0/24,fd00::/108"})
+    );
+}
+
+#[test]
+fn the_sandboxs_own_release_is_told_from_a_sessions() {
+    let o = opts(Isolation::Vcluster);
+    let (_, release) = vcluster_objects("dev", &o);
+    assert!(is_sandbox_release(&release, "dev"));
+    assert!(!is_sandbox_release(&release, "other"));
+    let mut session_chart = release.clone();
+    session_chart.metadata.name = Some("dev".into());
+    session_chart
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(labels::COMPONENT.into(), "session".into());
+    assert!(
+        !is_sandbox_release(&session_chart, "dev"),
+        "a session's chart release named like the sandbox is uninstalled first"
+    );
 }

@@ -329,22 +329,25 @@ fn follow_flux_warnings(
         )));
 }
 
-/// The logs of the session's pods (`--logs`), when it has workloads.
+/// The logs of the session's pods (`--logs`), when it has workloads here:
+/// in this cluster, or run here by the vcluster of its sandbox.
 fn follow_logs(session: &Session, report: &super::Reporter, background: &mut Background) {
-    let Some((namespace, all_pods)) = session.workloads() else {
-        return;
-    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    background
-        .0
-        .push(tokio::spawn(crate::session::readers::logs::follow(
-            session.client().clone(),
-            namespace,
-            session.name().to_string(),
-            session.namespace().to_string(),
-            all_pods,
-            tx,
-        )));
+    let logs = crate::session::readers::logs::follow;
+    let synced = crate::session::readers::logs::follow_synced;
+    let client = session.client().clone();
+    let name = session.name().to_string();
+    let flux_namespace = session.namespace().to_string();
+    let follow = match (session.workloads(), &session.target().vcluster) {
+        (Some((namespace, all_pods)), _) => {
+            tokio::spawn(logs(client, namespace, name, flux_namespace, all_pods, tx))
+        }
+        (None, Some(vcluster)) => {
+            tokio::spawn(synced(client, flux_namespace, vcluster.clone(), name, tx))
+        }
+        (None, None) => return,
+    };
+    background.0.push(follow);
     let report = report.clone();
     background.0.push(tokio::spawn(async move {
         while let Some(l) = rx.recv().await {

@@ -424,6 +424,7 @@ async fn place(
                 service_account: app.spec_str("serviceAccountName"),
                 kubeconfig_secret: None,
                 target_namespace: app.spec_str("targetNamespace"),
+                vcluster: None,
             },
             sandbox_name: None,
             own_sandbox: OwnSandbox::None,
@@ -438,6 +439,7 @@ async fn place(
                 service_account: None,
                 kubeconfig_secret: None,
                 target_namespace: cfg.target_namespace.clone(),
+                vcluster: None,
             };
             (cfg.namespace.clone(), target, None, OwnSandbox::None)
         }

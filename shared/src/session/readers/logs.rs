@@ -296,12 +296,14 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// of a run that ended as the next one started).
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Reads one run of a container's log into `out`: retried with backoff
+/// Reads one run of a container's log into `out` (lines name the pod
+/// `shown`): retried with backoff
 /// while the open fails, until `closed` says the run is no longer current;
 /// then drained for [`DRAIN`] at most.
 async fn read_run(
     api: Api<Pod>,
     pod: String,
+    shown: String,
     container: String,
     follow: bool,
     mut closed: watch::Receiver<bool>,
@@ -361,7 +363,7 @@ async fn read_run(
             _ = out.closed() => return,
         };
         let sent = out.send(LogLine {
-            pod: pod.clone(),
+            pod: shown.clone(),
             container: container.clone(),
             line,
         });
@@ -387,21 +389,135 @@ pub async fn follow(
     out: mpsc::UnboundedSender<LogLine>,
 ) {
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let mut owners = Owners {
+    let judge = Judge::Owners(Owners {
         client,
         namespace,
         session,
         flux_namespace,
         verdicts: HashMap::new(),
         resources: HashMap::new(),
+    });
+    follow_pods(pods_api, watcher::Config::default(), judge, out).await
+}
+
+/// Follows the logs of the session's pods in a vcluster sandbox: the pods
+/// vcluster `vcluster` runs in the host namespace `namespace` for the
+/// workloads the session's Kustomization (`session` in `namespace`)
+/// applied into the virtual cluster (see [`synced`]). Lines name the
+/// virtual pod.
+pub async fn follow_synced(
+    client: Client,
+    namespace: String,
+    vcluster: String,
+    session: String,
+    out: mpsc::UnboundedSender<LogLine>,
+) {
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let config = watcher::Config::default().labels(&synced::selector(&vcluster));
+    let judge = Judge::Synced {
+        vcluster,
+        kustomizations: Api::namespaced(client, &namespace),
+        session,
+        applied: BTreeSet::new(),
+        read: None,
     };
-    let mut pods = watcher(pods_api.clone(), watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    follow_pods(pods_api, config, judge, out).await
+}
+
+/// How often a vcluster sandbox's session inventory is read again at most.
+const INVENTORY_FRESH: Duration = Duration::from_secs(2);
+
+/// Decides whose pods are the session's.
+enum Judge {
+    /// Pods of this cluster, through the chain of their owners.
+    Owners(Owners),
+    /// Pods a vcluster synced, through the session's inventory.
+    Synced {
+        vcluster: String,
+        kustomizations: Api<crate::flux::Kustomization>,
+        session: String,
+        applied: BTreeSet<synced::Applied>,
+        read: Option<Instant>,
+    },
+}
+
+impl Judge {
+    /// `Some(verdict)`, or `None` when it cannot be told yet (asked again
+    /// on the next tick): an owner could not be read, or a synced pod is
+    /// not (yet) in what Flux recorded as applied.
+    async fn is_ours(&mut self, pod: &Pod) -> Option<bool> {
+        match self {
+            Judge::Owners(owners) => match owners.is_ours(pod).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::debug!("cannot tell whose pod {} is: {e}", pod.name_any());
+                    None
+                }
+            },
+            Judge::Synced {
+                vcluster,
+                kustomizations,
+                session,
+                applied,
+                read,
+            } => {
+                let Some(synced) = synced::synced_pod(pod, vcluster) else {
+                    return Some(false);
+                };
+                if synced::is_sessions(&synced, applied) {
+                    return Some(true);
+                }
+                // Flux records what it applied once it is done: read it
+                // again, at most every INVENTORY_FRESH.
+                if read.is_none_or(|t| t.elapsed() >= INVENTORY_FRESH) {
+                    *read = Some(Instant::now());
+                    match kustomizations.get_opt(session).await {
+                        Ok(ks) => {
+                            let ids: Vec<String> = ks
+                                .and_then(|k| k.status)
+                                .and_then(|s| s.inventory)
+                                .map(|i| i.entries.into_iter().map(|e| e.id).collect())
+                                .unwrap_or_default();
+                            *applied = synced::applied(&ids);
+                        }
+                        Err(e) => tracing::debug!("cannot read kustomization {session}: {e}"),
+                    }
+                }
+                synced::is_sessions(&synced, applied).then_some(true)
+            }
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        if let Judge::Owners(owners) = self {
+            owners.verdicts.remove(uid);
+        }
+    }
+
+    /// The name lines carry: the virtual pod's for a synced pod.
+    fn shown(&self, pod: &Pod) -> String {
+        match self {
+            Judge::Synced { vcluster, .. } => synced::synced_pod(pod, vcluster)
+                .map(|s| s.name)
+                .unwrap_or_else(|| pod.name_any()),
+            Judge::Owners(_) => pod.name_any(),
+        }
+    }
+}
+
+/// The loop of [`follow`] and [`follow_synced`]: pods watched with
+/// `config`, judged by `judge`, every run of their containers read.
+async fn follow_pods(
+    pods_api: Api<Pod>,
+    config: watcher::Config,
+    mut judge: Judge,
+    out: mpsc::UnboundedSender<LogLine>,
+) {
+    let mut pods = watcher(pods_api.clone(), config).default_backoff().boxed();
     let mut runs = Runs::default();
     // (pod UID, container, run) → the sender that closes its stream.
     let mut streams: HashMap<(String, String, String), watch::Sender<bool>> = HashMap::new();
-    // Pods whose owners could not be read yet, asked again on the tick.
+    // Pods that could not be judged yet, asked again on the tick.
     let mut unresolved: BTreeMap<String, Pod> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -412,7 +528,7 @@ pub async fn follow(
                 Some(Ok(watcher::Event::Delete(p))) => {
                     let uid = p.uid().unwrap_or_default();
                     unresolved.remove(&uid);
-                    owners.verdicts.remove(&uid);
+                    judge.forget(&uid);
                     for a in runs.gone(&uid) {
                         if let Action::Close { container, run } = a
                             && let Some(tx) = streams.remove(&(uid.clone(), container, run))
@@ -430,11 +546,10 @@ pub async fn follow(
         };
         for pod in changed {
             let uid = pod.uid().unwrap_or_default();
-            match owners.is_ours(&pod).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::debug!("cannot tell whose pod {} is: {e}", pod.name_any());
+            match judge.is_ours(&pod).await {
+                Some(true) => {}
+                Some(false) => continue,
+                None => {
                     unresolved.insert(uid, pod);
                     continue;
                 }
@@ -461,6 +576,7 @@ pub async fn follow(
                         tokio::spawn(read_run(
                             pods_api.clone(),
                             pod.name_any(),
+                            judge.shown(&pod),
                             container,
                             follow,
                             rx,
@@ -704,6 +820,8 @@ pub async fn flux_warnings(
         }
     }
 }
+
+pub mod synced;
 
 #[cfg(test)]
 mod tests;
