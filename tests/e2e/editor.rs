@@ -335,20 +335,9 @@ fn line_of(file: &Path, needle: &str) -> usize {
         .unwrap_or_else(|| panic!("{needle:?} not in {}", file.display()))
 }
 
-/// The session's Lease (found by its label, in whichever namespace).
-async fn lease_of(client: &Client, session: &str) -> Option<Lease> {
-    Api::<Lease>::all(client.clone())
-        .list(&ListParams::default().labels(&format!("gitops.kubectl.dev/session={session}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .find(|l| l.metadata.name.as_deref() == Some(session))
-}
-
 async fn flux_namespace(client: &Client, session: &str) -> String {
     eventually("the session's Lease", WAIT, || async {
-        lease_of(client, session)
+        gitops_e2e::session_lease(client, session)
             .await
             .and_then(|l| l.metadata.namespace)
             .ok_or_else(|| "no Lease yet".to_string())
@@ -435,13 +424,13 @@ async fn a_terminal_sessions_rejected_field_and_yaml_error_show_in_neovim_and_cl
         .unwrap();
 
     // Invalid YAML: the parser's place; nothing reaches the cluster.
-    let applied = lease_of(&client, &ns).await.unwrap();
+    let applied = gitops_e2e::session_lease(&client, &ns).await.unwrap();
     nvim.save_line(2, "metadata: [");
     let diags = nvim.wait_diagnostics("the YAML error", |d| !d.is_empty());
     assert_eq!(diags.len(), 1, "{diags:#?}");
     assert!(diags[0]["lnum"].as_u64().unwrap() >= 2, "{diags:#?}");
     assert_eq!(diags[0]["code"], "YAML", "{diags:#?}");
-    let now = lease_of(&client, &ns).await.unwrap();
+    let now = gitops_e2e::session_lease(&client, &ns).await.unwrap();
     let last = |l: &Lease| {
         l.metadata.annotations.as_ref().unwrap()["gitops.kubectl.dev/last-revision"].clone()
     };
@@ -453,7 +442,7 @@ async fn a_terminal_sessions_rejected_field_and_yaml_error_show_in_neovim_and_cl
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
     // The session is gone: so is what the editor showed of it.
     eventually("the Lease to be gone", WAIT, || async {
-        match lease_of(&client, &ns).await {
+        match gitops_e2e::session_lease(&client, &ns).await {
             None => Ok(()),
             Some(_) => Err("still there".to_string()),
         }
@@ -584,7 +573,7 @@ async fn a_crash_looping_workload_started_from_the_editor_shows_its_exit_code_on
         "the session to be removed",
         Duration::from_secs(120),
         || async {
-            match lease_of(&client, &ns).await {
+            match gitops_e2e::session_lease(&client, &ns).await {
                 None => Ok(()),
                 Some(_) => Err("the Lease is still there".to_string()),
             }

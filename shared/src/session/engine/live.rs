@@ -26,6 +26,13 @@ pub trait Syncer {
     fn sync(&mut self) -> impl Future<Output = SyncOutcome>;
     /// Set while a sync waits for Flux: a save then supersedes it.
     fn waiting_flag(&self) -> Arc<AtomicBool>;
+    /// Armed between a sync that ended `Ready` and the next one: resolves
+    /// once what that sync applied fails for certain after all (a container
+    /// that crashed after it first counted as ready), having reported and
+    /// recorded it. Never resolves while all is well.
+    fn watch_after(&mut self) -> impl Future<Output = ()> {
+        std::future::pending()
+    }
 }
 
 impl Syncer for Session {
@@ -34,6 +41,9 @@ impl Syncer for Session {
     }
     fn waiting_flag(&self) -> Arc<AtomicBool> {
         Session::waiting_flag(self)
+    }
+    fn watch_after(&mut self) -> impl Future<Output = ()> {
+        Session::watch_after_sync(self)
     }
 }
 
@@ -130,10 +140,14 @@ pub async fn sync_loop<S: Syncer, C: Changes>(
         if closed {
             return LoopEnd::WatcherGone;
         }
-        // Wait for a save, a retry, or the stop.
+        // Wait for a save, a retry, or the stop; after a healthy sync, keep
+        // an eye on what it applied meanwhile.
         let retry = outcome.needs_retry();
+        let mut watching = matches!(outcome, SyncOutcome::Ready { .. });
         let sleep = tokio::time::sleep(backoff);
         tokio::pin!(sleep);
+        let after = syncer.watch_after();
+        tokio::pin!(after);
         loop {
             tokio::select! {
                 biased;
@@ -149,6 +163,7 @@ pub async fn sync_loop<S: Syncer, C: Changes>(
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     break;
                 }
+                () = &mut after, if watching => watching = false,
             }
         }
     }
