@@ -798,14 +798,15 @@ async fn through_an_overlay_the_patch_and_the_base_line_that_set_the_field_get_f
     assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0));
 }
 
-/// Three causes in one terminal session, each shown where it is and
+/// Four causes in one terminal session, each shown where it is and
 /// cleared by its fix: an image the harness registry does not hold (the
 /// real Node's containerd fails to pull it), hello-web's readiness probe
 /// answered 503 (the kubelet's probe; reported once Flux's 30 s health
-/// check gives up), and a cluster-scoped object the sandbox refuses (the
+/// check gives up), a pod no Node has room for (the scheduler's verdict),
+/// and a cluster-scoped object the sandbox refuses (the
 /// API server's RBAC, in Flux's dry-run).
 #[tokio::test]
-async fn a_pull_failure_a_failing_probe_and_a_sandbox_refusal_show_on_their_lines_and_clear() {
+async fn a_pull_failure_a_failing_probe_no_room_and_a_refusal_show_on_their_lines_and_clear() {
     let harness = Harness::get();
     let client = harness.cluster().await.client;
     let dir = tempfile::tempdir().unwrap();
@@ -897,6 +898,33 @@ async fn a_pull_failure_a_failing_probe_and_a_sandbox_refusal_show_on_their_line
     );
     nvim.save_line(path, "            path: /healthz");
     nvim.wait_diagnostics("the failing probe to clear", <[Value]>::is_empty);
+    web_ready(&client, &ns).await;
+
+    // More CPU than any Node has: the scheduler cannot place the new pod;
+    // on the workload's document (its name).
+    let cpu = line_of(&file, "cpu: 50m");
+    nvim.save_line(cpu, "            cpu: \"1000\"");
+    let diags = nvim.wait_diagnostics("the unschedulable pod", |d| !d.is_empty());
+    let message = one(&diags, line_of(&file, "  name: web"), 1, "Unschedulable");
+    assert!(
+        message.contains(&format!("Deployment/{ns}/web")),
+        "{message}"
+    );
+    let pending = pods(&client, &ns).await;
+    assert!(
+        pending.iter().any(|p| p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable"))),
+        "no pod the scheduler left unschedulable: {pending:?}"
+    );
+    nvim.save_line(cpu, "            cpu: 50m");
+    nvim.wait_diagnostics("the unschedulable pod to clear", <[Value]>::is_empty);
     web_ready(&client, &ns).await;
 
     // A ClusterRole appended as a second document: the sandbox refuses it,
