@@ -850,24 +850,15 @@ async fn a_pull_failure_a_failing_probe_no_room_and_a_refusal_show_on_their_line
         "{message}"
     );
     let pulling = pods(&client, &ns).await;
+    let on_real_node: Vec<Pod> = pulling
+        .iter()
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(harness.real_node())
+        })
+        .cloned()
+        .collect();
     assert!(
-        pulling
-            .iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                == Some(harness.real_node()))
-            .flat_map(|p| p
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.clone())
-                .unwrap_or_default())
-            .any(|c| {
-                c.image == missing
-                    && c.state
-                        .as_ref()
-                        .and_then(|s| s.waiting.as_ref())
-                        .and_then(|w| w.reason.as_deref())
-                        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
-            }),
+        gitops_e2e::pull_failed(&on_real_node, &missing),
         "{pulling:?}"
     );
     nvim.save_line(image, &healthy);

@@ -958,24 +958,7 @@ async fn image_pull_and_unschedulable_are_reported_with_the_file() {
         .await
         .unwrap()
         .items;
-    assert!(
-        pulling
-            .iter()
-            .flat_map(|p| p
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.clone())
-                .unwrap_or_default())
-            .any(|c| {
-                c.image == missing
-                    && c.state
-                        .as_ref()
-                        .and_then(|s| s.waiting.as_ref())
-                        .and_then(|w| w.reason.as_deref())
-                        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
-            }),
-        "{pulling:?}"
-    );
+    assert!(gitops_e2e::pull_failed(&pulling, &missing), "{pulling:?}");
 
     // The image fixed, and a Deployment no node can hold.
     let t = Instant::now();

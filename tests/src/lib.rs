@@ -1211,6 +1211,26 @@ impl NamespaceWatch {
     }
 }
 
+/// Whether one of `pods` has a container of `image` waiting because the
+/// kubelet could not pull it (`ErrImagePull` or `ImagePullBackOff`).
+pub fn pull_failed(pods: &[k8s_openapi::api::core::v1::Pod], image: &str) -> bool {
+    pods.iter()
+        .flat_map(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default()
+        })
+        .any(|c| {
+            c.image == image
+                && c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+        })
+}
+
 /// A session's Lease as the API server holds it (found by its label, in
 /// whichever namespace it lives).
 pub async fn session_lease(
