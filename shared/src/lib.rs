@@ -33,6 +33,7 @@ pub mod selector;
 pub mod session;
 pub mod takeover;
 pub mod ui;
+pub mod workloads;
 
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,7 +11,7 @@
 //!   neither (kstatus calls it Terminating). A sync's health and the page's
 //!   objects tree ask this.
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::workloads::Pod;
 
 /// Where a pod stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

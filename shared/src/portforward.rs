@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::pod::Readiness;
 use crate::selector::Selector;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use crate::workloads::{Deployment, Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -289,7 +288,9 @@ pub async fn serve(
         async move {
             let result = async {
                 let (pod, port) = resolve(&client, &namespace, &spec).await?;
-                let pods: Api<Pod> = Api::namespaced(client, &namespace);
+                // The subresource's client: kube offers it on k8s-openapi's Pod.
+                let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                    Api::namespaced(client, &namespace);
                 let mut forwarder = pods.portforward(&pod, &[port]).await?;
                 let Some(mut upstream) = forwarder.take_stream(port) else {
                     return Ok::<_, ForwardError>(());
@@ -373,7 +374,7 @@ mod props {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{
+    use crate::workloads::{
         Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServicePort, ServiceSpec,
     };
     use kube::Resource;

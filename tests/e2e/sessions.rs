@@ -360,6 +360,17 @@ async fn status_tells_run_gitops_and_snowflake_apart() {
         .create(&PostParams::default(), &by_hand)
         .await
         .unwrap();
+    // A Secret and a ServiceAccount by hand are snowflakes too; the token
+    // Secret minted for that account is not (the scan reads metadata only,
+    // and leaves tokens out with a field selector the API server applies).
+    harness.kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: by-hand, namespace: {snow_ns}}}\nstringData: {{k: v}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: robot, namespace: {snow_ns}}}\n"
+    ));
+    harness.kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\n\
+         metadata: {{name: robot-token, namespace: {snow_ns}, annotations: {{kubernetes.io/service-account.name: robot}}}}\n"
+    ));
     // Run: a live session.
     let dir = tempfile::tempdir().unwrap();
     write_tree(
@@ -413,7 +424,23 @@ async fn status_tells_run_gitops_and_snowflake_apart() {
         .iter()
         .find(|s| s["namespace"] == snow_ns.as_str())
         .expect("snowflake namespace");
-    assert_eq!(snow["objects"], serde_json::json!(["ConfigMap/by-hand"]));
+    assert_eq!(
+        snow["objects"],
+        serde_json::json!([
+            "ConfigMap/by-hand",
+            "Secret/by-hand",
+            "ServiceAccount/robot"
+        ])
+    );
+    // The token is there on the API server, and of the type left out.
+    let token: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), &snow_ns)
+        .get("robot-token")
+        .await
+        .unwrap();
+    assert_eq!(
+        token.type_.as_deref(),
+        Some("kubernetes.io/service-account-token")
+    );
     // Neither the Flux-applied object nor the session's objects are snowflakes.
     for ns in [&gitops_ns, &name] {
         assert!(

@@ -1061,7 +1061,8 @@ pub async fn delete(
     macro_rules! delete_labelled {
         ($kind:ty, $label:expr) => {{
             let api: Api<$kind> = Api::namespaced(client.clone(), name);
-            for obj in api.list(&selector).await? {
+            // Names only: metadata, not whole objects (nor Secrets' values).
+            for obj in api.list_metadata(&selector).await? {
                 crate::kubeapi::delete(&api, &obj.name_any()).await?;
                 removed.push(format!("{}/{}", $label, obj.name_any()));
             }

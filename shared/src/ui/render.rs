@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use crate::workloads::{DaemonSet, Deployment, Pod, StatefulSet};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, ResourceQuota};
 use kube::ResourceExt;
 
 use super::esc;

@@ -358,7 +358,8 @@ pub async fn helm_objects(
     macro_rules! collect {
         ($($kind:ty),*) => {$(
             let api: Api<$kind> = Api::namespaced(client.clone(), namespace);
-            if let Ok(list) = api.list(&selector).await {
+            // Names and resource versions only: metadata, not whole objects.
+            if let Ok(list) = api.list_metadata(&selector).await {
                 for o in list {
                     let kind = <$kind as kube::Resource>::kind(&());
                     out.insert(format!("{kind}/{namespace}/{}", o.name_any()), o.resource_version().unwrap_or_default());

@@ -154,7 +154,8 @@ pub async fn cleanup_and_hand_back(
         labels::managed_selector(),
         labels::SESSION
     ));
-    for secret in secrets.list(&selector).await? {
+    // Names only: metadata, not the Secrets' values.
+    for secret in secrets.list_metadata(&selector).await? {
         if kubeapi::delete(&secrets, &secret.name_any()).await? {
             removed.push(format!("secret/{}", secret.name_any()));
         }

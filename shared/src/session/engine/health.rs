@@ -13,8 +13,7 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
+use k8s_openapi::api::core::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -22,6 +21,7 @@ use kube::{Client, ResourceExt};
 use super::Event;
 use crate::pod::Readiness;
 use crate::selector::Selector;
+use crate::workloads::{DaemonSet, Deployment, Pod, ReplicaSet, StatefulSet};
 
 /// A workload's rollout, as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::workloads::{ContainerStatus, Pod};
 use futures::{AsyncBufReadExt, StreamExt};
-use k8s_openapi::api::core::v1::{ContainerStatus, Event as KubeEvent, Pod};
+use k8s_openapi::api::core::v1::Event as KubeEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DynamicObject, LogParams};
 use kube::core::GroupVersionKind;
@@ -301,7 +302,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// while the open fails, until `closed` says the run is no longer current;
 /// then drained for [`DRAIN`] at most.
 async fn read_run(
-    api: Api<Pod>,
+    api: Api<k8s_openapi::api::core::v1::Pod>,
     pod: String,
     shown: String,
     container: String,
@@ -513,6 +514,11 @@ async fn follow_pods(
     mut judge: Judge,
     out: mpsc::UnboundedSender<LogLine>,
 ) {
+    // The log subresource's client: kube offers it on k8s-openapi's Pod.
+    let logs_api: Api<k8s_openapi::api::core::v1::Pod> = match pods_api.namespace() {
+        Some(ns) => Api::namespaced(pods_api.clone().into_client(), ns),
+        None => Api::all(pods_api.clone().into_client()),
+    };
     let mut pods = watcher(pods_api.clone(), config).default_backoff().boxed();
     let mut runs = Runs::default();
     // (pod UID, container, run) → the sender that closes its stream.
@@ -574,7 +580,7 @@ async fn follow_pods(
                         let (tx, rx) = watch::channel(false);
                         streams.insert((uid.clone(), container.clone(), run), tx);
                         tokio::spawn(read_run(
-                            pods_api.clone(),
+                            logs_api.clone(),
                             pod.name_any(),
                             judge.shown(&pod),
                             container,

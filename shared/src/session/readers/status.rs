@@ -104,32 +104,28 @@ pub fn is_managed_object(kind: &str, meta: &ObjectMeta) -> bool {
     flux || helm_storage || owned || builtin || labels::is_managed(Some(&l))
 }
 
+/// Lists every object of kind `K` by its metadata alone (the API server's
+/// `PartialObjectMetadata`: neither a ConfigMap's data nor a Secret's value
+/// crosses the wire) and files those no GitOps tool manages by namespace.
 async fn scan<K>(
     client: &Client,
     out: &mut BTreeMap<String, SnowflakeEntry>,
     skip: &BTreeSet<String>,
 ) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let kind = K::kind(&()).to_string();
     let api: Api<K> = Api::all(client.clone());
-    for obj in api.list(&ListParams::default()).await? {
+    let mut params = ListParams::default();
+    if kind == "Secret" {
+        // Tokens are minted for service accounts, not applied by hand.
+        params = params.fields("type!=kubernetes.io/service-account-token");
+    }
+    for obj in api.list_metadata(&params).await? {
         let ns = obj.namespace().unwrap_or_default();
         if ns.is_empty() || skip.contains(&ns) || is_managed_object(&kind, obj.meta()) {
             continue;
-        }
-        if kind == "Secret" {
-            // Tokens are minted for service accounts, not applied by hand.
-            // An object the API server sent serialises back without fail.
-            let json = serde_json::to_value(&obj).unwrap_or_default();
-            if json["type"] == "kubernetes.io/service-account-token" {
-                continue;
-            }
         }
         let entry = out.entry(ns.clone()).or_insert_with(|| SnowflakeEntry {
             namespace: ns,

@@ -3,7 +3,7 @@
 //! session's, and how Flux warnings are folded.
 
 use super::*;
-use k8s_openapi::api::core::v1::{
+use crate::workloads::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
