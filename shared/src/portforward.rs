@@ -425,7 +425,6 @@ mod tests {
                 ports: Some(vec![ContainerPort {
                     name: Some("http".into()),
                     container_port: 8080,
-                    ..Default::default()
                 }]),
                 ..Default::default()
             }],

@@ -389,16 +389,15 @@ pub async fn follow(
     _all_pods: bool,
     out: mpsc::UnboundedSender<LogLine>,
 ) {
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let judge = Judge::Owners(Owners {
-        client,
-        namespace,
+        client: client.clone(),
+        namespace: namespace.clone(),
         session,
         flux_namespace,
         verdicts: HashMap::new(),
         resources: HashMap::new(),
     });
-    follow_pods(pods_api, watcher::Config::default(), judge, out).await
+    follow_pods(client, &namespace, watcher::Config::default(), judge, out).await
 }
 
 /// Follows the logs of the session's pods in a vcluster sandbox: the pods
@@ -413,16 +412,15 @@ pub async fn follow_synced(
     session: String,
     out: mpsc::UnboundedSender<LogLine>,
 ) {
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().labels(&synced::selector(&vcluster));
     let judge = Judge::Synced {
         vcluster,
-        kustomizations: Api::namespaced(client, &namespace),
+        kustomizations: Api::namespaced(client.clone(), &namespace),
         session,
         applied: BTreeSet::new(),
         read: None,
     };
-    follow_pods(pods_api, config, judge, out).await
+    follow_pods(client, &namespace, config, judge, out).await
 }
 
 /// How often a vcluster sandbox's session inventory is read again at most.
@@ -506,20 +504,20 @@ impl Judge {
     }
 }
 
-/// The loop of [`follow`] and [`follow_synced`]: pods watched with
-/// `config`, judged by `judge`, every run of their containers read.
+/// The loop of [`follow`] and [`follow_synced`]: pods in `namespace`
+/// watched with `config`, judged by `judge`, every run of their containers
+/// read.
 async fn follow_pods(
-    pods_api: Api<Pod>,
+    client: Client,
+    namespace: &str,
     config: watcher::Config,
     mut judge: Judge,
     out: mpsc::UnboundedSender<LogLine>,
 ) {
     // The log subresource's client: kube offers it on k8s-openapi's Pod.
-    let logs_api: Api<k8s_openapi::api::core::v1::Pod> = match pods_api.namespace() {
-        Some(ns) => Api::namespaced(pods_api.clone().into_client(), ns),
-        None => Api::all(pods_api.clone().into_client()),
-    };
-    let mut pods = watcher(pods_api.clone(), config).default_backoff().boxed();
+    let logs_api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let pods_api: Api<Pod> = Api::namespaced(client, namespace);
+    let mut pods = watcher(pods_api, config).default_backoff().boxed();
     let mut runs = Runs::default();
     // (pod UID, container, run) → the sender that closes its stream.
     let mut streams: HashMap<(String, String, String), watch::Sender<bool>> = HashMap::new();
