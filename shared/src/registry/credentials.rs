@@ -6,8 +6,6 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use oci_client::secrets::RegistryAuth;
-
 use super::RegistryError;
 
 /// Registry credentials. `Debug` never shows the secret.
@@ -41,13 +39,6 @@ impl FromStr for Credentials {
 /// The Docker config's credentials for a registry (running its credential
 /// helper if it names one), if any. Sessions call this once, not per push.
 pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
-    match docker_config_auth(registry) {
-        RegistryAuth::Basic(username, password) => Some(Credentials { username, password }),
-        _ => None,
-    }
-}
-
-fn docker_config_auth(registry: &str) -> RegistryAuth {
     // Docker Hub's credentials are stored under its index URL.
     let key = match registry {
         "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
@@ -59,17 +50,17 @@ fn docker_config_auth(registry: &str) -> RegistryAuth {
             docker_credential::get_credential_from_reader(std::io::BufReader::new(file), key)
         });
     match credential {
-        Some(Ok(docker_credential::DockerCredential::UsernamePassword(u, p))) => {
-            RegistryAuth::Basic(u, p)
+        Some(Ok(docker_credential::DockerCredential::UsernamePassword(username, password))) => {
+            Some(Credentials { username, password })
         }
         Some(Ok(docker_credential::DockerCredential::IdentityToken(_))) => {
             tracing::debug!(
                 registry,
                 "identity tokens are not supported; pulling anonymously"
             );
-            RegistryAuth::Anonymous
+            None
         }
-        Some(Err(_)) | None => RegistryAuth::Anonymous,
+        Some(Err(_)) | None => None,
     }
 }
 
@@ -97,16 +88,68 @@ fn docker_config_file(
 
 /// How a client authenticates to `registry`: with `creds` when given,
 /// otherwise as the Docker config says (anonymously when it says nothing).
-pub(super) fn registry_auth(creds: Option<&Credentials>, registry: &str) -> RegistryAuth {
-    match creds {
-        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-        None => docker_config_auth(registry),
+pub(super) fn registry_auth(creds: Option<&Credentials>, registry: &str) -> Option<Credentials> {
+    creds
+        .cloned()
+        .or_else(|| docker_config_credentials(registry))
+}
+
+impl Credentials {
+    /// The `Authorization: Basic …` value. Marked sensitive, so that no
+    /// log of the request shows it.
+    pub(super) fn basic(&self) -> http::HeaderValue {
+        basic_header(&self.username, &self.password)
     }
+}
+
+/// `Basic base64(user:password)`, marked sensitive.
+pub(super) fn basic_header(username: &str, password: &str) -> http::HeaderValue {
+    let encoded = base64(format!("{username}:{password}").as_bytes());
+    let mut value = http::HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Basic"));
+    value.set_sensitive(true);
+    value
+}
+
+/// Standard base64 with padding (RFC 4648), as HTTP Basic authentication wants.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_authentication_is_rfc_7617s() {
+        // RFC 7617's example.
+        assert_eq!(
+            basic_header("Aladdin", "open sesame").to_str().unwrap(),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert!(basic_header("a", "b").is_sensitive());
+    }
 
     #[test]
     fn docker_config_is_found_where_the_docker_cli_keeps_it_on_each_os() {

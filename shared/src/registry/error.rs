@@ -2,8 +2,7 @@
 //! classification of the OCI client's errors into it (which are transient
 //! and retried, which name a cause a user can act on).
 
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-
+use super::http::Failure;
 use super::{ArtifactRef, is_loopback};
 use crate::artifact::ArtifactError;
 
@@ -71,118 +70,81 @@ pub enum RegistryError {
     },
 }
 
-/// Whether an error is worth retrying: connection refused or timed out, a
-/// server error, too many requests.
-pub(super) fn is_transient(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::RequestError(r) => {
-            r.is_connect()
-                || r.is_timeout()
-                || r.status()
-                    .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+/// Whether a failure is worth retrying: no answer (refused, timed out), a
+/// server error, too many requests, a stream cut mid-way.
+pub(super) fn is_transient(failure: &Failure) -> bool {
+    match failure {
+        Failure::Unreachable(_) | Failure::Io(_) => true,
+        Failure::Status { code, body } => {
+            *code >= 500 || *code == 429 || error_codes(body).iter().any(|c| c == "TOOMANYREQUESTS")
         }
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
-        OciDistributionError::IoError(_) => true,
-        _ => false,
+        Failure::Protocol(_) => false,
     }
 }
 
-/// The error in words a user can act on, for `reference`.
-pub(super) fn classify(reference: &ArtifactRef, err: OciDistributionError) -> RegistryError {
+/// The failure in words a user can act on, for `reference`.
+pub(super) fn classify(reference: &ArtifactRef, failure: Failure) -> RegistryError {
     let registry = reference.registry.clone();
     let hint = if is_loopback(&registry) {
         ""
     } else {
         " (if it serves plain HTTP, pass --insecure-registry)"
     };
-    match err {
-        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
-            RegistryError::Unreachable {
-                registry,
-                detail: root_cause(&r),
-                hint,
-            }
-        }
-        OciDistributionError::RequestError(r) => match r.status().map(|s| s.as_u16()) {
-            Some(401) => RegistryError::Unauthorized { registry },
-            Some(403) => RegistryError::Forbidden {
-                registry,
-                repository: reference.repository.clone(),
-            },
-            Some(404) => RegistryError::NotFound {
-                reference: reference.to_string(),
-            },
-            Some(code) if code >= 500 => RegistryError::Server {
-                registry,
-                code,
-                message: root_cause(&r),
-            },
-            _ => RegistryError::Unreachable {
-                registry,
-                detail: root_cause(&r),
-                hint,
-            },
-        },
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => {
-            RegistryError::Unauthorized { registry }
-        }
-        OciDistributionError::ImageManifestNotFoundError(_) => RegistryError::NotFound {
-            reference: reference.to_string(),
-        },
-        OciDistributionError::ServerError { code, message, .. } => match code {
-            401 => RegistryError::Unauthorized { registry },
-            403 => RegistryError::Forbidden {
-                registry,
-                repository: reference.repository.clone(),
-            },
-            404 => RegistryError::NotFound {
-                reference: reference.to_string(),
-            },
-            _ => server_error(registry, code, message),
-        },
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            let message = envelope
-                .errors
-                .iter()
-                .map(|e| e.message.clone())
-                .collect::<Vec<_>>()
-                .join("; ");
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized))
-            {
-                RegistryError::Unauthorized { registry }
-            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
-                RegistryError::Forbidden {
-                    registry,
-                    repository: reference.repository.clone(),
-                }
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                RegistryError::NotFound {
-                    reference: reference.to_string(),
-                }
-            } else {
-                server_error(registry, 0, message)
-            }
-        }
-        other => RegistryError::Other {
+    let not_found = || RegistryError::NotFound {
+        reference: reference.to_string(),
+    };
+    let forbidden = |registry| RegistryError::Forbidden {
+        registry,
+        repository: reference.repository.clone(),
+    };
+    match failure {
+        Failure::Unreachable(detail) => RegistryError::Unreachable {
             registry,
-            message: other.to_string(),
+            detail,
+            hint,
         },
+        Failure::Status { code: 401, .. } => RegistryError::Unauthorized { registry },
+        Failure::Status { code: 403, .. } => forbidden(registry),
+        Failure::Status { code: 404, .. } => not_found(),
+        Failure::Status { code, body } => {
+            let codes = error_codes(&body);
+            let has = |c: &str| codes.iter().any(|x| x == c);
+            if has("UNAUTHORIZED") {
+                RegistryError::Unauthorized { registry }
+            } else if has("DENIED") {
+                forbidden(registry)
+            } else if has("MANIFEST_UNKNOWN") || has("NAME_UNKNOWN") || has("NOT_FOUND") {
+                not_found()
+            } else {
+                server_error(registry, code, body)
+            }
+        }
+        Failure::Io(e) => RegistryError::Other {
+            registry,
+            message: e.to_string(),
+        },
+        Failure::Protocol(message) => RegistryError::Other { registry, message },
     }
+}
+
+/// The `code`s of an OCI distribution error body
+/// (`{"errors":[{"code","message","detail"}]}`).
+fn error_codes(body: &str) -> Vec<String> {
+    let Some(start) = body.find('{') else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body[start..].trim()) else {
+        return Vec::new();
+    };
+    v["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["code"].as_str().map(str::to_ascii_uppercase))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn server_error(registry: String, code: u16, message: String) -> RegistryError {
@@ -226,15 +188,6 @@ fn registry_errors(body: &str) -> Option<String> {
         })
         .collect();
     (!list.is_empty()).then(|| list.join("; "))
-}
-
-/// The innermost cause of an error, which is where the useful words are.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@
 //! - `reference`: [`ArtifactRef`], and [`registry_address`], the one place a
 //!   registry's `HOST[:PORT]` is taken out of a reference, location or URL;
 //! - `credentials`: `--creds` and the Docker config;
-//! - `client`: the [`Registry`] client (a session keeps one: [`KeptRegistry`]);
+//! - `client`: the [`Registry`] client: the distribution API and its login
+//!   (a session keeps one: [`KeptRegistry`]);
+//! - `http`: its transport (hyper and rustls, as the Kubernetes client;
+//!   the environment's proxies; timeouts; redirects);
 //! - `push`: the push chain, as methods of [`Registry`];
 //! - `pull`: the download and the diff;
 //! - `error`: [`RegistryError`], and the classification of the client's errors;
@@ -21,11 +24,12 @@ mod credentials;
 mod error;
 #[cfg(test)]
 mod fake;
+mod http;
 mod pull;
 mod push;
 mod reference;
 
-pub use client::{KeptRegistry, Registry, RegistryOptions};
+pub use client::{Access, KeptRegistry, Registry, RegistryOptions};
 pub use credentials::{Credentials, docker_config_credentials};
 pub use error::RegistryError;
 pub use push::{BlobInfo, PushOptions, Pushed, Upload};

@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use oci_client::RegistryOperation;
-use oci_client::errors::OciDistributionError;
-
+use super::client::Access;
+use super::http::Failure;
 use super::{ArtifactRef, Registry, RegistryError};
 use crate::artifact::{self, CONTENT_MEDIA_TYPE, TreeDiff, WalkOptions};
 
@@ -20,7 +19,7 @@ impl Registry {
             let walk = walk.clone();
             tokio::task::spawn_blocking(move || artifact::content_of_dir(&dir, &walk))
         };
-        self.login(RegistryOperation::Pull).await?;
+        self.login(Access::Pull).await?;
         let (manifest, _) = self.pull_manifest().await?;
         let layer = flux_layer(reference, &manifest)?;
         let limits = artifact::LAYER_LIMITS;
@@ -41,13 +40,12 @@ impl Registry {
     /// file (verified against its digest). More bytes than that stop the
     /// download at once, and are not retried.
     async fn pull_blob(&self, digest: &str, limit: u64) -> Result<std::fs::File, RegistryError> {
-        let r = self.reference.oci();
         let file = tempfile::tempfile().map_err(RegistryError::Temp)?;
         let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pulled = self
             .retry("download layer", || async {
-                let f = file.try_clone().map_err(OciDistributionError::IoError)?;
-                f.set_len(0).map_err(OciDistributionError::IoError)?;
+                let f = file.try_clone().map_err(Failure::Io)?;
+                f.set_len(0).map_err(Failure::Io)?;
                 let mut out = CappedWriter {
                     inner: tokio::fs::File::from_std(f),
                     left: limit,
@@ -55,17 +53,17 @@ impl Registry {
                 };
                 tokio::io::AsyncSeekExt::rewind(&mut out.inner)
                     .await
-                    .map_err(OciDistributionError::IoError)?;
-                match self.client.pull_blob(&r, digest, &mut out).await {
+                    .map_err(Failure::Io)?;
+                match self.get_blob(digest, &mut out).await {
                     // Not an I/O error to retry: the registry sends too much.
                     Err(_) if over.load(std::sync::atomic::Ordering::Relaxed) => {
-                        return Err(OciDistributionError::GenericError(None));
+                        return Err(Failure::Protocol("the blob is larger than allowed".into()));
                     }
                     other => other?,
                 }
                 tokio::io::AsyncWriteExt::flush(&mut out.inner)
                     .await
-                    .map_err(OciDistributionError::IoError)
+                    .map_err(Failure::Io)
             })
             .await;
         if over.load(std::sync::atomic::Ordering::Relaxed) {

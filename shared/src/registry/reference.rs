@@ -5,8 +5,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use oci_client::Reference;
-
 use super::RegistryError;
 
 /// `oci://HOST/REPOSITORY[:TAG][@DIGEST]`.
@@ -115,18 +113,21 @@ impl ArtifactRef {
         self.tag.as_deref().unwrap_or("latest")
     }
 
-    /// The reference as the OCI client takes it.
-    pub(super) fn oci(&self) -> Reference {
-        match &self.digest {
-            Some(d) => {
-                Reference::with_digest(self.registry.clone(), self.repository.clone(), d.clone())
-            }
-            None => Reference::with_tag(
-                self.registry.clone(),
-                self.repository.clone(),
-                self.tag_or_latest().to_string(),
-            ),
+    /// Where the registry's API is: Docker Hub's artifacts are named
+    /// `docker.io/…`, and its API answers at `registry-1.docker.io`.
+    pub(super) fn api_host(&self) -> &str {
+        match self.registry.as_str() {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            other => other,
         }
+    }
+
+    /// The manifest's name in the API: the digest when there is one, else
+    /// the tag.
+    pub(super) fn manifest_name(&self) -> &str {
+        self.digest
+            .as_deref()
+            .unwrap_or_else(|| self.tag_or_latest())
     }
 }
 
@@ -212,7 +213,7 @@ mod props {
             if let Ok(r) = s.parse::<ArtifactRef>() {
                 // What parses prints back to itself.
                 prop_assert_eq!(r.to_string(), s.clone());
-                let _ = r.oci();
+                let _ = (r.api_host(), r.manifest_name());
                 let _ = is_loopback(&r.registry);
             }
         }
