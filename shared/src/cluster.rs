@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::kubeconfig;
 use kube::{Client, Config};
 
 /// A client as kube's own (`Client::try_from`: TLS from the kubeconfig,
@@ -75,7 +77,7 @@ pub enum ClusterError {
     ReadKubeconfig {
         path: String,
         #[source]
-        source: kube::config::KubeconfigError,
+        source: kubeconfig::KubeconfigError,
     },
     #[error(
         "no kubeconfig found and not running inside a cluster ({0}); set KUBECONFIG or pass --kubeconfig"
@@ -144,14 +146,14 @@ impl KubeOptions {
 
     fn load_kubeconfig(&self) -> Result<Option<Kubeconfig>, ClusterError> {
         if let Some(path) = &self.kubeconfig {
-            return Kubeconfig::read_from(path).map(Some).map_err(|source| {
+            return kubeconfig::read_from(path).map(Some).map_err(|source| {
                 ClusterError::ReadKubeconfig {
                     path: path.display().to_string(),
                     source,
                 }
             });
         }
-        match Kubeconfig::read() {
+        match kubeconfig::read() {
             Ok(k) => Ok(Some(k)),
             // KUBECONFIG set but unreadable is a user error, not a fallback.
             Err(source) if std::env::var_os("KUBECONFIG").is_some() => {

@@ -20,6 +20,7 @@ pub mod flux;
 pub mod git;
 pub mod helm;
 pub mod kubeapi;
+pub mod kubeconfig;
 pub mod kustomize;
 pub mod labels;
 pub mod lsp;

@@ -99,7 +99,10 @@ impl Registry {
 
     /// The same client, through the proxies `proxies` names instead.
     #[cfg(test)]
-    pub(super) fn through(mut self, proxies: hyper_util::client::proxy::matcher::Matcher) -> Registry {
+    pub(super) fn through(
+        mut self,
+        proxies: hyper_util::client::proxy::matcher::Matcher,
+    ) -> Registry {
         self.http = Transport::with_proxies(proxies);
         self
     }
@@ -591,10 +594,15 @@ mod tests {
         assert!(pushed.uploaded.is_empty());
         let log = proxy.log.lock().unwrap().clone();
         assert!(
-            log.iter().all(|l| l.contains(" http://registry.invalid:5000/v2/")),
+            log.iter()
+                .all(|l| l.contains(" http://registry.invalid:5000/v2/")),
             "{log:?}"
         );
-        assert!(log.iter().any(|l| l.starts_with("PUT ") && l.ends_with("/manifests/v1")), "{log:?}");
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("PUT ") && l.ends_with("/manifests/v1")),
+            "{log:?}"
+        );
     }
 
     #[tokio::test]
@@ -613,7 +621,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
         let log = proxy.log.lock().unwrap().clone();
-        assert!(log.iter().all(|l| l == "CONNECT registry.example:8443"), "{log:?}");
+        assert!(
+            log.iter().all(|l| l == "CONNECT registry.example:8443"),
+            "{log:?}"
+        );
         assert!(!log.is_empty());
     }
 

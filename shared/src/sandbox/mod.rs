@@ -558,8 +558,8 @@ fn validate_kubeconfig(path: &str, content: &[u8]) -> Result<(), SandboxError> {
         reason,
     };
     let text = std::str::from_utf8(content).map_err(|_| bad("not UTF-8 text".into()))?;
-    let config = kube::config::Kubeconfig::from_yaml(text)
-        .map_err(|e| bad(format!("not a kubeconfig ({e})")))?;
+    let config =
+        crate::kubeconfig::from_yaml(text).map_err(|e| bad(format!("not a kubeconfig ({e})")))?;
     let Some(current) = config.current_context.as_deref().filter(|c| !c.is_empty()) else {
         return Err(bad(
             "it has no current-context; set one with `kubectl config use-context`".into(),
