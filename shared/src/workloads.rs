@@ -358,6 +358,9 @@ namespaced_kind!(Service, "", "v1", "Service", "services");
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServiceSpec {
+    /// `ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalName`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selector: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -492,11 +495,13 @@ mod tests {
         assert_eq!(sts.status.unwrap().update_revision.as_deref(), Some("db-2"));
         let svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web"},
-            "spec": {"selector": {"app": "web"}, "clusterIP": "10.0.0.1",
+            "spec": {"selector": {"app": "web"}, "clusterIP": "10.0.0.1", "type": "LoadBalancer",
                      "ports": [{"port": 80, "targetPort": "http"}, {"port": 81, "targetPort": 8081}]}
         }))
         .unwrap();
-        let ports = svc.spec.unwrap().ports.unwrap();
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        let ports = spec.ports.unwrap();
         assert_eq!(
             ports[0].target_port,
             Some(IntOrString::String("http".into()))

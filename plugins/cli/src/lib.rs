@@ -89,20 +89,30 @@ where
 }
 
 /// Sends diagnostics to stderr. `verbosity` counts `-v` flags; `RUST_LOG`
+/// (`LEVEL` or `TARGET=LEVEL`, comma-separated, as `info,kube=debug`)
 /// overrides it.
 pub fn init_logging(verbosity: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = match verbosity {
         0 => "warn",
         1 => "info,gitops=debug",
         2 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .or_else(|| level.parse::<Targets>().ok())
+        .unwrap_or_default();
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .with(filter)
         .try_init();
 }
 
@@ -112,4 +122,21 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     let line = format!("error: {}", gitops::output::error_chain(err.as_ref()));
     gitops::output::stderr_line(&gitops::output::terminal_text(&line));
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod logging_tests {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+
+    #[test]
+    fn verbosity_levels_and_rust_log_directives_parse() {
+        let targets = |s: &str| s.parse::<Targets>().unwrap();
+        assert_eq!(targets("warn").default_level(), Some(LevelFilter::WARN));
+        let v = targets("info,gitops=debug");
+        let debug = tracing_subscriber::filter::LevelFilter::DEBUG
+            .into_level()
+            .unwrap();
+        assert!(v.would_enable("gitops::session", &debug));
+        assert!(!v.would_enable("kube_client", &debug));
+    }
 }

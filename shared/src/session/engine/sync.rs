@@ -981,7 +981,7 @@ async fn no_load_balancers(
     session: &str,
     flux_ns: &str,
 ) -> bool {
-    use k8s_openapi::api::core::v1::Service;
+    use crate::workloads::Service;
     let selector = format!(
         "kustomize.toolkit.fluxcd.io/name={session},kustomize.toolkit.fluxcd.io/namespace={flux_ns}"
     );
