@@ -5,19 +5,13 @@
 //! taken from the file's directory; a UTF-16 or UTF-8 byte-order mark is
 //! honoured.
 //!
-//! The result is kube's [`Kubeconfig`], read through the one YAML reader
-//! the suite already has (YAML into JSON values, then the type), so the
-//! binaries carry no second YAML parser instantiated for kube's types.
-//! Scalars are read as kubectl reads them: a `name: 123` is the string
-//! `"123"` where a string is expected.
+//! The result is kube's [`Kubeconfig`], read through the suite's one YAML
+//! reader ([`crate::yaml`]), so the binaries carry no second YAML parser
+//! instantiated for kube's types.
 
 use std::path::{Path, PathBuf};
 
 use kube::config::Kubeconfig;
-use serde::de::{
-    self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
-};
-use serde_json::{Map, Value};
 
 /// Why a kubeconfig could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +84,10 @@ pub fn from_yaml(text: &str) -> Result<Kubeconfig, KubeconfigError> {
 }
 
 fn documents(text: &str) -> Result<Vec<Kubeconfig>, KubeconfigError> {
-    let docs = serde_saphyr::from_slice_multiple::<Value>(text.as_bytes())
-        .map_err(|e| KubeconfigError::Yaml(e.to_string()))?;
-    docs.into_iter()
-        .filter(|doc| !doc.is_null())
-        .map(|doc| serde::Deserialize::deserialize(Scalars(doc)).map_err(KubeconfigError::Shape))
-        .collect()
+    crate::yaml::from_slice_multiple(text.as_bytes()).map_err(|e| match e {
+        crate::yaml::YamlError::Syntax(e) => KubeconfigError::Yaml(e.to_string()),
+        crate::yaml::YamlError::Shape(e) => KubeconfigError::Shape(e),
+    })
 }
 
 /// The file's text: UTF-8, or UTF-16 with its byte-order mark (what
@@ -155,122 +147,6 @@ fn absolute_paths(config: &mut Kubeconfig, dir: &Path) {
                 .is_some_and(|c| c.contains(std::path::MAIN_SEPARATOR))
         {
             absolute(&mut exec.command);
-        }
-    }
-}
-
-/// A JSON value read from YAML, deserialized as kubectl reads YAML into
-/// its types: where a string is wanted, a number or boolean scalar is
-/// taken as its text.
-struct Scalars(Value);
-
-impl<'de> Deserializer<'de> for Scalars {
-    type Error = serde_json::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::Array(items) => visitor.visit_seq(Items(items.into_iter())),
-            Value::Object(map) => visitor.visit_map(Entries {
-                iter: map.into_iter(),
-                value: None,
-            }),
-            scalar => scalar.deserialize_any(visitor),
-        }
-    }
-
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::Number(n) => visitor.visit_string(n.to_string()),
-            Value::Bool(b) => visitor.visit_string(b.to_string()),
-            other => Scalars(other).deserialize_any(visitor),
-        }
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        self.deserialize_str(visitor)
-    }
-
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::Null => visitor.visit_none(),
-            other => visitor.visit_some(Scalars(other)),
-        }
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::String(variant) => visitor.visit_enum(variant.into_deserializer()),
-            other => other.deserialize_enum(name, variants, visitor),
-        }
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf
-        unit unit_struct seq tuple tuple_struct map struct identifier ignored_any
-    }
-}
-
-struct Items(std::vec::IntoIter<Value>);
-
-impl<'de> SeqAccess<'de> for Items {
-    type Error = serde_json::Error;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Self::Error> {
-        self.0
-            .next()
-            .map(|v| seed.deserialize(Scalars(v)))
-            .transpose()
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.0.len())
-    }
-}
-
-struct Entries {
-    iter: <Map<String, Value> as IntoIterator>::IntoIter,
-    value: Option<Value>,
-}
-
-impl<'de> MapAccess<'de> for Entries {
-    type Error = serde_json::Error;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Self::Error> {
-        match self.iter.next() {
-            Some((key, value)) => {
-                self.value = Some(value);
-                seed.deserialize(key.into_deserializer()).map(Some)
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, Self::Error> {
-        match self.value.take() {
-            Some(value) => seed.deserialize(Scalars(value)),
-            None => Err(de::Error::custom("a value without its key")),
         }
     }
 }

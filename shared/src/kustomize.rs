@@ -169,7 +169,7 @@ fn read(file: &Path) -> Result<Kustomization, KustomizeError> {
         file: file.to_path_buf(),
         message: e.to_string(),
     })?;
-    serde_saphyr::from_slice(&text).map_err(|e| KustomizeError {
+    crate::yaml::from_slice(&text).map_err(|e| KustomizeError {
         file: file.to_path_buf(),
         message: format!(
             "not a valid kustomization: {}",

@@ -35,6 +35,7 @@ pub mod session;
 pub mod takeover;
 pub mod ui;
 pub mod workloads;
+pub mod yaml;
 
 /// The suite's version, shared by the three plugins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

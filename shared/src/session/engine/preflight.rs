@@ -105,7 +105,7 @@ pub async fn choose_registry(
 
 fn from_configmap(cm: &ConfigMap) -> Option<RegistryChoice> {
     let text = cm.data.as_ref()?.get("localRegistryHosting.v1")?;
-    let hosting: LocalRegistryHosting = serde_saphyr::from_str(text).ok()?;
+    let hosting: LocalRegistryHosting = crate::yaml::from_slice(text.as_bytes()).ok()?;
     let push = strip_oci(hosting.host.as_deref()?);
     let pull = hosting
         .host_from_cluster_network

@@ -280,7 +280,7 @@ fn objects_in(file: &Path) -> Vec<(String, HeadMeta)> {
     let Ok(bytes) = std::fs::read(file) else {
         return Vec::new();
     };
-    let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) else {
+    let Ok(heads) = crate::yaml::from_slice_multiple::<Head>(&bytes) else {
         return Vec::new();
     };
     heads
@@ -490,7 +490,7 @@ fn scan(
         };
         match serde_saphyr::from_slice_multiple::<serde::de::IgnoredAny>(&bytes) {
             Ok(_) => {
-                if let Ok(heads) = serde_saphyr::from_slice_multiple::<Head>(&bytes) {
+                if let Ok(heads) = crate::yaml::from_slice_multiple::<Head>(&bytes) {
                     for head in heads {
                         if let Some(sops) = head.sops.as_ref().filter(|s| s.mac.is_some())
                             && !encrypted.iter().any(|e: &Encrypted| e.file == entry.path)
