@@ -1,7 +1,7 @@
-//! The few ways the suite writes to and waits on the API server, defined
-//! once: server-side apply under one field manager, delete that treats
-//! "already gone" as done, and one timed wait on an object (a watch, never
-//! a poll).
+//! The few ways the suite writes to, waits on and watches the API server,
+//! defined once: server-side apply under one field manager, delete that
+//! treats "already gone" as done, one timed wait on an object (a watch,
+//! never a poll), and [`watch`], a typed watch through one untyped watcher.
 
 use std::time::Duration;
 
@@ -119,4 +119,80 @@ pub enum DeleteWaitError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Wait(#[from] WaitError),
+}
+
+/// Watches kind `K` (in `namespace`, or in all namespaces) as kube's
+/// `watcher` does, events and errors alike. The watch itself is of untyped
+/// objects, each read into `K` as it comes (one that does not read is
+/// skipped, and logged): one watcher, kube's watch state machine, serves
+/// every kind, where a typed watcher per kind costs each binary a copy.
+pub fn watch<K>(
+    client: kube::Client,
+    namespace: Option<&str>,
+    config: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>>
++ Send
++ 'static
+where
+    K: kube::Resource<DynamicType = ()> + DeserializeOwned + Send + 'static,
+{
+    use futures::StreamExt as _;
+    use kube::api::{ApiResource, DynamicObject};
+    use kube::runtime::watcher::{Event, watcher};
+    let resource = ApiResource::erase::<K>(&());
+    let api = match namespace {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client, ns, &resource),
+        None => Api::<DynamicObject>::all_with(client, &resource),
+    };
+    watcher(api, config).filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(Event::Apply(o)) => typed::<K>(o).map(|o| Ok(Event::Apply(o))),
+            Ok(Event::InitApply(o)) => typed::<K>(o).map(|o| Ok(Event::InitApply(o))),
+            Ok(Event::Delete(o)) => typed::<K>(o).map(|o| Ok(Event::Delete(o))),
+            Ok(Event::Init) => Some(Ok(Event::Init)),
+            Ok(Event::InitDone) => Some(Ok(Event::InitDone)),
+            Err(e) => Some(Err(e)),
+        })
+    })
+}
+
+/// An untyped object read as `K` (None, logged, when it does not read).
+fn typed<K: DeserializeOwned>(object: kube::api::DynamicObject) -> Option<K> {
+    serde_json::to_value(object)
+        .and_then(serde_json::from_value)
+        .inspect_err(|e| tracing::debug!("a watched object does not read: {e}"))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::{Deployment, Pod};
+
+    #[test]
+    fn a_watched_object_reads_as_its_kind() {
+        // What the API server sends on a watch, as the untyped watcher holds it.
+        let object: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "dev", "resourceVersion": "7"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}},
+            "status": {"readyReplicas": 1, "observedGeneration": 3}
+        }))
+        .unwrap();
+        let deployment: Deployment = typed(object.clone()).unwrap();
+        assert_eq!(deployment.metadata.name.as_deref(), Some("web"));
+        assert_eq!(deployment.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+        assert_eq!(deployment.status.unwrap().ready_replicas, Some(1));
+        // One that does not read as the kind asked for is skipped.
+        let mut odd = object;
+        odd.data["spec"] = serde_json::json!("not a spec");
+        assert!(typed::<Deployment>(odd).is_none());
+        assert!(
+            typed::<Pod>(
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap()
+            )
+            .is_some()
+        );
+    }
 }

@@ -62,14 +62,17 @@ pub enum Update {
 pub async fn watch(client: Client, tx: UnboundedSender<Update>) {
     let selector = labels::component_selector("session");
     let all: Api<Lease> = Api::all(client.clone());
-    let api = match all
+    let namespace = match all
         .list(&ListParams::default().labels(&selector).limit(1))
         .await
     {
-        Err(e) if crate::kubeapi::is_status(&e, &[403]) => Api::default_namespaced(client),
-        _ => all,
+        Err(e) if crate::kubeapi::is_status(&e, &[403]) => {
+            Some(client.default_namespace().to_string())
+        }
+        _ => None,
     };
-    let mut stream = watcher(api, watcher::Config::default().labels(&selector))
+    let config = watcher::Config::default().labels(&selector);
+    let mut stream = crate::kubeapi::watch::<Lease>(client, namespace.as_deref(), config)
         .default_backoff()
         .boxed();
     let mut listed = Vec::new();

@@ -204,13 +204,17 @@ impl EventsFeed {
         use kube::runtime::watcher;
         let state = std::sync::Arc::new(std::sync::Mutex::new(FeedState::default()));
         let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
-        let api: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
+        let (watch_client, watch_namespace) = (client.clone(), namespace.to_string());
         let config = watcher::Config::default().fields(&format!(
             "involvedObject.kind=Kustomization,involvedObject.name={kustomization}"
         ));
         let (st, notify) = (state.clone(), arrived.clone());
         let task = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(watcher(api, config));
+            let mut stream = std::pin::pin!(crate::kubeapi::watch::<KubeEvent>(
+                watch_client,
+                Some(&watch_namespace),
+                config
+            ));
             while let Some(e) = stream.next().await {
                 let Ok(mut s) = st.lock() else { return };
                 match e {

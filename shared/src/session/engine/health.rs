@@ -582,36 +582,16 @@ pub async fn watch(
         "kustomize.toolkit.fluxcd.io/name={session},kustomize.toolkit.fluxcd.io/namespace={flux_namespace}"
     );
     let cfg = watcher::Config::default().labels(&selector);
-    let deployments = watcher(
-        Api::<Deployment>::namespaced(client.clone(), &namespace),
-        cfg.clone(),
-    )
-    .default_backoff()
-    .map(|e| e.map(|e| Changed::Deployment(objects(e))));
-    let statefulsets = watcher(
-        Api::<StatefulSet>::namespaced(client.clone(), &namespace),
-        cfg.clone(),
-    )
-    .default_backoff()
-    .map(|e| e.map(|e| Changed::StatefulSet(objects(e))));
-    let daemonsets = watcher(
-        Api::<DaemonSet>::namespaced(client.clone(), &namespace),
-        cfg,
-    )
-    .default_backoff()
-    .map(|e| e.map(|e| Changed::DaemonSet(objects(e))));
-    let pods = watcher(
-        Api::<Pod>::namespaced(client.clone(), &namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|e| e.map(|e| Changed::Pod(objects(e))));
-    let replicasets = watcher(
-        Api::<ReplicaSet>::namespaced(client.clone(), &namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|e| e.map(|e| Changed::ReplicaSet(objects(e))));
+    let deployments = watch_kind::<Deployment>(&client, &namespace, cfg.clone())
+        .map(|e| e.map(Changed::Deployment));
+    let statefulsets = watch_kind::<StatefulSet>(&client, &namespace, cfg.clone())
+        .map(|e| e.map(Changed::StatefulSet));
+    let daemonsets =
+        watch_kind::<DaemonSet>(&client, &namespace, cfg).map(|e| e.map(Changed::DaemonSet));
+    let pods = watch_kind::<Pod>(&client, &namespace, watcher::Config::default())
+        .map(|e| e.map(Changed::Pod));
+    let replicasets = watch_kind::<ReplicaSet>(&client, &namespace, watcher::Config::default())
+        .map(|e| e.map(Changed::ReplicaSet));
     let mut all = futures::stream::select_all(vec![
         deployments.boxed(),
         statefulsets.boxed(),
@@ -711,6 +691,20 @@ enum Changed {
     DaemonSet(Vec<(bool, DaemonSet)>),
     Pod(Vec<(bool, Pod)>),
     ReplicaSet(Vec<(bool, ReplicaSet)>),
+}
+
+/// Watches kind `K` in `namespace`, as `(deleted, object)` batches.
+fn watch_kind<K>(
+    client: &Client,
+    namespace: &str,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<Vec<(bool, K)>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned + Send + 'static,
+{
+    crate::kubeapi::watch::<K>(client.clone(), Some(namespace), config)
+        .default_backoff()
+        .map(|e| e.map(objects))
 }
 
 /// A watcher event as `(deleted, object)` pairs (the initial list included).

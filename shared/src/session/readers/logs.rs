@@ -516,8 +516,9 @@ async fn follow_pods(
 ) {
     // The log subresource's client: kube offers it on k8s-openapi's Pod.
     let logs_api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
-    let pods_api: Api<Pod> = Api::namespaced(client, namespace);
-    let mut pods = watcher(pods_api, config).default_backoff().boxed();
+    let mut pods = crate::kubeapi::watch::<Pod>(client, Some(namespace), config)
+        .default_backoff()
+        .boxed();
     let mut runs = Runs::default();
     // (pod UID, container, run) → the sender that closes its stream.
     let mut streams: HashMap<(String, String, String), watch::Sender<bool>> = HashMap::new();
@@ -782,12 +783,11 @@ pub async fn flux_warnings(
     session: String,
     out: mpsc::UnboundedSender<FluxWarning>,
 ) {
-    let events: Api<KubeEvent> = Api::namespaced(client, &namespace);
     let cfg =
         watcher::Config::default().fields(&format!("involvedObject.name={session},type=Warning"));
     let since = chrono::Utc::now().timestamp();
     let mut seen = BTreeSet::new();
-    let mut stream = watcher(events, cfg)
+    let mut stream = crate::kubeapi::watch::<KubeEvent>(client, Some(&namespace), cfg)
         .default_backoff()
         .touched_objects()
         .boxed();
