@@ -173,8 +173,8 @@ pub(super) fn bytes(data: Bytes) -> Body {
     Full::new(data).map_err(|never| match never {}).boxed()
 }
 
-/// The body of a response, at most `limit` bytes, as text (error bodies,
-/// tokens, manifests are small).
+/// The whole body of a small response (an error, a token, a manifest),
+/// refused past `limit` bytes.
 pub(super) async fn read_body(
     response: http::Response<Incoming>,
     limit: usize,
